@@ -1,0 +1,609 @@
+//! Call handles: [`Sender`] for request messages, [`Streaming`] for responses,
+//! [`ResponseFuture`] for a single response, and the typed [`Client`].
+
+use std::fmt;
+use std::future::{Future, IntoFuture, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use h2::SendStream;
+use h2::client::ResponseFuture as H2ResponseFuture;
+use http::header::CONTENT_TYPE;
+
+use super::channel::{Channel, with_deadline};
+use super::options::CallOptions;
+use crate::codec::Codec;
+use crate::codec::frame::{Framed, frame_message};
+use crate::metadata::Metadata;
+use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
+use crate::proto::recv::MessageReader;
+use crate::proto::send::Outbox;
+use crate::response::Response;
+use crate::rt::{BoxFuture, Deadline};
+use crate::status::{Code, Status};
+
+type EncodeFn<T> = Arc<dyn Fn(&T, usize) -> Result<Framed, Status> + Send + Sync>;
+type DecodeFn<T> = Arc<dyn Fn(Bytes) -> Result<T, Status> + Send + Sync>;
+
+/// The request half of a call, shared by every [`Sender`] clone and the response side.
+pub(crate) struct CallShared {
+    half: Mutex<SendHalf>,
+    /// Held for the whole of one message, so messages from many senders never interleave.
+    turn: async_lock::Mutex<()>,
+    deadline: Option<Instant>,
+    max_send: usize,
+}
+
+struct SendHalf {
+    stream: SendStream<Bytes>,
+    outbox: Outbox,
+    /// END_STREAM was sent.
+    closed: bool,
+    /// RST_STREAM was sent.
+    reset: bool,
+}
+
+impl CallShared {
+    fn half(&self) -> MutexGuard<'_, SendHalf> {
+        self.half.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends RST_STREAM(CANCEL) unless the stream was already reset.
+    fn cancel(&self) {
+        let mut half = self.half();
+        if !half.reset {
+            half.reset = true;
+            half.stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+
+    /// Whether END_STREAM was already sent.
+    fn request_closed(&self) -> bool {
+        self.half().closed
+    }
+}
+
+/// Starts the call's bookkeeping once h2 accepted the request headers.
+pub(crate) fn open(
+    response: H2ResponseFuture,
+    mut stream: SendStream<Bytes>,
+    first: Option<Framed>,
+    end: bool,
+    deadline: Option<Instant>,
+    max_recv: usize,
+    max_send: usize,
+) -> (Arc<CallShared>, RawStreaming) {
+    if let Some(first) = first {
+        // One message already in memory: h2 may hold it until the window opens, which costs
+        // nothing extra. Errors surface on the response side.
+        let has_tail = first.tail.is_some();
+        let _ = stream.send_data(first.head, end && !has_tail);
+        if let Some(tail) = first.tail {
+            let _ = stream.send_data(tail, end);
+        }
+    }
+    let call = Arc::new(CallShared {
+        half: Mutex::new(SendHalf {
+            stream,
+            outbox: Outbox::default(),
+            closed: end,
+            reset: false,
+        }),
+        turn: async_lock::Mutex::new(()),
+        deadline,
+        max_send,
+    });
+    let raw = RawStreaming {
+        state: RecvState::Headers(response),
+        call: call.clone(),
+        deadline: Deadline::new(deadline),
+        max_recv,
+        initial: None,
+        status: None,
+    };
+    (call, raw)
+}
+
+/// Sends request messages. Clone it to feed one call from many tasks: each message is written
+/// whole, in the order the sends got their turn. Dropping the last clone ends the request
+/// stream (half-close), as does [`Sender::close`].
+pub struct Sender<T> {
+    state: Arc<SenderState>,
+    encode: EncodeFn<T>,
+}
+
+struct SenderState {
+    call: Arc<CallShared>,
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender {
+            state: self.state.clone(),
+            encode: self.encode.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SenderState {
+    fn drop(&mut self) {
+        let mut half = self.call.half();
+        if half.closed || half.reset {
+            return;
+        }
+        half.closed = true;
+        // Whatever an abandoned send left of its message still goes out whole (h2 holds at
+        // most that one message), then END_STREAM.
+        let SendHalf { stream, outbox, .. } = &mut *half;
+        for chunk in outbox.take_all() {
+            let _ = stream.send_data(chunk, false);
+        }
+        let _ = stream.send_data(Bytes::new(), true);
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends one message, waiting for HTTP/2 flow control; never buffers more than this
+    /// message. Fails with the call's deadline, a cancelled call, or a size over the limit.
+    pub async fn send(&self, message: T) -> Result<(), Status> {
+        let call = &self.state.call;
+        let framed = (self.encode)(&message, call.max_send)?;
+        drop(message);
+        let _turn = with_deadline(call.deadline, call.turn.lock())
+            .await
+            .inspect_err(|_| call.cancel())?;
+        let mut framed = Some(framed);
+        let mut deadline = Deadline::new(call.deadline);
+        poll_fn(|cx| {
+            let mut half = call.half();
+            if half.reset {
+                return Poll::Ready(Err(Status::cancelled("the call was cancelled")));
+            }
+            if half.closed {
+                return Poll::Ready(Err(Status::internal(
+                    "send after the request stream was closed",
+                )));
+            }
+            let SendHalf { stream, outbox, .. } = &mut *half;
+            loop {
+                match outbox.poll_flush(stream, cx) {
+                    Poll::Ready(Ok(())) => match framed.take() {
+                        Some(msg) => outbox.push(msg),
+                        None => return Poll::Ready(Ok(())),
+                    },
+                    Poll::Ready(Err(status)) => return Poll::Ready(Err(status)),
+                    Poll::Pending => break,
+                }
+            }
+            if deadline.poll_expired(cx).is_ready() {
+                half.reset = true;
+                half.stream.send_reset(h2::Reason::CANCEL);
+                return Poll::Ready(Err(Status::deadline_exceeded(
+                    "deadline exceeded while sending",
+                )));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends the request stream after the messages already sent (half-close).
+    pub async fn close(&self) -> Result<(), Status> {
+        let call = &self.state.call;
+        let _turn = with_deadline(call.deadline, call.turn.lock()).await?;
+        poll_fn(|cx| {
+            let mut half = call.half();
+            if half.closed || half.reset {
+                return Poll::Ready(Ok(()));
+            }
+            let SendHalf { stream, outbox, .. } = &mut *half;
+            ready!(outbox.poll_flush(stream, cx))?;
+            half.closed = true;
+            half.stream
+                .send_data(Bytes::new(), true)
+                .map_err(Status::from_h2)?;
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+}
+
+enum RecvState {
+    Headers(H2ResponseFuture),
+    Body(MessageReader),
+    Done,
+}
+
+/// The response side of a call, before decoding.
+pub(crate) struct RawStreaming {
+    state: RecvState,
+    call: Arc<CallShared>,
+    deadline: Deadline,
+    max_recv: usize,
+    initial: Option<Metadata>,
+    status: Option<Status>,
+}
+
+impl RawStreaming {
+    /// Ends the call with `status`, cancelling the stream if it is still open.
+    fn fail(&mut self, status: Status) {
+        if self.status.is_none() {
+            self.call.cancel();
+            self.finish(status);
+        }
+    }
+
+    fn finish(&mut self, status: Status) {
+        // The server is done: stop a request stream that is still open.
+        if !self.call.request_closed() {
+            self.call.cancel();
+        }
+        self.state = RecvState::Done;
+        self.status = Some(status);
+    }
+
+    fn on_headers(&mut self, response: http::Response<h2::RecvStream>) {
+        let (parts, body) = response.into_parts();
+        if let Some(status) = status_from_trailers(&parts.headers) {
+            // Trailers-only response (or an error page that carries a gRPC status anyway).
+            return self.finish(status);
+        }
+        if parts.status != http::StatusCode::OK {
+            return self.finish(Status::from_http_status(parts.status));
+        }
+        if !is_grpc_content_type(parts.headers.get(CONTENT_TYPE)) {
+            let got = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return self.fail(Status::new(
+                Code::Unknown,
+                format!("invalid content-type in response: {got:?}"),
+            ));
+        }
+        let encoding = parts
+            .headers
+            .get(headers::GRPC_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .filter(|e| e != "identity");
+        self.initial = Some(Metadata::from_headers(&parts.headers));
+        self.state = RecvState::Body(MessageReader::new(body, self.max_recv, encoding));
+    }
+
+    /// Drives the call until the response headers arrived (or it ended).
+    fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let RecvState::Headers(fut) = &mut self.state else {
+                return Poll::Ready(());
+            };
+            match Pin::new(fut).poll(cx) {
+                Poll::Ready(Ok(response)) => self.on_headers(response),
+                Poll::Ready(Err(err)) => self.fail(Status::from_h2(err)),
+                Poll::Pending => {
+                    ready!(self.deadline.poll_expired(cx));
+                    self.fail(Status::deadline_exceeded(
+                        "deadline exceeded waiting for response headers",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Status>> {
+        loop {
+            if let Some(status) = &self.status {
+                return Poll::Ready(if status.is_ok() {
+                    Ok(None)
+                } else {
+                    Err(status.clone())
+                });
+            }
+            ready!(self.poll_headers(cx));
+            let RecvState::Body(reader) = &mut self.state else {
+                continue;
+            };
+            let pending = match reader.poll_message(cx) {
+                Poll::Ready(Ok(Some(msg))) => return Poll::Ready(Ok(Some(msg))),
+                Poll::Ready(Ok(None)) => match reader.poll_trailers(cx) {
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        let status = status_from_trailers(&trailers).unwrap_or_else(|| {
+                            Status::new(Code::Unknown, "server sent trailers without grpc-status")
+                        });
+                        self.finish(status);
+                        false
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        self.finish(Status::new(
+                            Code::Unknown,
+                            "server ended the stream without trailers",
+                        ));
+                        false
+                    }
+                    Poll::Ready(Err(status)) => {
+                        self.fail(status);
+                        false
+                    }
+                    Poll::Pending => true,
+                },
+                Poll::Ready(Err(status)) => {
+                    self.fail(status);
+                    false
+                }
+                Poll::Pending => true,
+            };
+            if pending {
+                ready!(self.deadline.poll_expired(cx));
+                self.fail(Status::deadline_exceeded(
+                    "deadline exceeded waiting for the response",
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for RawStreaming {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.call.cancel();
+        }
+    }
+}
+
+/// The response messages of a call, ending in a [`Status`]. Dropping it before the end
+/// cancels the call (RST_STREAM(CANCEL)).
+pub struct Streaming<T> {
+    raw: RawStreaming,
+    decode: DecodeFn<T>,
+    /// Set once the error was yielded through [`Stream`], which then ends.
+    fused: bool,
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming")
+            .field("status", &self.raw.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The next message: `Ok(None)` when the call ended with OK, `Err` with any other status.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    /// Polls for the next message; see [`Streaming::message`].
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        match ready!(self.raw.poll_message(cx)) {
+            Ok(Some(bytes)) => match (self.decode)(bytes) {
+                Ok(msg) => Poll::Ready(Ok(Some(msg))),
+                Err(status) => {
+                    self.raw.fail(status.clone());
+                    Poll::Ready(Err(status))
+                }
+            },
+            Ok(None) => Poll::Ready(Ok(None)),
+            Err(status) => Poll::Ready(Err(status)),
+        }
+    }
+
+    /// The response headers' metadata (empty for a trailers-only response); waits for them.
+    pub async fn initial_metadata(&mut self) -> Result<Metadata, Status> {
+        poll_fn(|cx| self.raw.poll_headers(cx)).await;
+        match (&self.raw.initial, &self.raw.status) {
+            (Some(md), _) => Ok(md.clone()),
+            (None, Some(status)) if !status.is_ok() => Err(status.clone()),
+            (None, _) => Ok(Metadata::new()),
+        }
+    }
+
+    /// The final status, once the call ended.
+    pub fn status(&self) -> Option<&Status> {
+        self.raw.status.as_ref()
+    }
+
+    /// The trailing metadata, once the call ended.
+    pub fn trailers(&self) -> Option<&Metadata> {
+        self.raw.status.as_ref().map(Status::metadata)
+    }
+
+    /// Cancels the call: sends RST_STREAM(CANCEL); later reads give CANCELLED.
+    pub fn cancel(&mut self) {
+        self.raw
+            .fail(Status::cancelled("call cancelled by the client"));
+    }
+}
+
+impl<T> Stream for Streaming<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.fused {
+            return Poll::Ready(None);
+        }
+        match ready!(this.poll_message(cx)) {
+            Ok(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Ok(None) => {
+                this.fused = true;
+                Poll::Ready(None)
+            }
+            Err(status) => {
+                this.fused = true;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
+
+/// The single response of a client-streaming call; await it after feeding the [`Sender`].
+pub struct ResponseFuture<T> {
+    stream: Streaming<T>,
+}
+
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> ResponseFuture<T> {
+    /// Waits for the response.
+    pub async fn response(mut self) -> Result<Response<T>, Status> {
+        read_unary(&mut self.stream).await
+    }
+
+    /// Cancels the call.
+    pub fn cancel(&mut self) {
+        self.stream.cancel();
+    }
+}
+
+impl<T: Send + 'static> IntoFuture for ResponseFuture<T> {
+    type Output = Result<Response<T>, Status>;
+    type IntoFuture = BoxFuture<Result<Response<T>, Status>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.response())
+    }
+}
+
+/// Reads exactly one message and the status: what unary and client-streaming calls return.
+async fn read_unary<T>(stream: &mut Streaming<T>) -> Result<Response<T>, Status> {
+    let metadata = stream.initial_metadata().await?;
+    let Some(message) = stream.message().await? else {
+        return Err(Status::internal(
+            "server sent no response message for a unary call",
+        ));
+    };
+    if stream.message().await?.is_some() {
+        let status =
+            Status::internal("server sent more than one response message for a unary call");
+        stream.raw.fail(status.clone());
+        return Err(status);
+    }
+    let trailers = stream.trailers().cloned().unwrap_or_default();
+    Ok(Response::from_parts(metadata, message, trailers))
+}
+
+/// A typed client over a [`Channel`]: messages go through the codec `C`.
+pub struct Client<C> {
+    channel: Channel,
+    codec: Arc<C>,
+}
+
+impl<C> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Client {
+            channel: self.channel.clone(),
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Client<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Codec> Client<C> {
+    /// A client that sends on `channel` with `codec`.
+    pub fn new(channel: Channel, codec: C) -> Client<C> {
+        Client {
+            channel,
+            codec: Arc::new(codec),
+        }
+    }
+
+    /// The channel this client uses.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn encoder(&self) -> EncodeFn<C::Encode> {
+        let codec = self.codec.clone();
+        Arc::new(move |msg, max| frame_message(&*codec, msg, max))
+    }
+
+    fn streaming(&self, raw: RawStreaming) -> Streaming<C::Decode> {
+        let codec = self.codec.clone();
+        Streaming {
+            raw,
+            decode: Arc::new(move |bytes| codec.decode(bytes)),
+            fused: false,
+        }
+    }
+
+    fn max_send(&self, options: &CallOptions) -> usize {
+        options
+            .max_send_message_size
+            .unwrap_or(self.channel.config().max_send_message_size)
+    }
+
+    /// A unary call: one request, one response.
+    pub async fn unary(
+        &self,
+        path: &str,
+        message: &C::Encode,
+        options: CallOptions,
+    ) -> Result<Response<C::Decode>, Status> {
+        let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
+        let (_call, raw) = self
+            .channel
+            .start(path, &options, Some(framed), true)
+            .await?;
+        read_unary(&mut self.streaming(raw)).await
+    }
+
+    /// A server-streaming call: one request, a stream of responses.
+    pub async fn server_streaming(
+        &self,
+        path: &str,
+        message: &C::Encode,
+        options: CallOptions,
+    ) -> Result<Streaming<C::Decode>, Status> {
+        let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
+        let (_call, raw) = self
+            .channel
+            .start(path, &options, Some(framed), true)
+            .await?;
+        Ok(self.streaming(raw))
+    }
+
+    /// A client-streaming call: send requests, then await the one response.
+    pub async fn client_streaming(
+        &self,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<(Sender<C::Encode>, ResponseFuture<C::Decode>), Status> {
+        let (sender, stream) = self.bidi_streaming(path, options).await?;
+        Ok((sender, ResponseFuture { stream }))
+    }
+
+    /// A bidirectional-streaming call: a sender and a receiver that may live on different tasks.
+    pub async fn bidi_streaming(
+        &self,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
+        let (call, raw) = self.channel.start(path, &options, None, false).await?;
+        let sender = Sender {
+            state: Arc::new(SenderState { call }),
+            encode: self.encoder(),
+        };
+        Ok((sender, self.streaming(raw)))
+    }
+}

@@ -1,0 +1,14 @@
+//! The client: [`Channel`], per-call options, and the call handles for the four call kinds.
+
+mod call;
+mod channel;
+mod options;
+mod target;
+
+pub use call::{Client, ResponseFuture, Sender, Streaming};
+pub use channel::{Channel, ChannelBuilder};
+pub(crate) use options::MAX_WINDOW;
+pub use options::{
+    CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_STREAM_WINDOW,
+};

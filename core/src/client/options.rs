@@ -1,0 +1,81 @@
+//! Per-call options and the channel builder's settings.
+
+use std::time::{Duration, Instant};
+
+use crate::metadata::Metadata;
+
+/// Options for one call: deadline, metadata and message size limits.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) metadata: Metadata,
+    pub(crate) max_recv_message_size: Option<usize>,
+    pub(crate) max_send_message_size: Option<usize>,
+}
+
+impl CallOptions {
+    /// Default options: no deadline, no metadata, the channel's size limits.
+    pub fn new() -> CallOptions {
+        CallOptions::default()
+    }
+
+    /// Sets the deadline to now + `timeout` (the earlier one wins if a deadline is already set).
+    pub fn timeout(self, timeout: Duration) -> CallOptions {
+        let at = Instant::now().checked_add(timeout);
+        match at {
+            Some(at) => self.deadline(at),
+            None => self,
+        }
+    }
+
+    /// Sets an absolute deadline (the earlier one wins if a deadline is already set).
+    pub fn deadline(mut self, at: Instant) -> CallOptions {
+        self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+        self
+    }
+
+    /// Sets the request metadata.
+    pub fn metadata(mut self, metadata: Metadata) -> CallOptions {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Mutable access to the request metadata.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    /// Overrides the channel's max received message size for this call.
+    pub fn max_receive_message_size(mut self, bytes: usize) -> CallOptions {
+        self.max_recv_message_size = Some(bytes);
+        self
+    }
+
+    /// Overrides the channel's max sent message size for this call.
+    pub fn max_send_message_size(mut self, bytes: usize) -> CallOptions {
+        self.max_send_message_size = Some(bytes);
+        self
+    }
+
+    /// The call's deadline, if any.
+    pub fn get_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+/// Default time to establish a connection: the gRPC connection-backoff spec's
+/// MIN_CONNECT_TIMEOUT.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default HTTP/2 stream window: 1 MiB. h2's 64 KiB default throttles large messages on any
+/// link with latency; grpc-go and C-core both start well above it.
+pub const DEFAULT_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Default HTTP/2 connection window: 16 streams' worth of the stream window.
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * DEFAULT_STREAM_WINDOW;
+
+/// Default max HTTP/2 frame size: 16 KiB, the RFC 9113 initial value.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Largest window HTTP/2 allows (RFC 9113 §6.9.1).
+pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;

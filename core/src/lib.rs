@@ -1,0 +1,68 @@
+//! plexus: a gRPC core that runs on any async executor.
+//!
+//! ```text
+//!  Channel ──► connection (one HTTP/2 conn, h2) ──► stream per call
+//!     │              │
+//!  Target        futures-io socket (TCP, Unix, memory, yours via Connector)
+//!                driven by a task on the Executor
+//!
+//!  Server ──► Listener / any Io ──► h2 server connection ──► router ──► handler (4 kinds)
+//! ```
+//!
+//! - [`Channel`] is `Clone + Send + Sync`; clones share one HTTP/2 connection, opened on the
+//!   first call. Calls come in the four gRPC kinds, untyped (`bytes::Bytes`) on the channel
+//!   itself or typed through a [`Codec`] ([`ProstCodec`] for prost messages) with [`Client`].
+//! - [`Server`] routes `/package.Service/Method` to handlers and serves TCP, Unix sockets or
+//!   any byte stream, with graceful shutdown.
+//!
+//! # Threads
+//! plexus never starts a tokio runtime. Background work (connection drivers, server
+//! connections and calls) goes to an [`Executor`]: by default [`SmolExecutor`], which starts
+//! `PLEXUS_THREADS` (default: one per core) `plexus-worker-N` threads on first use. Sockets
+//! and timers use `async-io`, whose reactor is driven by whichever thread is blocked on it, or
+//! by its own `async-io` thread. Host-name resolution runs on `blocking`'s thread pool.
+//!
+//! # Example
+//! ```no_run
+//! use bytes::Bytes;
+//! use plexus::{BytesCodec, CallOptions, Channel, Listener, Response, Server};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let server = Server::builder()
+//!         .unary("/echo.Echo/Say", BytesCodec, |req: plexus::Request<Bytes>| async move {
+//!             Ok(Response::new(req.into_message()))
+//!         })
+//!         .build()?;
+//!     let listener = Listener::bind_tcp("127.0.0.1:0")?;
+//!     let addr = listener.local_addr().unwrap();
+//!     smol::spawn({ let s = server.clone(); async move { s.serve(listener).await } }).detach();
+//!
+//!     let channel = Channel::new(&format!("http://{addr}"))?;
+//!     let reply = channel.unary("/echo.Echo/Say", Bytes::from("hi"), CallOptions::new()).await?;
+//!     assert_eq!(reply.message().as_ref(), b"hi");
+//!     Ok(())
+//! })
+//! # }
+//! ```
+
+pub mod client;
+pub mod codec;
+pub mod metadata;
+mod proto;
+mod response;
+pub mod rt;
+pub mod server;
+mod status;
+pub mod transport;
+
+pub use client::{CallOptions, Channel, ChannelBuilder, Client, ResponseFuture, Sender, Streaming};
+pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+pub use codec::{BytesCodec, Codec, ProstCodec};
+pub use metadata::{Metadata, MetadataValue};
+pub use response::Response;
+pub use rt::{Executor, SmolExecutor};
+pub use server::{
+    CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
+};
+pub use status::{Code, Status};

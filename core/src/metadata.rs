@@ -1,0 +1,298 @@
+//! Call metadata: ASCII and binary (`-bin`) key/value pairs carried in HTTP/2 headers.
+//!
+//! Keys and values are validated when they are added, so a bad key is an error before anything
+//! is sent. Binary values travel base64-encoded; we emit unpadded base64 and accept both padded
+//! and unpadded input, as the gRPC spec requires.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::status::Status;
+
+/// Base64 as the gRPC spec wants it: emit unpadded, accept padded and unpadded.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Header names that belong to the HTTP/2 or gRPC framing and never appear as metadata.
+const RESERVED: &[&str] = &[
+    "content-type",
+    "te",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A set of metadata entries; a key may hold several values, in order.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    headers: HeaderMap,
+}
+
+/// One metadata value, as returned by [`Metadata::iter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataValue<'a> {
+    /// The value of an ASCII key.
+    Ascii(&'a str),
+    /// The decoded value of a `-bin` key.
+    Binary(Bytes),
+}
+
+impl Metadata {
+    /// An empty set.
+    pub fn new() -> Metadata {
+        Metadata::default()
+    }
+
+    /// Number of values (a key with two values counts twice).
+    pub fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// Adds an ASCII value; the key must not end in `-bin`. Returns INTERNAL for a bad key or
+    /// a value outside printable ASCII.
+    pub fn append(&mut self, key: &str, value: &str) -> Result<(), Status> {
+        let name = validate_key(key, false)?;
+        if !value.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+            return Err(Status::internal(format!(
+                "invalid metadata value for key {key:?}: only printable ASCII is allowed"
+            )));
+        }
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| Status::internal(format!("invalid metadata value for key {key:?}")))?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// Replaces all values of an ASCII key with one value.
+    pub fn insert(&mut self, key: &str, value: &str) -> Result<(), Status> {
+        self.remove(key);
+        self.append(key, value)
+    }
+
+    /// Adds a binary value; the key must end in `-bin`.
+    pub fn append_bin(&mut self, key: &str, value: &[u8]) -> Result<(), Status> {
+        let name = validate_key(key, true)?;
+        let encoded = BASE64.encode(value);
+        let value = HeaderValue::from_str(&encoded).expect("base64 is a valid header value");
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// Replaces all values of a binary key with one value.
+    pub fn insert_bin(&mut self, key: &str, value: &[u8]) -> Result<(), Status> {
+        self.remove(key);
+        self.append_bin(key, value)
+    }
+
+    /// The first value of an ASCII key.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        if key.ends_with("-bin") {
+            return None;
+        }
+        self.headers.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    /// All values of an ASCII key, in order.
+    pub fn get_all(&self, key: &str) -> Vec<&str> {
+        if key.ends_with("-bin") {
+            return Vec::new();
+        }
+        self.headers
+            .get_all(key)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    /// The first value of a binary key, decoded; None when absent or not valid base64.
+    pub fn get_bin(&self, key: &str) -> Option<Bytes> {
+        self.get_all_bin(key).into_iter().next()
+    }
+
+    /// All values of a binary key, decoded. A header may hold several comma-separated values.
+    pub fn get_all_bin(&self, key: &str) -> Vec<Bytes> {
+        if !key.ends_with("-bin") {
+            return Vec::new();
+        }
+        self.headers
+            .get_all(key)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|part| BASE64.decode(part.trim_ascii()).ok().map(Bytes::from))
+            .collect()
+    }
+
+    /// Removes every value of a key; returns whether there were any.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match HeaderName::from_bytes(key.as_bytes()) {
+            Ok(name) => {
+                let had = self.headers.contains_key(&name);
+                self.headers.remove(&name);
+                had
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the key is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.headers.contains_key(key)
+    }
+
+    /// Every entry in order, binary values decoded (values that fail to decode are skipped).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, MetadataValue<'_>)> + '_ {
+        self.headers.iter().filter_map(|(name, value)| {
+            let key = name.as_str();
+            if key.ends_with("-bin") {
+                BASE64
+                    .decode(value.as_bytes().trim_ascii())
+                    .ok()
+                    .map(|v| (key, MetadataValue::Binary(Bytes::from(v))))
+            } else {
+                value.to_str().ok().map(|v| (key, MetadataValue::Ascii(v)))
+            }
+        })
+    }
+
+    /// Keeps the application metadata of received headers, dropping the framing and `grpc-`
+    /// headers.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Metadata {
+        let mut out = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            let key = name.as_str();
+            if key.starts_with("grpc-") || RESERVED.contains(&key) {
+                continue;
+            }
+            out.append(name.clone(), value.clone());
+        }
+        Metadata { headers: out }
+    }
+
+    /// Copies the entries into outgoing headers.
+    pub(crate) fn write_to(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn validate_key(key: &str, binary: bool) -> Result<HeaderName, Status> {
+    let bad = |why: &str| {
+        Err(Status::internal(format!(
+            "invalid metadata key {key:?}: {why}"
+        )))
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if !key
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'_' | b'-' | b'.'))
+    {
+        return bad("only 0-9, a-z, '_', '-' and '.' are allowed");
+    }
+    if key.starts_with("grpc-") {
+        return bad("the grpc- prefix is reserved");
+    }
+    if RESERVED.contains(&key) {
+        return bad("reserved by HTTP/2 or gRPC");
+    }
+    match (binary, key.ends_with("-bin")) {
+        (true, false) => return bad("binary values need a key ending in -bin"),
+        (false, true) => return bad("keys ending in -bin take binary values"),
+        _ => {}
+    }
+    HeaderName::from_bytes(key.as_bytes()).or_else(|_| bad("not a valid header name"))
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_and_binary_round_trip() {
+        let mut md = Metadata::new();
+        md.append("x-a", "hello").unwrap();
+        md.append("x-a", "again").unwrap();
+        md.append_bin("x-b-bin", &[0, 1, 0xff]).unwrap();
+        assert_eq!(md.get("x-a"), Some("hello"));
+        assert_eq!(md.get_all("x-a"), vec!["hello", "again"]);
+        assert_eq!(md.get_bin("x-b-bin").unwrap().as_ref(), &[0, 1, 0xff]);
+        // Unpadded on the wire.
+        let mut headers = HeaderMap::new();
+        md.write_to(&mut headers);
+        assert_eq!(headers.get("x-b-bin").unwrap(), "AAH/");
+        let back = Metadata::from_headers(&headers);
+        assert_eq!(back, md);
+    }
+
+    #[test]
+    fn accepts_padded_and_unpadded_base64() {
+        let mut headers = HeaderMap::new();
+        headers.append("a-bin", HeaderValue::from_static("AQ=="));
+        headers.append("b-bin", HeaderValue::from_static("AQ"));
+        headers.append("c-bin", HeaderValue::from_static("AQ,Ag=="));
+        let md = Metadata::from_headers(&headers);
+        assert_eq!(md.get_bin("a-bin").unwrap().as_ref(), &[1]);
+        assert_eq!(md.get_bin("b-bin").unwrap().as_ref(), &[1]);
+        assert_eq!(
+            md.get_all_bin("c-bin"),
+            vec![Bytes::from_static(&[1]), Bytes::from_static(&[2])]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_keys_and_values() {
+        let mut md = Metadata::new();
+        for key in [
+            "",
+            "Upper",
+            "sp ace",
+            "grpc-status",
+            "content-type",
+            "te",
+            ":path",
+            "x\n",
+        ] {
+            assert!(md.append(key, "v").is_err(), "{key:?} must be rejected");
+        }
+        assert!(md.append("x-bin", "v").is_err());
+        assert!(md.append_bin("x", b"v").is_err());
+        assert!(md.append("x", "line\nbreak").is_err());
+        assert!(md.append("x", "caf\u{e9}").is_err());
+        assert!(md.is_empty());
+    }
+
+    #[test]
+    fn drops_reserved_headers_from_the_wire() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        headers.insert("x-keep", HeaderValue::from_static("1"));
+        let md = Metadata::from_headers(&headers);
+        assert_eq!(md.len(), 1);
+        assert_eq!(md.get("x-keep"), Some("1"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Pieces of the gRPC-over-HTTP/2 protocol shared by client and server.
+
+pub(crate) mod headers;
+pub(crate) mod recv;
+pub(crate) mod send;

@@ -1,0 +1,63 @@
+//! Reading length-prefixed messages from an h2 stream, releasing flow control as we go.
+
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use h2::RecvStream;
+use http::HeaderMap;
+
+use crate::codec::frame::Decoder;
+use crate::status::Status;
+
+/// Messages arriving on one h2 stream.
+#[derive(Debug)]
+pub(crate) struct MessageReader {
+    body: RecvStream,
+    decoder: Decoder,
+    data_done: bool,
+}
+
+impl MessageReader {
+    /// Reads `body`, rejecting messages over `max_len`; `encoding` is the stream's
+    /// `grpc-encoding` when not identity.
+    pub(crate) fn new(body: RecvStream, max_len: usize, encoding: Option<String>) -> MessageReader {
+        MessageReader {
+            body,
+            decoder: Decoder::new(max_len, encoding),
+            data_done: false,
+        }
+    }
+
+    /// The next message; `Ok(None)` once the peer ended its side with no partial message left.
+    pub(crate) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, Status>> {
+        loop {
+            if let Some(msg) = self.decoder.next_message()? {
+                return Poll::Ready(Ok(Some(msg)));
+            }
+            if self.data_done {
+                return Poll::Ready(self.decoder.finish().map(|()| None));
+            }
+            match ready!(self.body.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    // Hand the window back as soon as the bytes are ours: at most one message
+                    // plus one frame is ever buffered here, because we only read on demand.
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(chunk);
+                }
+                Some(Err(err)) => return Poll::Ready(Err(Status::from_h2(err))),
+                None => self.data_done = true,
+            }
+        }
+    }
+
+    /// The trailers, once all data was read; `Ok(None)` when the peer sent none.
+    pub(crate) fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<HeaderMap>, Status>> {
+        self.body.poll_trailers(cx).map_err(Status::from_h2)
+    }
+}

@@ -1,0 +1,12 @@
+//! The runtime seam: spawning, timers and socket adaptation, so plexus runs on any executor.
+//!
+//! Nothing here starts a tokio runtime. I/O readiness and timers come from `async-io`, whose
+//! reactor runs on whichever thread blocks on it (or on its own `async-io` thread).
+
+mod executor;
+mod io;
+mod timer;
+
+pub use executor::{BoxFuture, Executor, SmolExecutor, THREADS_ENV};
+pub use io::Compat;
+pub(crate) use timer::Deadline;

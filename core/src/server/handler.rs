@@ -1,0 +1,410 @@
+//! What handlers see: [`Request`], [`CallContext`], [`RequestStream`] and [`ResponseSink`], and
+//! the type-erased handler the router stores for each of the four call kinds.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_util::Stream;
+
+use crate::codec::Codec;
+use crate::codec::frame::{Framed, frame_message};
+use crate::metadata::Metadata;
+use crate::proto::recv::MessageReader;
+use crate::response::Response;
+use crate::rt::BoxFuture;
+use crate::status::Status;
+
+/// Facts about a call that a handler may consult at any time: method, deadline, metadata and
+/// whether the call was cancelled. Cheap to clone.
+#[derive(Clone)]
+pub struct CallContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    method: String,
+    deadline: Option<Instant>,
+    metadata: Metadata,
+    cancelled: AtomicBool,
+    event: Event,
+}
+
+impl fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallContext")
+            .field("method", &self.inner.method)
+            .field("deadline", &self.inner.deadline)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CallContext {
+    pub(crate) fn new(
+        method: String,
+        deadline: Option<Instant>,
+        metadata: Metadata,
+    ) -> CallContext {
+        CallContext {
+            inner: Arc::new(ContextInner {
+                method,
+                deadline,
+                metadata,
+                cancelled: AtomicBool::new(false),
+                event: Event::new(),
+            }),
+        }
+    }
+
+    /// The full method path, like `/package.Service/Method`.
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    /// When the client's deadline falls, if it set one (from `grpc-timeout`).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// The request metadata (headers other than the protocol's own).
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.metadata
+    }
+
+    /// Whether the client cancelled the call, its deadline passed, or the connection went away.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Completes when the call is cancelled (see [`CallContext::is_cancelled`]).
+    pub async fn cancelled(&self) {
+        loop {
+            if self.is_cancelled() {
+                return;
+            }
+            let listener = self.inner.event.listen();
+            if self.is_cancelled() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        if !self.inner.cancelled.swap(true, Ordering::AcqRel) {
+            self.inner.event.notify(usize::MAX);
+        }
+    }
+}
+
+/// A request as a handler receives it: the message (or message stream) and its context.
+#[derive(Debug)]
+pub struct Request<T> {
+    context: CallContext,
+    message: T,
+}
+
+impl<T> Request<T> {
+    /// The message, or for streaming requests the [`RequestStream`].
+    pub fn message(&self) -> &T {
+        &self.message
+    }
+
+    /// Mutable access to the message (needed to read a [`RequestStream`]).
+    pub fn message_mut(&mut self) -> &mut T {
+        &mut self.message
+    }
+
+    /// Takes the message.
+    pub fn into_message(self) -> T {
+        self.message
+    }
+
+    /// The request metadata.
+    pub fn metadata(&self) -> &Metadata {
+        self.context.metadata()
+    }
+
+    /// The call's context (deadline, cancellation, method).
+    pub fn context(&self) -> &CallContext {
+        &self.context
+    }
+
+    /// Splits into context and message.
+    pub fn into_parts(self) -> (CallContext, T) {
+        (self.context, self.message)
+    }
+}
+
+type DecodeFn<T> = Arc<dyn Fn(Bytes) -> Result<T, Status> + Send + Sync>;
+
+/// The request messages of a client- or bidi-streaming call.
+pub struct RequestStream<T> {
+    reader: MessageReader,
+    decode: DecodeFn<T>,
+    finished: bool,
+}
+
+impl<T> fmt::Debug for RequestStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestStream")
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> RequestStream<T> {
+    /// The next message; `Ok(None)` once the client closed its side. A client that cancels
+    /// gives `Err` with CANCELLED.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    /// Polls for the next message; see [`RequestStream::message`].
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        if self.finished {
+            return Poll::Ready(Ok(None));
+        }
+        match ready!(self.reader.poll_message(cx)) {
+            Ok(Some(bytes)) => Poll::Ready((self.decode)(bytes).map(Some)),
+            Ok(None) => {
+                self.finished = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(status) => Poll::Ready(Err(status)),
+        }
+    }
+}
+
+impl<T> Stream for RequestStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match ready!(this.poll_message(cx)) {
+            Ok(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Ok(None) => Poll::Ready(None),
+            Err(status) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
+
+/// What a sink hands to the stream driver.
+#[derive(Debug)]
+pub(crate) enum SinkItem {
+    Headers(Metadata),
+    Message(Framed),
+}
+
+/// The untyped core of a [`ResponseSink`].
+#[derive(Clone, Debug)]
+pub(crate) struct RawSink {
+    pub(crate) items: async_channel::Sender<SinkItem>,
+    pub(crate) trailers: Arc<Mutex<Metadata>>,
+    pub(crate) max_send: usize,
+}
+
+impl RawSink {
+    async fn push(&self, item: SinkItem) -> Result<(), Status> {
+        self.items
+            .send(item)
+            .await
+            .map_err(|_| Status::cancelled("the call was cancelled or has ended"))
+    }
+
+    fn set_trailers(&self, metadata: Metadata) {
+        *self.trailers.lock().unwrap_or_else(|e| e.into_inner()) = metadata;
+    }
+}
+
+type EncodeFn<T> = Arc<dyn Fn(&T, usize) -> Result<Framed, Status> + Send + Sync>;
+
+/// Sends response messages of a server- or bidi-streaming call. `send` waits for HTTP/2 flow
+/// control, so a fast handler never buffers more than a message ahead of the network.
+pub struct ResponseSink<T> {
+    raw: RawSink,
+    encode: EncodeFn<T>,
+}
+
+impl<T> Clone for ResponseSink<T> {
+    fn clone(&self) -> Self {
+        ResponseSink {
+            raw: self.raw.clone(),
+            encode: self.encode.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for ResponseSink<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseSink").finish_non_exhaustive()
+    }
+}
+
+impl<T> ResponseSink<T> {
+    /// Sends the response headers with `metadata`; optional, and only before the first message
+    /// (later calls are ignored).
+    pub async fn send_initial_metadata(&self, metadata: Metadata) -> Result<(), Status> {
+        self.raw.push(SinkItem::Headers(metadata)).await
+    }
+
+    /// Sends one message. Fails with CANCELLED once the call is gone.
+    pub async fn send(&self, message: T) -> Result<(), Status> {
+        let framed = (self.encode)(&message, self.raw.max_send)?;
+        self.raw.push(SinkItem::Message(framed)).await
+    }
+
+    /// Sets the trailing metadata sent with the final status.
+    pub fn set_trailers(&self, metadata: Metadata) {
+        self.raw.set_trailers(metadata);
+    }
+}
+
+/// A handler with its types erased: what the router stores.
+pub(crate) type ErasedHandler =
+    Arc<dyn Fn(CallContext, MessageReader, RawSink) -> BoxFuture<Result<(), Status>> + Send + Sync>;
+
+fn decoder<C: Codec>(codec: &Arc<C>) -> DecodeFn<C::Decode> {
+    let codec = codec.clone();
+    Arc::new(move |bytes| codec.decode(bytes))
+}
+
+fn sink<C: Codec>(codec: &Arc<C>, raw: RawSink) -> ResponseSink<C::Encode> {
+    let codec = codec.clone();
+    ResponseSink {
+        raw,
+        encode: Arc::new(move |msg, max| frame_message(&*codec, msg, max)),
+    }
+}
+
+/// Reads the single request of a unary or server-streaming call.
+async fn read_one<C: Codec>(codec: &C, reader: &mut MessageReader) -> Result<C::Decode, Status> {
+    let first = poll_fn(|cx| reader.poll_message(cx)).await?;
+    let Some(bytes) = first else {
+        return Err(Status::internal(
+            "client sent no request message for a unary request",
+        ));
+    };
+    if poll_fn(|cx| reader.poll_message(cx)).await?.is_some() {
+        return Err(Status::internal(
+            "client sent more than one request message for a unary request",
+        ));
+    }
+    codec.decode(bytes)
+}
+
+/// Sends a single response (unary and client-streaming handlers).
+async fn respond<C: Codec>(
+    codec: &C,
+    sink: &RawSink,
+    response: Response<C::Encode>,
+) -> Result<(), Status> {
+    let (metadata, message, trailers) = response.into_parts();
+    let framed = frame_message(codec, &message, sink.max_send)?;
+    sink.push(SinkItem::Headers(metadata)).await?;
+    sink.push(SinkItem::Message(framed)).await?;
+    sink.set_trailers(trailers);
+    Ok(())
+}
+
+pub(crate) fn unary<C, F, Fut>(codec: C, handler: F) -> ErasedHandler
+where
+    C: Codec,
+    F: Fn(Request<C::Decode>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send + 'static,
+{
+    let codec = Arc::new(codec);
+    let handler = Arc::new(handler);
+    Arc::new(move |context, mut reader, raw| {
+        let (codec, handler) = (codec.clone(), handler.clone());
+        Box::pin(async move {
+            let message = read_one(&*codec, &mut reader).await?;
+            let response = handler(Request { context, message }).await?;
+            respond(&*codec, &raw, response).await
+        })
+    })
+}
+
+pub(crate) fn server_streaming<C, F, Fut>(codec: C, handler: F) -> ErasedHandler
+where
+    C: Codec,
+    F: Fn(Request<C::Decode>, ResponseSink<C::Encode>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let codec = Arc::new(codec);
+    let handler = Arc::new(handler);
+    Arc::new(move |context, mut reader, raw| {
+        let (codec, handler) = (codec.clone(), handler.clone());
+        Box::pin(async move {
+            let message = read_one(&*codec, &mut reader).await?;
+            handler(Request { context, message }, sink(&codec, raw)).await
+        })
+    })
+}
+
+pub(crate) fn client_streaming<C, F, Fut>(codec: C, handler: F) -> ErasedHandler
+where
+    C: Codec,
+    F: Fn(Request<RequestStream<C::Decode>>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send + 'static,
+{
+    let codec = Arc::new(codec);
+    let handler = Arc::new(handler);
+    Arc::new(move |context, reader, raw| {
+        let (codec, handler) = (codec.clone(), handler.clone());
+        Box::pin(async move {
+            let stream = RequestStream {
+                reader,
+                decode: decoder(&codec),
+                finished: false,
+            };
+            let response = handler(Request {
+                context,
+                message: stream,
+            })
+            .await?;
+            respond(&*codec, &raw, response).await
+        })
+    })
+}
+
+pub(crate) fn bidi_streaming<C, F, Fut>(codec: C, handler: F) -> ErasedHandler
+where
+    C: Codec,
+    F: Fn(Request<RequestStream<C::Decode>>, ResponseSink<C::Encode>) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let codec = Arc::new(codec);
+    let handler = Arc::new(handler);
+    Arc::new(move |context, reader, raw| {
+        let (codec, handler) = (codec.clone(), handler.clone());
+        Box::pin(async move {
+            let stream = RequestStream {
+                reader,
+                decode: decoder(&codec),
+                finished: false,
+            };
+            handler(
+                Request {
+                    context,
+                    message: stream,
+                },
+                sink(&codec, raw),
+            )
+            .await
+        })
+    })
+}

@@ -1,0 +1,286 @@
+//! One server stream: checks the request, runs the handler, and writes what it produces with
+//! flow control, ending in trailers (or a trailers-only response).
+
+use std::future::poll_fn;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+
+use super::ServerInner;
+use super::handler::{CallContext, RawSink, SinkItem};
+use crate::metadata::Metadata;
+use crate::proto::headers::{
+    self, CONTENT_TYPE_GRPC, decode_timeout, is_grpc_content_type, write_status,
+};
+use crate::proto::recv::MessageReader;
+use crate::proto::send::Outbox;
+use crate::rt::{BoxFuture, Deadline};
+use crate::status::{Code, Status};
+
+/// Messages a handler may queue ahead of the network: one, so `send` is flow-controlled.
+const SINK_DEPTH: usize = 1;
+
+/// Serves one request stream to completion.
+pub(crate) async fn serve(
+    server: Arc<ServerInner>,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let (parts, body) = request.into_parts();
+    if parts.method != Method::POST {
+        return reject(respond, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if !is_grpc_content_type(parts.headers.get(CONTENT_TYPE)) {
+        return reject(respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let path = parts.uri.path();
+    let Some(handler) = server.routes.get(path).cloned() else {
+        let status = match path.rsplit_once('/') {
+            Some((service, _)) if server.services.contains(service.trim_start_matches('/')) => {
+                Status::unimplemented(format!("unknown method {path}"))
+            }
+            _ => Status::unimplemented(format!("unknown service in {path}")),
+        };
+        return trailers_only(&mut respond, &status, None);
+    };
+    let deadline = match parts.headers.get(headers::GRPC_TIMEOUT) {
+        None => None,
+        Some(value) => match decode_timeout(value) {
+            Some(timeout) => Some(
+                Instant::now()
+                    .checked_add(timeout)
+                    .unwrap_or_else(far_future),
+            ),
+            None => {
+                let status = Status::internal(format!("malformed grpc-timeout {value:?}"));
+                return trailers_only(&mut respond, &status, None);
+            }
+        },
+    };
+    if let Some(encoding) = parts
+        .headers
+        .get(headers::GRPC_ENCODING)
+        .filter(|e| *e != "identity")
+    {
+        let status = Status::unimplemented(format!(
+            "compression {:?} is not supported; supported: identity",
+            String::from_utf8_lossy(encoding.as_bytes())
+        ));
+        return trailers_only(
+            &mut respond,
+            &status,
+            Some(HeaderValue::from_static("identity")),
+        );
+    }
+    let context = CallContext::new(
+        path.to_string(),
+        deadline,
+        Metadata::from_headers(&parts.headers),
+    );
+    let reader = MessageReader::new(body, server.config.max_recv_message_size, None);
+    let (items_tx, items) = async_channel::bounded(SINK_DEPTH);
+    let trailers = Arc::new(Mutex::new(Metadata::new()));
+    let sink = RawSink {
+        items: items_tx,
+        trailers: trailers.clone(),
+        max_send: server.config.max_send_message_size,
+    };
+    let handler = handler(context.clone(), reader, sink);
+    let mut driver = Driver {
+        respond: Some(respond),
+        stream: None,
+        outbox: Outbox::default(),
+        items: Box::pin(items),
+        handler: Some(handler),
+        result: None,
+        context,
+        deadline: Deadline::new(deadline),
+        trailers,
+        done_writing: false,
+    };
+    poll_fn(|cx| driver.poll(cx)).await;
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    let _ = respond.send_response(response, true);
+}
+
+/// Sends a complete response in one HEADERS frame: status 200, content-type and the status.
+fn trailers_only(
+    respond: &mut SendResponse<Bytes>,
+    status: &Status,
+    accept_encoding: Option<HeaderValue>,
+) {
+    let mut response = http::Response::new(());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    if let Some(accept) = accept_encoding {
+        headers.insert(headers::GRPC_ACCEPT_ENCODING, accept);
+    }
+    write_status(status, headers);
+    let _ = respond.send_response(response, true);
+}
+
+struct Driver {
+    respond: Option<SendResponse<Bytes>>,
+    stream: Option<SendStream<Bytes>>,
+    outbox: Outbox,
+    items: Pin<Box<async_channel::Receiver<SinkItem>>>,
+    handler: Option<BoxFuture<Result<(), Status>>>,
+    result: Option<Result<(), Status>>,
+    context: CallContext,
+    deadline: Deadline,
+    trailers: Arc<Mutex<Metadata>>,
+    /// The response is complete or the stream is gone; only the handler is still polled.
+    done_writing: bool,
+}
+
+impl Driver {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            self.poll_handler(cx);
+            if self.done_writing {
+                return if self.handler.is_none() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            }
+            if self.poll_peer_reset(cx) {
+                self.stop_writing();
+                continue;
+            }
+            if self.deadline.poll_expired(cx).is_ready() {
+                self.finish(Err(Status::deadline_exceeded("deadline exceeded")));
+                self.stop_writing();
+                continue;
+            }
+            if let Some(stream) = &mut self.stream {
+                match self.outbox.poll_flush(stream, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        self.stop_writing();
+                        continue;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match self.items.as_mut().poll_next(cx) {
+                Poll::Ready(Some(SinkItem::Headers(metadata))) => {
+                    if self.stream.is_none() {
+                        self.send_headers(&metadata);
+                    }
+                    continue;
+                }
+                Poll::Ready(Some(SinkItem::Message(framed))) => {
+                    if self.stream.is_none() {
+                        self.send_headers(&Metadata::new());
+                    }
+                    self.outbox.push(framed);
+                    continue;
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+            if let Some(result) = self.result.take() {
+                self.finish(result);
+                self.stop_writing();
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Polls the handler, turning a panic into INTERNAL for this call only.
+    fn poll_handler(&mut self, cx: &mut Context<'_>) {
+        let Some(handler) = &mut self.handler else {
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return,
+            Ok(Poll::Ready(result)) => self.result = Some(result),
+            Err(_) => self.result = Some(Err(Status::internal("the handler panicked"))),
+        }
+        self.handler = None;
+    }
+
+    /// Whether the client reset the stream (or the connection died).
+    fn poll_peer_reset(&mut self, cx: &mut Context<'_>) -> bool {
+        let reset = match (&mut self.stream, &mut self.respond) {
+            (Some(stream), _) => stream.poll_reset(cx),
+            (None, Some(respond)) => respond.poll_reset(cx),
+            (None, None) => return true,
+        };
+        reset.is_ready()
+    }
+
+    /// No more writes: the call is cancelled for the handler, its sinks start failing.
+    fn stop_writing(&mut self) {
+        self.done_writing = true;
+        self.result = None;
+        self.context.cancel();
+        self.items.close();
+    }
+
+    fn send_headers(&mut self, metadata: &Metadata) {
+        let Some(respond) = &mut self.respond else {
+            return;
+        };
+        let mut response = http::Response::new(());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
+        metadata.write_to(headers);
+        match respond.send_response(response, false) {
+            Ok(stream) => self.stream = Some(stream),
+            Err(_) => self.done_writing = true,
+        }
+    }
+
+    /// Sends the final status: as trailers after headers, or as a trailers-only response.
+    fn finish(&mut self, result: Result<(), Status>) {
+        let mut status = match result {
+            Ok(()) => Status::ok(),
+            Err(status) => status,
+        };
+        let extra = std::mem::take(&mut *self.trailers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !extra.is_empty() {
+            let mut merged = extra;
+            for (key, value) in status.metadata().iter() {
+                let _ = match value {
+                    crate::metadata::MetadataValue::Ascii(v) => merged.append(key, v),
+                    crate::metadata::MetadataValue::Binary(v) => merged.append_bin(key, &v),
+                };
+            }
+            status = status.with_metadata(merged);
+        }
+        if status.code() == Code::Ok {
+            status = Status::ok().with_metadata(status.metadata().clone());
+        }
+        match &mut self.stream {
+            Some(stream) => {
+                let mut trailers = HeaderMap::new();
+                write_status(&status, &mut trailers);
+                let _ = stream.send_trailers(trailers);
+            }
+            None => {
+                if let Some(respond) = &mut self.respond {
+                    trailers_only(respond, &status, None);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The outcome of a call: a gRPC status code, a message and optional details.
+//!
+//! Every mapping from transport failures (h2 errors, I/O errors, HTTP statuses, RST_STREAM
+//! reasons) to gRPC codes lives in this file, so the rest of the crate never guesses a code.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::metadata::Metadata;
+
+/// A gRPC status code, as listed in the gRPC spec (`doc/statuscodes.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Code {
+    /// Not an error; returned on success.
+    Ok = 0,
+    /// The operation was cancelled, typically by the caller.
+    Cancelled = 1,
+    /// Unknown error.
+    Unknown = 2,
+    /// The client specified an invalid argument.
+    InvalidArgument = 3,
+    /// The deadline expired before the operation could complete.
+    DeadlineExceeded = 4,
+    /// Some requested entity was not found.
+    NotFound = 5,
+    /// The entity that a client attempted to create already exists.
+    AlreadyExists = 6,
+    /// The caller does not have permission to execute the operation.
+    PermissionDenied = 7,
+    /// Some resource has been exhausted (quota, message size, ...).
+    ResourceExhausted = 8,
+    /// The system is not in a state required for the operation.
+    FailedPrecondition = 9,
+    /// The operation was aborted, typically due to a concurrency issue.
+    Aborted = 10,
+    /// The operation was attempted past the valid range.
+    OutOfRange = 11,
+    /// The operation is not implemented or not supported.
+    Unimplemented = 12,
+    /// An internal invariant was broken.
+    Internal = 13,
+    /// The service is currently unavailable; retrying may help.
+    Unavailable = 14,
+    /// Unrecoverable data loss or corruption.
+    DataLoss = 15,
+    /// The request does not have valid authentication credentials.
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The code for a numeric value; values outside 0..=16 become `Unknown`, as the spec says.
+    pub fn from_i32(value: i32) -> Code {
+        match value {
+            0 => Code::Ok,
+            1 => Code::Cancelled,
+            2 => Code::Unknown,
+            3 => Code::InvalidArgument,
+            4 => Code::DeadlineExceeded,
+            5 => Code::NotFound,
+            6 => Code::AlreadyExists,
+            7 => Code::PermissionDenied,
+            8 => Code::ResourceExhausted,
+            9 => Code::FailedPrecondition,
+            10 => Code::Aborted,
+            11 => Code::OutOfRange,
+            12 => Code::Unimplemented,
+            13 => Code::Internal,
+            14 => Code::Unavailable,
+            15 => Code::DataLoss,
+            16 => Code::Unauthenticated,
+            _ => Code::Unknown,
+        }
+    }
+
+    /// The numeric value sent on the wire in `grpc-status`.
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// The spec's upper-snake-case name, e.g. `DEADLINE_EXCEEDED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// Parses the ASCII decimal value of a `grpc-status` header.
+    pub(crate) fn from_header(value: &[u8]) -> Option<Code> {
+        if value.is_empty() || value.len() > 3 || !value.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = value.iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+        Some(Code::from_i32(n))
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The status a call ended with: code, human-readable message, binary details and trailers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Status {
+    code: Code,
+    message: String,
+    details: Bytes,
+    metadata: Metadata,
+}
+
+impl Status {
+    /// A status with a code and a message.
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+            details: Bytes::new(),
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// The OK status.
+    pub fn ok() -> Status {
+        Status::new(Code::Ok, "")
+    }
+
+    /// Attaches binary details, sent as `grpc-status-details-bin` (usually a `google.rpc.Status`).
+    pub fn with_details(mut self, details: impl Into<Bytes>) -> Status {
+        self.details = details.into();
+        self
+    }
+
+    /// Attaches metadata: trailing metadata when received, or sent with the trailers.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Status {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The status code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The message, already percent-decoded.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The raw `grpc-status-details-bin` bytes (empty when none were sent).
+    pub fn details(&self) -> &Bytes {
+        &self.details
+    }
+
+    /// Trailing metadata that came with (or goes with) this status.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Mutable access to the trailing metadata.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    /// Whether the code is OK.
+    pub fn is_ok(&self) -> bool {
+        self.code == Code::Ok
+    }
+
+    /// Shorthand for `Status::new(Code::Cancelled, message)`.
+    pub fn cancelled(message: impl Into<String>) -> Status {
+        Status::new(Code::Cancelled, message)
+    }
+
+    /// Shorthand for `Status::new(Code::InvalidArgument, message)`.
+    pub fn invalid_argument(message: impl Into<String>) -> Status {
+        Status::new(Code::InvalidArgument, message)
+    }
+
+    /// Shorthand for `Status::new(Code::DeadlineExceeded, message)`.
+    pub fn deadline_exceeded(message: impl Into<String>) -> Status {
+        Status::new(Code::DeadlineExceeded, message)
+    }
+
+    /// Shorthand for `Status::new(Code::NotFound, message)`.
+    pub fn not_found(message: impl Into<String>) -> Status {
+        Status::new(Code::NotFound, message)
+    }
+
+    /// Shorthand for `Status::new(Code::ResourceExhausted, message)`.
+    pub fn resource_exhausted(message: impl Into<String>) -> Status {
+        Status::new(Code::ResourceExhausted, message)
+    }
+
+    /// Shorthand for `Status::new(Code::Unimplemented, message)`.
+    pub fn unimplemented(message: impl Into<String>) -> Status {
+        Status::new(Code::Unimplemented, message)
+    }
+
+    /// Shorthand for `Status::new(Code::Internal, message)`.
+    pub fn internal(message: impl Into<String>) -> Status {
+        Status::new(Code::Internal, message)
+    }
+
+    /// Shorthand for `Status::new(Code::Unavailable, message)`.
+    pub fn unavailable(message: impl Into<String>) -> Status {
+        Status::new(Code::Unavailable, message)
+    }
+
+    /// The status for a message over a size limit; names both sizes, as grpc-go and C-core do.
+    pub(crate) fn message_too_large(direction: &str, size: usize, limit: usize) -> Status {
+        Status::resource_exhausted(format!(
+            "{direction} message larger than max ({size} vs. {limit} bytes)"
+        ))
+    }
+
+    /// Maps an HTTP status of a response that carried no `grpc-status`, per the spec's
+    /// `doc/http-grpc-status-mapping.md`.
+    pub(crate) fn from_http_status(status: http::StatusCode) -> Status {
+        let code = match status.as_u16() {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            _ => Code::Unknown,
+        };
+        Status::new(
+            code,
+            format!("unexpected HTTP status code {}", status.as_u16()),
+        )
+    }
+
+    /// Maps an RST_STREAM or GOAWAY error code, per the spec's `doc/PROTOCOL-HTTP2.md`.
+    pub(crate) fn from_reason(reason: h2::Reason, what: &str) -> Status {
+        let code = match reason {
+            h2::Reason::REFUSED_STREAM => Code::Unavailable,
+            h2::Reason::CANCEL => Code::Cancelled,
+            h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+            _ => Code::Internal,
+        };
+        Status::new(code, format!("{what}: {reason:?}"))
+    }
+
+    /// Maps an error from h2 to the status the caller sees.
+    pub(crate) fn from_h2(err: h2::Error) -> Status {
+        if err.is_io() {
+            let io = err.into_io().expect("is_io was checked");
+            return Status::from_io(&io);
+        }
+        if err.is_go_away() {
+            // A GOAWAY that ended this stream: the connection is going away, so retrying on a
+            // new one may succeed.
+            let reason = err.reason().unwrap_or(h2::Reason::NO_ERROR);
+            return Status::unavailable(format!("connection closed by GOAWAY ({reason:?})"));
+        }
+        if let Some(reason) = err.reason() {
+            if err.is_reset() || err.is_remote() {
+                return Status::from_reason(reason, "stream reset by peer");
+            }
+            return Status::from_reason(reason, "HTTP/2 error");
+        }
+        Status::internal(format!("HTTP/2 error: {err}"))
+    }
+
+    /// Maps an I/O error on the connection: the peer is gone or unreachable.
+    pub(crate) fn from_io(err: &std::io::Error) -> Status {
+        Status::unavailable(format!("transport error: {err}"))
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Status");
+        d.field("code", &self.code).field("message", &self.message);
+        if !self.details.is_empty() {
+            d.field("details", &self.details);
+        }
+        if !self.metadata.is_empty() {
+            d.field("metadata", &self.metadata);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Status {}
+
+/// Percent-encodes a status message for `grpc-message`: bytes outside 0x20..=0x7E, and `%`
+/// itself, become `%XX` (spec: `doc/PROTOCOL-HTTP2.md`, "Status-Message").
+pub(crate) fn percent_encode(message: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7E).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        }
+    }
+    out
+}
+
+/// Decodes a received `grpc-message`. Malformed `%` sequences are kept as they are and bytes
+/// that are not UTF-8 become U+FFFD, so a broken message from a peer still yields a status.
+pub(crate) fn percent_decode(raw: &[u8]) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_round_trip() {
+        let msg = "café ☃ 100% done\n";
+        let enc = percent_encode(msg);
+        assert!(enc.bytes().all(|b| (0x20..=0x7E).contains(&b)));
+        assert_eq!(enc, "caf%C3%A9 %E2%98%83 100%25 done%0A");
+        assert_eq!(percent_decode(enc.as_bytes()), msg);
+    }
+
+    #[test]
+    fn percent_decode_tolerates_garbage() {
+        assert_eq!(percent_decode(b"100%"), "100%");
+        assert_eq!(percent_decode(b"%zz%4"), "%zz%4");
+        assert_eq!(percent_decode(b"%FF ok"), "\u{FFFD} ok");
+        assert_eq!(percent_decode(&[0xC3, 0x28]), "\u{FFFD}(");
+    }
+
+    #[test]
+    fn code_parsing() {
+        assert_eq!(Code::from_header(b"0"), Some(Code::Ok));
+        assert_eq!(Code::from_header(b"16"), Some(Code::Unauthenticated));
+        assert_eq!(Code::from_header(b"99"), Some(Code::Unknown));
+        assert_eq!(Code::from_header(b""), None);
+        assert_eq!(Code::from_header(b"1x"), None);
+        assert_eq!(Code::from_header(b"-1"), None);
+    }
+
+    #[test]
+    fn http_mapping_follows_spec() {
+        let map = |s: u16| Status::from_http_status(http::StatusCode::from_u16(s).unwrap()).code();
+        assert_eq!(map(400), Code::Internal);
+        assert_eq!(map(401), Code::Unauthenticated);
+        assert_eq!(map(403), Code::PermissionDenied);
+        assert_eq!(map(404), Code::Unimplemented);
+        for s in [429, 502, 503, 504] {
+            assert_eq!(map(s), Code::Unavailable);
+        }
+        assert_eq!(map(500), Code::Unknown);
+    }
+
+    #[test]
+    fn reset_mapping_follows_spec() {
+        let map = |r| Status::from_reason(r, "x").code();
+        assert_eq!(map(h2::Reason::NO_ERROR), Code::Internal);
+        assert_eq!(map(h2::Reason::PROTOCOL_ERROR), Code::Internal);
+        assert_eq!(map(h2::Reason::REFUSED_STREAM), Code::Unavailable);
+        assert_eq!(map(h2::Reason::CANCEL), Code::Cancelled);
+        assert_eq!(map(h2::Reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(map(h2::Reason::INADEQUATE_SECURITY), Code::PermissionDenied);
+    }
+}
