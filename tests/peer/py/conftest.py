@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,15 +107,14 @@ class PlexusServer:
         self._stderr = tempfile.TemporaryFile(mode="w+b")
 
     def address(self) -> str:
-        if self.error is not None:
-            pytest.fail(self.error, pytrace=False)
-        if self.port is None:
+        if self.error is None and self.port is None:
             try:
                 self._spawn()
             except _StartFailure as failure:
                 self.error = str(failure)
                 self.stop()
-                pytest.fail(self.error, pytrace=False)
+        if self.error is not None:
+            pytest.fail(self.error, pytrace=False)
         if self.proc is not None and self.proc.poll() is not None:
             pytest.fail(
                 f"plexus server exited early with code {self.proc.returncode}\n{self.output()}",
@@ -127,10 +127,14 @@ class PlexusServer:
         cmd = [binary, "server", "--listen", "127.0.0.1:0"]
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                start_new_session=True,  # its own process group, so stop() reaches any children
             )
         except OSError as exc:
-            raise _StartFailure(f"could not run {cmd}: {exc}") from exc
+            raise _StartFailure(f"could not run {cmd}: {exc}") from None
         lines: queue.Queue = queue.Queue()
 
         def reader(stream) -> None:
@@ -173,12 +177,21 @@ class PlexusServer:
         return f"--- plexus server stdout ---\n{out}\n--- plexus server stderr ---\n{err}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.proc is not None:
+            kill_process_group(self.proc)
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a child started with start_new_session=True, and its process group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 class _StartFailure(Exception):
@@ -285,5 +298,5 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.failed:
         return
     peer = getattr(item, "funcargs", {}).get("peer")
-    if getattr(peer, "name", None) == "plexus" and _plexus is not None and _plexus.proc is not None:
+    if getattr(peer, "name", None) == "plexus" and _plexus is not None and _plexus.port is not None:
         report.sections.append(("plexus server output", _plexus.output()))

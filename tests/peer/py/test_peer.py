@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 import echo_pb2
-from conftest import RPC_TIMEOUT, plexus_bin
+from conftest import RPC_TIMEOUT, kill_process_group, plexus_bin
 
 T = RPC_TIMEOUT
 
@@ -279,27 +279,36 @@ def test_plexus_client_against_grpcio_server(grpcio_server):
     binary = plexus_bin()
     cmd = [binary, "client", "--target", f"127.0.0.1:{grpcio_server}"]
     try:
-        run = subprocess.run(
+        proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PLEXUS_CLIENT_TIMEOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(
-            f"{cmd} did not finish within {PLEXUS_CLIENT_TIMEOUT} s\n"
-            f"--- stdout ---\n{_text(exc.stdout)}\n--- stderr ---\n{_text(exc.stderr)}",
-            pytrace=False,
-        )
-    stdout, stderr = _text(run.stdout), _text(run.stderr)
+    except OSError as exc:
+        pytest.fail(f"could not run {cmd}: {exc}", pytrace=False)
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=PLEXUS_CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_process_group(proc)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b"(output lost: pipes still open after kill)"
+    stdout, stderr = _text(out), _text(err)
     output = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    if timed_out:
+        pytest.fail(f"{cmd} did not finish within {PLEXUS_CLIENT_TIMEOUT} s\n{output}", pytrace=False)
     lines = [line.strip() for line in stdout.splitlines()]
     failed = [line for line in lines if line.startswith("FAIL")]
     passed = {line[len("PASS ") :].strip() for line in lines if line.startswith("PASS ")}
     missing = [case for case in REQUIRED_CASES if case not in passed]
     problems = []
-    if run.returncode != 0:
-        problems.append(f"exit code {run.returncode}")
+    if proc.returncode != 0:
+        problems.append(f"exit code {proc.returncode}")
     if failed:
         problems.append(f"{len(failed)} FAIL line(s)")
     if missing:

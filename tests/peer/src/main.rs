@@ -1,1 +1,504 @@
-fn main() {}
+//! The Rust side of plexus's peer tests (tests/peer/py): an echo server and a client that runs
+//! every case against any echo server, grpcio's included.
+//!
+//! `plexus-peer server --listen 127.0.0.1:0` prints `LISTENING <port>` and serves until killed.
+//! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
+//! and exits 0 only if every case passed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{Either, join_all, select};
+use plexus::{
+    CallContext, CallOptions, Channel, Client, Code, Metadata, MetadataValue, ProstCodec, Request,
+    RequestStream, Response, ResponseSink, Server, Status,
+};
+
+/// plexus.peer.EchoRequest (tests/peer/proto/echo.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoRequest {
+    #[prost(string, tag = "1")]
+    message: String,
+    #[prost(int32, tag = "2")]
+    count: i32,
+    #[prost(int32, tag = "3")]
+    delay_ms: i32,
+    #[prost(int32, tag = "4")]
+    status_code: i32,
+    #[prost(string, tag = "5")]
+    status_message: String,
+    #[prost(bytes = "bytes", tag = "6")]
+    payload: Bytes,
+}
+
+/// plexus.peer.EchoResponse.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoResponse {
+    #[prost(string, tag = "1")]
+    message: String,
+    #[prost(int32, tag = "2")]
+    index: i32,
+    #[prost(bytes = "bytes", tag = "3")]
+    payload: Bytes,
+}
+
+type ServerCodec = ProstCodec<EchoResponse, EchoRequest>;
+type ClientCodec = ProstCodec<EchoRequest, EchoResponse>;
+
+const SERVICE: &str = "/plexus.peer.Echo/";
+const TRAILER_BIN: &[u8] = b"\xfe\x00\x01";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+    match args.first().map(String::as_str) {
+        Some("server") => {
+            let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+            match smol::block_on(serve(&listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("server failed: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("client") => {
+            let Some(target) = flag("--target") else {
+                eprintln!("usage: plexus-peer client --target HOST:PORT");
+                return ExitCode::from(2);
+            };
+            smol::block_on(run_client(&target))
+        }
+        _ => {
+            eprintln!("usage: plexus-peer server --listen ADDR | client --target HOST:PORT");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---- server ----
+
+fn echo_metadata(ctx: &CallContext) -> Metadata {
+    let mut md = Metadata::new();
+    for (key, value) in ctx.metadata().iter() {
+        if !key.starts_with("x-echo-") {
+            continue;
+        }
+        let _ = match value {
+            MetadataValue::Ascii(v) => md.append(key, v),
+            MetadataValue::Binary(v) => md.append_bin(key, &v),
+        };
+    }
+    md
+}
+
+fn trailers() -> Metadata {
+    let mut md = Metadata::new();
+    md.append("x-trailer", "done").expect("valid");
+    md.append_bin("x-trailer-bin", TRAILER_BIN).expect("valid");
+    md
+}
+
+fn requested_status(req: &EchoRequest) -> Option<Status> {
+    (req.status_code != 0).then(|| {
+        Status::new(Code::from_i32(req.status_code), req.status_message.clone())
+            .with_details(format!("details:{}", req.status_message).into_bytes())
+            .with_metadata(trailers())
+    })
+}
+
+/// Sleeps `ms`, or less if the call is cancelled first.
+async fn nap(ms: i32, ctx: &CallContext) {
+    if ms > 0 {
+        let sleep = async_io::Timer::after(Duration::from_millis(ms as u64));
+        let _ = select(std::pin::pin!(sleep), std::pin::pin!(ctx.cancelled())).await;
+    }
+}
+
+fn echo_server() -> Result<Server, Status> {
+    Server::builder()
+        .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
+            let (ctx, req) = req.into_parts();
+            nap(req.delay_ms, &ctx).await;
+            if let Some(status) = requested_status(&req) {
+                return Err(status);
+            }
+            let reply = EchoResponse { message: req.message, index: 0, payload: req.payload };
+            Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
+        })
+        .server_streaming(
+            &format!("{SERVICE}ServerStream"),
+            ServerCodec::new(),
+            |req: Request<EchoRequest>, sink: ResponseSink<EchoResponse>| async move {
+                let (ctx, req) = req.into_parts();
+                sink.send_initial_metadata(echo_metadata(&ctx)).await?;
+                sink.set_trailers(trailers());
+                for index in 0..req.count {
+                    if index > 0 {
+                        nap(req.delay_ms, &ctx).await;
+                    }
+                    let reply = EchoResponse { message: req.message.clone(), index, payload: req.payload.clone() };
+                    sink.send(reply).await?;
+                }
+                requested_status(&req).map_or(Ok(()), Err)
+            },
+        )
+        .client_streaming(
+            &format!("{SERVICE}ClientStream"),
+            ServerCodec::new(),
+            |req: Request<RequestStream<EchoRequest>>| async move {
+                let (ctx, mut stream) = req.into_parts();
+                let (mut messages, mut payload, mut failure) = (Vec::new(), Vec::new(), None);
+                while let Some(msg) = stream.message().await? {
+                    payload.extend_from_slice(&msg.payload);
+                    failure = failure.or_else(|| requested_status(&msg));
+                    messages.push(msg.message);
+                }
+                if let Some(status) = failure {
+                    return Err(status);
+                }
+                let reply = EchoResponse { message: messages.join(","), index: messages.len() as i32, payload: payload.into() };
+                Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
+            },
+        )
+        .bidi_streaming(
+            &format!("{SERVICE}Bidi"),
+            ServerCodec::new(),
+            |req: Request<RequestStream<EchoRequest>>, sink: ResponseSink<EchoResponse>| async move {
+                let (ctx, mut stream) = req.into_parts();
+                sink.send_initial_metadata(echo_metadata(&ctx)).await?;
+                sink.set_trailers(trailers());
+                let mut index = 0;
+                while let Some(msg) = stream.message().await? {
+                    if let Some(status) = requested_status(&msg) {
+                        return Err(status);
+                    }
+                    sink.send(EchoResponse { message: msg.message, index, payload: msg.payload }).await?;
+                    index += 1;
+                }
+                Ok(())
+            },
+        )
+        .build()
+}
+
+async fn serve(listen: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let server = echo_server()?;
+    let listener = plexus::Listener::bind_tcp(listen)?;
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    println!("LISTENING {port}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    server.serve(listener).await?;
+    Ok(())
+}
+
+// ---- client ----
+
+type CaseFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+
+async fn run_client(target: &str) -> ExitCode {
+    let channel = match Channel::new(target) {
+        Ok(channel) => channel,
+        Err(err) => {
+            eprintln!("bad target: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let echo = channel.typed(ClientCodec::new());
+    let cases: Vec<(&str, CaseFuture<'_>)> = vec![
+        ("unary", Box::pin(case_unary(&echo))),
+        ("metadata", Box::pin(case_metadata(&echo))),
+        ("server_streaming", Box::pin(case_server_streaming(&echo))),
+        ("client_streaming", Box::pin(case_client_streaming(&echo))),
+        ("bidi", Box::pin(case_bidi(&echo))),
+        ("error_status", Box::pin(case_error_status(&echo))),
+        ("unicode_status", Box::pin(case_unicode_status(&echo))),
+        ("deadline", Box::pin(case_deadline(&echo))),
+        (
+            "server_streaming_error",
+            Box::pin(case_server_streaming_error(&echo)),
+        ),
+        ("cancel", Box::pin(case_cancel(&echo))),
+        ("unimplemented", Box::pin(case_unimplemented(&channel))),
+        ("concurrent", Box::pin(case_concurrent(&echo))),
+    ];
+    let mut failed = 0;
+    for (name, case) in cases {
+        let timeout = async_io::Timer::after(Duration::from_secs(30));
+        let outcome = match select(case, std::pin::pin!(timeout)).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => Err("timed out after 30 s".into()),
+        };
+        match outcome {
+            Ok(()) => println!("PASS {name}"),
+            Err(why) => {
+                failed += 1;
+                println!("FAIL {name}: {why}");
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+type Echo = Client<ClientCodec>;
+
+fn path(method: &str) -> String {
+    format!("{SERVICE}{method}")
+}
+
+fn req(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+) -> Result<Status, String> {
+    match result {
+        Err(status) if status.code() == code => Ok(status),
+        other => Err(format!("expected {code}, got {other:?}")),
+    }
+}
+
+async fn case_unary(echo: &Echo) -> Result<(), String> {
+    let payload: Bytes = (0..1024 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let request = EchoRequest {
+        payload: payload.clone(),
+        ..req("hello")
+    };
+    let response = echo
+        .unary(&path("Unary"), &request, CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    check(response.message().message == "hello", || {
+        format!("message {:?}", response.message().message)
+    })?;
+    check(response.message().payload == payload, || {
+        "1 MiB payload did not round-trip".into()
+    })
+}
+
+async fn case_metadata(echo: &Echo) -> Result<(), String> {
+    let mut md = Metadata::new();
+    md.append("x-echo-ascii", "hello")
+        .map_err(|s| s.to_string())?;
+    md.append_bin("x-echo-data-bin", b"\x00\x01\xff")
+        .map_err(|s| s.to_string())?;
+    let response = echo
+        .unary(&path("Unary"), &req("md"), CallOptions::new().metadata(md))
+        .await
+        .map_err(|s| s.to_string())?;
+    let initial = response.metadata();
+    check(initial.get("x-echo-ascii") == Some("hello"), || {
+        format!("initial metadata {initial:?}")
+    })?;
+    check(
+        initial.get_bin("x-echo-data-bin").as_deref() == Some(&b"\x00\x01\xff"[..]),
+        || format!("initial metadata {initial:?}"),
+    )?;
+    let trailers = response.trailers();
+    check(trailers.get("x-trailer") == Some("done"), || {
+        format!("trailers {trailers:?}")
+    })?;
+    check(
+        trailers.get_bin("x-trailer-bin").as_deref() == Some(TRAILER_BIN),
+        || format!("trailers {trailers:?}"),
+    )
+}
+
+async fn case_server_streaming(echo: &Echo) -> Result<(), String> {
+    let request = EchoRequest {
+        count: 5,
+        ..req("s")
+    };
+    let mut stream = echo
+        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    let mut indexes = Vec::new();
+    while let Some(msg) = stream.message().await.map_err(|s| s.to_string())? {
+        indexes.push(msg.index);
+    }
+    check(indexes == vec![0, 1, 2, 3, 4], || {
+        format!("indexes {indexes:?}")
+    })?;
+    let trailers = stream.trailers().cloned().unwrap_or_default();
+    check(trailers.get("x-trailer") == Some("done"), || {
+        format!("trailers {trailers:?}")
+    })
+}
+
+async fn case_client_streaming(echo: &Echo) -> Result<(), String> {
+    let (tx, response) = echo
+        .client_streaming(&path("ClientStream"), CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    for m in ["a", "b", "c"] {
+        tx.send(req(m)).await.map_err(|s| s.to_string())?;
+    }
+    drop(tx);
+    let response = response.await.map_err(|s| s.to_string())?;
+    let msg = response.message();
+    check(msg.message == "a,b,c" && msg.index == 3, || {
+        format!("response {msg:?}")
+    })
+}
+
+async fn case_bidi(echo: &Echo) -> Result<(), String> {
+    let (tx, mut rx) = echo
+        .bidi_streaming(&path("Bidi"), CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    for i in 0..4 {
+        tx.send(req(&format!("m{i}")))
+            .await
+            .map_err(|s| s.to_string())?;
+        let msg = rx
+            .message()
+            .await
+            .map_err(|s| s.to_string())?
+            .ok_or("stream ended early")?;
+        check(msg.message == format!("m{i}") && msg.index == i, || {
+            format!("response {msg:?}")
+        })?;
+    }
+    tx.close().await.map_err(|s| s.to_string())?;
+    let end = rx.message().await.map_err(|s| s.to_string())?;
+    check(end.is_none(), || format!("unexpected message {end:?}"))
+}
+
+async fn case_error_status(echo: &Echo) -> Result<(), String> {
+    let request = EchoRequest {
+        status_code: 5,
+        status_message: "no such thing".into(),
+        ..req("e")
+    };
+    let status = expect_code(
+        echo.unary(&path("Unary"), &request, CallOptions::new())
+            .await,
+        Code::NotFound,
+    )?;
+    check(status.message() == "no such thing", || {
+        format!("message {:?}", status.message())
+    })?;
+    check(
+        status.details().as_ref() == b"details:no such thing",
+        || format!("details {:?}", status.details()),
+    )?;
+    check(status.metadata().get("x-trailer") == Some("done"), || {
+        format!("trailers {:?}", status.metadata())
+    })
+}
+
+async fn case_unicode_status(echo: &Echo) -> Result<(), String> {
+    let text = "caf\u{e9} \u{2603} 100%";
+    let request = EchoRequest {
+        status_code: 3,
+        status_message: text.into(),
+        ..req("u")
+    };
+    let status = expect_code(
+        echo.unary(&path("Unary"), &request, CallOptions::new())
+            .await,
+        Code::InvalidArgument,
+    )?;
+    check(status.message() == text, || {
+        format!("message {:?}", status.message())
+    })
+}
+
+async fn case_deadline(echo: &Echo) -> Result<(), String> {
+    let started = Instant::now();
+    let request = EchoRequest {
+        delay_ms: 2000,
+        ..req("slow")
+    };
+    let options = CallOptions::new().timeout(Duration::from_millis(300));
+    expect_code(
+        echo.unary(&path("Unary"), &request, options).await,
+        Code::DeadlineExceeded,
+    )?;
+    let took = started.elapsed();
+    check(took < Duration::from_millis(1500), || {
+        format!("took {took:?}")
+    })
+}
+
+async fn case_server_streaming_error(echo: &Echo) -> Result<(), String> {
+    let request = EchoRequest {
+        count: 2,
+        status_code: 9,
+        status_message: "stop".into(),
+        ..req("se")
+    };
+    let mut stream = echo
+        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    for _ in 0..2 {
+        stream
+            .message()
+            .await
+            .map_err(|s| s.to_string())?
+            .ok_or("stream ended early")?;
+    }
+    expect_code(stream.message().await, Code::FailedPrecondition).map(drop)
+}
+
+async fn case_cancel(echo: &Echo) -> Result<(), String> {
+    let request = EchoRequest {
+        count: 100,
+        delay_ms: 50,
+        ..req("c")
+    };
+    let mut stream = echo
+        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .await
+        .map_err(|s| s.to_string())?;
+    stream
+        .message()
+        .await
+        .map_err(|s| s.to_string())?
+        .ok_or("stream ended early")?;
+    stream.cancel();
+    expect_code(stream.message().await, Code::Cancelled).map(drop)
+}
+
+async fn case_unimplemented(channel: &Channel) -> Result<(), String> {
+    let result = channel
+        .unary(&path("Nope"), Bytes::new(), CallOptions::new())
+        .await;
+    expect_code(result, Code::Unimplemented).map(drop)
+}
+
+async fn case_concurrent(echo: &Echo) -> Result<(), String> {
+    let calls = (0..50).map(|i| async move {
+        let m = format!("c{i}");
+        let r = echo
+            .unary(&path("Unary"), &req(&m), CallOptions::new())
+            .await
+            .map_err(|s| s.to_string())?;
+        check(r.message().message == m, || {
+            format!("got {:?} for {m}", r.message().message)
+        })
+    });
+    join_all(calls).await.into_iter().collect()
+}
