@@ -123,9 +123,18 @@ impl fmt::Display for Code {
 pub struct Status {
     code: Code,
     message: String,
+    /// Details and metadata are rare and large; boxing them keeps `Result<T, Status>` small.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Default)]
+struct Extra {
     details: Bytes,
     metadata: Metadata,
 }
+
+/// What `metadata()` returns for a status without any.
+static NO_METADATA: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
 
 impl Status {
     /// A status with a code and a message.
@@ -133,8 +142,7 @@ impl Status {
         Status {
             code,
             message: message.into(),
-            details: Bytes::new(),
-            metadata: Metadata::new(),
+            extra: None,
         }
     }
 
@@ -145,13 +153,13 @@ impl Status {
 
     /// Attaches binary details, sent as `grpc-status-details-bin` (usually a `google.rpc.Status`).
     pub fn with_details(mut self, details: impl Into<Bytes>) -> Status {
-        self.details = details.into();
+        self.extra.get_or_insert_with(Box::default).details = details.into();
         self
     }
 
     /// Attaches metadata: trailing metadata when received, or sent with the trailers.
     pub fn with_metadata(mut self, metadata: Metadata) -> Status {
-        self.metadata = metadata;
+        *self.metadata_mut() = metadata;
         self
     }
 
@@ -167,17 +175,18 @@ impl Status {
 
     /// The raw `grpc-status-details-bin` bytes (empty when none were sent).
     pub fn details(&self) -> &Bytes {
-        &self.details
+        static NONE: Bytes = Bytes::new();
+        self.extra.as_ref().map_or(&NONE, |e| &e.details)
     }
 
     /// Trailing metadata that came with (or goes with) this status.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.extra.as_ref().map_or(&NO_METADATA, |e| &e.metadata)
     }
 
     /// Mutable access to the trailing metadata.
     pub fn metadata_mut(&mut self) -> &mut Metadata {
-        &mut self.metadata
+        &mut self.extra.get_or_insert_with(Box::default).metadata
     }
 
     /// Whether the code is OK.
@@ -292,11 +301,11 @@ impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Status");
         d.field("code", &self.code).field("message", &self.message);
-        if !self.details.is_empty() {
-            d.field("details", &self.details);
+        if !self.details().is_empty() {
+            d.field("details", self.details());
         }
-        if !self.metadata.is_empty() {
-            d.field("metadata", &self.metadata);
+        if !self.metadata().is_empty() {
+            d.field("metadata", self.metadata());
         }
         d.finish()
     }
