@@ -150,6 +150,25 @@ impl Metadata {
         }
     }
 
+    /// Appends every entry of `other`, keeping existing values.
+    pub fn extend(&mut self, other: Metadata) {
+        let mut last = None;
+        for (name, value) in other.headers {
+            // `HeaderMap::into_iter` names a key only at its first value.
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                self.headers.append(name.clone(), value);
+            }
+        }
+    }
+
+    /// The distinct keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.headers.keys().map(|k| k.as_str())
+    }
+
     /// Whether the key is present.
     pub fn contains_key(&self, key: &str) -> bool {
         self.headers.contains_key(key)
@@ -246,6 +265,20 @@ mod tests {
         assert_eq!(headers.get("x-b-bin").unwrap(), "AAH/");
         let back = Metadata::from_headers(&headers);
         assert_eq!(back, md);
+    }
+
+    #[test]
+    fn extend_keeps_every_value() {
+        let mut a = Metadata::new();
+        a.append("x-a", "1").unwrap();
+        let mut b = Metadata::new();
+        b.append("x-a", "2").unwrap();
+        b.append("x-b", "3").unwrap();
+        b.append("x-b", "4").unwrap();
+        a.extend(b);
+        assert_eq!(a.get_all("x-a"), vec!["1", "2"]);
+        assert_eq!(a.get_all("x-b"), vec!["3", "4"]);
+        assert_eq!(a.keys().collect::<Vec<_>>(), vec!["x-a", "x-b"]);
     }
 
     #[test]

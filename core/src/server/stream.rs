@@ -256,15 +256,14 @@ impl Driver {
             Ok(()) => Status::ok(),
             Err(status) => status,
         };
-        let extra = std::mem::take(&mut *self.trailers.lock().unwrap_or_else(|e| e.into_inner()));
-        if !extra.is_empty() {
-            let mut merged = extra;
-            for (key, value) in status.metadata().iter() {
-                let _ = match value {
-                    crate::metadata::MetadataValue::Ascii(v) => merged.append(key, v),
-                    crate::metadata::MetadataValue::Binary(v) => merged.append_bin(key, &v),
-                };
+        // Trailers set on the sink, then the status's own metadata, which wins for a key in both.
+        let mut merged =
+            std::mem::take(&mut *self.trailers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !merged.is_empty() {
+            for key in status.metadata().keys() {
+                merged.remove(key);
             }
+            merged.extend(status.metadata().clone());
             status = status.with_metadata(merged);
         }
         if status.code() == Code::Ok {

@@ -117,7 +117,7 @@ class PlexusServer:
             pytest.fail(self.error, pytrace=False)
         if self.proc is not None and self.proc.poll() is not None:
             pytest.fail(
-                f"plexus server exited early with code {self.proc.returncode}\n{self.output()}",
+                f"the plexus server is gone (exit code {self.proc.returncode})\n{self.output()}",
                 pytrace=False,
             )
         return f"127.0.0.1:{self.port}"
@@ -298,5 +298,10 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.failed:
         return
     peer = getattr(item, "funcargs", {}).get("peer")
-    if getattr(peer, "name", None) == "plexus" and _plexus is not None and _plexus.port is not None:
+    if (
+        getattr(peer, "name", None) == "plexus"
+        and _plexus is not None
+        and _plexus.port is not None
+        and "--- plexus server stderr ---" not in report.longreprtext
+    ):
         report.sections.append(("plexus server output", _plexus.output()))

@@ -30,7 +30,6 @@ Usable in-process (``start(port=0) -> (server, port)``) or standalone
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib
 import shutil
 import signal
@@ -77,12 +76,17 @@ def load_stubs():
         return importlib.import_module("echo_pb2"), importlib.import_module("echo_pb2_grpc")
     except ImportError:
         pass
+    # Standalone run: generate, import, and delete the files right away (the modules stay
+    # loaded), so nothing is left behind even if the process is SIGKILLed later.
     out_dir = tempfile.mkdtemp(prefix="plexus-peer-stubs-")
-    atexit.register(shutil.rmtree, out_dir, True)
-    generate_stubs(out_dir)
-    sys.path.insert(0, out_dir)
-    importlib.invalidate_caches()
-    return importlib.import_module("echo_pb2"), importlib.import_module("echo_pb2_grpc")
+    try:
+        generate_stubs(out_dir)
+        sys.path.insert(0, out_dir)
+        importlib.invalidate_caches()
+        return importlib.import_module("echo_pb2"), importlib.import_module("echo_pb2_grpc")
+    finally:
+        sys.path.remove(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 pb2, pb2_grpc = load_stubs()

@@ -123,7 +123,9 @@ fn echo_server() -> Result<Server, Status> {
         .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
             let (ctx, req) = req.into_parts();
             nap(req.delay_ms, &ctx).await;
-            if let Some(status) = requested_status(&req) {
+            if let Some(mut status) = requested_status(&req) {
+                // A unary error goes out trailers-only, so the echoed keys ride in the trailers.
+                status.metadata_mut().extend(echo_metadata(&ctx));
                 return Err(status);
             }
             let reply = EchoResponse { message: req.message, index: 0, payload: req.payload };
