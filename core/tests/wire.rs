@@ -573,3 +573,26 @@ fn server_rejects_two_messages_on_a_unary_method() {
     );
     assert_eq!(grpc_status_of(&headers, &trailers), "13");
 }
+
+#[test]
+fn a_refused_unary_call_is_retried_once_transparently() {
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let channel = scripted(move |_request, mut respond| {
+        let attempt = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if attempt == 0 {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let mut stream = respond.send_response(grpc_headers(), false).unwrap();
+            stream.send_data(frame(b"second"), false).unwrap();
+            stream
+                .send_trailers(trailers(&[("grpc-status", b"0")]))
+                .unwrap();
+        }
+    });
+    let response = run(unary(&channel)).unwrap();
+    assert_eq!(response.message().as_ref(), b"second");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -104,6 +104,7 @@ pub(crate) fn open(
         max_recv,
         initial: None,
         status: None,
+        refused: false,
     };
     (call, raw)
 }
@@ -232,6 +233,8 @@ pub(crate) struct RawStreaming {
     max_recv: usize,
     initial: Option<Metadata>,
     status: Option<Status>,
+    /// The server refused the stream (RST_STREAM(REFUSED_STREAM)) before processing it.
+    refused: bool,
 }
 
 impl RawStreaming {
@@ -288,7 +291,10 @@ impl RawStreaming {
             };
             match Pin::new(fut).poll(cx) {
                 Poll::Ready(Ok(response)) => self.on_headers(response),
-                Poll::Ready(Err(err)) => self.fail(Status::from_h2(err)),
+                Poll::Ready(Err(err)) => {
+                    self.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM);
+                    self.fail(Status::from_h2(err));
+                }
                 Poll::Pending => {
                     ready!(self.deadline.poll_expired(cx));
                     self.fail(Status::deadline_exceeded(
@@ -561,11 +567,19 @@ impl<C: Codec> Client<C> {
         options: CallOptions,
     ) -> Result<Response<C::Decode>, Status> {
         let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
-        let (_call, raw) = self
-            .channel
-            .start(path, &options, Some(framed), true)
-            .await?;
-        read_unary(&mut self.streaming(raw)).await
+        let mut retried = false;
+        loop {
+            let (_call, raw) = self
+                .channel
+                .start(path, &options, Some(framed.clone()), true)
+                .await?;
+            let mut stream = self.streaming(raw);
+            match read_unary(&mut stream).await {
+                // The server never processed a refused stream: one transparent retry is safe.
+                Err(_) if stream.raw.refused && !retried => retried = true,
+                result => return result,
+            }
+        }
     }
 
     /// A server-streaming call: one request, a stream of responses.

@@ -23,6 +23,10 @@ use crate::rt::{Compat, Executor, SmolExecutor};
 use crate::status::Status;
 use crate::transport::{Connector, SocketConnector};
 
+/// Streams we open before the server's SETTINGS say its limit: RFC 9113 §6.5.2 recommends
+/// servers allow at least 100, and grpc-go and C-core default to it.
+const ASSUMED_MAX_CONCURRENT_STREAMS: usize = 100;
+
 /// A gRPC channel to one target: cheap to clone (a pointer copy), usable from every thread,
 /// connected lazily on the first call. Every clone shares the same HTTP/2 connection.
 #[derive(Clone)]
@@ -261,6 +265,9 @@ impl Channel {
             .initial_connection_window_size(c.connection_window)
             .max_frame_size(c.max_frame_size)
             .enable_push(false)
+            // Until the server's SETTINGS arrive, assume its limit is the common 100 rather
+            // than h2's "unlimited", so a burst on a new connection is not refused.
+            .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
             .handshake::<_, Bytes>(Compat(io));
         let (send, driver) = with_deadline(Some(until), handshake).await?.map_err(|e| {
             Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}"))

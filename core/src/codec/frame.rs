@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_RECV_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_SEND_MESSAGE_SIZE: usize = usize::MAX;
 
 /// A framed message ready for the wire: one or two buffers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Framed {
     pub(crate) head: Bytes,
     pub(crate) tail: Option<Bytes>,

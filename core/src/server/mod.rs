@@ -256,6 +256,8 @@ impl Server {
     /// on the executor.
     pub async fn serve(&self, listener: Listener) -> io::Result<()> {
         let shutdown = &self.inner.shutdown;
+        // Counted like a connection, so `shutdown` returns only after the listener is closed.
+        let _active = shutdown.track();
         loop {
             let accept = std::pin::pin!(listener.accept());
             let stop = std::pin::pin!(shutdown.graceful_started());
@@ -280,6 +282,7 @@ impl Server {
         I: Io,
     {
         let mut incoming = incoming;
+        let _active = self.inner.shutdown.track();
         loop {
             let stop = std::pin::pin!(self.inner.shutdown.graceful_started());
             match select(incoming.next(), stop).await {
