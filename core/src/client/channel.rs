@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use super::call::{self, CallShared, RawStreaming};
 use super::options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_STREAM_WINDOW, MAX_WINDOW,
+    DEFAULT_STREAM_WINDOW, check_http2_settings,
 };
 use super::target::Target;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
@@ -136,24 +136,7 @@ impl ChannelBuilder {
     pub fn build(self) -> Result<Channel, Status> {
         let target = Target::parse(&self.target)?;
         let c = &self.config;
-        if c.stream_window == 0 || c.stream_window > MAX_WINDOW {
-            return Err(Status::invalid_argument(format!(
-                "initial stream window {} must be between 1 and {MAX_WINDOW}",
-                c.stream_window
-            )));
-        }
-        if c.connection_window < c.stream_window || c.connection_window > MAX_WINDOW {
-            return Err(Status::invalid_argument(format!(
-                "initial connection window {} must be at least the stream window {} and at most {MAX_WINDOW}",
-                c.connection_window, c.stream_window
-            )));
-        }
-        if !(16_384..=16_777_215).contains(&c.max_frame_size) {
-            return Err(Status::invalid_argument(format!(
-                "max frame size {} must be between 16384 and 16777215 (RFC 9113 §6.5.2)",
-                c.max_frame_size
-            )));
-        }
+        check_http2_settings(c.stream_window, c.connection_window, c.max_frame_size)?;
         if http::HeaderValue::from_str(&c.user_agent).is_err() {
             return Err(Status::invalid_argument(
                 "user agent must be printable ASCII",

@@ -7,7 +7,7 @@ mod target;
 
 pub use call::{Client, ResponseFuture, Sender, Streaming};
 pub use channel::{Channel, ChannelBuilder};
-pub(crate) use options::MAX_WINDOW;
+pub(crate) use options::check_http2_settings;
 pub use options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_STREAM_WINDOW,

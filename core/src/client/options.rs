@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::metadata::Metadata;
+use crate::status::Status;
 
 /// Options for one call: deadline, metadata and message size limits.
 #[derive(Debug, Clone, Default)]
@@ -78,4 +79,35 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * DEFAULT_STREAM_WINDOW;
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
 
 /// Largest window HTTP/2 allows (RFC 9113 §6.9.1).
-pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// Frame sizes HTTP/2 allows (RFC 9113 §6.5.2).
+const FRAME_SIZES: std::ops::RangeInclusive<u32> = 16_384..=16_777_215;
+
+/// Checks window and frame settings shared by channels and servers; INVALID_ARGUMENT names
+/// the setting that is out of range.
+pub(crate) fn check_http2_settings(
+    stream_window: u32,
+    connection_window: u32,
+    max_frame_size: u32,
+) -> Result<(), Status> {
+    if stream_window == 0 || stream_window > MAX_WINDOW {
+        return Err(Status::invalid_argument(format!(
+            "initial stream window {stream_window} must be between 1 and {MAX_WINDOW}"
+        )));
+    }
+    if connection_window < stream_window || connection_window > MAX_WINDOW {
+        return Err(Status::invalid_argument(format!(
+            "initial connection window {connection_window} must be at least the stream window \
+             {stream_window} and at most {MAX_WINDOW}"
+        )));
+    }
+    if !FRAME_SIZES.contains(&max_frame_size) {
+        return Err(Status::invalid_argument(format!(
+            "max frame size {max_frame_size} must be between {} and {} (RFC 9113 §6.5.2)",
+            FRAME_SIZES.start(),
+            FRAME_SIZES.end()
+        )));
+    }
+    Ok(())
+}

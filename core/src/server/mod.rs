@@ -24,7 +24,7 @@ pub use listener::Listener;
 use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
 use crate::client::{
-    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, MAX_WINDOW,
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, check_http2_settings,
 };
 use crate::codec::Codec;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
@@ -178,24 +178,7 @@ impl ServerBuilder {
     /// Checks the settings and builds the server.
     pub fn build(self) -> Result<Server, Status> {
         let c = &self.config;
-        if c.stream_window == 0 || c.stream_window > MAX_WINDOW {
-            return Err(Status::invalid_argument(format!(
-                "initial stream window {} must be between 1 and {MAX_WINDOW}",
-                c.stream_window
-            )));
-        }
-        if c.connection_window < c.stream_window || c.connection_window > MAX_WINDOW {
-            return Err(Status::invalid_argument(format!(
-                "initial connection window {} must be at least the stream window {} and at most {MAX_WINDOW}",
-                c.connection_window, c.stream_window
-            )));
-        }
-        if !(16_384..=16_777_215).contains(&c.max_frame_size) {
-            return Err(Status::invalid_argument(format!(
-                "max frame size {} must be between 16384 and 16777215 (RFC 9113 §6.5.2)",
-                c.max_frame_size
-            )));
-        }
+        check_http2_settings(c.stream_window, c.connection_window, c.max_frame_size)?;
         for path in self.routes.keys() {
             let valid = path.starts_with('/')
                 && path[1..]
