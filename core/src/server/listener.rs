@@ -1,8 +1,11 @@
-//! Listening sockets: TCP (with TCP_NODELAY on every accepted connection) and Unix domain.
+//! Listening sockets: TCP (with TCP_NODELAY on every accepted connection), Unix domain sockets
+//! and, on Linux, abstract Unix sockets.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(unix)]
+use std::path::PathBuf;
 
 use async_io::Async;
 
@@ -17,8 +20,10 @@ pub struct Listener {
 #[derive(Debug)]
 enum Kind {
     Tcp(Async<TcpListener>),
+    /// A Unix socket and its file, removed on drop; `None` for an abstract socket, which has
+    /// no file.
     #[cfg(unix)]
-    Unix(Async<std::os::unix::net::UnixListener>, PathBuf),
+    Unix(Async<std::os::unix::net::UnixListener>, Option<PathBuf>),
 }
 
 impl Listener {
@@ -46,7 +51,31 @@ impl Listener {
         let path = path.as_ref().to_path_buf();
         let listener = Async::<std::os::unix::net::UnixListener>::bind(&path)?;
         Ok(Listener {
-            kind: Kind::Unix(listener, path),
+            kind: Kind::Unix(listener, Some(path)),
+        })
+    }
+
+    /// Binds a Unix socket in Linux's abstract namespace under `name` (any bytes, at most
+    /// 107; the leading NUL is added here), reachable as the target `unix-abstract:name`
+    /// with non-UTF-8 or unprintable bytes percent-encoded. There is no file: the name
+    /// disappears when the listener is dropped. Fails if the name is taken.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn bind_unix_abstract(name: &[u8]) -> io::Result<Listener> {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+
+        if name.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an abstract socket name must not be empty",
+            ));
+        }
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        Ok(Listener {
+            kind: Kind::Unix(Async::new(listener)?, None),
         })
     }
 
@@ -59,12 +88,12 @@ impl Listener {
         }
     }
 
-    /// The socket path of a Unix listener.
+    /// The socket path of a Unix listener (None for TCP and abstract sockets).
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.kind {
             Kind::Tcp(_) => None,
             #[cfg(unix)]
-            Kind::Unix(_, path) => Some(path),
+            Kind::Unix(_, path) => path.as_deref(),
         }
     }
 
@@ -88,8 +117,40 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         #[cfg(unix)]
-        if let Kind::Unix(_, path) = &self.kind {
+        if let Kind::Unix(_, Some(path)) = &self.kind {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+
+    use super::*;
+
+    #[test]
+    fn abstract_socket_accepts_and_frees_its_name_on_drop() {
+        let name = format!("plexus-listener-test-{}", std::process::id());
+        let listener = Listener::bind_unix_abstract(name.as_bytes()).unwrap();
+        assert_eq!(listener.unix_path(), None);
+        assert_eq!(listener.local_addr(), None);
+        let err = Listener::bind_unix_abstract(name.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _client = UnixStream::connect_addr(&addr).unwrap();
+        smol::block_on(listener.accept()).unwrap();
+
+        drop(listener);
+        Listener::bind_unix_abstract(name.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn abstract_socket_name_must_fit() {
+        let err = Listener::bind_unix_abstract(b"").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(Listener::bind_unix_abstract(&[b'x'; 200]).is_err());
     }
 }
