@@ -56,7 +56,10 @@ pub mod server;
 mod status;
 pub mod transport;
 
-pub use client::{CallOptions, Channel, ChannelBuilder, Client, ResponseFuture, Sender, Streaming};
+pub use client::{
+    CallOptions, Channel, ChannelBuilder, Client, Resolver, ResponseFuture, Sender, StaticResolver,
+    Streaming,
+};
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 pub use codec::{BytesCodec, Codec, ProstCodec};
 pub use metadata::{Metadata, MetadataValue};

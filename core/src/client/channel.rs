@@ -16,6 +16,7 @@ use super::options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_STREAM_WINDOW, check_http2_settings,
 };
+use super::resolve::resolver_for;
 use super::target::Target;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
 use crate::proto::headers::{self, CONTENT_TYPE_GRPC};
@@ -158,7 +159,7 @@ impl ChannelBuilder {
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
-            .field("target", &self.inner.target.address)
+            .field("target", &self.inner.target)
             .finish_non_exhaustive()
     }
 }
@@ -223,25 +224,42 @@ impl Channel {
             return Ok(send);
         }
         let inner = &self.inner;
-        let address = &inner.target.address;
         let timeout = inner.config.connect_timeout;
         let connect_by = Instant::now() + timeout;
         let until = deadline.map_or(connect_by, |d| d.min(connect_by));
-        let io = match with_deadline(Some(until), inner.connector.connect(address)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(err)) => {
-                return Err(Status::unavailable(format!(
-                    "failed to connect to {address}: {err}"
-                )));
+        let timed_out = |status: Status, what: &str| {
+            if until == connect_by {
+                Status::unavailable(format!("{what}: timed out after {timeout:?}"))
+                    .with_metadata(status.metadata().clone())
+            } else {
+                status
             }
-            Err(status) if until == connect_by => {
-                return Err(Status::unavailable(format!(
-                    "failed to connect to {address}: timed out after {timeout:?}"
-                ))
-                .with_metadata(status.metadata().clone()));
-            }
-            Err(status) => return Err(status),
         };
+        // Resolve, then take the first address that connects (pick_first).
+        let authority = &inner.target.authority;
+        let addresses = with_deadline(Some(until), resolver_for(&inner.target).resolve())
+            .await
+            .map_err(|status| timed_out(status, &format!("resolving {authority}")))??;
+        let mut failure = Status::unavailable(format!("resolving {authority} gave no addresses"));
+        let mut connected = None;
+        for address in addresses {
+            match with_deadline(Some(until), inner.connector.connect(&address)).await {
+                Ok(Ok(io)) => {
+                    connected = Some((io, address));
+                    break;
+                }
+                Ok(Err(err)) => {
+                    failure = Status::unavailable(format!("failed to connect to {address}: {err}"));
+                }
+                Err(status) => {
+                    return Err(timed_out(
+                        status,
+                        &format!("failed to connect to {address}"),
+                    ));
+                }
+            }
+        }
+        let (io, address) = connected.ok_or(failure)?;
         let c = &inner.config;
         let handshake = h2::client::Builder::new()
             .initial_window_size(c.stream_window)

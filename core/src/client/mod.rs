@@ -3,6 +3,7 @@
 mod call;
 mod channel;
 mod options;
+mod resolve;
 mod target;
 
 pub use call::{Client, ResponseFuture, Sender, Streaming};
@@ -12,3 +13,4 @@ pub use options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_STREAM_WINDOW,
 };
+pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};

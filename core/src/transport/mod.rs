@@ -1,13 +1,14 @@
 //! Transports: how a channel reaches an address and what a server listens on.
 //!
 //! A [`Connector`] turns an [`Address`] into a byte stream. [`SocketConnector`] (the default)
-//! speaks TCP and Unix domain sockets through `async-io`; [`memory`] gives in-process pipes for
+//! speaks TCP, Unix domain sockets and (on Linux) abstract Unix sockets through `async-io`; [`memory`] gives in-process pipes for
 //! tests and embedding; users may bring any other `futures-io` stream.
 
 pub mod memory;
 mod socket;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use socket::SocketConnector;
@@ -22,27 +23,43 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static>
 /// A boxed [`Io`], as returned by connectors.
 pub type BoxedIo = Box<dyn Io>;
 
-/// Where a connection goes.
+/// Where a connection goes: a resolved endpoint. Host names never reach a [`Connector`]; a
+/// resolver (see [`Resolver`](crate::client::Resolver)) turns them into addresses first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
-    /// A host name or IP literal and a port, resolved when connecting.
-    Host {
-        /// Host name or IP literal (without brackets).
-        host: String,
-        /// TCP port.
-        port: u16,
-    },
+    /// A TCP endpoint (IPv4 or IPv6).
+    Tcp(SocketAddr),
     /// A Unix domain socket path.
     Unix(PathBuf),
+    /// A name in Linux's abstract Unix socket namespace, without the leading NUL byte.
+    UnixAbstract(Vec<u8>),
 }
 
 impl fmt::Display for Address {
+    /// `1.2.3.4:5`, `[::1]:5`, `unix:/path` or `unix-abstract:name`, the name percent-encoded
+    /// where it is not printable ASCII (so the text is a valid target again).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Host { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Address::Host { host, port } => write!(f, "{host}:{port}"),
+            Address::Tcp(addr) => write!(f, "{addr}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::UnixAbstract(name) => {
+                f.write_str("unix-abstract:")?;
+                for &b in name {
+                    if b.is_ascii_graphic() && b != b'%' {
+                        write!(f, "{}", b as char)?;
+                    } else {
+                        write!(f, "%{b:02X}")?;
+                    }
+                }
+                Ok(())
+            }
         }
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Address {
+        Address::Tcp(addr)
     }
 }
 
@@ -50,4 +67,29 @@ impl fmt::Display for Address {
 pub trait Connector: Send + Sync + 'static {
     /// Connects to `address`; errors become UNAVAILABLE for the calls waiting on it.
     fn connect(&self, address: &Address) -> BoxFuture<std::io::Result<BoxedIo>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_display_as_targets() {
+        let shown = [
+            (Address::Tcp("1.2.3.4:5".parse().unwrap()), "1.2.3.4:5"),
+            (Address::Tcp("[::1]:5".parse().unwrap()), "[::1]:5"),
+            (Address::Unix("/tmp/a.sock".into()), "unix:/tmp/a.sock"),
+            (
+                Address::UnixAbstract(b"name".to_vec()),
+                "unix-abstract:name",
+            ),
+            (
+                Address::UnixAbstract(b"a b\0%\xff".to_vec()),
+                "unix-abstract:a%20b%00%25%FF",
+            ),
+        ];
+        for (address, text) in shown {
+            assert_eq!(address.to_string(), text);
+        }
+    }
 }

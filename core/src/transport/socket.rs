@@ -1,14 +1,15 @@
-//! TCP and Unix domain socket connections through `async-io`.
+//! TCP, Unix domain socket and abstract Unix socket connections through `async-io`.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 
 use async_io::Async;
 
 use super::{Address, BoxedIo, Connector};
 use crate::rt::BoxFuture;
 
-/// The default connector: TCP (with TCP_NODELAY) and Unix domain sockets.
+/// The default connector: TCP (with TCP_NODELAY), Unix domain sockets and, on Linux, abstract
+/// Unix sockets.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SocketConnector;
 
@@ -17,22 +18,11 @@ impl Connector for SocketConnector {
         let address = address.clone();
         Box::pin(async move {
             match address {
-                Address::Host { host, port } => {
-                    let addrs = resolve(host, port).await?;
-                    let mut last = None;
-                    for addr in addrs {
-                        match Async::<TcpStream>::connect(addr).await {
-                            Ok(stream) => {
-                                // gRPC messages are latency-sensitive; Nagle only adds delay.
-                                stream.get_ref().set_nodelay(true)?;
-                                return Ok(Box::new(stream) as BoxedIo);
-                            }
-                            Err(err) => last = Some(err),
-                        }
-                    }
-                    Err(last.unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, "name resolved to no addresses")
-                    }))
+                Address::Tcp(addr) => {
+                    let stream = Async::<TcpStream>::connect(addr).await?;
+                    // gRPC messages are latency-sensitive; Nagle only adds delay.
+                    stream.get_ref().set_nodelay(true)?;
+                    Ok(Box::new(stream) as BoxedIo)
                 }
                 #[cfg(unix)]
                 Address::Unix(path) => {
@@ -44,20 +34,32 @@ impl Connector for SocketConnector {
                     io::ErrorKind::Unsupported,
                     "Unix domain sockets are not supported on this platform",
                 )),
+                Address::UnixAbstract(name) => connect_abstract(name).await,
             }
         })
     }
 }
 
-/// Resolves a host: IP literals directly, names on a blocking thread (never on the executor).
-async fn resolve(host: String, port: u16) -> io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    blocking::unblock(move || {
-        (host.as_str(), port)
-            .to_socket_addrs()
-            .map(Iterator::collect)
-    })
-    .await
+/// Connects to a socket in Linux's abstract namespace. std can only connect these blocking;
+/// a Unix connect finishes at once unless the listener's backlog is full, so it runs on the
+/// blocking pool rather than risk stalling an executor thread.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+async fn connect_abstract(name: Vec<u8>) -> io::Result<BoxedIo> {
+    #[cfg(target_os = "android")]
+    use std::os::android::net::SocketAddrExt;
+    #[cfg(target_os = "linux")]
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+
+    let addr = SocketAddr::from_abstract_name(&name)?;
+    let stream = blocking::unblock(move || UnixStream::connect_addr(&addr)).await?;
+    Ok(Box::new(Async::new(stream)?) as BoxedIo)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+async fn connect_abstract(_name: Vec<u8>) -> io::Result<BoxedIo> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract Unix sockets (unix-abstract:) exist only on Linux",
+    ))
 }
