@@ -16,7 +16,7 @@ use super::options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_STREAM_WINDOW, check_http2_settings,
 };
-use super::resolve::resolver_for;
+use super::resolve::{Resolver, resolver_for};
 use super::target::Target;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
 use crate::proto::headers::{self, CONTENT_TYPE_GRPC};
@@ -40,6 +40,7 @@ struct ChannelInner {
     config: ChannelConfig,
     connector: Arc<dyn Connector>,
     executor: Arc<dyn Executor>,
+    resolver: Arc<dyn Resolver>,
     current: Mutex<Option<Connection>>,
     connecting: async_lock::Mutex<()>,
 }
@@ -67,6 +68,7 @@ pub struct ChannelBuilder {
     config: ChannelConfig,
     connector: Option<Arc<dyn Connector>>,
     executor: Option<Arc<dyn Executor>>,
+    resolver: Option<Arc<dyn Resolver>>,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -133,6 +135,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// Gets the addresses to connect to from `resolver` instead of from the target, which
+    /// then only sets `:authority` (default: DNS for host names, the target's own addresses
+    /// otherwise).
+    pub fn resolver(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
     /// Validates the target and settings and builds the channel; nothing connects yet.
     pub fn build(self) -> Result<Channel, Status> {
         let target = Target::parse(&self.target)?;
@@ -143,8 +153,10 @@ impl ChannelBuilder {
                 "user agent must be printable ASCII",
             ));
         }
+        let resolver = self.resolver.unwrap_or_else(|| resolver_for(&target));
         Ok(Channel {
             inner: Arc::new(ChannelInner {
+                resolver,
                 target,
                 config: self.config,
                 connector: self.connector.unwrap_or_else(|| Arc::new(SocketConnector)),
@@ -186,6 +198,7 @@ impl Channel {
             },
             connector: None,
             executor: None,
+            resolver: None,
         }
     }
 
@@ -237,7 +250,7 @@ impl Channel {
         };
         // Resolve, then take the first address that connects (pick_first).
         let authority = &inner.target.authority;
-        let addresses = with_deadline(Some(until), resolver_for(&inner.target).resolve())
+        let addresses = with_deadline(Some(until), inner.resolver.resolve())
             .await
             .map_err(|status| timed_out(status, &format!("resolving {authority}")))??;
         let mut failure = Status::unavailable(format!("resolving {authority} gave no addresses"));
