@@ -4,9 +4,10 @@
 //! reactor runs on whichever thread blocks on it (or on its own `async-io` thread).
 
 mod executor;
-mod io;
+pub(crate) mod io;
 mod timer;
 
 pub use executor::{BoxFuture, Executor, SmolExecutor, THREADS_ENV};
 pub use io::Compat;
+pub(crate) use io::{ConnectionEvents, FrameTap, Role};
 pub(crate) use timer::Deadline;

@@ -23,13 +23,16 @@ pub use listener::Listener;
 
 use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
-use crate::client::{
-    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW, check_http2_settings,
-};
+use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
 use crate::codec::Codec;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
+pub use crate::proto::ping::{
+    ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
+    DEFAULT_SERVER_KEEPALIVE_TIME, MAX_PING_STRIKES,
+};
 use crate::response::Response;
-use crate::rt::{Compat, Executor, SmolExecutor};
+use crate::rt::{Compat, Executor, FrameTap, Role, SmolExecutor};
 use crate::status::Status;
 use crate::transport::Io;
 
@@ -43,11 +46,19 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 struct ServerConfig {
     max_concurrent_streams: u32,
-    stream_window: u32,
-    connection_window: u32,
+    /// Windows as the user set them; resolved by [`WindowConfig::resolve`] in `build`.
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
+    adaptive_window: Option<bool>,
     max_frame_size: u32,
     max_recv_message_size: usize,
     max_send_message_size: usize,
+    keepalive_time: Duration,
+    keepalive_timeout: Duration,
+    min_ping_interval: Duration,
+    permit_pings_without_calls: bool,
+    /// What `build` makes of the settings above.
+    pings: PingConfig,
 }
 
 /// Collects routes and settings for a [`Server`].
@@ -72,11 +83,17 @@ impl Default for ServerBuilder {
             routes: HashMap::new(),
             config: ServerConfig {
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-                stream_window: DEFAULT_STREAM_WINDOW,
-                connection_window: DEFAULT_CONNECTION_WINDOW,
+                stream_window: None,
+                connection_window: None,
+                adaptive_window: None,
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+                keepalive_time: DEFAULT_SERVER_KEEPALIVE_TIME,
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
+                permit_pings_without_calls: false,
+                pings: PingConfig::client(),
             },
             executor: None,
         }
@@ -139,15 +156,60 @@ impl ServerBuilder {
         self
     }
 
-    /// Initial HTTP/2 stream window (default 1 MiB).
+    /// Initial HTTP/2 stream window. By default windows adapt (see
+    /// [`adaptive_window`](Self::adaptive_window)); setting this pins them, as in grpc-go, and
+    /// the connection window then defaults to 16 MiB.
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
-        self.config.stream_window = bytes;
+        self.config.stream_window = Some(bytes);
         self
     }
 
-    /// Initial HTTP/2 connection window (default 16 MiB).
+    /// Initial HTTP/2 connection window. Setting it pins the windows, as in grpc-go; the
+    /// stream window then defaults to 1 MiB.
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
-        self.config.connection_window = bytes;
+        self.config.connection_window = Some(bytes);
+        self
+    }
+
+    /// Whether flow-control windows follow the measured bandwidth-delay product, as in grpc-go
+    /// and C-core: they start at 64 KiB ([`ADAPTIVE_START_WINDOW`]) and grow up to 16 MiB
+    /// ([`BDP_LIMIT`]) as PING round trips show more data in flight. On by default unless a
+    /// window size is set; `false` pins the windows (1 MiB per stream and 16 MiB per
+    /// connection unless set), `true` with explicit sizes grows from them.
+    pub fn adaptive_window(mut self, adaptive: bool) -> Self {
+        self.config.adaptive_window = Some(adaptive);
+        self
+    }
+
+    /// Sends a keepalive PING after `time` without any frame from a client (default 2 hours,
+    /// gRPC's server default), whether or not calls are active; see
+    /// [`keepalive_timeout`](Self::keepalive_timeout). `Duration::MAX` turns it off.
+    pub fn keepalive_time(mut self, time: Duration) -> Self {
+        self.config.keepalive_time = time;
+        self
+    }
+
+    /// Closes a connection when nothing arrives within `timeout` of a keepalive PING
+    /// (default 20 s); its calls fail and their handlers see the connection gone.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.config.keepalive_timeout = timeout;
+        self
+    }
+
+    /// The shortest interval allowed between a client's PINGs while calls are active
+    /// (default 5 minutes, C-core's and grpc-go's). A PING sooner than that is a strike, and
+    /// sending DATA or HEADERS clears the strikes; past [`MAX_PING_STRIKES`] the server sends
+    /// GOAWAY ENHANCE_YOUR_CALM with debug data `too_many_pings` and closes the connection.
+    pub fn keepalive_min_ping_interval(mut self, interval: Duration) -> Self {
+        self.config.min_ping_interval = interval;
+        self
+    }
+
+    /// Whether clients may ping at the [minimum interval](Self::keepalive_min_ping_interval)
+    /// while no call is active (default false: then any two PINGs less than two hours apart
+    /// count as a strike, as in grpc-go).
+    pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
+        self.config.permit_pings_without_calls = permit;
         self
     }
 
@@ -176,9 +238,27 @@ impl ServerBuilder {
     }
 
     /// Checks the settings and builds the server.
-    pub fn build(self) -> Result<Server, Status> {
-        let c = &self.config;
-        check_http2_settings(c.stream_window, c.connection_window, c.max_frame_size)?;
+    pub fn build(mut self) -> Result<Server, Status> {
+        let c = &mut self.config;
+        let windows =
+            WindowConfig::resolve(c.stream_window, c.connection_window, c.adaptive_window);
+        check_http2_settings(windows.stream, windows.connection, c.max_frame_size)?;
+        if c.keepalive_time.is_zero() || c.keepalive_timeout.is_zero() {
+            return Err(Status::invalid_argument(
+                "keepalive time and timeout must be greater than zero",
+            ));
+        }
+        c.pings = PingConfig {
+            keepalive_time: Some(c.keepalive_time),
+            keepalive_timeout: c.keepalive_timeout,
+            // A server watches every connection, busy or idle, as grpc-go's does.
+            keepalive_permit_without_calls: true,
+            windows,
+            policy: Some(PingPolicy {
+                min_interval: c.min_ping_interval,
+                permit_without_calls: c.permit_pings_without_calls,
+            }),
+        };
         for path in self.routes.keys() {
             let valid = path.starts_with('/')
                 && path[1..]
@@ -284,14 +364,20 @@ impl Server {
     }
 
     /// Serves one HTTP/2 connection on `io` until the client leaves or the server shuts down.
+    ///
+    /// The connection's keepalive, ping policing and adaptive windows run in the same task,
+    /// between polls of the connection. A client that stops answering keepalive PINGs gets an
+    /// UNAVAILABLE error back here; one that pings too often gets GOAWAY ENHANCE_YOUR_CALM and
+    /// a RESOURCE_EXHAUSTED error back here.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Status> {
         let inner = &self.inner;
         let _active = inner.shutdown.track();
         let c = &inner.config;
+        let (io, events) = FrameTap::new(io, Role::Server);
         let handshake = h2::server::Builder::new()
             .max_concurrent_streams(c.max_concurrent_streams)
-            .initial_window_size(c.stream_window)
-            .initial_connection_window_size(c.connection_window)
+            .initial_window_size(c.pings.windows.stream)
+            .initial_connection_window_size(c.pings.windows.connection)
             .max_frame_size(c.max_frame_size)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
@@ -300,6 +386,7 @@ impl Server {
             Either::Left((Err(err), _)) => return Err(Status::from_h2(err)),
             Either::Right(_) => return Ok(()),
         };
+        let mut pings = PingManager::new(c.pings.clone(), events.clone(), conn.ping_pong());
         let mut graceful = std::pin::pin!(inner.shutdown.graceful_started());
         let mut forced = std::pin::pin!(inner.shutdown.forced());
         let mut going_away = false;
@@ -311,23 +398,39 @@ impl Server {
                     going_away = true;
                 }
                 if forced.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
+                    return Poll::Ready(Next::Forced);
                 }
-                conn.poll_accept(cx).map(Some)
+                if let Poll::Ready(accepted) = conn.poll_accept(cx) {
+                    return Poll::Ready(Next::Accepted(accepted));
+                }
+                let active = usize::from(conn.has_streams());
+                pings.poll(cx, &mut conn, active).map(Next::Pings)
             })
             .await;
             match next {
-                Some(Some(Ok((request, respond)))) => {
+                Next::Accepted(Some(Ok((request, respond)))) => {
                     let server = inner.clone();
                     inner
                         .executor
                         .spawn(Box::pin(stream::serve(server, request, respond)));
                 }
-                Some(Some(Err(err))) => return Err(Status::from_h2(err)),
-                Some(None) => return Ok(()),
-                None => {
+                Next::Accepted(Some(Err(err))) => return Err(Status::from_h2(err)),
+                Next::Accepted(None) => return Ok(()),
+                Next::Forced => {
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                     return Ok(());
+                }
+                Next::Pings(Verdict::Dead(status)) => {
+                    ping::fail(&events, &status);
+                    // One more poll hands the failure to every open stream; then drop.
+                    let _ = poll_fn(|cx| Poll::Ready(conn.poll_closed(cx))).await;
+                    return Err(status);
+                }
+                Next::Pings(Verdict::TooManyPings) => {
+                    let status = ping::goaway_too_many_pings(&mut conn, &events);
+                    let closed = std::pin::pin!(poll_fn(|cx| conn.poll_closed(cx)));
+                    let _ = select(closed, async_io::Timer::after(ping::GOAWAY_FLUSH_GRACE)).await;
+                    return Err(status);
                 }
             }
         }
@@ -344,6 +447,13 @@ impl Server {
             shutdown.drained().await;
         }
     }
+}
+
+/// What woke a connection's serving loop.
+enum Next<T> {
+    Accepted(Option<Result<T, h2::Error>>),
+    Forced,
+    Pings(Verdict),
 }
 
 fn is_fatal_accept_error(err: &io::Error) -> bool {
