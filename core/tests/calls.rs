@@ -1621,7 +1621,10 @@ async fn many_concurrent_calls(env: Env) {
     // A fresh channel, so the burst races the server's first SETTINGS (which carry
     // MAX_CONCURRENT_STREAMS); then the same where the network has 100 ms of latency, so the
     // burst always goes out first.
-    burst(&env, running.channel(), "fresh channel", &peak).await;
+    // By default the channel opens a second connection once the first has 100 streams.
+    let pooled = running.channel();
+    burst(&env, pooled.clone(), "fresh channel", &peak).await;
+    assert_eq!(pooled.stats().connections(), 2, "{:?}", pooled.stats());
     burst(
         &env,
         running.channel_with_latency(Duration::from_millis(100)),
@@ -1629,6 +1632,19 @@ async fn many_concurrent_calls(env: Env) {
         &peak,
     )
     .await;
+    // With multiple connections off, the calls beyond the limit queue on the one connection.
+    let single = running
+        .channel_builder()
+        .multiple_connections(false)
+        .build()
+        .expect("valid");
+    burst(&env, single.clone(), "one connection", &peak).await;
+    assert_eq!(single.stats().connections(), 1, "{:?}", single.stats());
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 100,
+        "one connection: {peak} handlers ran at once; max_concurrent_streams is 100"
+    );
 }
 
 /// Makes [`CONCURRENT_CALLS`] unary calls at once, a channel clone per task.
@@ -1676,9 +1692,10 @@ async fn burst(env: &Env, channel: Channel, what: &str, peak: &AtomicUsize) {
         peak > 10,
         "{what}: calls did not overlap (peak {peak} in flight)"
     );
+    let connections = channel.stats().connections();
     assert!(
-        peak <= 100,
-        "{what}: {peak} handlers ran at once; max_concurrent_streams is 100"
+        peak <= 100 * connections,
+        "{what}: {peak} handlers ran at once over {connections} connections of 100 streams"
     );
 }
 

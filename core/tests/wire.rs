@@ -12,8 +12,10 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Response as HttpResponse, StatusCode};
 use plexus::rt::Compat;
-use plexus::transport::memory;
-use plexus::{BytesCodec, CallOptions, Channel, Code, Metadata, Response, Server, Status};
+use plexus::transport::{Address, memory};
+use plexus::{
+    BytesCodec, CallOptions, Channel, Code, Metadata, Response, Server, StaticResolver, Status,
+};
 
 /// Runs `fut` on smol with a hard limit, so a regression fails instead of hanging.
 fn run<F: Future>(fut: F) -> F::Output {
@@ -79,6 +81,7 @@ where
     .detach();
     Channel::builder("http://scripted.test:80")
         .connector(connector)
+        .resolver(StaticResolver::new([Address::Unix("scripted".into())]))
         .build()
         .unwrap()
 }
@@ -353,6 +356,7 @@ fn peer_closing_the_connection_mid_stream_gives_unavailable() {
     .detach();
     let channel = Channel::builder("http://x:1")
         .connector(connector)
+        .resolver(StaticResolver::new([Address::Unix("scripted".into())]))
         .build()
         .unwrap();
     run(async {
@@ -374,6 +378,7 @@ fn connect_failure_gives_unavailable() {
     drop(listener);
     let channel = Channel::builder("http://x:1")
         .connector(connector)
+        .resolver(StaticResolver::new([Address::Unix("scripted".into())]))
         .build()
         .unwrap();
     let status = run(unary(&channel)).unwrap_err();

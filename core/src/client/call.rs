@@ -16,6 +16,8 @@ use http::header::CONTENT_TYPE;
 
 use super::channel::{Channel, with_deadline};
 use super::options::CallOptions;
+use super::stats::Counters;
+use super::subchannel::StreamSlot;
 use crate::codec::Codec;
 use crate::codec::frame::{Framed, frame_message};
 use crate::metadata::Metadata;
@@ -67,7 +69,29 @@ impl CallShared {
     }
 }
 
+/// A call's hold on its stream slot and its place in the channel's counters, released when
+/// the call ends.
+pub(crate) struct Tracker {
+    slot: StreamSlot,
+    counters: Arc<Counters>,
+}
+
+impl Tracker {
+    pub(crate) fn new(slot: StreamSlot, counters: Arc<Counters>) -> Tracker {
+        Tracker { slot, counters }
+    }
+
+    fn done(self, ok: bool) {
+        self.counters.call_ended(ok);
+        drop(self.slot);
+    }
+}
+
 /// Starts the call's bookkeeping once h2 accepted the request headers.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one internal constructor called from one place"
+)]
 pub(crate) fn open(
     response: H2ResponseFuture,
     mut stream: SendStream<Bytes>,
@@ -76,6 +100,7 @@ pub(crate) fn open(
     deadline: Option<Instant>,
     max_recv: usize,
     max_send: usize,
+    tracker: Tracker,
 ) -> (Arc<CallShared>, RawStreaming) {
     if let Some(first) = first {
         // One message already in memory: h2 may hold it until the window opens, which costs
@@ -105,6 +130,7 @@ pub(crate) fn open(
         initial: None,
         status: None,
         refused: false,
+        tracker: Some(tracker),
     };
     (call, raw)
 }
@@ -235,6 +261,7 @@ pub(crate) struct RawStreaming {
     status: Option<Status>,
     /// The server refused the stream (RST_STREAM(REFUSED_STREAM)) before processing it.
     refused: bool,
+    tracker: Option<Tracker>,
 }
 
 impl RawStreaming {
@@ -252,6 +279,9 @@ impl RawStreaming {
             self.call.cancel();
         }
         self.state = RecvState::Done;
+        if let Some(tracker) = self.tracker.take() {
+            tracker.done(status.is_ok());
+        }
         self.status = Some(status);
     }
 
@@ -361,6 +391,9 @@ impl Drop for RawStreaming {
     fn drop(&mut self) {
         if self.status.is_none() {
             self.call.cancel();
+        }
+        if let Some(tracker) = self.tracker.take() {
+            tracker.done(false);
         }
     }
 }

@@ -1,35 +1,39 @@
-//! [`Channel`]: the handle clients keep; it owns the connection and starts calls on it.
+//! [`Channel`]: the handle clients keep. It resolves the target, balances calls over the
+//! endpoints' connection pools, tracks connectivity, and closes idle connections.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use event_listener::Event;
 use futures_util::future::{Either, select};
-use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
+use super::backoff::BackoffConfig;
+use super::balance::{Balancer, LbPolicy};
 use super::call::{self, CallShared, RawStreaming};
 use super::options::{
-    CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
+    CallOptions, ConnConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_STREAM_WINDOW, check_http2_settings,
 };
-use super::resolve::{Resolver, resolver_for};
+use super::resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, resolver_for};
+use super::state::{ConnectivityState, StateCell};
+use super::stats::{ChannelStats, Counters};
+use super::subchannel::{Env, StreamSlot, Subchannel};
 use super::target::Target;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
 use crate::proto::headers::{self, CONTENT_TYPE_GRPC};
-use crate::rt::{Compat, Executor, SmolExecutor};
+use crate::rt::{Executor, SmolExecutor};
 use crate::status::Status;
-use crate::transport::{Connector, SocketConnector};
+use crate::transport::{Address, Connector, SocketConnector};
 
-/// Streams we open before the server's SETTINGS say its limit: RFC 9113 §6.5.2 recommends
-/// servers allow at least 100, and grpc-go and C-core default to it.
-const ASSUMED_MAX_CONCURRENT_STREAMS: usize = 100;
-
-/// A gRPC channel to one target: cheap to clone (a pointer copy), usable from every thread,
-/// connected lazily on the first call. Every clone shares the same HTTP/2 connection.
+/// A gRPC channel: cheap to clone (a pointer copy), usable from every thread. Clones share the
+/// resolver, the balancer and every endpoint's pool of HTTP/2 connections; nothing connects
+/// until the first call or [`Channel::connect`].
 #[derive(Clone)]
 pub struct Channel {
     inner: Arc<ChannelInner>,
@@ -38,28 +42,36 @@ pub struct Channel {
 struct ChannelInner {
     target: Target,
     config: ChannelConfig,
-    connector: Arc<dyn Connector>,
-    executor: Arc<dyn Executor>,
+    env: Arc<Env>,
     resolver: Arc<dyn Resolver>,
-    current: Mutex<Option<Connection>>,
-    connecting: async_lock::Mutex<()>,
+    balancer: Balancer,
+    endpoints: Mutex<Endpoints>,
+    resolved: Event,
+    state: StateCell,
+    counters: Arc<Counters>,
+    created: Instant,
+    /// Milliseconds after `created` of the last call start (for the idle timeout).
+    last_call: AtomicU64,
+    idle_watch: AtomicBool,
+}
+
+#[derive(Default)]
+struct Endpoints {
+    list: Arc<Vec<Arc<Subchannel>>>,
+    resolved_at: Option<Instant>,
+    resolving: bool,
+    error: Option<Status>,
+    shut_down: bool,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct ChannelConfig {
     pub(crate) max_recv_message_size: usize,
     pub(crate) max_send_message_size: usize,
-    stream_window: u32,
-    connection_window: u32,
-    max_frame_size: u32,
-    connect_timeout: Duration,
     user_agent: String,
-}
-
-#[derive(Clone)]
-struct Connection {
-    send: SendRequest<Bytes>,
-    alive: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    conn: ConnConfig,
+    lb_policy: LbPolicy,
 }
 
 /// Builds a [`Channel`] with non-default settings.
@@ -95,25 +107,59 @@ impl ChannelBuilder {
 
     /// Initial HTTP/2 stream window (default [`DEFAULT_STREAM_WINDOW`]).
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
-        self.config.stream_window = bytes;
+        self.config.conn.stream_window = bytes;
         self
     }
 
     /// Initial HTTP/2 connection window (default [`DEFAULT_CONNECTION_WINDOW`]).
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
-        self.config.connection_window = bytes;
+        self.config.conn.connection_window = bytes;
         self
     }
 
     /// Largest HTTP/2 frame we accept (default 16 KiB).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
-        self.config.max_frame_size = bytes;
+        self.config.conn.max_frame_size = bytes;
         self
     }
 
-    /// Time allowed to establish a connection (default 20 s).
+    /// Time allowed to establish a connection (default 20 s, the backoff spec's
+    /// MIN_CONNECT_TIMEOUT).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connect_timeout = timeout;
+        self.config.conn.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether to open another connection to an endpoint when every connection has reached
+    /// the server's MAX_CONCURRENT_STREAMS (default true). Off, calls queue for a free stream.
+    pub fn multiple_connections(mut self, enabled: bool) -> Self {
+        self.config.conn.multi_connection = enabled;
+        self
+    }
+
+    /// Cap on connections per endpoint when [`multiple_connections`](Self::multiple_connections)
+    /// is on (default 16); at the cap calls queue for a free stream.
+    pub fn max_connections_per_endpoint(mut self, connections: usize) -> Self {
+        self.config.conn.max_connections_per_endpoint = connections;
+        self
+    }
+
+    /// Reconnect backoff (default: gRPC's 1 s initial, ×1.6, ±20 % jitter, 120 s max).
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.config.conn.backoff = backoff;
+        self
+    }
+
+    /// Closes connections after this long without calls (default 30 min); the next call
+    /// reconnects.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// The load-balancing policy (default pick_first).
+    pub fn lb_policy(mut self, policy: LbPolicy) -> Self {
+        self.config.lb_policy = policy;
         self
     }
 
@@ -123,7 +169,8 @@ impl ChannelBuilder {
         self
     }
 
-    /// Runs the connection's background task on `executor` (default: [`SmolExecutor`]).
+    /// Runs background work (connection drivers, reconnects, DNS refresh) on `executor`
+    /// (default: [`SmolExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
         self
@@ -135,9 +182,7 @@ impl ChannelBuilder {
         self
     }
 
-    /// Gets the addresses to connect to from `resolver` instead of from the target, which
-    /// then only sets `:authority` (default: DNS for host names, the target's own addresses
-    /// otherwise).
+    /// Takes the endpoint list from `resolver` instead of resolving the target ("lookaside").
     pub fn resolver(mut self, resolver: impl Resolver) -> Self {
         self.resolver = Some(Arc::new(resolver));
         self
@@ -147,33 +192,259 @@ impl ChannelBuilder {
     pub fn build(self) -> Result<Channel, Status> {
         let target = Target::parse(&self.target)?;
         let c = &self.config;
-        check_http2_settings(c.stream_window, c.connection_window, c.max_frame_size)?;
+        check_http2_settings(
+            c.conn.stream_window,
+            c.conn.connection_window,
+            c.conn.max_frame_size,
+        )?;
+        c.conn.backoff.check()?;
+        if c.conn.max_connections_per_endpoint == 0 {
+            return Err(Status::invalid_argument(
+                "max connections per endpoint must be at least 1",
+            ));
+        }
         if http::HeaderValue::from_str(&c.user_agent).is_err() {
             return Err(Status::invalid_argument(
                 "user agent must be printable ASCII",
             ));
         }
         let resolver = self.resolver.unwrap_or_else(|| resolver_for(&target));
-        Ok(Channel {
-            inner: Arc::new(ChannelInner {
-                resolver,
+        let connector = self.connector.unwrap_or_else(|| Arc::new(SocketConnector));
+        let executor = self.executor.unwrap_or_else(|| Arc::new(SmolExecutor));
+        let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
+            let weak = weak.clone();
+            let env = Arc::new(Env {
+                config: self.config.conn.clone(),
+                connector,
+                executor,
+                on_state_change: Box::new(move || {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.endpoint_state_changed();
+                    }
+                }),
+            });
+            ChannelInner {
                 target,
+                balancer: Balancer::new(self.config.lb_policy.clone()),
                 config: self.config,
-                connector: self.connector.unwrap_or_else(|| Arc::new(SocketConnector)),
-                executor: self.executor.unwrap_or_else(|| Arc::new(SmolExecutor)),
-                current: Mutex::new(None),
-                connecting: async_lock::Mutex::new(()),
-            }),
-        })
+                env,
+                resolver,
+                endpoints: Mutex::new(Endpoints::default()),
+                resolved: Event::new(),
+                state: StateCell::new(ConnectivityState::Idle),
+                counters: Arc::new(Counters::default()),
+                created: Instant::now(),
+                last_call: AtomicU64::new(0),
+                idle_watch: AtomicBool::new(false),
+            }
+        });
+        Ok(Channel { inner })
     }
 }
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
-            .field("target", &self.inner.target)
+            .field("target", &self.inner.target.authority)
             .finish_non_exhaustive()
     }
+}
+
+impl ChannelInner {
+    fn endpoints(&self) -> MutexGuard<'_, Endpoints> {
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the channel's state from its endpoints': READY if any is, else CONNECTING,
+    /// else TRANSIENT_FAILURE, else IDLE.
+    fn endpoint_state_changed(self: &Arc<Self>) {
+        let list = self.endpoints().list.clone();
+        let states: Vec<_> = list.iter().map(|s| s.state()).collect();
+        let state = aggregate(&states);
+        if state == ConnectivityState::TransientFailure {
+            // An endpoint failing may mean the addresses changed: refresh them (rate-limited).
+            let stale = self
+                .endpoints()
+                .resolved_at
+                .is_some_and(|at| at.elapsed() >= MIN_RERESOLVE_INTERVAL);
+            if stale {
+                self.start_resolution();
+            }
+        }
+        if state == ConnectivityState::Ready {
+            self.watch_idle();
+        }
+        self.state.set(state);
+    }
+
+    fn start_resolution(self: &Arc<Self>) {
+        {
+            let mut eps = self.endpoints();
+            if eps.resolving || eps.shut_down {
+                return;
+            }
+            eps.resolving = true;
+        }
+        let weak = Arc::downgrade(self);
+        let resolve = self.resolver.resolve();
+        self.env.executor.spawn(Box::pin(async move {
+            let result = resolve.await;
+            if let Some(inner) = weak.upgrade() {
+                inner.resolution_done(result);
+            }
+        }));
+    }
+
+    fn resolution_done(self: &Arc<Self>, result: Result<Vec<Address>, Status>) {
+        let mut eps = self.endpoints();
+        eps.resolving = false;
+        eps.resolved_at = Some(Instant::now());
+        let mut gone = Vec::new();
+        match result {
+            Ok(addresses) if !addresses.is_empty() => {
+                eps.error = None;
+                let old = eps.list.clone();
+                let list: Vec<_> = addresses
+                    .into_iter()
+                    .map(|a| {
+                        old.iter()
+                            .find(|s| *s.address() == a)
+                            .cloned()
+                            .unwrap_or_else(|| Subchannel::new(a, self.env.clone()))
+                    })
+                    .collect();
+                gone = old
+                    .iter()
+                    .filter(|s| !list.iter().any(|n| Arc::ptr_eq(n, s)))
+                    .cloned()
+                    .collect();
+                eps.list = Arc::new(list);
+            }
+            Ok(_) => {
+                eps.error = Some(Status::unavailable(format!(
+                    "{} resolved to no addresses",
+                    self.target.authority
+                )))
+            }
+            Err(status) => eps.error = Some(status),
+        }
+        if eps.error.is_some() && eps.list.is_empty() {
+            // Nothing to use: the next call tries again rather than waiting out the refresh.
+            eps.resolved_at = None;
+        }
+        drop(eps);
+        // Endpoints no longer resolved: their calls finish, then their connections close.
+        for sub in gone {
+            sub.shutdown();
+        }
+        self.resolved.notify(usize::MAX);
+        self.endpoint_state_changed();
+    }
+
+    /// The current endpoints, resolving first if there are none yet (and refreshing them in
+    /// the background when they are older than the DNS refresh interval).
+    async fn resolved_endpoints(self: &Arc<Self>) -> Result<Arc<Vec<Arc<Subchannel>>>, Status> {
+        let mut waited = false;
+        loop {
+            let listener = self.resolved.listen();
+            let (list, error, stale, shut_down) = {
+                let eps = self.endpoints();
+                let stale = eps
+                    .resolved_at
+                    .is_none_or(|at| at.elapsed() >= DEFAULT_DNS_REFRESH_INTERVAL);
+                (eps.list.clone(), eps.error.clone(), stale, eps.shut_down)
+            };
+            if shut_down {
+                return Err(Status::unavailable("channel is shut down"));
+            }
+            if stale {
+                self.start_resolution();
+            }
+            if !list.is_empty() {
+                return Ok(list);
+            }
+            if let (true, Some(error)) = (waited, error) {
+                return Err(error);
+            }
+            listener.await;
+            waited = true;
+        }
+    }
+
+    /// Picks an endpoint and takes a stream slot on it. An endpoint that cannot be reached
+    /// is passed over for the next one the policy picks (no stream was started), until every
+    /// endpoint was tried.
+    async fn pick(self: &Arc<Self>, wait_for_ready: bool) -> Result<StreamSlot, Status> {
+        let list = self.resolved_endpoints().await?;
+        if self.balancer.connect_all() {
+            for sub in list.iter().filter(|s| s.state() == ConnectivityState::Idle) {
+                sub.request_connection();
+            }
+        }
+        let mut tried = 0;
+        loop {
+            let Some(index) = self.balancer.pick(&list) else {
+                return Err(Status::unavailable("the load balancer picked no endpoint"));
+            };
+            tried += 1;
+            match list[index].acquire(wait_for_ready).await {
+                Err(status) if tried < list.len() && status.code() == crate::Code::Unavailable => {
+                    continue;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Starts the idle watch if it is not running.
+    fn watch_idle(self: &Arc<Self>) {
+        if self.idle_watch.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let timeout = self.config.idle_timeout;
+        self.env.executor.spawn(Box::pin(async move {
+            let mut wait = timeout;
+            loop {
+                async_io::Timer::after(wait).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let list = inner.endpoints().list.clone();
+                let busy = list.iter().any(|s| s.active_streams() > 0);
+                let since = inner.since_last_call();
+                if !busy && since >= timeout {
+                    inner.idle_watch.store(false, Ordering::Release);
+                    for sub in list.iter() {
+                        sub.go_idle();
+                    }
+                    return;
+                }
+                wait = if busy { timeout } else { timeout - since };
+            }
+        }));
+    }
+
+    fn since_last_call(&self) -> Duration {
+        let now = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_call.load(Ordering::Relaxed)))
+    }
+
+    fn touch(&self) {
+        self.last_call
+            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Least time between re-resolutions triggered by failures: grpc-go's and C-core's 30 s.
+const MIN_RERESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+fn aggregate(states: &[ConnectivityState]) -> ConnectivityState {
+    use ConnectivityState::*;
+    for wanted in [Ready, Connecting, TransientFailure, Idle] {
+        if states.contains(&wanted) {
+            return wanted;
+        }
+    }
+    if states.is_empty() { Idle } else { Shutdown }
 }
 
 impl Channel {
@@ -182,19 +453,27 @@ impl Channel {
         Channel::builder(target).build()
     }
 
-    /// A builder for a channel to `target` (`http://host:port`, `host:port`,
-    /// `dns:///host:port`, `unix:/path`, `unix:///path`).
+    /// A builder for a channel to `target`: `http://host:port`, `host:port`,
+    /// `dns:///host:port`, `ipv4:a:p,b:p`, `ipv6:[a]:p`, `unix:path`, `unix:///path`,
+    /// `unix-abstract:name`.
     pub fn builder(target: &str) -> ChannelBuilder {
         ChannelBuilder {
             target: target.to_string(),
             config: ChannelConfig {
                 max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
-                stream_window: DEFAULT_STREAM_WINDOW,
-                connection_window: DEFAULT_CONNECTION_WINDOW,
-                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 user_agent: headers::USER_AGENT.to_string(),
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                lb_policy: LbPolicy::default(),
+                conn: ConnConfig {
+                    stream_window: DEFAULT_STREAM_WINDOW,
+                    connection_window: DEFAULT_CONNECTION_WINDOW,
+                    max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                    multi_connection: true,
+                    max_connections_per_endpoint: DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
+                    backoff: BackoffConfig::default(),
+                },
             },
             connector: None,
             executor: None,
@@ -202,105 +481,102 @@ impl Channel {
         }
     }
 
-    /// Connects now instead of on the first call.
+    /// Connects now instead of on the first call: resolves the target, starts connecting
+    /// (every endpoint under round_robin) and waits for READY. Fails with the connection
+    /// error if the channel goes to TRANSIENT_FAILURE first.
     pub async fn connect(&self) -> Result<(), Status> {
-        self.connection(None).await.map(drop)
+        let inner = &self.inner;
+        let list = inner.resolved_endpoints().await?;
+        if inner.balancer.connect_all() {
+            list.iter().for_each(|s| s.request_connection());
+        } else if let Some(i) = inner.balancer.pick(&list) {
+            list[i].request_connection();
+        }
+        loop {
+            match inner.state.get() {
+                ConnectivityState::Ready => return Ok(()),
+                ConnectivityState::Shutdown => {
+                    return Err(Status::unavailable("channel is shut down"));
+                }
+                ConnectivityState::TransientFailure => {
+                    let why = list
+                        .iter()
+                        .map(|s| s.address().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(Status::unavailable(format!("could not connect to {why}")));
+                }
+                from => {
+                    inner.state.changed_from(from).await;
+                }
+            }
+        }
+    }
+
+    /// The channel's connectivity state now.
+    pub fn state(&self) -> ConnectivityState {
+        self.inner.state.get()
+    }
+
+    /// Waits until the state differs from `from` and returns the new state.
+    pub async fn wait_for_state_change(&self, from: ConnectivityState) -> ConnectivityState {
+        self.inner.state.changed_from(from).await
+    }
+
+    /// A snapshot of the channel's statistics (cheap: a few atomics and one lock per
+    /// endpoint).
+    pub fn stats(&self) -> ChannelStats {
+        let (started, succeeded, failed) = self.inner.counters.read();
+        let list = self.inner.endpoints().list.clone();
+        let endpoints: Vec<_> = list.iter().map(|s| s.stats()).collect();
+        ChannelStats {
+            calls_started: started,
+            calls_succeeded: succeeded,
+            calls_failed: failed,
+            active_streams: endpoints.iter().map(|e| e.active_streams).sum(),
+            state: self.inner.state.get(),
+            endpoints,
+        }
+    }
+
+    /// Shuts the channel down: waiting calls fail, connections close once their calls end,
+    /// and new calls fail with UNAVAILABLE. Every clone is affected.
+    pub fn shutdown(&self) {
+        let list = {
+            let mut eps = self.inner.endpoints();
+            eps.shut_down = true;
+            std::mem::take(&mut eps.list)
+        };
+        for sub in list.iter() {
+            sub.shutdown();
+        }
+        self.inner.state.set(ConnectivityState::Shutdown);
+        self.inner.resolved.notify(usize::MAX);
     }
 
     pub(crate) fn config(&self) -> &ChannelConfig {
         &self.inner.config
     }
 
-    fn current(&self) -> Option<SendRequest<Bytes>> {
-        let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
-        current
-            .as_ref()
-            .filter(|c| c.alive.load(Ordering::Acquire))
-            .map(|c| c.send.clone())
-    }
-
-    fn forget(&self) {
-        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = current.as_ref() {
-            c.alive.store(false, Ordering::Release);
-        }
-        *current = None;
-    }
-
-    /// A live connection, opening one if needed.
-    async fn connection(&self, deadline: Option<Instant>) -> Result<SendRequest<Bytes>, Status> {
-        if let Some(send) = self.current() {
-            return Ok(send);
-        }
-        let _connecting = with_deadline(deadline, self.inner.connecting.lock()).await?;
-        if let Some(send) = self.current() {
-            return Ok(send);
-        }
-        let inner = &self.inner;
-        let timeout = inner.config.connect_timeout;
-        let connect_by = Instant::now() + timeout;
-        let until = deadline.map_or(connect_by, |d| d.min(connect_by));
-        let timed_out = |status: Status, what: &str| {
-            if until == connect_by {
-                Status::unavailable(format!("{what}: timed out after {timeout:?}"))
-                    .with_metadata(status.metadata().clone())
-            } else {
-                status
-            }
-        };
-        // Resolve, then take the first address that connects (pick_first).
-        let authority = &inner.target.authority;
-        let addresses = with_deadline(Some(until), inner.resolver.resolve())
-            .await
-            .map_err(|status| timed_out(status, &format!("resolving {authority}")))??;
-        let mut failure = Status::unavailable(format!("resolving {authority} gave no addresses"));
-        let mut connected = None;
-        for address in addresses {
-            match with_deadline(Some(until), inner.connector.connect(&address)).await {
-                Ok(Ok(io)) => {
-                    connected = Some((io, address));
-                    break;
-                }
-                Ok(Err(err)) => {
-                    failure = Status::unavailable(format!("failed to connect to {address}: {err}"));
-                }
-                Err(status) => {
-                    return Err(timed_out(
-                        status,
-                        &format!("failed to connect to {address}"),
-                    ));
-                }
-            }
-        }
-        let (io, address) = connected.ok_or(failure)?;
-        let c = &inner.config;
-        let handshake = h2::client::Builder::new()
-            .initial_window_size(c.stream_window)
-            .initial_connection_window_size(c.connection_window)
-            .max_frame_size(c.max_frame_size)
-            .enable_push(false)
-            // Until the server's SETTINGS arrive, assume its limit is the common 100 rather
-            // than h2's "unlimited", so a burst on a new connection is not refused.
-            .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
-            .handshake::<_, Bytes>(Compat(io));
-        let (send, driver) = with_deadline(Some(until), handshake).await?.map_err(|e| {
-            Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}"))
-        })?;
-        let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
-        inner.executor.spawn(Box::pin(async move {
-            let _ = driver.await;
-            flag.store(false, Ordering::Release);
-        }));
-        *inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Connection {
-            send: send.clone(),
-            alive,
-        });
-        Ok(send)
-    }
-
     /// Opens a stream for a call, sending `first` (and ending the request when `end`).
     pub(crate) async fn start(
+        &self,
+        path: &str,
+        options: &CallOptions,
+        first: Option<Framed>,
+        end: bool,
+    ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
+        let inner = &self.inner;
+        inner.counters.call_started();
+        inner.touch();
+        let started = self.open_stream(path, options, first, end).await;
+        if started.is_err() {
+            inner.counters.call_ended(false);
+        }
+        started
+    }
+
+    async fn open_stream(
         &self,
         path: &str,
         options: &CallOptions,
@@ -314,46 +590,46 @@ impl Channel {
                 "deadline exceeded before the call started",
             ));
         }
-        // A connection that died under us never started our stream: retry once on a new one.
-        let mut attempt = 0;
-        let (response, stream) = loop {
-            attempt += 1;
-            let send = self.connection(deadline).await?;
-            let ready = with_deadline(deadline, send.ready()).await?;
+        // A connection that is going away never started our stream: try another one.
+        let mut attempts = 0;
+        let (slot, response, stream) = loop {
+            attempts += 1;
+            let slot = with_deadline(deadline, self.inner.pick(options.wait_for_ready)).await??;
+            let ready = with_deadline(deadline, slot.sender().ready()).await?;
             let mut send = match ready {
                 Ok(send) => send,
-                Err(err) if attempt == 1 => {
-                    let _ = err;
-                    self.forget();
-                    continue;
-                }
                 Err(err) => {
-                    self.forget();
+                    slot.connection_failed();
+                    if attempts < MAX_UNSTARTED_ATTEMPTS {
+                        continue;
+                    }
                     return Err(Status::from_h2(err));
                 }
             };
-            let only_headers = end && first.is_none();
             let req = match request.take() {
                 Some(req) => req,
                 None => self.request(path, options)?,
             };
-            match send.send_request(req, only_headers) {
-                Ok(pair) => break pair,
-                Err(err) if attempt == 1 => {
-                    let _ = err;
-                    self.forget();
+            match send.send_request(req, end && first.is_none()) {
+                Ok((response, stream)) => break (slot, response, stream),
+                Err(err) => {
+                    slot.connection_failed();
+                    if attempts >= MAX_UNSTARTED_ATTEMPTS {
+                        return Err(Status::from_h2(err));
+                    }
                 }
-                Err(err) => return Err(Status::from_h2(err)),
             }
         };
+        let config = &self.inner.config;
         let max_recv = options
             .max_recv_message_size
-            .unwrap_or(self.inner.config.max_recv_message_size);
+            .unwrap_or(config.max_recv_message_size);
         let max_send = options
             .max_send_message_size
-            .unwrap_or(self.inner.config.max_send_message_size);
+            .unwrap_or(config.max_send_message_size);
+        let tracker = call::Tracker::new(slot, self.inner.counters.clone());
         Ok(call::open(
-            response, stream, first, end, deadline, max_recv, max_send,
+            response, stream, first, end, deadline, max_recv, max_send, tracker,
         ))
     }
 
@@ -441,6 +717,10 @@ impl Channel {
         super::Client::new(self.clone(), codec)
     }
 }
+
+/// Connections tried for one call when each turns out to be going away before the stream
+/// starts (the stream never reached a server, so trying again is safe).
+const MAX_UNSTARTED_ATTEMPTS: usize = 3;
 
 /// Runs `fut` until `deadline`, giving DEADLINE_EXCEEDED when it passes first.
 pub(crate) async fn with_deadline<F: Future>(

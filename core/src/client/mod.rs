@@ -1,16 +1,28 @@
 //! The client: [`Channel`], per-call options, and the call handles for the four call kinds.
 
+mod backoff;
+mod balance;
 mod call;
 mod channel;
 mod options;
 mod resolve;
+mod state;
+mod stats;
+mod subchannel;
 mod target;
 
+pub use backoff::{
+    BackoffConfig, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_MAX_BACKOFF,
+};
+pub use balance::{LbPolicy, Picker};
 pub use call::{Client, ResponseFuture, Sender, Streaming};
 pub use channel::{Channel, ChannelBuilder};
 pub(crate) use options::check_http2_settings;
 pub use options::{
-    CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_STREAM_WINDOW,
+    CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW,
 };
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
+pub use state::ConnectivityState;
+pub use stats::{ChannelStats, EndpointStats};

@@ -12,6 +12,7 @@ pub struct CallOptions {
     pub(crate) metadata: Metadata,
     pub(crate) max_recv_message_size: Option<usize>,
     pub(crate) max_send_message_size: Option<usize>,
+    pub(crate) wait_for_ready: bool,
 }
 
 impl CallOptions {
@@ -55,6 +56,13 @@ impl CallOptions {
     /// Overrides the channel's max sent message size for this call.
     pub fn max_send_message_size(mut self, bytes: usize) -> CallOptions {
         self.max_send_message_size = Some(bytes);
+        self
+    }
+
+    /// Waits for the channel to become READY (up to the deadline) instead of failing fast with
+    /// UNAVAILABLE while it is in TRANSIENT_FAILURE.
+    pub fn wait_for_ready(mut self, wait: bool) -> CallOptions {
+        self.wait_for_ready = wait;
         self
     }
 
@@ -110,4 +118,24 @@ pub(crate) fn check_http2_settings(
         )));
     }
     Ok(())
+}
+
+/// Default cap on connections per endpoint when calls outgrow the server's
+/// MAX_CONCURRENT_STREAMS: enough for 16× the usual 100-stream limit.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT: usize = 16;
+
+/// Default idle timeout: 30 minutes, gRPC's `GRPC_ARG_CLIENT_IDLE_TIMEOUT_MS` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How a channel opens and pools connections to one endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnConfig {
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) max_frame_size: u32,
+    pub(crate) connect_timeout: Duration,
+    /// Open another connection when every one is at the peer's stream limit.
+    pub(crate) multi_connection: bool,
+    pub(crate) max_connections_per_endpoint: usize,
+    pub(crate) backoff: super::backoff::BackoffConfig,
 }

@@ -17,7 +17,10 @@ use futures_util::future::{Either, select};
 use plexus::rt::BoxFuture;
 use plexus::transport::memory::{self, MemoryConnector};
 use plexus::transport::{Address, BoxedIo, Connector, SocketConnector};
-use plexus::{Channel, ChannelBuilder, Executor, Listener, Server, ServerBuilder, SmolExecutor};
+use plexus::{
+    Channel, ChannelBuilder, Executor, Listener, Server, ServerBuilder, SmolExecutor,
+    StaticResolver,
+};
 
 /// Hard limit on one test body; nothing in this file should come anywhere near it.
 pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -226,7 +229,10 @@ impl Running {
     pub(crate) fn channel_builder(&self) -> ChannelBuilder {
         let builder = Channel::builder(&self.target).executor(self.executor.clone());
         match &self.connector {
-            Some(connector) => builder.connector(connector.clone()),
+            // The in-memory connector ignores addresses, but the channel needs one to resolve.
+            Some(connector) => builder
+                .connector(connector.clone())
+                .resolver(StaticResolver::new([Address::Unix("in-memory".into())])),
             None => builder,
         }
     }

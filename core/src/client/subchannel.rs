@@ -1,0 +1,488 @@
+//! A subchannel: one endpoint's pool of HTTP/2 connections, its connectivity state, and the
+//! FIFO queue of calls waiting for a stream.
+//!
+//! Calls take a [`StreamSlot`] on the first connection with room under the peer's
+//! SETTINGS_MAX_CONCURRENT_STREAMS (read live, so a SETTINGS change is honoured). When every
+//! connection is full, another one is opened (up to the configured cap); otherwise calls wait
+//! in order and each freed stream goes to the oldest waiter.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use event_listener::Event;
+use h2::client::SendRequest;
+
+use super::backoff::Backoff;
+use super::options::ConnConfig;
+use super::state::{ConnectivityState, StateCell};
+use super::stats::EndpointStats;
+use crate::rt::{BoxFuture, Compat, Executor};
+use crate::status::Status;
+use crate::transport::{Address, BoxedIo, Connector};
+
+/// Streams we open before the server's SETTINGS say its limit: RFC 9113 §6.5.2 recommends
+/// servers allow at least 100, and grpc-go and C-core default to it.
+const ASSUMED_MAX_CONCURRENT_STREAMS: usize = 100;
+
+/// What a subchannel needs from its channel.
+pub(crate) struct Env {
+    pub(crate) config: ConnConfig,
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) executor: Arc<dyn Executor>,
+    /// Called whenever an endpoint's state changes, so the channel can recompute its own.
+    pub(crate) on_state_change: Box<dyn Fn() + Send + Sync>,
+}
+
+/// One endpoint and its connections.
+pub(crate) struct Subchannel {
+    address: Address,
+    env: Arc<Env>,
+    pool: Mutex<Pool>,
+    state: StateCell,
+}
+
+struct Pool {
+    conns: Vec<Conn>,
+    connecting: bool,
+    waiters: VecDeque<Arc<Waiter>>,
+    backoff: Backoff,
+    /// No attempt before this instant (the reconnect backoff).
+    retry_at: Option<Instant>,
+    retry_scheduled: bool,
+    last_error: Option<Status>,
+    /// Keep reconnecting after failures even with no call waiting (round_robin, `connect()`).
+    wanted: bool,
+    next_id: u64,
+    shut_down: bool,
+}
+
+struct Conn {
+    id: u64,
+    send: SendRequest<Bytes>,
+    active: usize,
+    /// GOAWAY received or the connection failed: no new streams.
+    draining: bool,
+}
+
+/// A call waiting for a stream.
+struct Waiter {
+    wait_for_ready: bool,
+    result: Mutex<Option<Result<StreamSlot, Status>>>,
+    ready: Event,
+}
+
+/// The right to open one stream on one connection; dropping it frees the stream.
+pub(crate) struct StreamSlot {
+    subchannel: Arc<Subchannel>,
+    conn_id: u64,
+    send: SendRequest<Bytes>,
+}
+
+impl fmt::Debug for StreamSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSlot")
+            .field("address", &self.subchannel.address)
+            .field("conn", &self.conn_id)
+            .finish()
+    }
+}
+
+impl StreamSlot {
+    /// The connection's request handle.
+    pub(crate) fn sender(&self) -> SendRequest<Bytes> {
+        self.send.clone()
+    }
+
+    /// Marks the connection as going away: it takes no new streams.
+    pub(crate) fn connection_failed(&self) {
+        let mut pool = self.subchannel.lock();
+        if let Some(conn) = pool.conns.iter_mut().find(|c| c.id == self.conn_id) {
+            conn.draining = true;
+        }
+        self.subchannel.maybe_connect(&mut pool);
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let sub = &self.subchannel;
+        let mut pool = sub.lock();
+        if let Some(conn) = pool.conns.iter_mut().find(|c| c.id == self.conn_id) {
+            conn.active -= 1;
+        }
+        sub.dispatch(&mut pool);
+    }
+}
+
+impl Waiter {
+    fn grant(&self, result: Result<StreamSlot, Status>) {
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        self.ready.notify(usize::MAX);
+    }
+
+    fn take(&self) -> Option<Result<StreamSlot, Status>> {
+        self.result.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    async fn wait(&self) -> Result<StreamSlot, Status> {
+        loop {
+            if let Some(result) = self.take() {
+                return result;
+            }
+            let listener = self.ready.listen();
+            if let Some(result) = self.take() {
+                return result;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Removes a waiter from the queue if its call goes away, returning any stream it was granted.
+struct Queued<'a> {
+    subchannel: &'a Arc<Subchannel>,
+    waiter: Arc<Waiter>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.subchannel.lock();
+        pool.waiters.retain(|w| !Arc::ptr_eq(w, &self.waiter));
+        drop(pool);
+        // A slot granted after the call stopped waiting goes back (and to the next waiter).
+        drop(self.waiter.take());
+    }
+}
+
+impl Subchannel {
+    pub(crate) fn new(address: Address, env: Arc<Env>) -> Arc<Subchannel> {
+        let backoff = Backoff::new(env.config.backoff);
+        Arc::new(Subchannel {
+            address,
+            env,
+            pool: Mutex::new(Pool {
+                conns: Vec::new(),
+                connecting: false,
+                waiters: VecDeque::new(),
+                backoff,
+                retry_at: None,
+                retry_scheduled: false,
+                last_error: None,
+                wanted: false,
+                next_id: 0,
+                shut_down: false,
+            }),
+            state: StateCell::new(ConnectivityState::Idle),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn address(&self) -> &Address {
+        &self.address
+    }
+
+    pub(crate) fn state(&self) -> ConnectivityState {
+        self.state.get()
+    }
+
+    fn set_state(&self, state: ConnectivityState) {
+        if self.state.get() != state {
+            self.state.set(state);
+            (self.env.on_state_change)();
+        }
+    }
+
+    /// A stream slot, waiting for one in FIFO order. Fails fast with the last connection error
+    /// in TRANSIENT_FAILURE unless `wait_for_ready`.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        wait_for_ready: bool,
+    ) -> Result<StreamSlot, Status> {
+        let waiter = {
+            let mut pool = self.lock();
+            if pool.shut_down {
+                return Err(Status::unavailable("channel is shut down"));
+            }
+            if pool.waiters.is_empty() {
+                if let Some(slot) = self.take_slot(&mut pool) {
+                    return Ok(slot);
+                }
+            }
+            if !wait_for_ready && self.failing_fast(&pool) {
+                return Err(self.failure(&pool));
+            }
+            let waiter = Arc::new(Waiter {
+                wait_for_ready,
+                result: Mutex::new(None),
+                ready: Event::new(),
+            });
+            pool.waiters.push_back(waiter.clone());
+            self.maybe_connect(&mut pool);
+            waiter
+        };
+        let queued = Queued {
+            subchannel: self,
+            waiter,
+        };
+        queued.waiter.wait().await
+    }
+
+    /// Starts connecting now, and keeps reconnecting after failures (backoff permitting).
+    pub(crate) fn request_connection(self: &Arc<Self>) {
+        let mut pool = self.lock();
+        pool.wanted = true;
+        self.maybe_connect(&mut pool);
+    }
+
+    /// Closes every connection (idle timeout); the next call reconnects.
+    pub(crate) fn go_idle(&self) {
+        let mut pool = self.lock();
+        pool.conns.clear();
+        pool.wanted = false;
+        if !pool.connecting {
+            drop(pool);
+            self.set_state(ConnectivityState::Idle);
+        }
+    }
+
+    /// Fails waiting calls and closes the connections for good.
+    pub(crate) fn shutdown(&self) {
+        let mut pool = self.lock();
+        pool.shut_down = true;
+        pool.conns.clear();
+        let waiters = std::mem::take(&mut pool.waiters);
+        drop(pool);
+        for w in waiters {
+            w.grant(Err(Status::unavailable("channel is shut down")));
+        }
+        self.set_state(ConnectivityState::Shutdown);
+    }
+
+    pub(crate) fn stats(&self) -> EndpointStats {
+        let pool = self.lock();
+        EndpointStats {
+            address: self.address.clone(),
+            state: self.state.get(),
+            connections: pool.conns.len(),
+            active_streams: pool.conns.iter().map(|c| c.active).sum(),
+        }
+    }
+
+    /// Streams open on this endpoint.
+    pub(crate) fn active_streams(&self) -> usize {
+        self.lock().conns.iter().map(|c| c.active).sum()
+    }
+
+    fn failing_fast(&self, pool: &Pool) -> bool {
+        pool.conns.iter().all(|c| c.draining)
+            && self.state.get() == ConnectivityState::TransientFailure
+            && pool.retry_at.is_some_and(|at| Instant::now() < at)
+    }
+
+    fn failure(&self, pool: &Pool) -> Status {
+        let why = pool
+            .last_error
+            .as_ref()
+            .map_or_else(|| "no connection".to_string(), |s| s.message().to_string());
+        Status::unavailable(format!("{} is unreachable: {why}", self.address))
+    }
+
+    /// The first connection with room for a stream (packing streams onto few connections).
+    fn take_slot(self: &Arc<Self>, pool: &mut Pool) -> Option<StreamSlot> {
+        let conn = pool
+            .conns
+            .iter_mut()
+            .find(|c| !c.draining && c.active < c.send.current_max_send_streams())?;
+        conn.active += 1;
+        Some(StreamSlot {
+            subchannel: self.clone(),
+            conn_id: conn.id,
+            send: conn.send.clone(),
+        })
+    }
+
+    /// Hands free streams to waiting calls, oldest first.
+    fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
+        while !pool.waiters.is_empty() {
+            let Some(slot) = self.take_slot(pool) else {
+                break;
+            };
+            let waiter = pool.waiters.pop_front().expect("checked non-empty");
+            waiter.grant(Ok(slot));
+        }
+        if !pool.waiters.is_empty() {
+            self.maybe_connect(pool);
+        }
+    }
+
+    /// Opens another connection if calls need one and the pool and backoff allow it.
+    fn maybe_connect(self: &Arc<Self>, pool: &mut Pool) {
+        if pool.connecting || pool.shut_down {
+            return;
+        }
+        let usable = pool.conns.iter().filter(|c| !c.draining).count();
+        let needed = if usable == 0 {
+            !pool.waiters.is_empty() || pool.wanted
+        } else {
+            let config = &self.env.config;
+            let full = pool
+                .conns
+                .iter()
+                .filter(|c| !c.draining)
+                .all(|c| c.active >= c.send.current_max_send_streams());
+            !pool.waiters.is_empty()
+                && full
+                && config.multi_connection
+                && usable < config.max_connections_per_endpoint
+        };
+        if !needed {
+            return;
+        }
+        if let Some(at) = pool.retry_at.filter(|at| Instant::now() < *at) {
+            self.schedule_retry(pool, at);
+            return;
+        }
+        pool.connecting = true;
+        if usable == 0 {
+            self.state.set(ConnectivityState::Connecting);
+            (self.env.on_state_change)();
+        }
+        let sub = self.clone();
+        self.env
+            .executor
+            .spawn(Box::pin(async move { sub.connect().await }));
+    }
+
+    fn schedule_retry(self: &Arc<Self>, pool: &mut Pool, at: Instant) {
+        if pool.retry_scheduled {
+            return;
+        }
+        pool.retry_scheduled = true;
+        let weak = Arc::downgrade(self);
+        self.env.executor.spawn(Box::pin(async move {
+            async_io::Timer::at(at).await;
+            if let Some(sub) = weak.upgrade() {
+                let mut pool = sub.lock();
+                pool.retry_scheduled = false;
+                sub.maybe_connect(&mut pool);
+            }
+        }));
+    }
+
+    async fn connect(self: Arc<Self>) {
+        let result = open(&self.env, &self.address).await;
+        let mut pool = self.lock();
+        pool.connecting = false;
+        match result {
+            Ok((send, driver)) => {
+                let id = pool.next_id;
+                pool.next_id += 1;
+                pool.conns.push(Conn {
+                    id,
+                    send,
+                    active: 0,
+                    draining: false,
+                });
+                pool.backoff.reset();
+                pool.retry_at = None;
+                pool.last_error = None;
+                let weak = Arc::downgrade(&self);
+                self.env.executor.spawn(Box::pin(async move {
+                    driver.await;
+                    if let Some(sub) = weak.upgrade() {
+                        sub.connection_closed(id);
+                    }
+                }));
+                self.dispatch(&mut pool);
+                drop(pool);
+                self.set_state(ConnectivityState::Ready);
+            }
+            Err(status) => {
+                let delay = pool.backoff.next_delay();
+                let at = Instant::now() + delay;
+                pool.retry_at = Some(at);
+                pool.last_error = Some(status);
+                let usable = pool.conns.iter().any(|c| !c.draining);
+                if usable {
+                    return;
+                }
+                // Calls that won't wait fail now; the others wait for the next attempt.
+                let failure = self.failure(&pool);
+                let (stay, fail): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut pool.waiters)
+                    .into_iter()
+                    .partition(|w| w.wait_for_ready);
+                pool.waiters = stay;
+                if !pool.waiters.is_empty() || pool.wanted {
+                    self.schedule_retry(&mut pool, at);
+                }
+                drop(pool);
+                for w in fail {
+                    w.grant(Err(failure.clone()));
+                }
+                self.set_state(ConnectivityState::TransientFailure);
+            }
+        }
+    }
+
+    fn connection_closed(self: &Arc<Self>, id: u64) {
+        let mut pool = self.lock();
+        pool.conns.retain(|c| c.id != id);
+        let usable = pool.conns.iter().any(|c| !c.draining);
+        self.maybe_connect(&mut pool);
+        let connecting = pool.connecting;
+        drop(pool);
+        if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
+            self.set_state(ConnectivityState::Idle);
+        }
+    }
+}
+
+/// A connection's driver: runs until the connection closes.
+type Driver = BoxFuture<()>;
+
+/// Connects to `address` and performs the HTTP/2 handshake.
+async fn open(env: &Env, address: &Address) -> Result<(SendRequest<Bytes>, Driver), Status> {
+    let config = &env.config;
+    let connect = env.connector.connect(address);
+    let timeout = config.connect_timeout;
+    let io: BoxedIo = match crate::client::channel::with_deadline(
+        Some(Instant::now() + timeout),
+        connect,
+    )
+    .await
+    {
+        Ok(Ok(io)) => io,
+        Ok(Err(err)) => {
+            return Err(Status::unavailable(format!(
+                "failed to connect to {address}: {err}"
+            )));
+        }
+        Err(_) => {
+            return Err(Status::unavailable(format!(
+                "failed to connect to {address}: timed out after {timeout:?}"
+            )));
+        }
+    };
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(config.stream_window)
+        .initial_connection_window_size(config.connection_window)
+        .max_frame_size(config.max_frame_size)
+        .enable_push(false)
+        // Until the server's SETTINGS arrive, assume its limit is the common 100 rather than
+        // h2's "unlimited", so a burst on a new connection is not refused.
+        .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
+        .handshake::<_, Bytes>(Compat(io));
+    let (send, connection) = handshake
+        .await
+        .map_err(|e| Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}")))?;
+    let driver: Driver = Box::pin(async move {
+        let _ = connection.await;
+    });
+    Ok((send, driver))
+}
