@@ -302,6 +302,13 @@ fn keepalive(time: Duration, timeout: Duration) -> PingConfig {
     }
 }
 
+fn adaptive_windows() -> PingConfig {
+    PingConfig {
+        windows: WindowConfig::resolve(None, None, Some(true)),
+        ..PingConfig::client()
+    }
+}
+
 fn fixed_windows() -> PingConfig {
     PingConfig {
         windows: WindowConfig::resolve(None, None, Some(false)),
@@ -564,7 +571,7 @@ fn client_windows_follow_the_bandwidth_delay_product() {
         let (_server, addr) = serve(Server::builder());
 
         let proxy = Proxy::start(addr, 20 * MS);
-        let client = connect(proxy.addr, PingConfig::client()).await;
+        let client = connect(proxy.addr, adaptive_windows()).await;
         assert_eq!(download(&client).await, CHUNKS * (5 + CHUNK));
         assert!(client.events.window_updates() > 0);
         assert!(
@@ -611,7 +618,7 @@ fn client_windows_follow_the_bandwidth_delay_product() {
 #[test]
 fn server_windows_follow_the_bandwidth_delay_product() {
     run(Duration::from_secs(15), async {
-        let (_server, addr) = serve(Server::builder());
+        let (_server, addr) = serve(Server::builder().adaptive_window(true));
         let proxy = Proxy::start(addr, 20 * MS);
         let client = connect(proxy.addr, fixed_windows()).await;
         assert_eq!(upload(&client).await, (CHUNKS * CHUNK) as u64);

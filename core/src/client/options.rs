@@ -130,8 +130,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How a channel opens and pools connections to one endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnConfig {
-    pub(crate) stream_window: u32,
-    pub(crate) connection_window: u32,
+    /// Keepalive and windows (resolved: adaptive or pinned).
+    pub(crate) ping: crate::proto::ping::PingConfig,
     pub(crate) max_frame_size: u32,
     pub(crate) connect_timeout: Duration,
     /// Open another connection when every one is at the peer's stream limit.

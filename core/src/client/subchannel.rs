@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -19,7 +20,8 @@ use super::backoff::Backoff;
 use super::options::ConnConfig;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::EndpointStats;
-use crate::rt::{BoxFuture, Compat, Executor};
+use crate::proto::ping::{PingConfig, client_io, drive_client};
+use crate::rt::{BoxFuture, Executor};
 use crate::status::Status;
 use crate::transport::{Address, BoxedIo, Connector};
 
@@ -57,12 +59,15 @@ struct Pool {
     wanted: bool,
     next_id: u64,
     shut_down: bool,
+    /// Keepalive and window settings for new connections.
+    ping: PingConfig,
 }
 
 struct Conn {
     id: u64,
     send: SendRequest<Bytes>,
-    active: usize,
+    /// Streams open; an atomic so the connection's driver can read it for keepalive.
+    active: Arc<AtomicUsize>,
     /// GOAWAY received or the connection failed: no new streams.
     draining: bool,
 }
@@ -111,9 +116,15 @@ impl Drop for StreamSlot {
         let sub = &self.subchannel;
         let mut pool = sub.lock();
         if let Some(conn) = pool.conns.iter_mut().find(|c| c.id == self.conn_id) {
-            conn.active -= 1;
+            conn.active.fetch_sub(1, Ordering::Relaxed);
         }
         sub.dispatch(&mut pool);
+    }
+}
+
+impl Conn {
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 }
 
@@ -160,6 +171,7 @@ impl Drop for Queued<'_> {
 impl Subchannel {
     pub(crate) fn new(address: Address, env: Arc<Env>) -> Arc<Subchannel> {
         let backoff = Backoff::new(env.config.backoff);
+        let ping = env.config.ping.clone();
         Arc::new(Subchannel {
             address,
             env,
@@ -174,6 +186,7 @@ impl Subchannel {
                 wanted: false,
                 next_id: 0,
                 shut_down: false,
+                ping,
             }),
             state: StateCell::new(ConnectivityState::Idle),
         })
@@ -270,13 +283,13 @@ impl Subchannel {
             address: self.address.clone(),
             state: self.state.get(),
             connections: pool.conns.len(),
-            active_streams: pool.conns.iter().map(|c| c.active).sum(),
+            active_streams: pool.conns.iter().map(|c| c.active()).sum(),
         }
     }
 
     /// Streams open on this endpoint.
     pub(crate) fn active_streams(&self) -> usize {
-        self.lock().conns.iter().map(|c| c.active).sum()
+        self.lock().conns.iter().map(|c| c.active()).sum()
     }
 
     fn failing_fast(&self, pool: &Pool) -> bool {
@@ -298,8 +311,8 @@ impl Subchannel {
         let conn = pool
             .conns
             .iter_mut()
-            .find(|c| !c.draining && c.active < c.send.current_max_send_streams())?;
-        conn.active += 1;
+            .find(|c| !c.draining && c.active() < c.send.current_max_send_streams())?;
+        conn.active.fetch_add(1, Ordering::Relaxed);
         Some(StreamSlot {
             subchannel: self.clone(),
             conn_id: conn.id,
@@ -335,7 +348,7 @@ impl Subchannel {
                 .conns
                 .iter()
                 .filter(|c| !c.draining)
-                .all(|c| c.active >= c.send.current_max_send_streams());
+                .all(|c| c.active() >= c.send.current_max_send_streams());
             !pool.waiters.is_empty()
                 && full
                 && config.multi_connection
@@ -376,7 +389,9 @@ impl Subchannel {
     }
 
     async fn connect(self: Arc<Self>) {
-        let result = open(&self.env, &self.address).await;
+        let ping = self.lock().ping.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let result = open(&self.env, &self.address, ping, active.clone()).await;
         let mut pool = self.lock();
         pool.connecting = false;
         match result {
@@ -386,7 +401,7 @@ impl Subchannel {
                 pool.conns.push(Conn {
                     id,
                     send,
-                    active: 0,
+                    active,
                     draining: false,
                 });
                 pool.backoff.reset();
@@ -394,8 +409,11 @@ impl Subchannel {
                 pool.last_error = None;
                 let weak = Arc::downgrade(&self);
                 self.env.executor.spawn(Box::pin(async move {
-                    driver.await;
+                    let too_many_pings = driver.await;
                     if let Some(sub) = weak.upgrade() {
+                        if too_many_pings {
+                            sub.slow_down_keepalive();
+                        }
                         sub.connection_closed(id);
                     }
                 }));
@@ -430,6 +448,15 @@ impl Subchannel {
         }
     }
 
+    /// The server said our keepalive pings were too many: double the interval for new
+    /// connections, as gRFC A8 asks.
+    fn slow_down_keepalive(&self) {
+        let mut pool = self.lock();
+        if let Some(time) = pool.ping.keepalive_time {
+            pool.ping.keepalive_time = Some(time.saturating_mul(2));
+        }
+    }
+
     fn connection_closed(self: &Arc<Self>, id: u64) {
         let mut pool = self.lock();
         pool.conns.retain(|c| c.id != id);
@@ -443,11 +470,17 @@ impl Subchannel {
     }
 }
 
-/// A connection's driver: runs until the connection closes.
-type Driver = BoxFuture<()>;
+/// A connection's driver: runs until the connection closes; true when the server closed it
+/// for too many pings.
+type Driver = BoxFuture<bool>;
 
 /// Connects to `address` and performs the HTTP/2 handshake.
-async fn open(env: &Env, address: &Address) -> Result<(SendRequest<Bytes>, Driver), Status> {
+async fn open(
+    env: &Env,
+    address: &Address,
+    ping: PingConfig,
+    active: Arc<AtomicUsize>,
+) -> Result<(SendRequest<Bytes>, Driver), Status> {
     let config = &env.config;
     let connect = env.connector.connect(address);
     let timeout = config.connect_timeout;
@@ -469,20 +502,23 @@ async fn open(env: &Env, address: &Address) -> Result<(SendRequest<Bytes>, Drive
             )));
         }
     };
+    let (io, events) = client_io(io);
     let handshake = h2::client::Builder::new()
-        .initial_window_size(config.stream_window)
-        .initial_connection_window_size(config.connection_window)
+        .initial_window_size(ping.windows.stream)
+        .initial_connection_window_size(ping.windows.connection)
         .max_frame_size(config.max_frame_size)
         .enable_push(false)
         // Until the server's SETTINGS arrive, assume its limit is the common 100 rather than
         // h2's "unlimited", so a burst on a new connection is not refused.
         .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
-        .handshake::<_, Bytes>(Compat(io));
+        .handshake::<_, Bytes>(io);
     let (send, connection) = handshake
         .await
         .map_err(|e| Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}")))?;
     let driver: Driver = Box::pin(async move {
-        let _ = connection.await;
+        let calls = move || active.load(Ordering::Relaxed);
+        let _ = drive_client(connection, ping, events.clone(), calls).await;
+        events.peer_goaway().is_some_and(|g| g.is_too_many_pings())
     });
     Ok((send, driver))
 }
