@@ -1276,3 +1276,50 @@ fn unix_abstract_socket_target() {
         server.shutdown(100 * MS).await;
     });
 }
+
+#[test]
+fn pool_grows_past_the_servers_stream_limit() {
+    run(async {
+        let out = pool_scenario(Duration::ZERO, |b| b).await;
+        assert!(
+            out.final_connections >= 10 && out.final_connections <= 16,
+            "100 calls over a 10-stream limit should use 10..=16 connections: {out:?}"
+        );
+        assert!(out.peak_connections <= 16, "{out:?}");
+        assert!(out.connects <= 16, "{out:?}");
+        assert!(
+            out.took < 2 * SECOND,
+            "with ≥10 connections the 200 ms calls run in parallel: {out:?}"
+        );
+    });
+}
+
+#[test]
+fn pool_over_a_slow_link_keeps_every_call() {
+    // With 50 ms before the server's SETTINGS reach the client, a new connection must not
+    // take calls over the server's real limit of 10: every call succeeds, and the pool grows
+    // to carry them in parallel.
+    run(async {
+        let out = pool_scenario(50 * MS, |b| b).await;
+        assert!(
+            out.final_connections >= 10 && out.final_connections <= 16,
+            "100 calls over a 10-stream limit should use 10..=16 connections: {out:?}"
+        );
+    });
+}
+
+#[test]
+fn refused_streams_are_not_counted_as_failed_calls() {
+    // The user made 100 calls that all succeeded, and the channel's counters should say so,
+    // whatever happened to individual streams on the way.
+    run(async {
+        let out = pool_scenario(50 * MS, |b| b.multiple_connections(false)).await;
+        assert_eq!(out.connects, 1, "{out:?}");
+        let s = &out.stats;
+        assert_eq!(
+            (s.calls_started, s.calls_succeeded, s.calls_failed),
+            (100, 100, 0),
+            "{s:?}"
+        );
+    });
+}

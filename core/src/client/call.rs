@@ -85,6 +85,11 @@ impl Tracker {
         self.counters.call_ended(ok);
         drop(self.slot);
     }
+
+    /// Frees the stream but leaves the call uncounted, for an attempt that may be retried.
+    fn release(self) -> Arc<Counters> {
+        self.counters
+    }
 }
 
 /// Starts the call's bookkeeping once h2 accepted the request headers.
@@ -131,6 +136,7 @@ pub(crate) fn open(
         status: None,
         refused: false,
         tracker: Some(tracker),
+        uncounted: None,
     };
     (call, raw)
 }
@@ -262,6 +268,8 @@ pub(crate) struct RawStreaming {
     /// The server refused the stream (RST_STREAM(REFUSED_STREAM)) before processing it.
     refused: bool,
     tracker: Option<Tracker>,
+    /// A refused attempt's counters: it counts as failed unless retried.
+    uncounted: Option<Arc<Counters>>,
 }
 
 impl RawStreaming {
@@ -280,7 +288,12 @@ impl RawStreaming {
         }
         self.state = RecvState::Done;
         if let Some(tracker) = self.tracker.take() {
-            tracker.done(status.is_ok());
+            if self.refused {
+                // Counted when dropped, unless the call goes on as a retry.
+                self.uncounted = Some(tracker.release());
+            } else {
+                tracker.done(status.is_ok());
+            }
         }
         self.status = Some(status);
     }
@@ -394,6 +407,9 @@ impl Drop for RawStreaming {
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.done(false);
+        }
+        if let Some(counters) = self.uncounted.take() {
+            counters.call_ended(false);
         }
     }
 }
@@ -604,12 +620,16 @@ impl<C: Codec> Client<C> {
         loop {
             let (_call, raw) = self
                 .channel
-                .start(path, &options, Some(framed.clone()), true)
+                .start(path, &options, Some(framed.clone()), true, !retried)
                 .await?;
             let mut stream = self.streaming(raw);
             match read_unary(&mut stream).await {
-                // The server never processed a refused stream: one transparent retry is safe.
-                Err(_) if stream.raw.refused && !retried => retried = true,
+                // The server never processed a refused stream: one transparent retry is safe,
+                // and the call is still the same one in the channel's counters.
+                Err(_) if stream.raw.refused && !retried => {
+                    stream.raw.uncounted = None;
+                    retried = true;
+                }
                 result => return result,
             }
         }
@@ -625,7 +645,7 @@ impl<C: Codec> Client<C> {
         let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
         let (_call, raw) = self
             .channel
-            .start(path, &options, Some(framed), true)
+            .start(path, &options, Some(framed), true, true)
             .await?;
         Ok(self.streaming(raw))
     }
@@ -646,7 +666,10 @@ impl<C: Codec> Client<C> {
         path: &str,
         options: CallOptions,
     ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
-        let (call, raw) = self.channel.start(path, &options, None, false).await?;
+        let (call, raw) = self
+            .channel
+            .start(path, &options, None, false, true)
+            .await?;
         let sender = Sender {
             state: Arc::new(SenderState { call }),
             encode: self.encoder(),

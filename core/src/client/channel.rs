@@ -601,16 +601,20 @@ impl Channel {
         &self.inner.config
     }
 
-    /// Opens a stream for a call, sending `first` (and ending the request when `end`).
+    /// Opens a stream for a call, sending `first` (and ending the request when `end`);
+    /// `new_call` is false for the retry of an attempt the server refused.
     pub(crate) async fn start(
         &self,
         path: &str,
         options: &CallOptions,
         first: Option<Framed>,
         end: bool,
+        new_call: bool,
     ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
         let inner = &self.inner;
-        inner.counters.call_started();
+        if new_call {
+            inner.counters.call_started();
+        }
         inner.touch();
         let started = self.open_stream(path, options, first, end).await;
         if started.is_err() {

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -20,8 +20,9 @@ use super::backoff::Backoff;
 use super::options::ConnConfig;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::EndpointStats;
-use crate::proto::ping::{PingConfig, client_io, drive_client};
-use crate::rt::{BoxFuture, Executor};
+use crate::client::channel::with_deadline;
+use crate::proto::ping::{PingConfig, client_io, drive_client, fail};
+use crate::rt::Executor;
 use crate::status::Status;
 use crate::transport::{Address, BoxedIo, Connector};
 
@@ -48,7 +49,8 @@ pub(crate) struct Subchannel {
 
 struct Pool {
     conns: Vec<Conn>,
-    connecting: bool,
+    /// Connection attempts under way.
+    connecting: usize,
     waiters: VecDeque<Arc<Waiter>>,
     backoff: Backoff,
     /// No attempt before this instant (the reconnect backoff).
@@ -177,7 +179,7 @@ impl Subchannel {
             env,
             pool: Mutex::new(Pool {
                 conns: Vec::new(),
-                connecting: false,
+                connecting: 0,
                 waiters: VecDeque::new(),
                 backoff,
                 retry_at: None,
@@ -258,7 +260,7 @@ impl Subchannel {
         let mut pool = self.lock();
         pool.conns.clear();
         pool.wanted = false;
-        if !pool.connecting {
+        if pool.connecting == 0 {
             drop(pool);
             self.set_state(ConnectivityState::Idle);
         }
@@ -336,40 +338,57 @@ impl Subchannel {
 
     /// Opens another connection if calls need one and the pool and backoff allow it.
     fn maybe_connect(self: &Arc<Self>, pool: &mut Pool) {
-        if pool.connecting || pool.shut_down {
+        if pool.shut_down {
             return;
         }
-        let usable = pool.conns.iter().filter(|c| !c.draining).count();
-        let needed = if usable == 0 {
-            !pool.waiters.is_empty() || pool.wanted
+        let usable: Vec<&Conn> = pool.conns.iter().filter(|c| !c.draining).collect();
+        let wanted = if usable.is_empty() {
+            // The first connection alone: its SETTINGS tell how many streams one carries.
+            usize::from((!pool.waiters.is_empty() || pool.wanted) && pool.connecting == 0)
         } else {
             let config = &self.env.config;
-            let full = pool
-                .conns
+            let per_connection = usable
                 .iter()
-                .filter(|c| !c.draining)
-                .all(|c| c.active() >= c.send.current_max_send_streams());
-            !pool.waiters.is_empty()
-                && full
-                && config.multi_connection
-                && usable < config.max_connections_per_endpoint
+                .map(|c| c.send.current_max_send_streams())
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let free: usize = usable
+                .iter()
+                .map(|c| c.send.current_max_send_streams().saturating_sub(c.active()))
+                .sum();
+            // Enough connections for every waiting call, counting those being opened.
+            let short = pool.waiters.len().saturating_sub(free);
+            let needed = short
+                .div_ceil(per_connection)
+                .saturating_sub(pool.connecting);
+            let room = config
+                .max_connections_per_endpoint
+                .saturating_sub(usable.len() + pool.connecting);
+            if config.multi_connection {
+                needed.min(room)
+            } else {
+                0
+            }
         };
-        if !needed {
+        if wanted == 0 {
             return;
         }
         if let Some(at) = pool.retry_at.filter(|at| Instant::now() < *at) {
             self.schedule_retry(pool, at);
             return;
         }
-        pool.connecting = true;
-        if usable == 0 {
+        if usable.is_empty() {
             self.state.set(ConnectivityState::Connecting);
             (self.env.on_state_change)();
         }
-        let sub = self.clone();
-        self.env
-            .executor
-            .spawn(Box::pin(async move { sub.connect().await }));
+        pool.connecting += wanted;
+        for _ in 0..wanted {
+            let sub = self.clone();
+            self.env
+                .executor
+                .spawn(Box::pin(async move { sub.connect().await }));
+        }
     }
 
     fn schedule_retry(self: &Arc<Self>, pool: &mut Pool, at: Instant) {
@@ -389,15 +408,29 @@ impl Subchannel {
     }
 
     async fn connect(self: Arc<Self>) {
-        let ping = self.lock().ping.clone();
+        let (ping, id) = {
+            let mut pool = self.lock();
+            pool.next_id += 1;
+            (pool.ping.clone(), pool.next_id)
+        };
         let active = Arc::new(AtomicUsize::new(0));
-        let result = open(&self.env, &self.address, ping, active.clone()).await;
+        let alive = Arc::new(AtomicBool::new(true));
+        let result = open(&self, id, ping, active.clone(), alive.clone()).await;
         let mut pool = self.lock();
-        pool.connecting = false;
+        pool.connecting -= 1;
+        // The driver may have ended already; `alive` is cleared before it reports that.
+        let result = result.and_then(|send| {
+            if alive.load(Ordering::Acquire) {
+                Ok(send)
+            } else {
+                Err(Status::unavailable(format!(
+                    "connection to {} closed as it opened",
+                    self.address
+                )))
+            }
+        });
         match result {
-            Ok((send, driver)) => {
-                let id = pool.next_id;
-                pool.next_id += 1;
+            Ok(send) => {
                 pool.conns.push(Conn {
                     id,
                     send,
@@ -407,16 +440,6 @@ impl Subchannel {
                 pool.backoff.reset();
                 pool.retry_at = None;
                 pool.last_error = None;
-                let weak = Arc::downgrade(&self);
-                self.env.executor.spawn(Box::pin(async move {
-                    let too_many_pings = driver.await;
-                    if let Some(sub) = weak.upgrade() {
-                        if too_many_pings {
-                            sub.slow_down_keepalive();
-                        }
-                        sub.connection_closed(id);
-                    }
-                }));
                 self.dispatch(&mut pool);
                 drop(pool);
                 self.set_state(ConnectivityState::Ready);
@@ -440,10 +463,12 @@ impl Subchannel {
                     self.schedule_retry(&mut pool, at);
                 }
                 drop(pool);
+                // The state first, so a call that moves on to another endpoint sees this one
+                // failing.
+                self.set_state(ConnectivityState::TransientFailure);
                 for w in fail {
                     w.grant(Err(failure.clone()));
                 }
-                self.set_state(ConnectivityState::TransientFailure);
             }
         }
     }
@@ -462,7 +487,7 @@ impl Subchannel {
         pool.conns.retain(|c| c.id != id);
         let usable = pool.conns.iter().any(|c| !c.draining);
         self.maybe_connect(&mut pool);
-        let connecting = pool.connecting;
+        let connecting = pool.connecting > 0;
         drop(pool);
         if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
             self.set_state(ConnectivityState::Idle);
@@ -470,37 +495,31 @@ impl Subchannel {
     }
 }
 
-/// A connection's driver: runs until the connection closes; true when the server closed it
-/// for too many pings.
-type Driver = BoxFuture<bool>;
-
-/// Connects to `address` and performs the HTTP/2 handshake.
+/// Connects to `address`, performs the HTTP/2 handshake, starts the connection's driver on
+/// the executor, and returns once the server's SETTINGS (its stream limit above all) are in
+/// force, so no call is sent over a limit we have not heard yet. The driver clears `alive`
+/// and reports to the subchannel when the connection ends.
 async fn open(
-    env: &Env,
-    address: &Address,
+    sub: &Arc<Subchannel>,
+    id: u64,
     ping: PingConfig,
     active: Arc<AtomicUsize>,
-) -> Result<(SendRequest<Bytes>, Driver), Status> {
+    alive: Arc<AtomicBool>,
+) -> Result<SendRequest<Bytes>, Status> {
+    let (env, address) = (&sub.env, &sub.address);
     let config = &env.config;
-    let connect = env.connector.connect(address);
     let timeout = config.connect_timeout;
-    let io: BoxedIo = match crate::client::channel::with_deadline(
-        Some(Instant::now() + timeout),
-        connect,
-    )
-    .await
-    {
+    let deadline = Instant::now() + timeout;
+    let timed_out =
+        |what: &str| Status::unavailable(format!("{what} {address}: timed out after {timeout:?}"));
+    let io: BoxedIo = match with_deadline(Some(deadline), env.connector.connect(address)).await {
         Ok(Ok(io)) => io,
         Ok(Err(err)) => {
             return Err(Status::unavailable(format!(
                 "failed to connect to {address}: {err}"
             )));
         }
-        Err(_) => {
-            return Err(Status::unavailable(format!(
-                "failed to connect to {address}: timed out after {timeout:?}"
-            )));
-        }
+        Err(_) => return Err(timed_out("failed to connect to")),
     };
     let (io, events) = client_io(io);
     let handshake = h2::client::Builder::new()
@@ -508,17 +527,42 @@ async fn open(
         .initial_connection_window_size(ping.windows.connection)
         .max_frame_size(config.max_frame_size)
         .enable_push(false)
-        // Until the server's SETTINGS arrive, assume its limit is the common 100 rather than
-        // h2's "unlimited", so a burst on a new connection is not refused.
+        // Should a stream go out before the server's SETTINGS after all, assume its limit is
+        // the common 100 rather than h2's "unlimited".
         .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
         .handshake::<_, Bytes>(io);
-    let (send, connection) = handshake
-        .await
-        .map_err(|e| Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}")))?;
-    let driver: Driver = Box::pin(async move {
+    let (send, connection) = match with_deadline(Some(deadline), handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            return Err(Status::unavailable(format!(
+                "HTTP/2 handshake with {address} failed: {e}"
+            )));
+        }
+        Err(_) => return Err(timed_out("HTTP/2 handshake with")),
+    };
+    let weak = Arc::downgrade(sub);
+    let driver_events = events.clone();
+    env.executor.spawn(Box::pin(async move {
         let calls = move || active.load(Ordering::Relaxed);
-        let _ = drive_client(connection, ping, events.clone(), calls).await;
-        events.peer_goaway().is_some_and(|g| g.is_too_many_pings())
-    });
-    Ok((send, driver))
+        let _ = drive_client(connection, ping, driver_events.clone(), calls).await;
+        alive.store(false, Ordering::Release);
+        let too_many_pings = driver_events
+            .peer_goaway()
+            .is_some_and(|g| g.is_too_many_pings());
+        if let Some(sub) = weak.upgrade() {
+            if too_many_pings {
+                sub.slow_down_keepalive();
+            }
+            sub.connection_closed(id);
+        }
+    }));
+    if with_deadline(Some(deadline), events.settings_applied())
+        .await
+        .is_err()
+    {
+        let status = timed_out("no SETTINGS from");
+        fail(&events, &status);
+        return Err(status);
+    }
+    Ok(send)
 }

@@ -585,8 +585,10 @@ where
         ..config
     };
     let mut manager = PingManager::new(config, events.clone(), pings);
-    poll_fn(|cx| {
-        if let Poll::Ready(result) = Pin::new(&mut conn).poll(cx) {
+    let outcome = poll_fn(|cx| {
+        let polled = Pin::new(&mut conn).poll(cx);
+        events.note_polled(polled.is_ready());
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(result.map_err(|err| connection_error(err, &events)));
         }
         match manager.poll(cx, &mut conn, active_calls()) {
@@ -602,7 +604,9 @@ where
             Poll::Ready(Verdict::TooManyPings) => Poll::Pending,
         }
     })
-    .await
+    .await;
+    events.note_polled(true);
+    outcome
 }
 
 /// Makes every later read and write on the tapped connection fail with `status`'s message.

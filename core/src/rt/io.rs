@@ -70,6 +70,8 @@ pub(crate) mod kind {
     pub(crate) const DATA: u8 = 0x0;
     /// HEADERS (§6.2).
     pub(crate) const HEADERS: u8 = 0x1;
+    /// SETTINGS (§6.5).
+    pub(crate) const SETTINGS: u8 = 0x4;
     /// PING (§6.7).
     pub(crate) const PING: u8 = 0x6;
     /// GOAWAY (§6.8).
@@ -250,6 +252,11 @@ pub struct ConnectionEvents {
     stream_window: AtomicU32,
     connection_window: AtomicU32,
     window_updates: AtomicU64,
+    /// The peer's first SETTINGS frame was read off the socket.
+    settings_read: AtomicBool,
+    /// ... and h2 has applied it (set by the connection's driver after polling h2).
+    settings_applied: AtomicBool,
+    settings_event: event_listener::Event,
 }
 
 impl ConnectionEvents {
@@ -350,6 +357,30 @@ impl ConnectionEvents {
             .map(|(kind, message)| io::Error::new(*kind, message.clone()))
     }
 
+    /// Called by the connection's driver after each poll of h2: a SETTINGS frame read before
+    /// that poll has been applied by it. With `ended`, wakes waiters anyway.
+    pub(crate) fn note_polled(&self, ended: bool) {
+        if (ended || self.settings_read.load(Ordering::Acquire))
+            && !self.settings_applied.swap(true, Ordering::AcqRel)
+        {
+            self.settings_event.notify(usize::MAX);
+        }
+    }
+
+    /// Completes once the peer's first SETTINGS were applied (or the connection ended).
+    pub(crate) async fn settings_applied(&self) {
+        loop {
+            if self.settings_applied.load(Ordering::Acquire) {
+                return;
+            }
+            let listener = self.settings_event.listen();
+            if self.settings_applied.load(Ordering::Acquire) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
     fn on_frame_read(&self, head: &FrameHead) {
         self.frames_read.fetch_add(1, Ordering::AcqRel);
         match head.kind {
@@ -362,6 +393,9 @@ impl ConnectionEvents {
             }
             kind::PING if head.flags & FLAG_ACK == 0 => {
                 self.pings_read.fetch_add(1, Ordering::AcqRel);
+            }
+            kind::SETTINGS if head.flags & FLAG_ACK == 0 => {
+                self.settings_read.store(true, Ordering::Release);
             }
             kind::PING => {
                 let data = self.data_bytes_read.load(Ordering::Acquire);
