@@ -1,23 +1,28 @@
 //! plexus: a gRPC core that runs on any async executor.
 //!
 //! ```text
-//!  Channel ──► connection (one HTTP/2 conn, h2) ──► stream per call
-//!     │              │
-//!  Target        futures-io socket (TCP, Unix, memory, yours via Connector)
-//!                driven by a task on the Executor
+//!  Channel ──pick──► Subchannel (one endpoint) ──► pool of HTTP/2 connections ──► h2 stream
+//!     │                   │                           │
+//!  Resolver            state, backoff,            futures-io socket (TCP, Unix, memory, yours
+//!  Balancer            FIFO queue of calls        via Connector), a frame tap for keepalive,
+//!  (pick_first,                                   driven by a task on the Executor
+//!   round_robin, yours)
 //!
 //!  Server ──► Listener / any Io ──► h2 server connection ──► router ──► handler (4 kinds)
 //! ```
 //!
-//! - [`Channel`] is `Clone + Send + Sync`; clones share one HTTP/2 connection, opened on the
-//!   first call. Calls come in the four gRPC kinds, untyped (`bytes::Bytes`) on the channel
-//!   itself or typed through a [`Codec`] ([`ProstCodec`] for prost messages) with [`Client`].
+//! - [`Channel`] is `Clone + Send + Sync`; clones share the resolver, the balancer and every
+//!   endpoint's connection pool. A connection takes calls up to the server's
+//!   MAX_CONCURRENT_STREAMS; then another one opens (or calls queue). Calls come in the four
+//!   gRPC kinds, untyped (`bytes::Bytes`) on the channel itself or typed through a [`Codec`]
+//!   ([`ProstCodec`] for prost messages) with [`Client`].
 //! - [`Server`] routes `/package.Service/Method` to handlers and serves TCP, Unix sockets or
-//!   any byte stream, with graceful shutdown.
+//!   any byte stream, with keepalive, ping policing and graceful shutdown.
 //!
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
-//! connections and calls) goes to an [`Executor`]: by default [`SmolExecutor`], which starts
+//! connections and calls, reconnects, DNS refreshes, idle checks) goes to an [`Executor`]:
+//! by default [`SmolExecutor`], which starts
 //! `PLEXUS_THREADS` (default: one per core) `plexus-worker-N` threads on first use. Sockets
 //! and timers use `async-io`, whose reactor is driven by whichever thread is blocked on it, or
 //! by its own `async-io` thread. Host-name resolution runs on `blocking`'s thread pool.
