@@ -309,11 +309,16 @@ async fn call_kinds(env: Env) {
     let burst: Vec<Bytes> = (0..20)
         .map(|i| pattern(200 + i, 1000 * i as usize))
         .collect();
-    for msg in &burst {
-        tx.send(msg.clone()).await.unwrap();
-    }
-    tx.close().await.unwrap();
-    let rest = collect(&mut rx).await.expect("bidi ends OK");
+    // Read while sending: the burst and its echo (190 KB each way) need not fit in the
+    // flow-control windows, which start at 64 KiB when they adapt.
+    let send_all = async {
+        for msg in &burst {
+            tx.send(msg.clone()).await.unwrap();
+        }
+        tx.close().await.unwrap();
+    };
+    let (_, rest) = futures_util::future::join(send_all, collect(&mut rx)).await;
+    let rest = rest.expect("bidi ends OK");
     assert_eq!(rest.len(), burst.len() + 1);
     for (got, sent) in rest.iter().zip(&burst) {
         let mut rev = sent.to_vec();

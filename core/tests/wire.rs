@@ -461,10 +461,15 @@ fn raw_call(
             request.headers_mut().insert(k, HeaderValue::from_static(v));
         }
         let (response, mut stream) = send.send_request(request, false).unwrap();
-        for chunk in body {
-            stream.send_data(chunk, false).unwrap();
+        // END_STREAM rides on the last DATA frame, so the server has the whole request when it
+        // answers (an answer to a half-open request may be followed by RST_STREAM).
+        let count = body.len();
+        for (i, chunk) in body.into_iter().enumerate() {
+            stream.send_data(chunk, i + 1 == count).unwrap();
         }
-        stream.send_data(Bytes::new(), true).unwrap();
+        if count == 0 {
+            stream.send_data(Bytes::new(), true).unwrap();
+        }
         let response = response.await.unwrap();
         let (parts, mut recv) = response.into_parts();
         let mut data = BytesMut::new();

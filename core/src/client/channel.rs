@@ -109,23 +109,24 @@ impl ChannelBuilder {
         self
     }
 
-    /// Initial HTTP/2 stream window (default [`DEFAULT_STREAM_WINDOW`](crate::client::DEFAULT_STREAM_WINDOW),
-    /// fixed unless [`adaptive_window`](Self::adaptive_window) is on).
+    /// Initial HTTP/2 stream window. Windows adapt to the measured bandwidth-delay product
+    /// by default (starting at 64 KiB); setting a window pins both, as in grpc-go (the other
+    /// keeps [`DEFAULT_STREAM_WINDOW`](crate::client::DEFAULT_STREAM_WINDOW) or
+    /// [`DEFAULT_CONNECTION_WINDOW`](crate::client::DEFAULT_CONNECTION_WINDOW)).
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.config.stream_window = Some(bytes);
         self
     }
 
-    /// Initial HTTP/2 connection window (default
-    /// [`DEFAULT_CONNECTION_WINDOW`](crate::client::DEFAULT_CONNECTION_WINDOW)).
+    /// Initial HTTP/2 connection window; pins the windows like
+    /// [`initial_stream_window_size`](Self::initial_stream_window_size).
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.config.connection_window = Some(bytes);
         self
     }
 
-    /// Whether windows grow from bandwidth-delay-product estimates, as grpc-go's do (starting
-    /// at 64 KiB, or at the sizes set). Off by default for now: with it on, a stream
-    /// occasionally stalled in our integration tests, not yet explained.
+    /// Whether windows grow from bandwidth-delay-product estimates, as grpc-go's do (default:
+    /// yes unless a window size is set; `true` with sizes set grows from them).
     pub fn adaptive_window(mut self, adaptive: bool) -> Self {
         self.config.adaptive_window = Some(adaptive);
         self

@@ -106,15 +106,13 @@ pub struct WindowConfig {
 }
 
 impl WindowConfig {
-    /// Resolves a builder's window options: fixed windows ([`DEFAULT_STREAM_WINDOW`],
-    /// [`DEFAULT_CONNECTION_WINDOW`], or the ones set) unless `adaptive` is true; adaptive
-    /// windows start at the ones set or at 64 KiB ([`ADAPTIVE_START_WINDOW`]) and grow from
-    /// BDP estimates, as grpc-go's do.
+    /// Resolves a builder's window options the way grpc-go does: windows adapt by default,
+    /// starting at 64 KiB ([`ADAPTIVE_START_WINDOW`]); setting either window explicitly pins
+    /// both (the other keeps its fixed default, [`DEFAULT_STREAM_WINDOW`] or
+    /// [`DEFAULT_CONNECTION_WINDOW`]). An explicit `adaptive` wins over both rules: `true` with
+    /// explicit windows grows from them, `false` alone pins the fixed defaults.
     pub fn resolve(stream: Option<u32>, connection: Option<u32>, adaptive: Option<bool>) -> Self {
-        // Adaptive windows are opt-in for now: with them on, a stream stalled now and then in
-        // the integration tests (about 1 run in 13 of `pool::memory::call_kinds`), which is
-        // not yet explained. Fixed windows are the default until it is.
-        let adaptive = adaptive.unwrap_or(false);
+        let adaptive = adaptive.unwrap_or(stream.is_none() && connection.is_none());
         let (stream, connection) = if adaptive {
             let s = stream.unwrap_or(ADAPTIVE_START_WINDOW);
             (s, connection.unwrap_or(s.max(ADAPTIVE_START_WINDOW)))
@@ -657,13 +655,7 @@ mod tests {
 
     #[test]
     fn window_options_resolve() {
-        // Fixed windows by default (adaptive is opt-in for now).
-        let default = WindowConfig::resolve(None, None, None);
-        assert_eq!(
-            (default.stream, default.connection, default.adaptive),
-            (DEFAULT_STREAM_WINDOW, DEFAULT_CONNECTION_WINDOW, false)
-        );
-        let adaptive = WindowConfig::resolve(None, None, Some(true));
+        let adaptive = WindowConfig::resolve(None, None, None);
         assert_eq!(
             adaptive,
             WindowConfig {

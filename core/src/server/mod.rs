@@ -156,15 +156,16 @@ impl ServerBuilder {
         self
     }
 
-    /// Initial HTTP/2 stream window (default 1 MiB, fixed unless
-    /// [`adaptive_window`](Self::adaptive_window) is on).
+    /// Initial HTTP/2 stream window. By default windows adapt (see
+    /// [`adaptive_window`](Self::adaptive_window)); setting this pins them, as in grpc-go, and
+    /// the connection window then defaults to 16 MiB.
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.config.stream_window = Some(bytes);
         self
     }
 
-    /// Initial HTTP/2 connection window (default 16 MiB, fixed unless
-    /// [`adaptive_window`](Self::adaptive_window) is on).
+    /// Initial HTTP/2 connection window. Setting it pins the windows, as in grpc-go; the
+    /// stream window then defaults to 1 MiB.
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.config.connection_window = Some(bytes);
         self
@@ -172,9 +173,9 @@ impl ServerBuilder {
 
     /// Whether flow-control windows follow the measured bandwidth-delay product, as in grpc-go
     /// and C-core: they start at 64 KiB ([`ADAPTIVE_START_WINDOW`]) and grow up to 16 MiB
-    /// ([`BDP_LIMIT`]) as PING round trips show more data in flight; with explicit sizes they
-    /// grow from those. Off by default for now: with it on, a stream occasionally stalled in
-    /// our integration tests, not yet explained.
+    /// ([`BDP_LIMIT`]) as PING round trips show more data in flight. On by default unless a
+    /// window size is set; `false` pins the windows (1 MiB per stream and 16 MiB per
+    /// connection unless set), `true` with explicit sizes grows from them.
     pub fn adaptive_window(mut self, adaptive: bool) -> Self {
         self.config.adaptive_window = Some(adaptive);
         self
