@@ -378,7 +378,9 @@ impl Subchannel {
             self.schedule_retry(pool, at);
             return;
         }
-        if usable.is_empty() {
+        // After a failure the state stays TRANSIENT_FAILURE through the next attempts until
+        // one succeeds (gRFC A62), so the channel does not flap.
+        if usable.is_empty() && self.state.get() != ConnectivityState::TransientFailure {
             self.state.set(ConnectivityState::Connecting);
             (self.env.on_state_change)();
         }
