@@ -168,6 +168,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .expect_err("no such method");
         println!("unknown method:   {status}");
 
+        let stats = channel.stats();
+        println!(
+            "channel stats:    {} calls started, {} succeeded, {} failed, over {} connection(s), {:?}",
+            stats.calls_started,
+            stats.calls_succeeded,
+            stats.calls_failed,
+            stats.connections(),
+            stats.state
+        );
+
         server.shutdown(Duration::from_secs(1)).await;
         println!("server shut down; all calls done");
         Ok(())
