@@ -606,3 +606,53 @@ fn a_refused_unary_call_is_retried_once_transparently() {
     assert_eq!(response.message().as_ref(), b"second");
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_unary_call_the_server_never_processed_before_goaway_is_retried() {
+    // The first connection says GOAWAY (last stream 0) before it processes anything; the
+    // call must go through on a second connection without the caller noticing.
+    let (connector, mut listener) = memory::channel();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = connections.clone();
+    smol::spawn(async move {
+        while let Some(Ok(io)) = listener.next().await {
+            let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            smol::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(Compat(io)).await else {
+                    return;
+                };
+                if first {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    while let Some(Ok(_ignored)) = conn.accept().await {}
+                    return;
+                }
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    let mut stream = respond.send_response(grpc_headers(), false).unwrap();
+                    stream.send_data(frame(b"second"), false).unwrap();
+                    stream
+                        .send_trailers(trailers(&[("grpc-status", b"0")]))
+                        .unwrap();
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
+    let channel = Channel::builder("http://x:1")
+        .connector(connector)
+        .resolver(StaticResolver::new([Address::Unix("memory".into())]))
+        .build()
+        .unwrap();
+    let response = run(unary(&channel)).unwrap();
+    assert_eq!(response.message().as_ref(), b"second");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let stats = channel.stats();
+    assert_eq!(
+        (
+            stats.calls_started,
+            stats.calls_succeeded,
+            stats.calls_failed
+        ),
+        (1, 1, 0)
+    );
+}

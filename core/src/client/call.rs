@@ -116,6 +116,7 @@ pub(crate) fn open(
             let _ = stream.send_data(tail, end);
         }
     }
+    let stream_id = stream.stream_id().as_u32();
     let call = Arc::new(CallShared {
         half: Mutex::new(SendHalf {
             stream,
@@ -135,6 +136,7 @@ pub(crate) fn open(
         initial: None,
         status: None,
         refused: false,
+        stream_id,
         tracker: Some(tracker),
         uncounted: None,
     };
@@ -265,8 +267,10 @@ pub(crate) struct RawStreaming {
     max_recv: usize,
     initial: Option<Metadata>,
     status: Option<Status>,
-    /// The server refused the stream (RST_STREAM(REFUSED_STREAM)) before processing it.
+    /// The server never processed the stream: RST_STREAM(REFUSED_STREAM), or a GOAWAY whose
+    /// last stream id is below it.
     refused: bool,
+    stream_id: u32,
     tracker: Option<Tracker>,
     /// A refused attempt's counters: it counts as failed unless retried.
     uncounted: Option<Arc<Counters>>,
@@ -335,7 +339,14 @@ impl RawStreaming {
             match Pin::new(fut).poll(cx) {
                 Poll::Ready(Ok(response)) => self.on_headers(response),
                 Poll::Ready(Err(err)) => {
-                    self.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM);
+                    // Never processed: refused, or above the last stream a GOAWAY announced.
+                    let above_goaway = err.is_go_away()
+                        && err.is_remote()
+                        && self
+                            .tracker
+                            .as_ref()
+                            .is_some_and(|t| t.slot.unprocessed(self.stream_id));
+                    self.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
                     self.fail(Status::from_h2(err));
                 }
                 Poll::Pending => {
@@ -624,8 +635,9 @@ impl<C: Codec> Client<C> {
                 .await?;
             let mut stream = self.streaming(raw);
             match read_unary(&mut stream).await {
-                // The server never processed a refused stream: one transparent retry is safe,
-                // and the call is still the same one in the channel's counters.
+                // The server never processed the stream (refused, or above the last stream of
+                // its GOAWAY): one transparent retry is safe, and the call is still the same
+                // one in the channel's counters.
                 Err(_) if stream.raw.refused && !retried => {
                     stream.raw.uncounted = None;
                     retried = true;

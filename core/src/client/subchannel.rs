@@ -23,6 +23,7 @@ use super::stats::EndpointStats;
 use crate::client::channel::with_deadline;
 use crate::proto::ping::{PingConfig, client_io, drive_client, fail};
 use crate::rt::Executor;
+use crate::rt::io::ConnectionEvents;
 use crate::status::Status;
 use crate::transport::{Address, BoxedIo, Connector};
 
@@ -70,6 +71,8 @@ struct Conn {
     send: SendRequest<Bytes>,
     /// Streams open; an atomic so the connection's driver can read it for keepalive.
     active: Arc<AtomicUsize>,
+    /// What the frame tap saw on this connection (the peer's GOAWAY among others).
+    events: Arc<ConnectionEvents>,
     /// GOAWAY received or the connection failed: no new streams.
     draining: bool,
 }
@@ -86,6 +89,7 @@ pub(crate) struct StreamSlot {
     subchannel: Arc<Subchannel>,
     conn_id: u64,
     send: SendRequest<Bytes>,
+    events: Arc<ConnectionEvents>,
 }
 
 impl fmt::Debug for StreamSlot {
@@ -98,6 +102,13 @@ impl fmt::Debug for StreamSlot {
 }
 
 impl StreamSlot {
+    /// Whether the server announced, by GOAWAY, that it never processed stream `id`.
+    pub(crate) fn unprocessed(&self, id: u32) -> bool {
+        self.events
+            .peer_goaway()
+            .is_some_and(|g| id > g.last_stream_id)
+    }
+
     /// The connection's request handle.
     pub(crate) fn sender(&self) -> SendRequest<Bytes> {
         self.send.clone()
@@ -319,6 +330,7 @@ impl Subchannel {
             subchannel: self.clone(),
             conn_id: conn.id,
             send: conn.send.clone(),
+            events: conn.events.clone(),
         })
     }
 
@@ -410,34 +422,45 @@ impl Subchannel {
     }
 
     async fn connect(self: Arc<Self>) {
-        let (ping, id) = {
-            let mut pool = self.lock();
-            pool.next_id += 1;
-            (pool.ping.clone(), pool.next_id)
-        };
-        let active = Arc::new(AtomicUsize::new(0));
-        let alive = Arc::new(AtomicBool::new(true));
-        let result = open(&self, id, ping, active.clone(), alive.clone()).await;
-        let mut pool = self.lock();
-        pool.connecting -= 1;
-        // The driver may have ended already; `alive` is cleared before it reports that.
-        let result = result.and_then(|send| {
-            if alive.load(Ordering::Acquire) {
-                Ok(send)
-            } else {
-                Err(Status::unavailable(format!(
+        let mut tries = 0;
+        let (id, active, result) = loop {
+            tries += 1;
+            let (ping, id) = {
+                let mut pool = self.lock();
+                pool.next_id += 1;
+                (pool.ping.clone(), pool.next_id)
+            };
+            let active = Arc::new(AtomicUsize::new(0));
+            let alive = Arc::new(AtomicBool::new(true));
+            let result = open(&self, id, ping, active.clone(), alive.clone()).await;
+            // The driver may have ended already; `alive` is cleared before it reports that.
+            let gone = !alive.load(Ordering::Acquire);
+            if let Ok((_, events)) = &result {
+                // A server that said GOAWAY as the connection opened never saw a call from
+                // us: try once more straight away rather than as a failure.
+                if gone && events.peer_goaway().is_some() && tries < 2 {
+                    continue;
+                }
+            }
+            let result = result.and_then(|opened| match gone {
+                false => Ok(opened),
+                true => Err(Status::unavailable(format!(
                     "connection to {} closed as it opened",
                     self.address
-                )))
-            }
-        });
+                ))),
+            });
+            break (id, active, result);
+        };
+        let mut pool = self.lock();
+        pool.connecting -= 1;
         match result {
-            Ok(send) => {
+            Ok((send, events)) => {
                 pool.conns.push(Conn {
                     id,
                     send,
                     active,
                     draining: false,
+                    events,
                 });
                 pool.backoff.reset();
                 pool.retry_at = None;
@@ -507,7 +530,7 @@ async fn open(
     ping: PingConfig,
     active: Arc<AtomicUsize>,
     alive: Arc<AtomicBool>,
-) -> Result<SendRequest<Bytes>, Status> {
+) -> Result<(SendRequest<Bytes>, Arc<ConnectionEvents>), Status> {
     let (env, address) = (&sub.env, &sub.address);
     let config = &env.config;
     let timeout = config.connect_timeout;
@@ -566,5 +589,5 @@ async fn open(
         fail(&events, &status);
         return Err(status);
     }
-    Ok(send)
+    Ok((send, events))
 }
