@@ -291,6 +291,15 @@ impl Status {
         Status::internal(format!("HTTP/2 error: {err}"))
     }
 
+    /// The status for calls on a connection the peer closed with GOAWAY carrying debug data
+    /// (such as gRPC's `too_many_pings`), which says more than h2's error does.
+    pub(crate) fn from_goaway(reason: h2::Reason, debug_data: &[u8]) -> Status {
+        Status::unavailable(format!(
+            "connection closed by GOAWAY ({reason:?}): {}",
+            String::from_utf8_lossy(debug_data)
+        ))
+    }
+
     /// Maps an I/O error on the connection: the peer is gone or unreachable.
     pub(crate) fn from_io(err: &std::io::Error) -> Status {
         Status::unavailable(format!("transport error: {err}"))

@@ -636,11 +636,7 @@ fn connection_error(err: h2::Error, events: &ConnectionEvents) -> Status {
     if err.is_go_away() && err.is_remote() {
         if let Some(goaway) = events.peer_goaway() {
             if !goaway.debug_data.is_empty() {
-                return Status::unavailable(format!(
-                    "connection closed by GOAWAY ({:?}): {}",
-                    goaway.reason,
-                    String::from_utf8_lossy(&goaway.debug_data)
-                ));
+                return Status::from_goaway(goaway.reason, &goaway.debug_data);
             }
         }
     }

@@ -24,7 +24,7 @@ use crate::proto::headers::{
 use crate::proto::recv::MessageReader;
 use crate::proto::send::Outbox;
 use crate::rt::{BoxFuture, Deadline};
-use crate::status::{Code, Status};
+use crate::status::Status;
 
 /// Messages a handler may queue ahead of the network: one, so `send` is flow-controlled.
 const SINK_DEPTH: usize = 1;
@@ -265,9 +265,6 @@ impl Driver {
             }
             merged.extend(status.metadata().clone());
             status = status.with_metadata(merged);
-        }
-        if status.code() == Code::Ok {
-            status = Status::ok().with_metadata(status.metadata().clone());
         }
         match &mut self.stream {
             Some(stream) => {
