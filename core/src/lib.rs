@@ -66,7 +66,7 @@ pub use client::{
     EndpointStats, LbPolicy, Picker, Resolver, ResponseFuture, Sender, StaticResolver, Streaming,
 };
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
-pub use codec::{BytesCodec, Codec, ProstCodec};
+pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use metadata::{Metadata, MetadataValue};
 pub use response::Response;
 pub use rt::{Executor, SmolExecutor};

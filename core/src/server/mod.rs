@@ -24,8 +24,8 @@ pub use listener::Listener;
 use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
 use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
-use crate::codec::Codec;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+use crate::codec::{Codec, Compression};
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
 pub use crate::proto::ping::{
     ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
@@ -53,6 +53,8 @@ struct ServerConfig {
     max_frame_size: u32,
     max_recv_message_size: usize,
     max_send_message_size: usize,
+    /// Compression of response messages unless a handler says otherwise.
+    response_compression: Compression,
     keepalive_time: Duration,
     keepalive_timeout: Duration,
     min_ping_interval: Duration,
@@ -89,6 +91,7 @@ impl Default for ServerBuilder {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+                response_compression: Compression::Identity,
                 keepalive_time: DEFAULT_SERVER_KEEPALIVE_TIME,
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
@@ -228,6 +231,18 @@ impl ServerBuilder {
     /// Max size of a sent message (default unlimited).
     pub fn max_send_message_size(mut self, bytes: usize) -> Self {
         self.config.max_send_message_size = bytes;
+        self
+    }
+
+    /// Compresses response messages with `compression` on every call whose client accepts it
+    /// (lists it in `grpc-accept-encoding`); default [`Compression::Identity`] (none), as in
+    /// C-core and grpc-go. A handler overrides it per call with
+    /// [`CallContext::set_response_compression`] and per message with
+    /// [`ResponseSink::send_with`]. Compressed requests are inflated whatever this says:
+    /// plexus accepts `identity`, `deflate` and `gzip`, and answers any other `grpc-encoding`
+    /// with UNIMPLEMENTED.
+    pub fn response_compression(mut self, compression: Compression) -> Self {
+        self.config.response_compression = compression;
         self
     }
 
