@@ -19,6 +19,21 @@
 //! - [`Server`] routes `/package.Service/Method` to handlers and serves TCP, Unix sockets or
 //!   any byte stream, with keepalive, ping policing and graceful shutdown.
 //!
+//! # Compression
+//! Messages may be compressed with `gzip` or `deflate` ([`Compression`]), per gRPC's
+//! compression spec. A client compresses its requests per channel
+//! ([`ChannelBuilder::compression`]) or per call ([`CallOptions::compression`]), and single
+//! streamed messages opt out with [`Sender::send_with`]. A server compresses responses when the
+//! server ([`ServerBuilder::response_compression`]) or the handler
+//! ([`CallContext::set_response_compression`]) asks for it and the client accepts it, again
+//! with a per-message opt-out ([`ResponseSink::send_with`]). Both sides always inflate what
+//! they receive, advertise `grpc-accept-encoding: identity, deflate, gzip`, and tell which
+//! messages arrived compressed ([`Response::compressed`], [`Streaming::last_message_compressed`],
+//! [`Request::compressed`], [`RequestStream::last_message_compressed`]). An unknown request
+//! encoding is UNIMPLEMENTED. The max receive size bounds every message after inflation too,
+//! and inflating stops as soon as it is passed, so a zip bomb fails early with
+//! RESOURCE_EXHAUSTED.
+//!
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
 //! connections and calls, reconnects, DNS refreshes, idle checks) goes to an [`Executor`]:

@@ -5,6 +5,9 @@ same client tests run against both. Semantics, for every method:
 
 * Each request metadata entry whose key starts with ``x-echo-`` (ASCII keys and
   ``-bin`` keys alike) is sent back in the initial metadata, same key and value.
+* A request header ``x-response-compression: gzip`` (or ``deflate``) makes the
+  server compress its response messages with that algorithm. Compressed
+  requests are accepted in either algorithm.
 * Trailing metadata always holds ``x-trailer: done`` and
   ``x-trailer-bin: b"\\xfe\\x00\\x01"``. When a call ends with a non-OK status
   it also holds ``grpc-status-details-bin: b"details:" + status_message``.
@@ -100,8 +103,16 @@ def _echoed_metadata(context) -> tuple:
     )
 
 
+_COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
 def _begin(context) -> None:
-    """Send the echoed initial metadata and arm the fixed trailers."""
+    """Apply x-response-compression, send the echoed initial metadata and arm the fixed
+    trailers."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-response-compression":
+            # Must precede the initial metadata: C-core picks the algorithm when it sends them.
+            context.set_compression(_COMPRESSION[value])
     context.send_initial_metadata(_echoed_metadata(context))
     context.set_trailing_metadata(TRAILERS)
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::{Either, join_all, select};
 use plexus::{
-    CallContext, CallOptions, Channel, Client, Code, Metadata, MetadataValue, ProstCodec, Request,
-    RequestStream, Response, ResponseSink, Server, Status,
+    CallContext, CallOptions, Channel, Client, Code, Compression, Metadata, MetadataValue,
+    ProstCodec, Request, RequestStream, Response, ResponseSink, SendOptions, Server, Status,
 };
 
 /// plexus.peer.EchoRequest (tests/peer/proto/echo.proto).
@@ -110,6 +110,22 @@ fn requested_status(req: &EchoRequest) -> Option<Status> {
     })
 }
 
+/// Header asking the server to compress its responses (`gzip` or `deflate`); both peer servers
+/// honour it.
+const RESPONSE_COMPRESSION: &str = "x-response-compression";
+
+/// Initial-metadata key in which the plexus server reports how a unary request arrived:
+/// `<grpc-encoding> <0|1>` (the message's Compressed-Flag).
+const REQUEST_COMPRESSION: &str = "x-request-compression";
+
+/// Applies the client's `x-response-compression` to the call.
+fn compress_as_asked(ctx: &CallContext) -> Result<(), Status> {
+    if let Some(name) = ctx.metadata().get(RESPONSE_COMPRESSION) {
+        ctx.set_response_compression(name.parse()?);
+    }
+    Ok(())
+}
+
 /// Sleeps `ms`, or less if the call is cancelled first.
 async fn nap(ms: i32, ctx: &CallContext) {
     if ms > 0 {
@@ -121,7 +137,9 @@ async fn nap(ms: i32, ctx: &CallContext) {
 fn echo_server() -> Result<Server, Status> {
     Server::builder()
         .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
+            let compressed = req.compressed();
             let (ctx, req) = req.into_parts();
+            compress_as_asked(&ctx)?;
             nap(req.delay_ms, &ctx).await;
             if let Some(mut status) = requested_status(&req) {
                 // A unary error goes out trailers-only, so the echoed keys ride in the trailers.
@@ -129,13 +147,17 @@ fn echo_server() -> Result<Server, Status> {
                 return Err(status);
             }
             let reply = EchoResponse { message: req.message, index: 0, payload: req.payload };
-            Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
+            let mut md = echo_metadata(&ctx);
+            let seen = format!("{} {}", ctx.request_compression(), u8::from(compressed));
+            md.append(REQUEST_COMPRESSION, &seen)?;
+            Ok(Response::from_parts(md, reply, trailers()))
         })
         .server_streaming(
             &format!("{SERVICE}ServerStream"),
             ServerCodec::new(),
             |req: Request<EchoRequest>, sink: ResponseSink<EchoResponse>| async move {
                 let (ctx, req) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 sink.send_initial_metadata(echo_metadata(&ctx)).await?;
                 sink.set_trailers(trailers());
                 for index in 0..req.count {
@@ -153,6 +175,7 @@ fn echo_server() -> Result<Server, Status> {
             ServerCodec::new(),
             |req: Request<RequestStream<EchoRequest>>| async move {
                 let (ctx, mut stream) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 let (mut messages, mut payload, mut failure) = (Vec::new(), Vec::new(), None);
                 while let Some(msg) = stream.message().await? {
                     payload.extend_from_slice(&msg.payload);
@@ -171,6 +194,7 @@ fn echo_server() -> Result<Server, Status> {
             ServerCodec::new(),
             |req: Request<RequestStream<EchoRequest>>, sink: ResponseSink<EchoResponse>| async move {
                 let (ctx, mut stream) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 sink.send_initial_metadata(echo_metadata(&ctx)).await?;
                 sink.set_trailers(trailers());
                 let mut index = 0;
@@ -227,6 +251,11 @@ async fn run_client(target: &str) -> ExitCode {
         ("cancel", Box::pin(case_cancel(&echo))),
         ("unimplemented", Box::pin(case_unimplemented(&channel))),
         ("concurrent", Box::pin(case_concurrent(&echo))),
+        ("compressed_unary", Box::pin(case_compressed_unary(&echo))),
+        (
+            "compressed_streaming",
+            Box::pin(case_compressed_streaming(&echo)),
+        ),
     ];
     let mut failed = 0;
     for (name, case) in cases {
@@ -503,4 +532,99 @@ async fn case_concurrent(echo: &Echo) -> Result<(), String> {
         })
     });
     join_all(calls).await.into_iter().collect()
+}
+
+/// 64 KiB that compresses well, so every peer does compress it (C-core sends a message
+/// uncompressed when compressing would not make it smaller).
+fn compressible() -> Bytes {
+    b"plexus compresses this payload; ".repeat(2048).into()
+}
+
+fn compressed_options(c: Compression) -> Result<CallOptions, String> {
+    let mut md = Metadata::new();
+    md.append(RESPONSE_COMPRESSION, c.name())
+        .map_err(|s| s.to_string())?;
+    Ok(CallOptions::new().compression(c).metadata(md))
+}
+
+async fn case_compressed_unary(echo: &Echo) -> Result<(), String> {
+    for c in [Compression::Gzip, Compression::Deflate] {
+        let request = EchoRequest {
+            payload: compressible(),
+            ..req("z")
+        };
+        let response = echo
+            .unary(&path("Unary"), &request, compressed_options(c)?)
+            .await
+            .map_err(|s| format!("{c}: {s}"))?;
+        check(response.message().payload == request.payload, || {
+            format!("{c}: payload did not round-trip")
+        })?;
+        check(response.compressed(), || {
+            format!("{c}: the response was not compressed")
+        })?;
+    }
+    Ok(())
+}
+
+async fn case_compressed_streaming(echo: &Echo) -> Result<(), String> {
+    // Client streaming: one compressed and one uncompressed message on a gzip call.
+    let (tx, response) = echo
+        .client_streaming(
+            &path("ClientStream"),
+            compressed_options(Compression::Gzip)?,
+        )
+        .await
+        .map_err(|s| s.to_string())?;
+    let one = EchoRequest {
+        payload: compressible(),
+        ..req("a")
+    };
+    tx.send(one.clone()).await.map_err(|s| s.to_string())?;
+    tx.send_with(
+        EchoRequest {
+            message: "b".into(),
+            ..one.clone()
+        },
+        SendOptions::new().compress(false),
+    )
+    .await
+    .map_err(|s| s.to_string())?;
+    tx.close().await.map_err(|s| s.to_string())?;
+    let response = response.await.map_err(|s| s.to_string())?;
+    let msg = response.message();
+    check(
+        msg.message == "a,b" && msg.payload.len() == 2 * one.payload.len(),
+        || {
+            format!(
+                "response {:?} with {} payload bytes",
+                msg.message,
+                msg.payload.len()
+            )
+        },
+    )?;
+    check(response.compressed(), || "response not compressed".into())?;
+
+    // Server streaming, deflate: every response compressed.
+    let request = EchoRequest {
+        count: 3,
+        payload: compressible(),
+        ..req("s")
+    };
+    let mut stream = echo
+        .server_streaming(
+            &path("ServerStream"),
+            &request,
+            compressed_options(Compression::Deflate)?,
+        )
+        .await
+        .map_err(|s| s.to_string())?;
+    let mut flags = Vec::new();
+    while let Some(msg) = stream.message().await.map_err(|s| s.to_string())? {
+        check(msg.payload == request.payload, || "payload changed".into())?;
+        flags.push(stream.last_message_compressed());
+    }
+    check(flags == [true, true, true], || {
+        format!("compressed flags {flags:?}")
+    })
 }
