@@ -53,6 +53,7 @@ struct ChannelInner {
     /// Milliseconds after `created` of the last call start (for the idle timeout).
     last_call: AtomicU64,
     idle_watch: AtomicBool,
+    refresh_watch: AtomicBool,
 }
 
 #[derive(Default)]
@@ -70,6 +71,7 @@ pub(crate) struct ChannelConfig {
     pub(crate) max_send_message_size: usize,
     user_agent: String,
     idle_timeout: Duration,
+    resolve_interval: Duration,
     conn: ConnConfig,
     lb_policy: LbPolicy,
     /// Windows as the user set them; resolved with `adaptive_window` in `build`.
@@ -192,6 +194,15 @@ impl ChannelBuilder {
         self
     }
 
+    /// How often the target is resolved again while the channel has connections (default
+    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s).
+    /// An idle channel does not resolve; a failing endpoint also triggers a resolution, at
+    /// most once per interval.
+    pub fn resolve_interval(mut self, interval: Duration) -> Self {
+        self.config.resolve_interval = interval;
+        self
+    }
+
     /// The load-balancing policy (default pick_first).
     pub fn lb_policy(mut self, policy: LbPolicy) -> Self {
         self.config.lb_policy = policy;
@@ -278,6 +289,7 @@ impl ChannelBuilder {
                 created: Instant::now(),
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),
+                refresh_watch: AtomicBool::new(false),
             }
         });
         Ok(Channel { inner })
@@ -308,13 +320,14 @@ impl ChannelInner {
             let stale = self
                 .endpoints()
                 .resolved_at
-                .is_some_and(|at| at.elapsed() >= MIN_RERESOLVE_INTERVAL);
+                .is_some_and(|at| at.elapsed() >= self.config.resolve_interval);
             if stale {
                 self.start_resolution();
             }
         }
         if state == ConnectivityState::Ready {
             self.watch_idle();
+            self.watch_resolution();
         }
         self.state.set(state);
     }
@@ -393,7 +406,7 @@ impl ChannelInner {
                 let eps = self.endpoints();
                 let stale = eps
                     .resolved_at
-                    .is_none_or(|at| at.elapsed() >= DEFAULT_DNS_REFRESH_INTERVAL);
+                    .is_none_or(|at| at.elapsed() >= self.config.resolve_interval);
                 (eps.list.clone(), eps.error.clone(), stale, eps.shut_down)
             };
             if shut_down {
@@ -465,6 +478,37 @@ impl ChannelInner {
         }));
     }
 
+    /// Starts the periodic re-resolution if it is not running. It runs until the channel has
+    /// had no call for its idle timeout (an idle channel sends no DNS queries), is shut down,
+    /// or is dropped.
+    fn watch_resolution(self: &Arc<Self>) {
+        if self.refresh_watch.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = self.config.resolve_interval;
+        self.env.executor.spawn(Box::pin(async move {
+            loop {
+                async_io::Timer::after(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let (busy, shut_down, due) = {
+                    let eps = inner.endpoints();
+                    let busy = eps.list.iter().any(|s| s.active_streams() > 0);
+                    let due = eps.resolved_at.is_none_or(|at| at.elapsed() >= interval);
+                    (busy, eps.shut_down, due)
+                };
+                let idle = !busy && inner.since_last_call() >= inner.config.idle_timeout;
+                if idle || shut_down {
+                    inner.refresh_watch.store(false, Ordering::Release);
+                    return;
+                }
+                if due {
+                    inner.start_resolution();
+                }
+            }
+        }));
+    }
+
     fn since_last_call(&self) -> Duration {
         let now = self.created.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_call.load(Ordering::Relaxed)))
@@ -475,9 +519,6 @@ impl ChannelInner {
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
-
-/// Least time between re-resolutions triggered by failures: grpc-go's and C-core's 30 s.
-const MIN_RERESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 fn aggregate(states: &[ConnectivityState]) -> ConnectivityState {
     use ConnectivityState::*;
@@ -506,6 +547,7 @@ impl Channel {
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
                 user_agent: headers::USER_AGENT.to_string(),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
                 lb_policy: LbPolicy::default(),
                 stream_window: None,
                 connection_window: None,
