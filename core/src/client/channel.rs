@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use event_listener::Event;
 use futures_util::future::{Either, select};
+use h2::SendStream;
+use h2::client::ResponseFuture as H2ResponseFuture;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use super::backoff::BackoffConfig;
@@ -644,35 +646,58 @@ impl Channel {
         &self.inner.config
     }
 
-    /// Opens a stream for a call, sending `first` (and ending the request when `end`);
-    /// `new_call` is false for the retry of an attempt the server refused.
+    /// Starts a call: opens a stream, sends `first` (and ends the request when `end`). The
+    /// call keeps `options` and what it sends until the response headers arrive, so a stream
+    /// the server never processed can be retried once, transparently.
     pub(crate) async fn start(
         &self,
         path: &str,
-        options: &CallOptions,
+        options: CallOptions,
         first: Option<Framed>,
         end: bool,
-        new_call: bool,
     ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
         let inner = &self.inner;
-        if new_call {
-            inner.counters.call_started();
-        }
+        inner.counters.call_started();
         inner.touch();
-        let started = self.open_stream(path, options, first, end).await;
-        if started.is_err() {
-            inner.counters.call_ended(false);
-        }
-        started
+        let (slot, response, stream) = match self
+            .open_stream(path, &options, end && first.is_none())
+            .await
+        {
+            Ok(opened) => opened,
+            Err(status) => {
+                inner.counters.call_ended(false);
+                return Err(status);
+            }
+        };
+        let config = &inner.config;
+        let limits = call::Limits {
+            deadline: options.deadline,
+            max_recv: options
+                .max_recv_message_size
+                .unwrap_or(config.max_recv_message_size),
+            max_send: options
+                .max_send_message_size
+                .unwrap_or(config.max_send_message_size),
+        };
+        let tracker = call::Tracker::new(slot, inner.counters.clone());
+        let retry = call::RetryPlan {
+            channel: self.clone(),
+            path: path.into(),
+            options,
+        };
+        Ok(call::open(
+            response, stream, first, end, limits, tracker, retry,
+        ))
     }
 
-    async fn open_stream(
+    /// Picks a connection and opens a stream on it (request headers sent, ending the request
+    /// when `end`), passing over connections that turn out to be going away.
+    pub(crate) async fn open_stream(
         &self,
         path: &str,
         options: &CallOptions,
-        first: Option<Framed>,
         end: bool,
-    ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
+    ) -> Result<(StreamSlot, H2ResponseFuture, SendStream<Bytes>), Status> {
         let deadline = options.deadline;
         let mut request = Some(self.request(path, options)?);
         if deadline.is_some_and(|d| d <= Instant::now()) {
@@ -682,7 +707,7 @@ impl Channel {
         }
         // A connection that is going away never started our stream: try another one.
         let mut attempts = 0;
-        let (slot, response, stream) = loop {
+        loop {
             attempts += 1;
             let slot = with_deadline(deadline, self.inner.pick(options.wait_for_ready)).await??;
             let ready = with_deadline(deadline, slot.sender().ready()).await?;
@@ -700,8 +725,8 @@ impl Channel {
                 Some(req) => req,
                 None => self.request(path, options)?,
             };
-            match send.send_request(req, end && first.is_none()) {
-                Ok((response, stream)) => break (slot, response, stream),
+            match send.send_request(req, end) {
+                Ok((response, stream)) => return Ok((slot, response, stream)),
                 Err(err) => {
                     slot.connection_failed();
                     if attempts >= MAX_UNSTARTED_ATTEMPTS {
@@ -709,18 +734,7 @@ impl Channel {
                     }
                 }
             }
-        };
-        let config = &self.inner.config;
-        let max_recv = options
-            .max_recv_message_size
-            .unwrap_or(config.max_recv_message_size);
-        let max_send = options
-            .max_send_message_size
-            .unwrap_or(config.max_send_message_size);
-        let tracker = call::Tracker::new(slot, self.inner.counters.clone());
-        Ok(call::open(
-            response, stream, first, end, deadline, max_recv, max_send, tracker,
-        ))
+        }
     }
 
     fn request(&self, path: &str, options: &CallOptions) -> Result<Request<()>, Status> {
