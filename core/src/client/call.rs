@@ -285,6 +285,18 @@ impl RawStreaming {
         }
     }
 
+    /// Ends the call with a failure the peer or the connection caused. RST_STREAM(CANCEL)
+    /// after our deadline passed is the server giving up on that deadline (gRPC servers reset
+    /// expired calls, and its timer may beat ours): DEADLINE_EXCEEDED, as grpc-go reports it.
+    fn peer_failed(&mut self, status: Status) {
+        let expired = self.call.deadline.is_some_and(|at| Instant::now() >= at);
+        if status.code() == Code::Cancelled && expired {
+            let message = format!("deadline exceeded; then {}", status.message());
+            return self.fail(Status::deadline_exceeded(message));
+        }
+        self.fail(status);
+    }
+
     fn finish(&mut self, status: Status) {
         // The server is done: stop a request stream that is still open.
         if !self.call.request_closed() {
@@ -347,7 +359,7 @@ impl RawStreaming {
                             .as_ref()
                             .is_some_and(|t| t.slot.unprocessed(self.stream_id));
                     self.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
-                    self.fail(Status::from_h2(err));
+                    self.peer_failed(Status::from_h2(err));
                 }
                 Poll::Pending => {
                     ready!(self.deadline.poll_expired(cx));
@@ -390,13 +402,13 @@ impl RawStreaming {
                         false
                     }
                     Poll::Ready(Err(status)) => {
-                        self.fail(status);
+                        self.peer_failed(status);
                         false
                     }
                     Poll::Pending => true,
                 },
                 Poll::Ready(Err(status)) => {
-                    self.fail(status);
+                    self.peer_failed(status);
                     false
                 }
                 Poll::Pending => true,
