@@ -19,7 +19,7 @@ const USAGE: &str = "usage: interop-client --server_host=HOST --server_port=PORT
 
 /// Longest a case may take: generous for concurrent_large_unary against a slow peer on a
 /// loaded two-core machine; a hang still ends in a failure.
-const CASE_TIMEOUT: Duration = Duration::from_secs(180);
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Options {
     host: String,
