@@ -96,6 +96,7 @@ fi
 start_server() {
     local name=$1 log=$2
     shift 2
+    : >"$log" # exists before the background job opens it, for the polling below
     "$@" >"$log" 2>&1 &
     server_pids+=("$!")
     local pid=$! waited=0
