@@ -166,6 +166,7 @@ for direction in "${DIRECTIONS[@]}"; do
         continue
     fi
     read -r -a cmd <<<"$(client_cmd "$direction")"
+    direction_started=$SECONDS
     for case in "${CASES[@]}"; do
         log="$work/${direction//>/}-$case.log"
         if timeout "$CASE_TIMEOUT" "${cmd[@]}" --test_case="$case" >"$log" 2>&1; then
@@ -200,6 +201,7 @@ for direction in "${DIRECTIONS[@]}"; do
             failures+=("$key failed: $(tail -c 600 "$log" | tr '\n' ' ')")
         fi
     done
+    echo "$direction: $((SECONDS - direction_started)) s"
 done
 elapsed=$((SECONDS - started))
 
