@@ -69,6 +69,8 @@
 pub mod client;
 pub mod codec;
 pub mod metadata;
+#[cfg(test)]
+mod proptests;
 mod proto;
 mod response;
 pub mod rt;
@@ -89,11 +91,3 @@ pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };
 pub use status::{Code, Status};
-
-/// Not public API: the connection internals plexus's own integration tests drive directly.
-/// Anything here may change or vanish in any release.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::proto::ping::{PingConfig, PingPolicy, WindowConfig, client_io, drive_client};
-    pub use crate::rt::io::{ConnectionEvents, FrameTap, PeerGoAway, Role};
-}

@@ -4,18 +4,21 @@
 //! from many threads, pick_first / round_robin / custom pickers, the idle timeout and the
 //! channel's statistics. Every test body has a hard 30 s timeout.
 
+#[path = "support/gated.rs"]
+mod gated;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use bytes::Bytes;
 use futures_util::future::{Either, join, join_all, select};
+use gated::GatedIo;
 use plexus::rt::BoxFuture;
 use plexus::transport::{Address, BoxedIo, Connector, SocketConnector};
 use plexus::{
@@ -307,58 +310,8 @@ impl Connector for CountingConnector {
             let io = connecting.await?;
             tally.connects.fetch_add(1, Ordering::SeqCst);
             tally.open.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(Counted {
-                io,
-                open: tally.open.clone(),
-                gate: (!latency.is_zero()).then(|| Timer::after(latency)),
-            }) as BoxedIo)
+            Ok(GatedIo::boxed(io, latency, Some(tally.open.clone())))
         })
-    }
-}
-
-/// A connection that counts itself out of [`Tally::open`] when dropped, and reads nothing
-/// until its gate timer (if any) fired.
-struct Counted {
-    io: BoxedIo,
-    open: Arc<AtomicUsize>,
-    gate: Option<Timer>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl futures_io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(gate) = &mut self.gate {
-            ready!(Pin::new(gate).poll(cx));
-            self.gate = None;
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl futures_io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_close(cx)
     }
 }
 
@@ -1321,5 +1274,69 @@ fn refused_streams_are_not_counted_as_failed_calls() {
             (100, 100, 0),
             "{s:?}"
         );
+    });
+}
+
+/// Many tiny messages buffered unread on either side must not look like a small-frame flood:
+/// h2 closes a connection whose buffered small DATA frames exceed its budget.
+#[test]
+fn slow_readers_of_many_tiny_messages_keep_their_connection() {
+    const COUNT: usize = 5_000;
+    run(async {
+        let server = Server::builder()
+            .server_streaming("/channel.Test/Tiny", BytesCodec, |_req, sink| async move {
+                for _ in 0..COUNT {
+                    sink.send(Bytes::from_static(b"t")).await?;
+                }
+                Ok(())
+            })
+            .client_streaming(
+                "/channel.Test/Count",
+                BytesCodec,
+                |req: plexus::Request<plexus::RequestStream<Bytes>>| async move {
+                    // Let the client's messages pile up before reading any.
+                    Timer::after(Duration::from_millis(500)).await;
+                    let mut stream = req.into_message();
+                    let mut n = 0usize;
+                    while stream.message().await?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Response::new(Bytes::from(n.to_string())))
+                },
+            )
+            .build()
+            .unwrap();
+        let listener = Listener::bind_tcp("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(&server, listener);
+        for adaptive in [true, false] {
+            let channel = channel_to(&format!("http://{addr}"))
+                .adaptive_window(adaptive)
+                .build()
+                .unwrap();
+            let mut stream = channel
+                .server_streaming("/channel.Test/Tiny", Bytes::new(), CallOptions::new())
+                .await
+                .expect("call starts");
+            // Let the server's messages pile up before reading any.
+            Timer::after(Duration::from_millis(500)).await;
+            let mut n = 0;
+            while let Some(message) = stream.message().await.expect("no connection error") {
+                assert_eq!(message.as_ref(), b"t");
+                n += 1;
+            }
+            assert_eq!(n, COUNT, "adaptive windows: {adaptive}");
+
+            let (sender, response) = channel
+                .client_streaming("/channel.Test/Count", CallOptions::new())
+                .await
+                .expect("call starts");
+            for _ in 0..COUNT {
+                sender.send(Bytes::from_static(b"t")).await.expect("send");
+            }
+            drop(sender);
+            let reply = response.await.expect("no connection error");
+            assert_eq!(reply.message().as_ref(), COUNT.to_string().as_bytes());
+        }
     });
 }

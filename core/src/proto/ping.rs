@@ -37,6 +37,7 @@ use async_io::Timer;
 use bytes::Bytes;
 
 use crate::client::{DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
+use crate::rt::io::PingPolice;
 use crate::rt::{Compat, ConnectionEvents, FrameTap, Role};
 use crate::status::Status;
 use crate::transport::Io;
@@ -96,7 +97,7 @@ const RTT_ALPHA: f64 = 0.9;
 
 /// Initial receive windows and whether the BDP estimator may grow them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowConfig {
+pub(crate) struct WindowConfig {
     /// Initial stream window (SETTINGS_INITIAL_WINDOW_SIZE).
     pub stream: u32,
     /// Initial connection window.
@@ -111,7 +112,11 @@ impl WindowConfig {
     /// both (the other keeps its fixed default, [`DEFAULT_STREAM_WINDOW`] or
     /// [`DEFAULT_CONNECTION_WINDOW`]). An explicit `adaptive` wins over both rules: `true` with
     /// explicit windows grows from them, `false` alone pins the fixed defaults.
-    pub fn resolve(stream: Option<u32>, connection: Option<u32>, adaptive: Option<bool>) -> Self {
+    pub(crate) fn resolve(
+        stream: Option<u32>,
+        connection: Option<u32>,
+        adaptive: Option<bool>,
+    ) -> Self {
         let adaptive = adaptive.unwrap_or(stream.is_none() && connection.is_none());
         let (stream, connection) = if adaptive {
             let s = stream.unwrap_or(ADAPTIVE_START_WINDOW);
@@ -132,7 +137,7 @@ impl WindowConfig {
 
 /// How a server polices the client's PINGs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PingPolicy {
+pub(crate) struct PingPolicy {
     /// Shortest allowed interval between PINGs ([`DEFAULT_MIN_PING_INTERVAL`]).
     pub min_interval: Duration,
     /// Whether PINGs are allowed at that rate while no call is active (default false: then
@@ -142,7 +147,7 @@ pub struct PingPolicy {
 
 /// Everything a connection's [`PingManager`] needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PingConfig {
+pub(crate) struct PingConfig {
     /// Send a keepalive PING after this long without a frame from the peer; `None` disables
     /// keepalive (gRPC's client default).
     pub keepalive_time: Option<Duration>,
@@ -159,7 +164,7 @@ pub struct PingConfig {
 impl PingConfig {
     /// gRPC's client defaults: no keepalive, a 20 s timeout once enabled, no pings without
     /// calls, adaptive windows, no policing of the server's PINGs.
-    pub fn client() -> PingConfig {
+    pub(crate) fn client() -> PingConfig {
         PingConfig {
             keepalive_time: None,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
@@ -295,12 +300,6 @@ pub(crate) struct PingManager {
     seen_data: u64,
     connection_window: u32,
     pending_stream_window: Option<u32>,
-    // Enforcement.
-    seen_pings: u64,
-    seen_sent: u64,
-    forgive: bool,
-    strikes: u32,
-    last_ping_at: Option<Instant>,
 }
 
 impl PingManager {
@@ -312,8 +311,19 @@ impl PingManager {
         pings: Option<h2::PingPong>,
     ) -> PingManager {
         let windows = config.windows;
-        events.set_windows(windows.stream, windows.connection);
         let bdp = windows.adaptive.then(|| BdpEstimator::new(windows.stream));
+        if let Some(policy) = config.policy {
+            let idle_interval = if policy.permit_without_calls {
+                policy.min_interval
+            } else {
+                IDLE_MIN_PING_INTERVAL
+            };
+            events.install_police(PingPolice::new(
+                policy.min_interval,
+                idle_interval,
+                MAX_PING_STRIKES,
+            ));
+        }
         PingManager {
             events,
             pings,
@@ -328,11 +338,6 @@ impl PingManager {
             seen_data: 0,
             connection_window: windows.connection,
             pending_stream_window: None,
-            seen_pings: 0,
-            seen_sent: 0,
-            forgive: false,
-            strikes: 0,
-            last_ping_at: None,
             config,
         }
     }
@@ -359,7 +364,7 @@ impl PingManager {
 
         self.poll_pong(cx, now, conn, &mut queued);
 
-        if self.police(now, active_calls) {
+        if self.police(active_calls) {
             return Poll::Ready(Verdict::TooManyPings);
         }
 
@@ -440,48 +445,19 @@ impl PingManager {
                         // An earlier SETTINGS is unacknowledged: retry on a later poll.
                         self.pending_stream_window = Some(window);
                     }
-                    self.events
-                        .record_window_update(window, self.connection_window);
                     *queued = true;
                 }
             }
         }
     }
 
-    /// Counts strikes for the PINGs received since the last look; true once past the limit.
-    fn police(&mut self, now: Instant, active_calls: usize) -> bool {
-        let Some(policy) = self.config.policy else {
+    /// Whether the peer went past the PING strike limit (judged by the tap as PINGs arrive).
+    fn police(&mut self, active_calls: usize) -> bool {
+        if self.config.policy.is_none() {
             return false;
-        };
-        let sent = self.events.data_or_headers_sent();
-        if sent != self.seen_sent {
-            self.seen_sent = sent;
-            self.forgive = true;
         }
-        let pings = self.events.pings_received();
-        let new_pings = pings - self.seen_pings;
-        self.seen_pings = pings;
-        let min_interval = if active_calls > 0 || policy.permit_without_calls {
-            policy.min_interval
-        } else {
-            IDLE_MIN_PING_INTERVAL
-        };
-        for _ in 0..new_pings {
-            if std::mem::take(&mut self.forgive) {
-                self.strikes = 0;
-            } else if self
-                .last_ping_at
-                .and_then(|last| last.checked_add(min_interval))
-                .is_some_and(|allowed| now < allowed)
-            {
-                self.strikes += 1;
-                if self.strikes > MAX_PING_STRIKES {
-                    return true;
-                }
-            }
-            self.last_ping_at = Some(now);
-        }
-        false
+        self.events.set_calls_active(active_calls > 0);
+        self.events.too_many_pings()
     }
 
     /// Runs the keepalive clock: sends a PING when due, fails the connection when one went
@@ -553,7 +529,7 @@ impl PingManager {
 
 /// Wraps a client connection's socket in a [`FrameTap`] and the adapter h2 needs; hand the
 /// first value to `h2::client::Builder::handshake` and the events to [`drive_client`].
-pub fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
+pub(crate) fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
     let (tap, events) = FrameTap::new(io, Role::Client);
     (Compat(tap), events)
 }
@@ -566,7 +542,7 @@ pub fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
 /// of `config.windows`. Returns `Ok` when the connection ended cleanly; otherwise the status
 /// its calls ended with: UNAVAILABLE "keepalive timed out …" when the peer stopped answering,
 /// or the GOAWAY's reason and debug data when the server closed the connection with one.
-pub async fn drive_client<T, F>(
+pub(crate) async fn drive_client<T, F>(
     mut conn: h2::client::Connection<T, Bytes>,
     config: PingConfig,
     events: Arc<ConnectionEvents>,

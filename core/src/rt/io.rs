@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -205,7 +205,7 @@ impl FrameScanner {
 /// Which end of the connection a [`FrameTap`] sits on: the client writes the preface, the
 /// server reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// The connecting side.
     Client,
     /// The accepting side.
@@ -214,7 +214,7 @@ pub enum Role {
 
 /// A GOAWAY frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerGoAway {
+pub(crate) struct PeerGoAway {
     /// The last stream the peer says it processed.
     pub last_stream_id: u32,
     /// The error code.
@@ -226,7 +226,7 @@ pub struct PeerGoAway {
 impl PeerGoAway {
     /// Whether this is gRPC's ping-abuse GOAWAY: ENHANCE_YOUR_CALM with `too_many_pings`,
     /// after which a client should double its keepalive time (gRFC A8).
-    pub fn is_too_many_pings(&self) -> bool {
+    pub(crate) fn is_too_many_pings(&self) -> bool {
         self.reason == h2::Reason::ENHANCE_YOUR_CALM
             && self.debug_data.as_ref() == b"too_many_pings"
     }
@@ -236,7 +236,7 @@ impl PeerGoAway {
 /// connection driver makes of the tap. Shared by the tap (inside h2's I/O) and the driver
 /// polling the same connection, so plain atomics are enough.
 #[derive(Debug, Default)]
-pub struct ConnectionEvents {
+pub(crate) struct ConnectionEvents {
     frames_read: AtomicU64,
     data_bytes_read: AtomicU64,
     headers_read: AtomicU64,
@@ -249,80 +249,115 @@ pub struct ConnectionEvents {
     goaway_armed: AtomicBool,
     failure: Mutex<Option<(io::ErrorKind, String)>>,
     failed: AtomicBool,
-    stream_window: AtomicU32,
-    connection_window: AtomicU32,
-    window_updates: AtomicU64,
     /// The peer's first SETTINGS frame was read off the socket.
     settings_read: AtomicBool,
     /// ... and h2 has applied it (set by the connection's driver after polling h2).
     settings_applied: AtomicBool,
     settings_event: event_listener::Event,
+    /// Ping policing (servers): strikes are judged as each PING is read, in wire order with
+    /// the frames we write, so batching between the driver's polls cannot skew them.
+    police: Mutex<Option<PingPolice>>,
+    calls_active: AtomicBool,
+    too_many_pings: AtomicBool,
+}
+
+/// Strike counting for a peer's PINGs (gRPC's keepalive enforcement): a PING sooner than
+/// `min_interval` after the previous one (`idle_interval` while no call is active) is a
+/// strike, unless we sent DATA or HEADERS since that PING, which clears the strikes (a client
+/// answers our data with BDP pings).
+#[derive(Debug)]
+pub(crate) struct PingPolice {
+    pub(crate) min_interval: std::time::Duration,
+    pub(crate) idle_interval: std::time::Duration,
+    pub(crate) max_strikes: u32,
+    strikes: u32,
+    last_ping_at: Option<std::time::Instant>,
+    sent_at_last_ping: u64,
+}
+
+impl PingPolice {
+    /// A policy with no strikes yet.
+    pub(crate) fn new(
+        min_interval: std::time::Duration,
+        idle_interval: std::time::Duration,
+        max_strikes: u32,
+    ) -> PingPolice {
+        PingPolice {
+            min_interval,
+            idle_interval,
+            max_strikes,
+            strikes: 0,
+            last_ping_at: None,
+            sent_at_last_ping: 0,
+        }
+    }
+
+    /// Judges a PING read at `now`, when `sent` DATA/HEADERS frames had been written; true
+    /// once past the strike limit.
+    fn on_ping(&mut self, now: std::time::Instant, sent: u64, calls_active: bool) -> bool {
+        let interval = if calls_active {
+            self.min_interval
+        } else {
+            self.idle_interval
+        };
+        if sent != self.sent_at_last_ping {
+            self.strikes = 0;
+        } else if self
+            .last_ping_at
+            .and_then(|last| last.checked_add(interval))
+            .is_some_and(|allowed| now < allowed)
+        {
+            self.strikes += 1;
+        }
+        self.last_ping_at = Some(now);
+        self.sent_at_last_ping = sent;
+        self.strikes > self.max_strikes
+    }
 }
 
 impl ConnectionEvents {
     /// Frames of any type received.
-    pub fn frames_received(&self) -> u64 {
+    pub(crate) fn frames_received(&self) -> u64 {
         self.frames_read.load(Ordering::Acquire)
     }
 
     /// DATA payload bytes received (padding included, as flow control counts them).
-    pub fn data_received(&self) -> u64 {
+    pub(crate) fn data_received(&self) -> u64 {
         self.data_bytes_read.load(Ordering::Acquire)
     }
 
     /// HEADERS frames received.
-    pub fn headers_received(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn headers_received(&self) -> u64 {
         self.headers_read.load(Ordering::Acquire)
     }
 
     /// PING frames received from the peer, not counting ACKs of ours.
-    pub fn pings_received(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn pings_received(&self) -> u64 {
         self.pings_read.load(Ordering::Acquire)
     }
 
     /// What [`data_received`](Self::data_received) was when the last PING ACK arrived.
-    pub fn data_received_at_ping_ack(&self) -> u64 {
+    pub(crate) fn data_received_at_ping_ack(&self) -> u64 {
         self.data_at_ping_ack.load(Ordering::Acquire)
     }
 
     /// PING frames sent, not counting ACKs of the peer's.
-    pub fn pings_sent(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn pings_sent(&self) -> u64 {
         self.pings_written.load(Ordering::Acquire)
     }
 
     /// DATA and HEADERS frames sent.
-    pub fn data_or_headers_sent(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn data_or_headers_sent(&self) -> u64 {
         self.data_or_headers_written.load(Ordering::Acquire)
     }
 
     /// The last GOAWAY the peer sent, if any.
-    pub fn peer_goaway(&self) -> Option<PeerGoAway> {
+    pub(crate) fn peer_goaway(&self) -> Option<PeerGoAway> {
         lock(&self.peer_goaway).clone()
-    }
-
-    /// The current stream receive window (our SETTINGS_INITIAL_WINDOW_SIZE).
-    pub fn stream_window(&self) -> u32 {
-        self.stream_window.load(Ordering::Acquire)
-    }
-
-    /// The current connection receive window target.
-    pub fn connection_window(&self) -> u32 {
-        self.connection_window.load(Ordering::Acquire)
-    }
-
-    /// How many times a bandwidth-delay-product estimate raised the windows.
-    pub fn window_updates(&self) -> u64 {
-        self.window_updates.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set_windows(&self, stream: u32, connection: u32) {
-        self.stream_window.store(stream, Ordering::Release);
-        self.connection_window.store(connection, Ordering::Release);
-    }
-
-    pub(crate) fn record_window_update(&self, stream: u32, connection: u32) {
-        self.set_windows(stream, connection);
-        self.window_updates.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Makes the next GOAWAY h2 writes carry `debug` (h2 sends none with `abrupt_shutdown`).
@@ -355,6 +390,21 @@ impl ConnectionEvents {
         lock(&self.failure)
             .as_ref()
             .map(|(kind, message)| io::Error::new(*kind, message.clone()))
+    }
+
+    /// Starts policing the peer's PINGs with `police`.
+    pub(crate) fn install_police(&self, police: PingPolice) {
+        *lock(&self.police) = Some(police);
+    }
+
+    /// Tells the police whether calls are open (which interval applies).
+    pub(crate) fn set_calls_active(&self, active: bool) {
+        self.calls_active.store(active, Ordering::Release);
+    }
+
+    /// Whether the peer went past the PING strike limit.
+    pub(crate) fn too_many_pings(&self) -> bool {
+        self.too_many_pings.load(Ordering::Acquire)
     }
 
     /// Called by the connection's driver after each poll of h2: a SETTINGS frame read before
@@ -393,6 +443,13 @@ impl ConnectionEvents {
             }
             kind::PING if head.flags & FLAG_ACK == 0 => {
                 self.pings_read.fetch_add(1, Ordering::AcqRel);
+                if let Some(police) = lock(&self.police).as_mut() {
+                    let sent = self.data_or_headers_written.load(Ordering::Acquire);
+                    let active = self.calls_active.load(Ordering::Acquire);
+                    if police.on_ping(std::time::Instant::now(), sent, active) {
+                        self.too_many_pings.store(true, Ordering::Release);
+                    }
+                }
             }
             kind::SETTINGS if head.flags & FLAG_ACK == 0 => {
                 self.settings_read.store(true, Ordering::Release);
@@ -443,7 +500,7 @@ struct Rewrite {
 /// complete and write it out again with the debug data added. Held bytes are owed to the
 /// socket: every write, flush and close sends them first.
 #[derive(Debug)]
-pub struct FrameTap<T> {
+pub(crate) struct FrameTap<T> {
     inner: T,
     events: Arc<ConnectionEvents>,
     read: FrameScanner,
@@ -456,7 +513,7 @@ pub struct FrameTap<T> {
 
 impl<T> FrameTap<T> {
     /// Wraps `inner` on the `role` side of a connection; the events are shared with the driver.
-    pub fn new(inner: T, role: Role) -> (FrameTap<T>, Arc<ConnectionEvents>) {
+    pub(crate) fn new(inner: T, role: Role) -> (FrameTap<T>, Arc<ConnectionEvents>) {
         let events = Arc::new(ConnectionEvents::default());
         let tap = FrameTap {
             inner,
@@ -934,5 +991,31 @@ mod tests {
         let mut buf = [0u8; 4];
         let err = block(|cx| Pin::new(&mut tap).poll_read(cx, &mut buf)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn ping_strikes_follow_wire_order() {
+        use std::time::{Duration, Instant};
+        let minute = Duration::from_secs(60);
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        let now = Instant::now();
+        // Pings each answering data we sent are never strikes, however close together.
+        for sent in 1..10 {
+            assert!(!police.on_ping(now, sent, true));
+        }
+        // Three pings in a row without data in between: two strikes are allowed, the third
+        // goes past the limit.
+        assert!(!police.on_ping(now, 9, true));
+        assert!(!police.on_ping(now, 9, true));
+        assert!(police.on_ping(now, 9, true));
+        // Data clears the strikes; pings spaced by the interval are fine.
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        for i in 0..5 {
+            assert!(!police.on_ping(now + minute * i, 0, true));
+        }
+        // With no call open the idle interval applies.
+        assert!(!police.on_ping(now + minute * 5 + minute / 2, 0, false));
+        assert!(!police.on_ping(now + minute * 6, 0, false));
+        assert!(police.on_ping(now + minute * 6 + minute / 2, 0, false));
     }
 }

@@ -26,6 +26,7 @@ use self::shutdown::Shutdown;
 use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::codec::{Codec, Compression};
+use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
 pub use crate::proto::ping::{
     ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
@@ -39,6 +40,15 @@ use crate::transport::Io;
 /// Default SETTINGS_MAX_CONCURRENT_STREAMS: 100, the value RFC 9113 §6.5.2 recommends as a
 /// minimum and grpc-go's and C-core's common production setting.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Default time a new connection has to send the HTTP/2 preface: the 20 s minimum connect
+/// timeout of gRPC's connection-backoff spec, which a client's own handshake must meet anyway.
+/// A connection that sends nothing is closed after it, so idle sockets cannot pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default SETTINGS_MAX_HEADER_LIST_SIZE: 16 KiB, C-core's hard limit on received metadata.
+/// Bigger request headers get a stream error (h2 answers 431) instead of being buffered.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// A pause after a failed accept (such as EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -59,6 +69,8 @@ struct ServerConfig {
     keepalive_timeout: Duration,
     min_ping_interval: Duration,
     permit_pings_without_calls: bool,
+    handshake_timeout: Duration,
+    max_header_list_size: u32,
     /// What `build` makes of the settings above.
     pings: PingConfig,
 }
@@ -96,6 +108,8 @@ impl Default for ServerBuilder {
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
                 permit_pings_without_calls: false,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
                 pings: PingConfig::client(),
             },
             executor: None,
@@ -219,6 +233,20 @@ impl ServerBuilder {
     /// Largest HTTP/2 frame we accept (default 16 KiB).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
         self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How long a new connection has to send the HTTP/2 preface before it is closed (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 20 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Largest request header block (metadata included) we accept, as
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (default [`DEFAULT_MAX_HEADER_LIST_SIZE`], 16 KiB).
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.config.max_header_list_size = bytes;
         self
     }
 
@@ -394,12 +422,21 @@ impl Server {
             .initial_window_size(c.pings.windows.stream)
             .initial_connection_window_size(c.pings.windows.connection)
             .max_frame_size(c.max_frame_size)
+            .max_header_list_size(c.max_header_list_size)
+            .data_frame_budget(DATA_FRAME_BUDGET)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
-        let mut conn = match select(std::pin::pin!(handshake), stop).await {
+        let timeout = async_io::Timer::after(c.handshake_timeout);
+        let mut conn = match select(std::pin::pin!(handshake), select(stop, timeout)).await {
             Either::Left((Ok(conn), _)) => conn,
             Either::Left((Err(err), _)) => return Err(Status::from_h2(err)),
-            Either::Right(_) => return Ok(()),
+            Either::Right((Either::Left(_), _)) => return Ok(()),
+            Either::Right((Either::Right(_), _)) => {
+                return Err(Status::unavailable(format!(
+                    "no HTTP/2 preface within the handshake timeout ({:?})",
+                    c.handshake_timeout
+                )));
+            }
         };
         let mut pings = PingManager::new(c.pings.clone(), events.clone(), conn.ping_pong());
         let mut graceful = std::pin::pin!(inner.shutdown.graceful_started());
