@@ -74,3 +74,5 @@ pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };
 pub use status::{Code, Status};
+#[cfg(feature = "tls")]
+pub use transport::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

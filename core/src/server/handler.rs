@@ -20,6 +20,7 @@ use crate::proto::recv::MessageReader;
 use crate::response::Response;
 use crate::rt::BoxFuture;
 use crate::status::Status;
+use crate::transport::{CertificateDer, PeerCertificates};
 
 /// Facts about a call that a handler may consult at any time: method, deadline, metadata and
 /// whether the call was cancelled. Cheap to clone.
@@ -34,6 +35,7 @@ struct ContextInner {
     metadata: Metadata,
     cancelled: AtomicBool,
     event: Event,
+    peer_certificates: Option<PeerCertificates>,
 }
 
 impl fmt::Debug for CallContext {
@@ -51,6 +53,7 @@ impl CallContext {
         method: String,
         deadline: Option<Instant>,
         metadata: Metadata,
+        peer_certificates: Option<PeerCertificates>,
     ) -> CallContext {
         CallContext {
             inner: Arc::new(ContextInner {
@@ -59,6 +62,7 @@ impl CallContext {
                 metadata,
                 cancelled: AtomicBool::new(false),
                 event: Event::new(),
+                peer_certificates,
             }),
         }
     }
@@ -76,6 +80,12 @@ impl CallContext {
     /// The request metadata (headers other than the protocol's own).
     pub fn metadata(&self) -> &Metadata {
         &self.inner.metadata
+    }
+
+    /// The certificate chain the client presented over TLS (leaf first, DER-encoded), for
+    /// authorizing mutual-TLS clients; `None` without TLS or when the client sent none.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.inner.peer_certificates.as_ref().map(|p| &*p.0)
     }
 
     /// Whether the client cancelled the call, its deadline passed, or the connection went away.

@@ -40,6 +40,11 @@ use crate::transport::Io;
 /// minimum and grpc-go's and C-core's common production setting.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// Default time a client has to finish the TLS handshake: 10 s, the default of Netty's
+/// `SslHandler` (grpc-java's transport). A real handshake takes two or three round trips;
+/// a client that connects and stays silent holds a socket and memory until this passes.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A pause after a failed accept (such as EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -57,6 +62,7 @@ struct ServerConfig {
     keepalive_timeout: Duration,
     min_ping_interval: Duration,
     permit_pings_without_calls: bool,
+    handshake_timeout: Duration,
     /// What `build` makes of the settings above.
     pings: PingConfig,
 }
@@ -66,6 +72,8 @@ pub struct ServerBuilder {
     routes: HashMap<String, ErasedHandler>,
     config: ServerConfig,
     executor: Option<Arc<dyn Executor>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::ServerTlsConfig>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -93,9 +101,12 @@ impl Default for ServerBuilder {
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
                 permit_pings_without_calls: false,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 pings: PingConfig::client(),
             },
             executor: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -231,6 +242,23 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves every connection over TLS with these settings: the TLS handshake runs first
+    /// (within [`handshake_timeout`](Self::handshake_timeout)), then HTTP/2. Handlers see a
+    /// client's certificates through [`CallContext::peer_certificates`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::transport::tls::ServerTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Time a new connection has to complete the TLS handshake (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 10 s); a client that has not finished by then is
+    /// disconnected. Applies to TLS connections.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
     /// Runs connections and handlers on `executor` (default: [`SmolExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
@@ -248,6 +276,13 @@ impl ServerBuilder {
                 "keepalive time and timeout must be greater than zero",
             ));
         }
+        if c.handshake_timeout.is_zero() {
+            return Err(Status::invalid_argument(
+                "handshake timeout must be greater than zero",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| t.acceptor()).transpose()?;
         c.pings = PingConfig {
             keepalive_time: Some(c.keepalive_time),
             keepalive_timeout: c.keepalive_timeout,
@@ -282,6 +317,8 @@ impl ServerBuilder {
                 config: self.config,
                 executor: self.executor.unwrap_or_else(|| Arc::new(SmolExecutor)),
                 shutdown: Shutdown::default(),
+                #[cfg(feature = "tls")]
+                tls,
             }),
         })
     }
@@ -293,6 +330,8 @@ pub(crate) struct ServerInner {
     config: ServerConfig,
     executor: Arc<dyn Executor>,
     shutdown: Shutdown,
+    #[cfg(feature = "tls")]
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 /// A gRPC server: cheap to clone; every clone serves the same routes and shuts down together.
@@ -365,11 +404,41 @@ impl Server {
 
     /// Serves one HTTP/2 connection on `io` until the client leaves or the server shuts down.
     ///
-    /// The connection's keepalive, ping policing and adaptive windows run in the same task,
-    /// between polls of the connection. A client that stops answering keepalive PINGs gets an
-    /// UNAVAILABLE error back here; one that pings too often gets GOAWAY ENHANCE_YOUR_CALM and
-    /// a RESOURCE_EXHAUSTED error back here.
+    /// With a TLS config the TLS handshake comes first; one that fails or outlasts the
+    /// handshake timeout gives UNAVAILABLE back here. The connection's keepalive, ping
+    /// policing and adaptive windows run in the same task, between polls of the connection. A
+    /// client that stops answering keepalive PINGs gets an UNAVAILABLE error back here; one
+    /// that pings too often gets GOAWAY ENHANCE_YOUR_CALM and a RESOURCE_EXHAUSTED error back
+    /// here.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Status> {
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &self.inner.tls {
+            let inner = &self.inner;
+            let _active = inner.shutdown.track();
+            let timeout = inner.config.handshake_timeout;
+            let handshake = std::pin::pin!(crate::transport::tls::accept(acceptor, io));
+            let expired = std::pin::pin!(async_io::Timer::after(timeout));
+            let stop = std::pin::pin!(inner.shutdown.forced());
+            let (io, peer) = match select(select(handshake, expired), stop).await {
+                Either::Left((Either::Left((accepted, _)), _)) => accepted?,
+                Either::Left((Either::Right(_), _)) => {
+                    return Err(Status::unavailable(format!(
+                        "TLS handshake not finished within {timeout:?}"
+                    )));
+                }
+                Either::Right(_) => return Ok(()),
+            };
+            return self.serve_http2(io, peer).await;
+        }
+        self.serve_http2(io, None).await
+    }
+
+    /// Serves HTTP/2 on `io`; every request carries `peer` (the client's TLS certificates).
+    async fn serve_http2<I: Io>(
+        &self,
+        io: I,
+        peer: Option<crate::transport::PeerCertificates>,
+    ) -> Result<(), Status> {
         let inner = &self.inner;
         let _active = inner.shutdown.track();
         let c = &inner.config;
@@ -408,7 +477,10 @@ impl Server {
             })
             .await;
             match next {
-                Next::Accepted(Some(Ok((request, respond)))) => {
+                Next::Accepted(Some(Ok((mut request, respond)))) => {
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
                     let server = inner.clone();
                     inner
                         .executor

@@ -85,6 +85,7 @@ pub(crate) async fn serve(
         path.to_string(),
         deadline,
         Metadata::from_headers(&parts.headers),
+        parts.extensions.get().cloned(),
     );
     let reader = MessageReader::new(body, server.config.max_recv_message_size, None);
     let (items_tx, items) = async_channel::bounded(SINK_DEPTH);
