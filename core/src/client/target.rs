@@ -483,15 +483,26 @@ mod tests {
     #[test]
     fn https_forms() {
         for (t, kind, authority) in [
-            ("https://example.com", dns("example.com", 443), "example.com:443"),
-            ("HTTPS://example.com:8443/", dns("example.com", 8443), "example.com:8443"),
+            (
+                "https://example.com",
+                dns("example.com", 443),
+                "example.com:443",
+            ),
+            (
+                "HTTPS://example.com:8443/",
+                dns("example.com", 8443),
+                "example.com:8443",
+            ),
             ("https://127.0.0.1:9", tcp(&["127.0.0.1:9"]), "127.0.0.1:9"),
             ("https://[::1]", tcp(&["[::1]:443"]), "[::1]:443"),
         ] {
             let target = Target::parse(t).unwrap();
             assert_eq!(target.scheme, Scheme::HTTPS, "{t}");
             assert_eq!(target.tls, Some(true), "{t}");
-            assert_eq!((target.kind, target.authority.to_string()), (kind, authority.into()));
+            assert_eq!(
+                (target.kind, target.authority.to_string()),
+                (kind, authority.into())
+            );
         }
         assert_eq!(Target::parse("http://x:1").unwrap().tls, Some(false));
         assert_eq!(Target::parse("x:1").unwrap().tls, None);

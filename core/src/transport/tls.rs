@@ -463,11 +463,17 @@ impl Connector for TlsConnect {
 
 /// Rewrites a failed client handshake's error so the message names the cause.
 fn handshake_error(err: io::Error, name: &ServerName<'_>) -> io::Error {
-    let why = match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    let why = match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(cert)) => describe_certificate_error(cert, name),
         Some(rustls::Error::NoApplicationProtocol) => {
             "the server does not speak HTTP/2 (no common ALPN protocol; gRPC needs \"h2\")"
                 .to_string()
+        }
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "the server did not answer in TLS (is it a plaintext server?)".to_string()
         }
         Some(rustls::Error::AlertReceived(alert)) => {
             format!("the server refused the handshake (TLS alert {alert:?})")
@@ -506,7 +512,13 @@ fn describe_certificate_error(err: &rustls::CertificateError, name: &ServerName<
 pub(crate) async fn accept<I: Io>(
     acceptor: &TlsAcceptor,
     io: I,
-) -> Result<(futures_rustls::server::TlsStream<I>, Option<PeerCertificates>), Status> {
+) -> Result<
+    (
+        futures_rustls::server::TlsStream<I>,
+        Option<PeerCertificates>,
+    ),
+    Status,
+> {
     let stream = acceptor.accept(io).await.map_err(|e| {
         let why = match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
             Some(rustls::Error::InvalidCertificate(cert)) => {
@@ -554,8 +566,10 @@ mod tests {
         let err = Identity::from_pem("", "").parse("server");
         assert!(err.unwrap_err().contains("server certificate"));
         let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n";
-        let err = Certificate::from_pem(bad).parse("CA certificate");
-        assert!(err.unwrap_err().contains("malformed PEM"), "{err:?}");
+        let err = Certificate::from_pem(bad)
+            .parse("CA certificate")
+            .unwrap_err();
+        assert!(err.contains("malformed PEM"), "{err}");
     }
 
     #[test]
