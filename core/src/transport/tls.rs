@@ -17,7 +17,9 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use futures_rustls::{TlsAcceptor, TlsConnector};
 use http::uri::{Authority, Scheme};
@@ -411,6 +413,7 @@ pub(crate) fn secure_channel(
     let rustls = config.build().map_err(invalid)?;
     Ok(Arc::new(TlsConnect {
         inner: connector,
+        has_identity: rustls.client_auth_cert_resolver.has_certs(),
         tls: TlsConnector::from(rustls),
         server_name,
     }))
@@ -436,6 +439,8 @@ struct TlsConnect {
     inner: Arc<dyn Connector>,
     tls: TlsConnector,
     server_name: ServerName<'static>,
+    /// Whether we present a client certificate when asked (for error messages).
+    has_identity: bool,
 }
 
 impl Connector for TlsConnect {
@@ -443,6 +448,7 @@ impl Connector for TlsConnect {
         let io = self.inner.connect(address);
         let tls = self.tls.clone();
         let name = self.server_name.clone();
+        let has_identity = self.has_identity;
         Box::pin(async move {
             let io = io.await?;
             let stream = tls
@@ -456,8 +462,121 @@ impl Connector for TlsConnect {
                      which gRPC requires",
                 ));
             }
-            Ok(Box::new(stream) as BoxedIo)
+            Ok(Box::new(ClientStream {
+                stream,
+                fresh: true,
+                has_identity,
+            }) as BoxedIo)
         })
+    }
+}
+
+/// A client's TLS stream that explains a server hanging up before it sent anything. Over TLS
+/// 1.3 the client's side of the handshake ends before the server has checked the client's
+/// certificate, so a server that rejects it (or wanted one) says so only afterwards: with an
+/// alert, or by closing the connection.
+struct ClientStream {
+    stream: futures_rustls::client::TlsStream<BoxedIo>,
+    /// Nothing read yet since the handshake.
+    fresh: bool,
+    has_identity: bool,
+}
+
+impl ClientStream {
+    fn explain(&self, err: io::Error) -> io::Error {
+        use rustls::AlertDescription as A;
+        let alert = match err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+            _ => None,
+        };
+        let why = match (alert, self.has_identity) {
+            (Some(A::CertificateRequired), _) => {
+                "the server requires a client certificate and none is configured".to_string()
+            }
+            (
+                Some(
+                    alert @ (A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied),
+                ),
+                _,
+            ) => format!("the server refused our client certificate (TLS alert {alert:?})"),
+            (Some(_), _) => return err,
+            (None, identity) => {
+                let guess = match identity {
+                    true => "it may have refused our client certificate",
+                    false => "it may require a client certificate, and none is configured",
+                };
+                // An end of stream says no more than the sentence; other errors may.
+                let detail = match err.kind() {
+                    io::ErrorKind::UnexpectedEof => String::new(),
+                    _ => format!(" ({err})"),
+                };
+                format!(
+                    "the server closed the connection right after the TLS handshake; {guess}{detail}"
+                )
+            }
+        };
+        io::Error::new(err.kind(), why)
+    }
+}
+
+impl futures_io::AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if !this.fresh {
+            return polled;
+        }
+        match polled {
+            Poll::Ready(Ok(0)) if !buf.is_empty() => {
+                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream");
+                Poll::Ready(Err(this.explain(eof)))
+            }
+            Poll::Ready(Ok(n)) => {
+                this.fresh = n == 0;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(this.explain(err))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_io::AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
     }
 }
 
