@@ -691,6 +691,40 @@ mod tests {
         assert!(err.contains("malformed PEM"), "{err}");
     }
 
+    fn test_ca() -> Certificate {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        Certificate::from_pem(params.self_signed(&key).unwrap().pem())
+    }
+
+    fn secured(target: &str, config: Option<&ClientTlsConfig>) -> Target {
+        let mut target = Target::parse(target).unwrap();
+        let connector = Arc::new(super::super::SocketConnector);
+        secure_channel(&mut target, config, connector).unwrap();
+        target
+    }
+
+    #[test]
+    fn tls_sets_the_scheme_and_an_override_sets_the_authority() {
+        let config = ClientTlsConfig::new().ca_certificate(test_ca());
+        for t in ["dns:///svc.local:50051", "127.0.0.1:1", "unix:/tmp/x.sock"] {
+            let plain = secured(t, None);
+            assert_eq!(plain.scheme, Scheme::HTTP, "{t}");
+            let secure = secured(t, Some(&config));
+            assert_eq!(secure.scheme, Scheme::HTTPS, "{t}");
+            assert_eq!(secure.authority, plain.authority, "{t}");
+        }
+        let https = secured("https://svc.local", Some(&config));
+        assert_eq!(
+            (https.scheme, https.authority.as_str()),
+            (Scheme::HTTPS, "svc.local:443")
+        );
+        let named = config.clone().server_name("foo.test.google.fr");
+        let overridden = secured("127.0.0.1:1", Some(&named));
+        assert_eq!(overridden.authority.as_str(), "foo.test.google.fr");
+    }
+
     #[test]
     fn http_target_with_tls_config_is_refused() {
         let mut target = Target::parse("http://localhost:1").unwrap();
