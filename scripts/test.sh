@@ -45,3 +45,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
 PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
+
+step "nginx (grpc_pass) in front of two plexus servers"
+scripts/test-nginx.sh

@@ -59,6 +59,8 @@
 pub mod client;
 pub mod codec;
 pub mod metadata;
+#[cfg(test)]
+mod proptests;
 mod proto;
 mod response;
 pub mod rt;

@@ -26,3 +26,5 @@ pub use options::{
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
 pub use state::ConnectivityState;
 pub use stats::{ChannelStats, EndpointStats};
+#[cfg(test)]
+pub(crate) use target::{Target, TargetKind};

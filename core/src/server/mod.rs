@@ -13,8 +13,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use futures_util::future::{Either, select};
 use futures_util::{Stream, StreamExt};
 
@@ -40,10 +41,15 @@ use crate::transport::Io;
 /// minimum and grpc-go's and C-core's common production setting.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// Default time a client has to finish the TLS handshake: 10 s, the default of Netty's
-/// `SslHandler` (grpc-java's transport). A real handshake takes two or three round trips;
-/// a client that connects and stays silent holds a socket and memory until this passes.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a new connection has to finish its handshake (the TLS handshake, if any, and
+/// the HTTP/2 preface): the 20 s minimum connect timeout of gRPC's connection-backoff spec,
+/// which a client's own handshake must meet anyway. A connection that sends nothing is closed
+/// after it, so idle sockets cannot pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default SETTINGS_MAX_HEADER_LIST_SIZE: 16 KiB, C-core's hard limit on received metadata.
+/// Bigger request headers get a stream error (h2 answers 431) instead of being buffered.
+pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// A pause after a failed accept (such as EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -63,6 +69,7 @@ struct ServerConfig {
     min_ping_interval: Duration,
     permit_pings_without_calls: bool,
     handshake_timeout: Duration,
+    max_header_list_size: u32,
     /// What `build` makes of the settings above.
     pings: PingConfig,
 }
@@ -102,6 +109,7 @@ impl Default for ServerBuilder {
                 min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
                 permit_pings_without_calls: false,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
                 pings: PingConfig::client(),
             },
             executor: None,
@@ -230,6 +238,21 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a new connection has, from when it is served, to finish the TLS handshake
+    /// (with a [TLS config](Self::tls)) and send the HTTP/2 preface before it is closed
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`], 20 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Largest request header block (metadata included) we accept, as
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (default [`DEFAULT_MAX_HEADER_LIST_SIZE`], 16 KiB).
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.config.max_header_list_size = bytes;
+        self
+    }
+
     /// Max size of a received message (default 4 MiB).
     pub fn max_receive_message_size(mut self, bytes: usize) -> Self {
         self.config.max_recv_message_size = bytes;
@@ -248,14 +271,6 @@ impl ServerBuilder {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: crate::transport::tls::ServerTlsConfig) -> Self {
         self.tls = Some(config);
-        self
-    }
-
-    /// Time a new connection has to complete the TLS handshake (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 10 s); a client that has not finished by then is
-    /// disconnected. Applies to TLS connections.
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.config.handshake_timeout = timeout;
         self
     }
 
@@ -411,13 +426,15 @@ impl Server {
     /// that pings too often gets GOAWAY ENHANCE_YOUR_CALM and a RESOURCE_EXHAUSTED error back
     /// here.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Status> {
+        // A timeout too large for the clock (Duration::MAX) means none.
+        let deadline = Instant::now().checked_add(self.inner.config.handshake_timeout);
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.inner.tls {
             let inner = &self.inner;
             let _active = inner.shutdown.track();
             let timeout = inner.config.handshake_timeout;
             let handshake = std::pin::pin!(crate::transport::tls::accept(acceptor, io));
-            let expired = std::pin::pin!(async_io::Timer::after(timeout));
+            let expired = std::pin::pin!(deadline.map_or_else(Timer::never, Timer::at));
             let stop = std::pin::pin!(inner.shutdown.forced());
             let (io, peer) = match select(select(handshake, expired), stop).await {
                 Either::Left((Either::Left((accepted, _)), _)) => accepted?,
@@ -428,16 +445,18 @@ impl Server {
                 }
                 Either::Right(_) => return Ok(()),
             };
-            return self.serve_http2(io, peer).await;
+            return self.serve_http2(io, peer, deadline).await;
         }
-        self.serve_http2(io, None).await
+        self.serve_http2(io, None, deadline).await
     }
 
-    /// Serves HTTP/2 on `io`; every request carries `peer` (the client's TLS certificates).
+    /// Serves HTTP/2 on `io`, whose preface must arrive by `deadline`; every request carries
+    /// `peer` (the client's TLS certificates).
     async fn serve_http2<I: Io>(
         &self,
         io: I,
         peer: Option<crate::transport::PeerCertificates>,
+        deadline: Option<Instant>,
     ) -> Result<(), Status> {
         let inner = &self.inner;
         let _active = inner.shutdown.track();
@@ -448,12 +467,20 @@ impl Server {
             .initial_window_size(c.pings.windows.stream)
             .initial_connection_window_size(c.pings.windows.connection)
             .max_frame_size(c.max_frame_size)
+            .max_header_list_size(c.max_header_list_size)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
-        let mut conn = match select(std::pin::pin!(handshake), stop).await {
+        let timeout = deadline.map_or_else(Timer::never, Timer::at);
+        let mut conn = match select(std::pin::pin!(handshake), select(stop, timeout)).await {
             Either::Left((Ok(conn), _)) => conn,
             Either::Left((Err(err), _)) => return Err(Status::from_h2(err)),
-            Either::Right(_) => return Ok(()),
+            Either::Right((Either::Left(_), _)) => return Ok(()),
+            Either::Right((Either::Right(_), _)) => {
+                return Err(Status::unavailable(format!(
+                    "no HTTP/2 preface within the handshake timeout ({:?})",
+                    c.handshake_timeout
+                )));
+            }
         };
         let mut pings = PingManager::new(c.pings.clone(), events.clone(), conn.ping_pong());
         let mut graceful = std::pin::pin!(inner.shutdown.graceful_started());

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_rustls::{TlsAcceptor, TlsConnector};
 use http::uri::{Authority, Scheme};
@@ -528,6 +529,17 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// A write that fails before anything was read: the server reset the connection, which
+    /// also destroys an alert it may have sent.
+    fn explain_write<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(Err(err)) if self.fresh => Poll::Ready(Err(self.explain(err))),
+            other => other,
+        }
+    }
+}
+
 impl futures_io::AsyncRead for ClientStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -560,7 +572,8 @@ impl futures_io::AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.explain_write(polled)
     }
 
     fn poll_write_vectored(
@@ -568,11 +581,13 @@ impl futures_io::AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.explain_write(polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.explain_write(polled)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -626,6 +641,14 @@ fn describe_certificate_error(err: &rustls::CertificateError, name: &ServerName<
     }
 }
 
+/// How long a server keeps a connection whose TLS handshake failed, reading and discarding
+/// what the client sends, so the client reads our alert before the connection closes.
+/// Closing a socket with unread data resets it, and a reset can destroy the alert in flight.
+const FAILED_HANDSHAKE_LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes a server reads and discards from a client whose TLS handshake failed.
+const FAILED_HANDSHAKE_DRAIN: usize = 64 * 1024;
+
 /// Runs the server side of a TLS handshake on `io`; returns the stream and the client's
 /// certificate chain (if it sent one).
 pub(crate) async fn accept<I: Io>(
@@ -638,19 +661,26 @@ pub(crate) async fn accept<I: Io>(
     ),
     Status,
 > {
-    let stream = acceptor.accept(io).await.map_err(|e| {
-        let why = match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-            Some(rustls::Error::InvalidCertificate(cert)) => {
-                format!("bad client certificate: {cert}")
-            }
-            Some(rustls::Error::NoCertificatesPresented) => {
-                "the client presented no certificate, which this server requires".to_string()
-            }
-            Some(other) => other.to_string(),
-            None => e.to_string(),
-        };
-        Status::unavailable(format!("TLS handshake failed: {why}"))
-    })?;
+    let stream = match acceptor.accept(io).into_fallible().await {
+        Ok(stream) => stream,
+        Err((err, io)) => {
+            linger(io).await;
+            let why = match err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
+                Some(rustls::Error::InvalidCertificate(cert)) => {
+                    format!("bad client certificate: {cert}")
+                }
+                Some(rustls::Error::NoCertificatesPresented) => {
+                    "the client presented no certificate, which this server requires".to_string()
+                }
+                Some(other) => other.to_string(),
+                None => err.to_string(),
+            };
+            return Err(Status::unavailable(format!("TLS handshake failed: {why}")));
+        }
+    };
     let peer = stream
         .get_ref()
         .1
@@ -658,6 +688,28 @@ pub(crate) async fn accept<I: Io>(
         .filter(|certs| !certs.is_empty())
         .map(|certs| PeerCertificates(certs.iter().map(|c| c.clone().into_owned()).collect()));
     Ok((stream, peer))
+}
+
+/// A lingering close: ends our side (after the alert rustls wrote), then reads and discards
+/// until the client closes, [`FAILED_HANDSHAKE_DRAIN`] bytes, or [`FAILED_HANDSHAKE_LINGER`].
+async fn linger<I: Io>(mut io: I) {
+    use std::future::poll_fn;
+    let drain = async {
+        let _ = poll_fn(|cx| Pin::new(&mut io).poll_close(cx)).await;
+        let mut buf = [0u8; 4096];
+        let mut left = FAILED_HANDSHAKE_DRAIN;
+        while left > 0 {
+            match poll_fn(|cx| Pin::new(&mut io).poll_read(cx, &mut buf)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = futures_util::future::select(
+        std::pin::pin!(drain),
+        async_io::Timer::after(FAILED_HANDSHAKE_LINGER),
+    )
+    .await;
 }
 
 #[cfg(test)]
