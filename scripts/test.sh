@@ -46,5 +46,8 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
 PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
 
+step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/test-interop.sh)"
+"$root/scripts/test-interop.sh"
+
 step "nginx (grpc_pass) in front of two plexus servers"
 scripts/test-nginx.sh

@@ -407,6 +407,18 @@ impl RawStreaming {
         }
     }
 
+    /// Ends the call with a failure the peer or the connection caused. RST_STREAM(CANCEL)
+    /// after our deadline passed is the server giving up on that deadline (gRPC servers reset
+    /// expired calls, and its timer may beat ours): DEADLINE_EXCEEDED, as grpc-go reports it.
+    fn peer_failed(&mut self, status: Status) {
+        let expired = self.call.deadline.is_some_and(|at| Instant::now() >= at);
+        if status.code() == Code::Cancelled && expired {
+            let message = format!("deadline exceeded; then {}", status.message());
+            return self.fail(Status::deadline_exceeded(message));
+        }
+        self.fail(status);
+    }
+
     fn finish(&mut self, status: Status) {
         // The server is done: stop a request stream that is still open.
         if !self.call.request_closed() {
@@ -507,7 +519,7 @@ impl RawStreaming {
             None
         };
         let Some(Replay { plan, frames, .. }) = replay else {
-            return self.fail(Status::from_h2(err));
+            return self.peer_failed(Status::from_h2(err));
         };
         // The attempt frees its stream without being counted; the retry is the same call.
         self.retrying = self.tracker.take().map(Tracker::release);
@@ -554,13 +566,13 @@ impl RawStreaming {
                         false
                     }
                     Poll::Ready(Err(status)) => {
-                        self.fail(status);
+                        self.peer_failed(status);
                         false
                     }
                     Poll::Pending => true,
                 },
                 Poll::Ready(Err(status)) => {
-                    self.fail(status);
+                    self.peer_failed(status);
                     false
                 }
                 Poll::Pending => true,

@@ -21,6 +21,7 @@ use super::options::ConnConfig;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::EndpointStats;
 use crate::client::channel::with_deadline;
+use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{PingConfig, client_io, drive_client, fail};
 use crate::rt::Executor;
 use crate::rt::io::ConnectionEvents;
@@ -569,6 +570,7 @@ async fn open(
         .initial_window_size(ping.windows.stream)
         .initial_connection_window_size(ping.windows.connection)
         .max_frame_size(config.max_frame_size)
+        .data_frame_budget(DATA_FRAME_BUDGET)
         .enable_push(false)
         // Should a stream go out before the server's SETTINGS after all, assume its limit is
         // the common 100 rather than h2's "unlimited".

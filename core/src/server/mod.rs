@@ -27,6 +27,7 @@ use self::shutdown::Shutdown;
 use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
 use crate::codec::Codec;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
 pub use crate::proto::ping::{
     ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
@@ -468,6 +469,7 @@ impl Server {
             .initial_connection_window_size(c.pings.windows.connection)
             .max_frame_size(c.max_frame_size)
             .max_header_list_size(c.max_header_list_size)
+            .data_frame_budget(DATA_FRAME_BUDGET)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
         let timeout = deadline.map_or_else(Timer::never, Timer::at);
