@@ -4,9 +4,9 @@
 //!  Channel ──pick──► Subchannel (one endpoint) ──► pool of HTTP/2 connections ──► h2 stream
 //!     │                   │                           │
 //!  Resolver            state, backoff,            futures-io socket (TCP, Unix, memory, yours
-//!  Balancer            FIFO queue of calls        via Connector), a frame tap for keepalive,
-//!  (pick_first,                                   driven by a task on the Executor
-//!   round_robin, yours)
+//!  Balancer            FIFO queue of calls        via Connector; TLS over any of them), a
+//!  (pick_first,                                   frame tap for keepalive, driven by a task
+//!   round_robin, yours)                           on the Executor
 //!
 //!  Server ──► Listener / any Io ──► h2 server connection ──► router ──► handler (4 kinds)
 //! ```
@@ -18,6 +18,11 @@
 //!   ([`ProstCodec`] for prost messages) with [`Client`].
 //! - [`Server`] routes `/package.Service/Method` to handlers and serves TCP, Unix sockets or
 //!   any byte stream, with keepalive, ping policing and graceful shutdown.
+//! - TLS (the default `tls` feature: rustls with the `ring` provider): `https://` targets,
+//!   [`ClientTlsConfig`] on a channel (custom CAs or system roots, a server-name override,
+//!   client certificates) and [`ServerTlsConfig`] on a server (optionally requiring client
+//!   certificates, which handlers read from [`CallContext::peer_certificates`]); HTTP/2 is
+//!   negotiated by ALPN. See [`transport::tls`].
 //!
 //! # Compression
 //! Messages may be compressed with `gzip` or `deflate` ([`Compression`]), per gRPC's
@@ -91,3 +96,5 @@ pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };
 pub use status::{Code, Status};
+#[cfg(feature = "tls")]
+pub use transport::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

@@ -92,6 +92,8 @@ pub struct ChannelBuilder {
     connector: Option<Arc<dyn Connector>>,
     executor: Option<Arc<dyn Executor>>,
     resolver: Option<Arc<dyn Resolver>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::ClientTlsConfig>,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -248,9 +250,19 @@ impl ChannelBuilder {
         self
     }
 
+    /// Connects over TLS with these settings, whatever the target form (an `http://` target
+    /// is refused at build). `https://` targets use TLS without this, trusting the system's
+    /// root certificates. TLS runs over the [connector](Self::connector)'s streams.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::transport::tls::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Validates the target and settings and builds the channel; nothing connects yet.
     pub fn build(mut self) -> Result<Channel, Status> {
-        let target = Target::parse(&self.target)?;
+        #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "TLS may adjust it"))]
+        let mut target = Target::parse(&self.target)?;
         let c = &mut self.config;
         c.conn.ping.windows =
             WindowConfig::resolve(c.stream_window, c.connection_window, c.adaptive_window);
@@ -277,6 +289,9 @@ impl ChannelBuilder {
         }
         let resolver = self.resolver.unwrap_or_else(|| resolver_for(&target));
         let connector = self.connector.unwrap_or_else(|| Arc::new(SocketConnector));
+        #[cfg(feature = "tls")]
+        let connector =
+            crate::transport::tls::secure_channel(&mut target, self.tls.as_ref(), connector)?;
         let executor = self.executor.unwrap_or_else(|| Arc::new(SmolExecutor));
         let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
             let weak = weak.clone();
@@ -550,9 +565,9 @@ impl Channel {
         Channel::builder(target).build()
     }
 
-    /// A builder for a channel to `target`: `http://host:port`, `host:port`,
-    /// `dns:///host:port`, `ipv4:a:p,b:p`, `ipv6:[a]:p`, `unix:path`, `unix:///path`,
-    /// `unix-abstract:name`.
+    /// A builder for a channel to `target`: `http://host:port`, `https://host:port` (TLS),
+    /// `host:port`, `dns:///host:port`, `ipv4:a:p,b:p`, `ipv6:[a]:p`, `unix:path`,
+    /// `unix:///path`, `unix-abstract:name`.
     pub fn builder(target: &str) -> ChannelBuilder {
         ChannelBuilder {
             target: target.to_string(),
@@ -579,6 +594,8 @@ impl Channel {
             connector: None,
             executor: None,
             resolver: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

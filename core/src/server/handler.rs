@@ -21,6 +21,7 @@ use crate::proto::recv::MessageReader;
 use crate::response::Response;
 use crate::rt::BoxFuture;
 use crate::status::Status;
+use crate::transport::{CertificateDer, PeerCertificates};
 
 /// Facts about a call that a handler may consult at any time: method, deadline, metadata,
 /// compression and whether the call was cancelled; and the response compression it may
@@ -36,6 +37,7 @@ struct ContextInner {
     metadata: Metadata,
     cancelled: AtomicBool,
     event: Event,
+    peer_certificates: Option<PeerCertificates>,
     /// The request's `grpc-encoding`.
     request_compression: Compression,
     /// What the client's `grpc-accept-encoding` lists.
@@ -68,6 +70,7 @@ impl CallContext {
         deadline: Option<Instant>,
         metadata: Metadata,
         compression: CallCompression,
+        peer_certificates: Option<PeerCertificates>,
     ) -> CallContext {
         CallContext {
             inner: Arc::new(ContextInner {
@@ -82,6 +85,7 @@ impl CallContext {
                     requested: compression.response_default,
                     sent: None,
                 }),
+                peer_certificates,
             }),
         }
     }
@@ -99,6 +103,12 @@ impl CallContext {
     /// The request metadata (headers other than the protocol's own).
     pub fn metadata(&self) -> &Metadata {
         &self.inner.metadata
+    }
+
+    /// The certificate chain the client presented over TLS (leaf first, DER-encoded), for
+    /// authorizing mutual-TLS clients; `None` without TLS or when the client sent none.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.inner.peer_certificates.as_ref().map(|p| &*p.0)
     }
 
     /// The compression of the request messages (`grpc-encoding`; `Identity` when the client

@@ -93,6 +93,7 @@ pub(crate) async fn serve(
         deadline,
         Metadata::from_headers(&parts.headers),
         compression,
+        parts.extensions.get().cloned(),
     );
     let reader = MessageReader::new(body, server.config.max_recv_message_size, encoding);
     let (items_tx, items) = async_channel::bounded(SINK_DEPTH);

@@ -180,11 +180,15 @@ class EchoServicer(pb2_grpc.EchoServicer):
             yield pb2.EchoResponse(message=request.message, index=i, payload=request.payload)
 
 
-def start(port: int = 0, host: str = "127.0.0.1", max_workers: int = 64):
-    """Start a server; returns (server, bound_port). Stop it with server.stop(grace)."""
+def start(port: int = 0, host: str = "127.0.0.1", max_workers: int = 64, credentials=None):
+    """Start a server (over TLS with `credentials`, grpc.ssl_server_credentials);
+    returns (server, bound_port). Stop it with server.stop(grace)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}")
     server.start()

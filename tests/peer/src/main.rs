@@ -4,6 +4,11 @@
 //! `plexus-peer server --listen 127.0.0.1:0` prints `LISTENING <port>` and serves until killed.
 //! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
 //! and exits 0 only if every case passed.
+//!
+//! TLS: `plexus-peer certs --out DIR` writes a test CA and certificates (see [`write_certs`]);
+//! `server --tls-cert PEM --tls-key PEM [--client-ca PEM]` serves over TLS (requiring client
+//! certificates from that CA); `client --ca PEM [--server-name NAME] [--cert PEM --key PEM]`
+//! connects over TLS.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,8 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::{Either, join_all, select};
 use plexus::{
-    CallContext, CallOptions, Channel, Client, Code, Compression, Metadata, MetadataValue,
-    ProstCodec, Request, RequestStream, Response, ResponseSink, SendOptions, Server, Status,
+    CallContext, CallOptions, Certificate, Channel, Client, ClientTlsConfig, Code, Compression,
+    Identity, Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response, ResponseSink,
+    SendOptions, Server, ServerBuilder, ServerTlsConfig, Status,
 };
 
 /// plexus.peer.EchoRequest (tests/peer/proto/echo.proto).
@@ -57,7 +63,14 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("server") => {
             let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-            match smol::block_on(serve(&listen)) {
+            let tls = match server_tls(&flag) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("bad TLS flags: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            match smol::block_on(serve(&listen, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("server failed: {err}");
@@ -70,10 +83,34 @@ fn main() -> ExitCode {
                 eprintln!("usage: plexus-peer client --target HOST:PORT");
                 return ExitCode::from(2);
             };
-            smol::block_on(run_client(&target))
+            let tls = match client_tls(&flag) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("bad TLS flags: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            smol::block_on(run_client(&target, tls))
+        }
+        Some("certs") => {
+            let Some(out) = flag("--out") else {
+                eprintln!("usage: plexus-peer certs --out DIR");
+                return ExitCode::from(2);
+            };
+            match write_certs(std::path::Path::new(&out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("could not write certificates: {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         _ => {
-            eprintln!("usage: plexus-peer server --listen ADDR | client --target HOST:PORT");
+            eprintln!(
+                "usage: plexus-peer server --listen ADDR [--tls-cert PEM --tls-key PEM \
+                 [--client-ca PEM]] | client --target HOST:PORT [--ca PEM [--server-name NAME] \
+                 [--cert PEM --key PEM]] | certs --out DIR"
+            );
             ExitCode::from(2)
         }
     }
@@ -91,6 +128,10 @@ fn echo_metadata(ctx: &CallContext) -> Metadata {
             MetadataValue::Ascii(v) => md.append(key, v),
             MetadataValue::Binary(v) => md.append_bin(key, &v),
         };
+    }
+    // Over mutual TLS: the client's certificate, as the handler sees it.
+    if let Some(leaf) = ctx.peer_certificates().and_then(|chain| chain.first()) {
+        let _ = md.append_bin("x-peer-certificate-bin", leaf);
     }
     md
 }
@@ -134,7 +175,7 @@ async fn nap(ms: i32, ctx: &CallContext) {
     }
 }
 
-fn echo_server() -> Result<Server, Status> {
+fn echo_server() -> ServerBuilder {
     Server::builder()
         .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
             let compressed = req.compressed();
@@ -208,11 +249,97 @@ fn echo_server() -> Result<Server, Status> {
                 Ok(())
             },
         )
-        .build()
 }
 
-async fn serve(listen: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let server = echo_server()?;
+type Flags<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// `--tls-cert`, `--tls-key` and `--client-ca` as a server TLS config (none without a cert).
+fn server_tls(flag: &Flags<'_>) -> std::io::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (flag("--tls-cert"), flag("--tls-key")) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new(Identity::from_pem_files(cert, key)?);
+    if let Some(ca) = flag("--client-ca") {
+        tls = tls.client_ca_certificate(Certificate::from_pem_file(ca)?);
+    }
+    Ok(Some(tls))
+}
+
+/// `--ca`, `--server-name`, `--cert` and `--key` as a channel TLS config (none without a CA).
+fn client_tls(flag: &Flags<'_>) -> std::io::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = flag("--ca") else {
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem_file(ca)?);
+    if let Some(name) = flag("--server-name") {
+        tls = tls.server_name(name);
+    }
+    if let (Some(cert), Some(key)) = (flag("--cert"), flag("--key")) {
+        tls = tls.identity(Identity::from_pem_files(cert, key)?);
+    }
+    Ok(Some(tls))
+}
+
+/// Writes a test PKI into `dir`: `ca.pem` (a CA), `server.pem`/`server.key` (for `localhost`
+/// and `*.test.google.fr`, the names gRPC's interop tests use, and no IP address),
+/// `client.pem`/`client.key` (a client certificate from the CA), and `other-ca.pem` with
+/// `rogue.pem`/`rogue.key` (a CA nobody trusts and a client certificate from it).
+fn write_certs(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca = |name: &str| -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        Ok((params.self_signed(&key)?, key))
+    };
+    let leaf = |names: &[&str], usage: Eku, issuer: &(rcgen::Certificate, KeyPair)| {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &names[0]);
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer.0, &issuer.1)?;
+        Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+    };
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text);
+    let trusted = ca("plexus peer test CA")?;
+    let other = ca("untrusted test CA")?;
+    let (cert, key) = leaf(
+        &["localhost", "*.test.google.fr"],
+        Eku::ServerAuth,
+        &trusted,
+    )?;
+    write("server.pem", &cert)?;
+    write("server.key", &key)?;
+    let (cert, key) = leaf(&["client.test"], Eku::ClientAuth, &trusted)?;
+    write("client.pem", &cert)?;
+    write("client.key", &key)?;
+    let (cert, key) = leaf(&["rogue.test"], Eku::ClientAuth, &other)?;
+    write("rogue.pem", &cert)?;
+    write("rogue.key", &key)?;
+    write("ca.pem", &trusted.0.pem())?;
+    write("other-ca.pem", &other.0.pem())?;
+    Ok(())
+}
+
+async fn serve(
+    listen: &str,
+    tls: Option<ServerTlsConfig>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = echo_server();
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let server = builder.build()?;
     let listener = plexus::Listener::bind_tcp(listen)?;
     let port = listener.local_addr().map_or(0, |a| a.port());
     println!("LISTENING {port}");
@@ -226,8 +353,12 @@ async fn serve(listen: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 
-async fn run_client(target: &str) -> ExitCode {
-    let channel = match Channel::new(target) {
+async fn run_client(target: &str, tls: Option<ClientTlsConfig>) -> ExitCode {
+    let mut builder = Channel::builder(target);
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let channel = match builder.build() {
         Ok(channel) => channel,
         Err(err) => {
             eprintln!("bad target: {err}");
