@@ -211,7 +211,7 @@ typedef struct plexus_status plexus_status;
 // The release callback of `plexus_bytes_wrap`: called once with its `context`.
 typedef void (*plexus_release_fn)(void *context);
 
-// A snapshot of a channel's statistics, filled by `plexus_channel_stats`. Channels that
+// A snapshot of a channel's statistics, filled by `plexus_channel_get_stats`. Channels that
 // share a pool report the same numbers.
 typedef struct plexus_channel_stats {
   // Calls started.
@@ -251,7 +251,7 @@ typedef struct plexus_event {
   struct plexus_metadata *metadata;
 } plexus_event;
 
-// One metadata entry, as read by `plexus_metadata_entry`. Its pointers are borrowed from the
+// One metadata entry, as read by `plexus_metadata_get_entry`. Its pointers are borrowed from the
 // metadata and valid until it is modified or freed.
 typedef struct plexus_metadata_entry {
   // The key, lower-case, NUL-terminated.
@@ -627,8 +627,8 @@ void plexus_channel_free(const struct plexus_channel *channel);
 //
 // # Safety
 // `channel` is live; `stats` is writable.
-plexus_result plexus_channel_stats(const struct plexus_channel *channel,
-                                   struct plexus_channel_stats *stats);
+plexus_result plexus_channel_get_stats(const struct plexus_channel *channel,
+                                       struct plexus_channel_stats *stats);
 
 // Writes the channel's connectivity state to `*state`. Thread-safe.
 //
@@ -759,9 +759,9 @@ plexus_result plexus_metadata_len(const struct plexus_metadata *metadata, size_t
 //
 // # Safety
 // `metadata` is live; `entry` is valid for a write.
-plexus_result plexus_metadata_entry(const struct plexus_metadata *metadata,
-                                    size_t index,
-                                    struct plexus_metadata_entry *entry);
+plexus_result plexus_metadata_get_entry(const struct plexus_metadata *metadata,
+                                        size_t index,
+                                        struct plexus_metadata_entry *entry);
 
 // Finds the first value of `key` (NUL-terminated): writes it to `*value` and its length to
 // `*len`, or NULL and 0 when the key is absent. ASCII values are NUL-terminated; `-bin`

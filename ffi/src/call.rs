@@ -715,7 +715,10 @@ pub unsafe extern "C" fn plexus_call_recv_async(
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_RECV) }?;
         rt.spawn(async move {
-            match guard.message().await {
+            let next = guard.message().await;
+            // Give the response side back before the event can be seen.
+            drop(guard);
+            match next {
                 Some(message) => completion.complete(
                     PLEXUS_OK,
                     Outcome {
@@ -784,7 +787,9 @@ pub unsafe extern "C" fn plexus_call_initial_metadata_async(
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_INITIAL_METADATA) }?;
         rt.spawn(async move {
-            match guard.initial_metadata().await {
+            let headers = guard.initial_metadata().await;
+            drop(guard);
+            match headers {
                 Ok(md) => completion.complete(
                     PLEXUS_OK,
                     Outcome {

@@ -178,7 +178,7 @@ fn state_code(state: ConnectivityState) -> plexus_connectivity_state {
     }
 }
 
-/// A snapshot of a channel's statistics, filled by `plexus_channel_stats`. Channels that
+/// A snapshot of a channel's statistics, filled by `plexus_channel_get_stats`. Channels that
 /// share a pool report the same numbers.
 #[repr(C)]
 pub struct plexus_channel_stats {
@@ -205,11 +205,11 @@ pub struct plexus_channel_stats {
 /// # Safety
 /// `channel` is live; `stats` is writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn plexus_channel_stats(
+pub unsafe extern "C" fn plexus_channel_get_stats(
     channel: *const plexus_channel,
     stats: *mut plexus_channel_stats,
 ) -> plexus_result {
-    boundary("plexus_channel_stats", || {
+    boundary("plexus_channel_get_stats", || {
         // SAFETY: the caller passes a live handle or NULL (checked).
         let shared = unsafe { plexus_channel::as_ref(channel) }?;
         check_out(stats, "stats")?;

@@ -17,7 +17,7 @@ pub struct plexus_metadata {
     _private: [u8; 0],
 }
 
-/// One metadata entry, as read by `plexus_metadata_entry`. Its pointers are borrowed from the
+/// One metadata entry, as read by `plexus_metadata_get_entry`. Its pointers are borrowed from the
 /// metadata and valid until it is modified or freed.
 #[repr(C)]
 pub struct plexus_metadata_entry {
@@ -202,12 +202,12 @@ pub unsafe extern "C" fn plexus_metadata_len(
 /// # Safety
 /// `metadata` is live; `entry` is valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn plexus_metadata_entry(
+pub unsafe extern "C" fn plexus_metadata_get_entry(
     metadata: *const plexus_metadata,
     index: usize,
     entry: *mut plexus_metadata_entry,
 ) -> plexus_result {
-    boundary("plexus_metadata_entry", || {
+    boundary("plexus_metadata_get_entry", || {
         // SAFETY: the caller passes a live object or NULL (checked).
         let md = unsafe { plexus_metadata::as_ref(metadata) }?;
         check_out(entry, "entry")?;
