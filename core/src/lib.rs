@@ -74,11 +74,3 @@ pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };
 pub use status::{Code, Status};
-
-/// Not public API: the connection internals plexus's own integration tests drive directly.
-/// Anything here may change or vanish in any release.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::proto::ping::{PingConfig, PingPolicy, WindowConfig, client_io, drive_client};
-    pub use crate::rt::io::{ConnectionEvents, FrameTap, PeerGoAway, Role};
-}

@@ -4,18 +4,21 @@
 //! from many threads, pick_first / round_robin / custom pickers, the idle timeout and the
 //! channel's statistics. Every test body has a hard 30 s timeout.
 
+#[path = "support/gated.rs"]
+mod gated;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use bytes::Bytes;
 use futures_util::future::{Either, join, join_all, select};
+use gated::GatedIo;
 use plexus::rt::BoxFuture;
 use plexus::transport::{Address, BoxedIo, Connector, SocketConnector};
 use plexus::{
@@ -307,58 +310,8 @@ impl Connector for CountingConnector {
             let io = connecting.await?;
             tally.connects.fetch_add(1, Ordering::SeqCst);
             tally.open.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(Counted {
-                io,
-                open: tally.open.clone(),
-                gate: (!latency.is_zero()).then(|| Timer::after(latency)),
-            }) as BoxedIo)
+            Ok(GatedIo::boxed(io, latency, Some(tally.open.clone())))
         })
-    }
-}
-
-/// A connection that counts itself out of [`Tally::open`] when dropped, and reads nothing
-/// until its gate timer (if any) fired.
-struct Counted {
-    io: BoxedIo,
-    open: Arc<AtomicUsize>,
-    gate: Option<Timer>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl futures_io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(gate) = &mut self.gate {
-            ready!(Pin::new(gate).poll(cx));
-            self.gate = None;
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl futures_io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_close(cx)
     }
 }
 

@@ -1,20 +1,22 @@
 //! Keepalive, ping policing and adaptive flow-control windows, over TCP on 127.0.0.1 with a
 //! proxy in the middle that can add latency, stop forwarding ("black-hole" the peer) and read
-//! the frames going each way. The client side is a raw h2 connection driven by plexus's
-//! connection driver, so these tests do not depend on the channel.
+//! the frames going each way. Clients are plexus channels, except where a test needs a peer
+//! that only answers (a plain h2 connection).
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::{Either, select};
-use plexus::__private::{ConnectionEvents, PingConfig, WindowConfig, client_io, drive_client};
 use plexus::rt::Compat;
-use plexus::{BytesCodec, Code, Listener, RequestStream, Response, Server, ServerBuilder, Status};
+use plexus::{
+    BytesCodec, CallOptions, Channel, ChannelBuilder, Code, ConnectivityState, Listener,
+    RequestStream, Response, Server, ServerBuilder,
+};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 const MS: Duration = Duration::from_millis(1);
@@ -262,186 +264,107 @@ fn serve(builder: ServerBuilder) -> (Server, SocketAddr) {
     (server, addr)
 }
 
-/// A raw h2 client connection driven by `drive_client`.
-struct Client {
-    addr: SocketAddr,
-    send: h2::client::SendRequest<Bytes>,
-    events: Arc<ConnectionEvents>,
-    driver: smol::Task<Result<(), Status>>,
-    active: Arc<AtomicUsize>,
+/// A channel to `addr` (through a proxy) with `configure`'s options.
+fn channel(addr: SocketAddr, configure: impl FnOnce(ChannelBuilder) -> ChannelBuilder) -> Channel {
+    configure(Channel::builder(&format!("http://{addr}")))
+        .build()
+        .expect("valid channel options")
 }
 
-async fn connect(addr: SocketAddr, config: PingConfig) -> Client {
-    let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-    let (io, events) = client_io(tcp);
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(config.windows.stream)
-        .initial_connection_window_size(config.windows.connection)
-        .handshake::<_, Bytes>(io)
+/// Options for a client that checks a silent server after 200 ms, waiting 300 ms.
+fn keepalive(builder: ChannelBuilder) -> ChannelBuilder {
+    builder.keepalive_time(200 * MS).keepalive_timeout(300 * MS)
+}
+
+/// Downloads 4 MiB; returns the byte count.
+async fn download(channel: &Channel) -> usize {
+    let mut stream = channel
+        .server_streaming("/t.T/Download", Bytes::new(), CallOptions::new())
         .await
-        .expect("handshake");
-    let active = Arc::new(AtomicUsize::new(0));
-    let calls = active.clone();
-    let driver = smol::spawn(drive_client(conn, config, events.clone(), move || {
-        calls.load(Ordering::SeqCst)
-    }));
-    Client {
-        addr,
-        send,
-        events,
-        driver,
-        active,
+        .expect("call starts");
+    let mut total = 0;
+    while let Some(message) = stream.message().await.expect("message") {
+        total += message.len();
     }
-}
-
-fn keepalive(time: Duration, timeout: Duration) -> PingConfig {
-    PingConfig {
-        keepalive_time: Some(time),
-        keepalive_timeout: timeout,
-        ..PingConfig::client()
-    }
-}
-
-fn adaptive_windows() -> PingConfig {
-    PingConfig {
-        windows: WindowConfig::resolve(None, None, Some(true)),
-        ..PingConfig::client()
-    }
-}
-
-fn fixed_windows() -> PingConfig {
-    PingConfig {
-        windows: WindowConfig::resolve(None, None, Some(false)),
-        ..PingConfig::client()
-    }
-}
-
-fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(5 + message.len());
-    buf.put_u8(0);
-    buf.put_u32(message.len() as u32);
-    buf.put_slice(message);
-    buf.freeze()
-}
-
-/// Starts a call to `/t.T/{method}`; the request stream is left open.
-async fn start(
-    client: &Client,
-    method: &str,
-) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/t.T/{method}", client.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let mut send = client.send.clone().ready().await.expect("connection ready");
-    send.send_request(request, false).expect("send request")
-}
-
-/// Starts a call with one empty request message and returns the response body.
-async fn call(client: &Client, method: &str) -> h2::RecvStream {
-    let (response, mut body) = start(client, method).await;
-    body.send_data(grpc_frame(b""), true).unwrap();
-    let response = response.await.expect("response headers");
-    assert_eq!(response.status(), 200);
-    response.into_body()
-}
-
-/// Reads a response body to its end, giving flow-control credit back as a real client does.
-async fn read_body(body: &mut h2::RecvStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.expect("response data");
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        out.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.expect("trailers").expect("trailers");
-    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
-    out
-}
-
-async fn download(client: &Client) -> usize {
-    let mut body = call(client, "Download").await;
-    read_body(&mut body).await.len()
+    total
 }
 
 /// Uploads 4 MiB and returns the byte count the server saw.
-async fn upload(client: &Client) -> u64 {
-    let (response, mut body) = start(client, "Upload").await;
+async fn upload(channel: &Channel) -> u64 {
+    let (sender, response) = channel
+        .client_streaming("/t.T/Upload", CallOptions::new())
+        .await
+        .expect("call starts");
     for _ in 0..CHUNKS {
-        let mut frame = grpc_frame(&[3u8; CHUNK]);
-        while !frame.is_empty() {
-            body.reserve_capacity(frame.len());
-            let granted = poll_fn(|cx| body.poll_capacity(cx))
-                .await
-                .expect("stream open")
-                .expect("capacity");
-            let chunk = frame.split_to(granted.min(frame.len()));
-            body.send_data(chunk, false).unwrap();
-        }
+        sender
+            .send(Bytes::from(vec![3u8; CHUNK]))
+            .await
+            .expect("send");
     }
-    body.send_data(Bytes::new(), true).unwrap();
-    let response = response.await.expect("response headers");
-    let mut body = response.into_body();
-    let reply = read_body(&mut body).await;
-    std::str::from_utf8(&reply[5..]).unwrap().parse().unwrap()
+    drop(sender);
+    let reply = response.await.expect("reply");
+    std::str::from_utf8(reply.message())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A plain h2 client connection to `addr`, driven on smol; h2 answers the server's PINGs.
+async fn raw_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+    smol::spawn(conn).detach();
+    send
 }
 
 // ===== Keepalive =====
 
 #[test]
 fn client_keepalive_fails_calls_when_the_server_goes_silent() {
-    run(Duration::from_secs(6), async {
+    run(Duration::from_secs(8), async {
         let (_server, addr) = serve(Server::builder().keepalive_min_ping_interval(50 * MS));
         let proxy = Proxy::start(addr, Duration::ZERO);
-        let client = connect(proxy.addr, keepalive(200 * MS, 300 * MS)).await;
-        client.active.store(1, Ordering::SeqCst);
-        let mut body = call(&client, "Hang").await;
-        let first = body.data().await.expect("a message").expect("data");
-        assert!(!first.is_empty());
+        let channel = channel(proxy.addr, keepalive);
+        let mut call = channel
+            .server_streaming("/t.T/Hang", Bytes::new(), CallOptions::new())
+            .await
+            .expect("call starts");
+        let first = call.message().await.expect("a message").expect("data");
+        assert_eq!(first.as_ref(), b"hello");
 
         // While the server answers, the idle call's keepalive PINGs keep the connection up.
         Timer::after(700 * MS).await;
-        assert!(
-            client.events.pings_sent() >= 2,
-            "only {} keepalive pings",
-            client.events.pings_sent()
-        );
-        assert!(!client.driver.is_finished());
+        let pings = proxy.to_server().pings;
+        assert!(pings >= 2, "only {pings} keepalive pings");
+        assert_eq!(channel.state(), ConnectivityState::Ready);
 
         proxy.blackhole();
         let silent = Instant::now();
-        let err = body
-            .data()
-            .await
-            .expect("the call ends with an error")
-            .expect_err("the call fails");
+        let status = call.message().await.expect_err("the call fails");
         let took = silent.elapsed();
-        assert!(err.is_io(), "{err:?}");
-        assert!(err.to_string().contains("keepalive timed out"), "{err}");
-        // A PING goes out at most 200 ms after the last frame; 300 ms later the call fails.
-        assert!(
-            took >= 250 * MS && took <= 1500 * MS,
-            "detected after {took:?}"
-        );
-
-        let status = client
-            .driver
-            .await
-            .expect_err("the driver reports the failure");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
             status.message().contains("keepalive timed out"),
             "{status:?}"
         );
+        // A PING goes out at most 200 ms after the last frame; 300 ms later the call fails.
+        assert!(
+            took >= 250 * MS && took <= 1500 * MS,
+            "detected after {took:?}"
+        );
+        assert_eq!(channel.stats().calls_failed, 1);
+        // The dead connection leaves the pool: the channel is no longer READY.
+        if channel.state() == ConnectivityState::Ready {
+            channel
+                .wait_for_state_change(ConnectivityState::Ready)
+                .await;
+        }
     });
 }
 
 #[test]
 fn client_keepalive_without_calls_only_when_permitted() {
-    run(Duration::from_secs(6), async {
+    run(Duration::from_secs(8), async {
         let (_server, addr) = serve(
             Server::builder()
                 .keepalive_min_ping_interval(50 * MS)
@@ -449,34 +372,25 @@ fn client_keepalive_without_calls_only_when_permitted() {
         );
         let quiet_proxy = Proxy::start(addr, Duration::ZERO);
         let eager_proxy = Proxy::start(addr, Duration::ZERO);
-        let quiet = connect(quiet_proxy.addr, keepalive(200 * MS, 300 * MS)).await;
-        let eager = connect(
-            eager_proxy.addr,
-            PingConfig {
-                keepalive_permit_without_calls: true,
-                ..keepalive(200 * MS, 300 * MS)
-            },
-        )
-        .await;
+        let quiet = channel(quiet_proxy.addr, keepalive);
+        let eager = channel(eager_proxy.addr, |b| {
+            keepalive(b).keepalive_permit_without_calls(true)
+        });
+        quiet.connect().await.expect("connects");
+        eager.connect().await.expect("connects");
         quiet_proxy.blackhole();
         eager_proxy.blackhole();
         let silent = Instant::now();
 
-        let status = eager
-            .driver
-            .await
-            .expect_err("an idle connection is checked too");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(
-            status.message().contains("keepalive timed out"),
-            "{status:?}"
-        );
+        // An idle connection is checked too: the channel notices and leaves READY.
+        let next = eager.wait_for_state_change(ConnectivityState::Ready).await;
+        assert_ne!(next, ConnectivityState::Ready);
         assert!(silent.elapsed() <= 1500 * MS, "took {:?}", silent.elapsed());
 
         // Without calls and without permission, no PING goes out, so nothing is noticed.
         Timer::at(silent + 1200 * MS).await;
-        assert_eq!(quiet.events.pings_sent(), 0);
-        assert!(!quiet.driver.is_finished());
+        assert_eq!(quiet_proxy.to_server().pings, 0);
+        assert_eq!(quiet.state(), ConnectivityState::Ready);
     });
 }
 
@@ -489,7 +403,7 @@ fn server_keepalive_closes_connections_to_silent_clients() {
                 .keepalive_timeout(300 * MS),
         );
         let proxy = Proxy::start(addr, Duration::ZERO);
-        let client = connect(proxy.addr, PingConfig::client()).await;
+        let client = raw_client(proxy.addr).await;
 
         // The client's h2 answers the server's keepalive PINGs: the connection stays.
         Timer::after(700 * MS).await;
@@ -511,14 +425,19 @@ fn server_keepalive_closes_connections_to_silent_clients() {
 // ===== Ping policing =====
 
 /// Pings the server at `addr` every `interval`, up to `count` times, on a plain h2 client;
-/// returns how many were answered and the connection's task.
+/// returns how many were answered and the connection's task (which ends once the returned
+/// request handle is dropped).
 async fn ping_every(
     addr: SocketAddr,
     interval: Duration,
     count: usize,
-) -> (usize, smol::Task<Result<(), h2::Error>>) {
+) -> (
+    usize,
+    smol::Task<Result<(), h2::Error>>,
+    h2::client::SendRequest<Bytes>,
+) {
     let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-    let (_send, mut conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+    let (send, mut conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
     let mut pings = conn.ping_pong().expect("ping_pong");
     let conn = smol::spawn(conn);
     let mut answered = 0;
@@ -529,7 +448,7 @@ async fn ping_every(
         answered += 1;
         Timer::after(interval).await;
     }
-    (answered, conn)
+    (answered, conn, send)
 }
 
 #[test]
@@ -537,7 +456,7 @@ fn pinging_too_often_gets_goaway_enhance_your_calm() {
     run(Duration::from_secs(6), async {
         let (_server, addr) =
             serve(Server::builder().keepalive_min_ping_interval(Duration::from_secs(1)));
-        let (answered, conn) = ping_every(addr, 10 * MS, 50).await;
+        let (answered, conn, _send) = ping_every(addr, 10 * MS, 50).await;
         // The first PING sets the clock; the next three are strikes, and the third closes.
         assert!(answered <= 5, "{answered} pings answered before the GOAWAY");
         let err = conn.await.expect_err("the server closes the connection");
@@ -557,93 +476,78 @@ fn pinging_within_the_policy_is_fine() {
         );
         // Ten times the minimum interval apart, so scheduling delays on a loaded machine
         // cannot bunch them into strikes.
-        let (answered, conn) = ping_every(addr, 50 * MS, 12).await;
+        let (answered, conn, _send) = ping_every(addr, 50 * MS, 12).await;
+        if conn.is_finished() {
+            panic!("the server closed the connection: {:?}", conn.await);
+        }
         assert_eq!(answered, 12);
-        assert!(!conn.is_finished());
     });
 }
 
 // ===== Adaptive windows =====
 
+/// The SETTINGS_INITIAL_WINDOW_SIZE values in `sniffed`, which must not be empty.
+fn windows(sniffed: &Sniffed) -> &[u32] {
+    assert!(!sniffed.initial_windows.is_empty(), "{sniffed:?}");
+    &sniffed.initial_windows
+}
+
 #[test]
 fn client_windows_follow_the_bandwidth_delay_product() {
-    run(Duration::from_secs(15), async {
+    run(Duration::from_secs(20), async {
         // The default server polices pings (5 minutes between them): the client's BDP pings
         // must pass because each answers DATA the server sent.
         let (_server, addr) = serve(Server::builder());
 
         let proxy = Proxy::start(addr, 20 * MS);
-        let client = connect(proxy.addr, adaptive_windows()).await;
-        assert_eq!(download(&client).await, CHUNKS * (5 + CHUNK));
-        assert!(client.events.window_updates() > 0);
-        assert!(
-            client.events.stream_window() > START_WINDOW,
-            "window {}",
-            client.events.stream_window()
-        );
-        assert!(client.events.connection_window() >= client.events.stream_window());
+        let adaptive = channel(proxy.addr, |b| b);
+        assert_eq!(download(&adaptive).await, CHUNKS * CHUNK);
         {
             let sent = proxy.to_server();
-            assert!(
-                sent.initial_windows.iter().any(|&w| w > START_WINDOW),
-                "{sent:?}"
-            );
+            assert!(windows(&sent).iter().any(|&w| w > START_WINDOW), "{sent:?}");
+            assert!(sent.pings > 0, "BDP probes go out: {sent:?}");
             assert!(sent.connection_window_increments > CHUNKS as u64 * CHUNK as u64 / 2);
         }
-        assert_eq!(proxy.to_client().goaways, 0);
-        assert!(!client.driver.is_finished());
+        assert_eq!(proxy.to_client().goaways, 0, "the server allows BDP pings");
+        assert_eq!(adaptive.state(), ConnectivityState::Ready);
 
         let proxy = Proxy::start(addr, 20 * MS);
-        let client = connect(proxy.addr, fixed_windows()).await;
-        assert_eq!(download(&client).await, CHUNKS * (5 + CHUNK));
-        assert_eq!(client.events.window_updates(), 0);
-        assert_eq!(
-            client.events.stream_window(),
-            plexus::client::DEFAULT_STREAM_WINDOW
-        );
-        assert_eq!(
-            client.events.pings_sent(),
-            0,
-            "no BDP probes with fixed windows"
-        );
+        let fixed = channel(proxy.addr, |b| b.adaptive_window(false));
+        assert_eq!(download(&fixed).await, CHUNKS * CHUNK);
         let sent = proxy.to_server();
-        assert!(!sent.initial_windows.is_empty());
         assert!(
-            sent.initial_windows
+            windows(&sent)
                 .iter()
                 .all(|&w| w == plexus::client::DEFAULT_STREAM_WINDOW),
             "{sent:?}"
         );
+        assert_eq!(sent.pings, 0, "no BDP probes with fixed windows");
     });
 }
 
 #[test]
 fn server_windows_follow_the_bandwidth_delay_product() {
-    run(Duration::from_secs(15), async {
+    run(Duration::from_secs(20), async {
         let (_server, addr) = serve(Server::builder().adaptive_window(true));
         let proxy = Proxy::start(addr, 20 * MS);
-        let client = connect(proxy.addr, fixed_windows()).await;
+        let client = channel(proxy.addr, |b| b.adaptive_window(false));
         assert_eq!(upload(&client).await, (CHUNKS * CHUNK) as u64);
         {
             let sent = proxy.to_client();
+            assert!(windows(&sent).iter().any(|&w| w > START_WINDOW), "{sent:?}");
             assert!(
-                sent.initial_windows.iter().any(|&w| w > START_WINDOW),
-                "{sent:?}"
-            );
-            assert!(
-                sent.initial_windows.iter().all(|&w| w >= START_WINDOW),
+                windows(&sent).iter().all(|&w| w >= START_WINDOW),
                 "{sent:?}"
             );
         }
 
         let (_server, addr) = serve(Server::builder().adaptive_window(false));
         let proxy = Proxy::start(addr, 20 * MS);
-        let client = connect(proxy.addr, fixed_windows()).await;
+        let client = channel(proxy.addr, |b| b.adaptive_window(false));
         assert_eq!(upload(&client).await, (CHUNKS * CHUNK) as u64);
         let sent = proxy.to_client();
-        assert!(!sent.initial_windows.is_empty());
         assert!(
-            sent.initial_windows
+            windows(&sent)
                 .iter()
                 .all(|&w| w == plexus::client::DEFAULT_STREAM_WINDOW),
             "{sent:?}"

@@ -341,3 +341,101 @@ fn malformed_targets_fail_at_build() {
         assert!(status.message().contains(target), "{target}: {status}");
     }
 }
+
+/// A resolver whose answer the test changes, counting how often it was asked.
+#[derive(Clone, Default)]
+struct Switchable {
+    answer: Arc<std::sync::Mutex<Vec<Address>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Switchable {
+    fn set(&self, addresses: Vec<Address>) {
+        *self.answer.lock().unwrap() = addresses;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Resolver for Switchable {
+    fn resolve(&self) -> BoxFuture<Result<Vec<Address>, Status>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answer.lock().unwrap().clone();
+        Box::pin(async move { Ok(answer) })
+    }
+}
+
+/// A server answering every call to [`ECHO`] with `name`.
+fn serve_named(name: &'static str) -> (Serving, Address) {
+    let listener = Listener::bind_tcp("127.0.0.1:0").expect("bind tcp");
+    let address = Address::Tcp(listener.local_addr().unwrap());
+    let server = Server::builder()
+        .unary(
+            ECHO,
+            BytesCodec,
+            move |_req: plexus::Request<Bytes>| async move {
+                Ok(Response::new(Bytes::from_static(name.as_bytes())))
+            },
+        )
+        .build()
+        .expect("server settings are valid");
+    let s = server.clone();
+    smol::spawn(async move { s.serve(listener).await }).detach();
+    (Serving(server), address)
+}
+
+/// Waits (polling every 10 ms) until `done` holds, failing after 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < give_up, "gave up waiting: {what}");
+        async_io::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn resolution_repeats_on_a_timer_while_connected_and_stops_when_idle() {
+    run(async {
+        let (_a, a) = serve_named("a");
+        let (_b, b) = serve_named("b");
+        let resolver = Switchable::default();
+        resolver.set(vec![a]);
+        let channel = Channel::builder("dns:///svc.invalid")
+            .resolver(resolver.clone())
+            .resolve_interval(Duration::from_millis(100))
+            .idle_timeout(Duration::from_millis(600))
+            .build()
+            .unwrap();
+        let who = || async {
+            let reply = channel
+                .unary(ECHO, Bytes::new(), CallOptions::new())
+                .await
+                .expect("call succeeds");
+            reply.message().clone()
+        };
+        assert_eq!(who().await.as_ref(), b"a");
+
+        // No call is made while the addresses change: only the timer can notice.
+        resolver.set(vec![b]);
+        let before = resolver.calls();
+        eventually("two timed resolutions", || resolver.calls() >= before + 2).await;
+        assert_eq!(
+            who().await.as_ref(),
+            b"b",
+            "new calls follow the new address"
+        );
+        assert_eq!(channel.stats().endpoints.len(), 1);
+
+        // Once idle, the channel stops resolving.
+        eventually("the channel goes idle", || {
+            channel.state() == plexus::ConnectivityState::Idle
+        })
+        .await;
+        async_io::Timer::after(Duration::from_millis(150)).await;
+        let idle = resolver.calls();
+        async_io::Timer::after(Duration::from_millis(500)).await;
+        assert_eq!(resolver.calls(), idle, "an idle channel does not resolve");
+    });
+}

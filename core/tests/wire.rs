@@ -2,6 +2,7 @@
 //! every frame the other side sends, well-formed or hostile, is under the test's control.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -655,4 +656,198 @@ fn a_unary_call_the_server_never_processed_before_goaway_is_retried() {
         ),
         (1, 1, 0)
     );
+}
+
+// ===== Transparent retry of streams the server never processed =====
+
+/// Reads a request body to its end, giving flow-control credit back.
+async fn read_request(body: &mut RecvStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { break };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// A script that refuses the first `refusals` streams once their first DATA frame (if
+/// `after_data`) arrived, then echoes each later request body back as the response
+/// (the raw bytes: one response message per request message). Counts attempts.
+fn refusing(refusals: usize, after_data: bool, attempts: Arc<AtomicUsize>) -> Channel {
+    scripted(move |request, mut respond| {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut body = request.into_body();
+            if attempt < refusals {
+                if after_data {
+                    let _ = body.data().await;
+                }
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let echoed = read_request(&mut body).await;
+            let mut stream = respond.send_response(grpc_headers(), false).unwrap();
+            stream.send_data(Bytes::from(echoed), false).unwrap();
+            stream
+                .send_trailers(trailers(&[("grpc-status", b"0")]))
+                .unwrap();
+        }
+    })
+}
+
+async fn collect(stream: &mut plexus::Streaming<Bytes>) -> Result<Vec<Bytes>, Status> {
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn counts(channel: &Channel) -> (u64, u64, u64) {
+    let stats = channel.stats();
+    (
+        stats.calls_started,
+        stats.calls_succeeded,
+        stats.calls_failed,
+    )
+}
+
+#[test]
+fn a_refused_server_streaming_call_is_retried_once() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let channel = refusing(1, false, attempts.clone());
+    let messages = run(async {
+        let mut stream = channel
+            .server_streaming("/t.S/M", Bytes::from_static(b"once"), CallOptions::new())
+            .await
+            .unwrap();
+        collect(&mut stream).await
+    })
+    .unwrap();
+    assert_eq!(messages, [Bytes::from_static(b"once")]);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(counts(&channel), (1, 1, 0));
+}
+
+#[test]
+fn a_refused_bidi_call_replays_what_it_sent_on_the_new_stream() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let channel = refusing(1, true, attempts.clone());
+    let messages = run(async {
+        let (sender, mut stream) = channel
+            .bidi_streaming("/t.S/M", CallOptions::new())
+            .await
+            .unwrap();
+        sender.send(Bytes::from_static(b"a")).await.unwrap();
+        // Wait until the first stream was refused, so the next sends meet a dead stream.
+        while attempts.load(Ordering::SeqCst) == 0 {
+            async_io::Timer::after(Duration::from_millis(5)).await;
+        }
+        async_io::Timer::after(Duration::from_millis(50)).await;
+        sender.send(Bytes::from_static(b"b")).await.unwrap();
+        sender.send(Bytes::from_static(b"c")).await.unwrap();
+        sender.close().await.unwrap();
+        collect(&mut stream).await
+    })
+    .unwrap();
+    // Each message exactly once, in order, on the second stream.
+    assert_eq!(
+        messages,
+        [Bytes::from_static(b"a"), b"b"[..].into(), b"c"[..].into()]
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(counts(&channel), (1, 1, 0));
+}
+
+#[test]
+fn a_client_streaming_call_refused_after_close_is_retried() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let channel = refusing(1, true, attempts.clone());
+    let reply = run(async {
+        let (sender, response) = channel
+            .client_streaming("/t.S/M", CallOptions::new())
+            .await
+            .unwrap();
+        sender.send(Bytes::from_static(b"only")).await.unwrap();
+        drop(sender);
+        response.await
+    });
+    // The echo script answers one message per request message: exactly one here.
+    assert_eq!(reply.unwrap().message().as_ref(), b"only");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_stream_refused_twice_fails_with_unavailable() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let channel = refusing(2, true, attempts.clone());
+    let status = run(async {
+        let (sender, mut stream) = channel
+            .bidi_streaming("/t.S/M", CallOptions::new())
+            .await
+            .unwrap();
+        sender.send(Bytes::from_static(b"a")).await.unwrap();
+        collect(&mut stream).await
+    })
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "one retry only");
+    assert_eq!(counts(&channel), (1, 0, 1));
+}
+
+#[test]
+fn a_stream_that_sent_more_than_the_replay_limit_is_not_retried() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    // The first stream reads everything, then refuses.
+    let channel = scripted(move |request, mut respond| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut body = request.into_body();
+            read_request(&mut body).await;
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        }
+    });
+    let status = run(async {
+        let (sender, mut stream) = channel
+            .bidi_streaming("/t.S/M", CallOptions::new())
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            sender
+                .send(Bytes::from(vec![9u8; 64 * 1024]))
+                .await
+                .unwrap();
+        }
+        sender.close().await.unwrap();
+        collect(&mut stream).await
+    })
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "320 KiB sent: committed"
+    );
+}
+
+#[test]
+fn a_stream_reset_for_another_reason_is_not_retried() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen = attempts.clone();
+    let channel = scripted(move |_request, mut respond| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move { respond.send_reset(h2::Reason::INTERNAL_ERROR) }
+    });
+    let status = run(async {
+        let mut stream = channel
+            .server_streaming("/t.S/M", Bytes::new(), CallOptions::new())
+            .await
+            .unwrap();
+        collect(&mut stream).await
+    })
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
 }

@@ -31,6 +31,35 @@ use crate::status::{Code, Status};
 type EncodeFn<T> = Arc<dyn Fn(&T, usize) -> Result<Framed, Status> + Send + Sync>;
 type DecodeFn<T> = Arc<dyn Fn(Bytes) -> Result<T, Status> + Send + Sync>;
 
+/// Request bytes a streaming call keeps until the response headers arrive, so that a stream
+/// the server never processed can be replayed on a new one; past this the call is committed
+/// to its stream. grpc-go's default per-call retry buffer is the same 256 KiB. (A unary or
+/// server-streaming request is in memory anyway and does not count.)
+const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// How to open a call again: what [`Channel::start`] was given.
+pub(crate) struct RetryPlan {
+    pub(crate) channel: Channel,
+    pub(crate) path: Box<str>,
+    pub(crate) options: CallOptions,
+}
+
+/// A call's deadline and message size limits.
+pub(crate) struct Limits {
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) max_recv: usize,
+    pub(crate) max_send: usize,
+}
+
+/// What a call has sent on its stream so far, kept (as `Bytes` handles, not copies) while a
+/// transparent retry is still possible.
+struct Replay {
+    plan: RetryPlan,
+    frames: Vec<Bytes>,
+    /// Bytes of streamed messages kept, against [`REPLAY_LIMIT`].
+    bytes: usize,
+}
+
 /// The request half of a call, shared by every [`Sender`] clone and the response side.
 pub(crate) struct CallShared {
     half: Mutex<SendHalf>,
@@ -47,6 +76,33 @@ struct SendHalf {
     closed: bool,
     /// RST_STREAM was sent.
     reset: bool,
+    /// Present until the response headers arrive, the call ends or it has sent too much.
+    replay: Option<Replay>,
+    /// The stream failed while a retry was still possible: sends go only to the replay until
+    /// the response side decides (retry on a new stream, or fail the call with this status).
+    dead: Option<Status>,
+}
+
+impl SendHalf {
+    /// Keeps `msg` for a replay; `counted` messages count against [`REPLAY_LIMIT`], past
+    /// which the replay is dropped. Returns whether the message is kept.
+    fn keep(&mut self, msg: &Framed, counted: bool) -> bool {
+        let Some(replay) = &mut self.replay else {
+            return false;
+        };
+        if counted {
+            replay.bytes += msg.len();
+            if replay.bytes > REPLAY_LIMIT {
+                self.replay = None;
+                return false;
+            }
+        }
+        replay.frames.push(msg.head.clone());
+        if let Some(tail) = &msg.tail {
+            replay.frames.push(tail.clone());
+        }
+        true
+    }
 }
 
 impl CallShared {
@@ -67,6 +123,37 @@ impl CallShared {
     fn request_closed(&self) -> bool {
         self.half().closed
     }
+
+    /// The call is bound to its stream for good: no retry, nothing more to keep.
+    fn commit(&self) {
+        self.half().replay = None;
+    }
+
+    fn take_replay(&self) -> Option<Replay> {
+        self.half().replay.take()
+    }
+
+    /// Moves the call onto `stream`: sends everything `frames` kept, then END_STREAM if the
+    /// request was already closed. Whatever was left unsent of the old stream is in `frames`.
+    fn replace_stream(&self, mut stream: SendStream<Bytes>, frames: Vec<Bytes>) {
+        let mut half = self.half();
+        half.outbox.take_all();
+        half.dead = None;
+        if half.reset {
+            stream.send_reset(h2::Reason::CANCEL);
+        } else {
+            // h2 queues data beyond the window and sends it as credit arrives.
+            let end = half.closed;
+            let count = frames.len();
+            for (i, frame) in frames.into_iter().enumerate() {
+                let _ = stream.send_data(frame, end && i + 1 == count);
+            }
+            if end && count == 0 {
+                let _ = stream.send_data(Bytes::new(), true);
+            }
+        }
+        half.stream = stream;
+    }
 }
 
 /// A call's hold on its stream slot and its place in the channel's counters, released when
@@ -86,33 +173,31 @@ impl Tracker {
         drop(self.slot);
     }
 
-    /// Frees the stream but leaves the call uncounted, for an attempt that may be retried.
+    /// Frees the stream but leaves the call uncounted, for an attempt being retried.
     fn release(self) -> Arc<Counters> {
         self.counters
     }
 }
 
 /// Starts the call's bookkeeping once h2 accepted the request headers.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one internal constructor called from one place"
-)]
 pub(crate) fn open(
     response: H2ResponseFuture,
     mut stream: SendStream<Bytes>,
     first: Option<Framed>,
     end: bool,
-    deadline: Option<Instant>,
-    max_recv: usize,
-    max_send: usize,
+    limits: Limits,
     tracker: Tracker,
+    retry: RetryPlan,
 ) -> (Arc<CallShared>, RawStreaming) {
+    let mut frames = Vec::new();
     if let Some(first) = first {
         // One message already in memory: h2 may hold it until the window opens, which costs
         // nothing extra. Errors surface on the response side.
+        frames.push(first.head.clone());
         let has_tail = first.tail.is_some();
         let _ = stream.send_data(first.head, end && !has_tail);
         if let Some(tail) = first.tail {
+            frames.push(tail.clone());
             let _ = stream.send_data(tail, end);
         }
     }
@@ -123,22 +208,27 @@ pub(crate) fn open(
             outbox: Outbox::default(),
             closed: end,
             reset: false,
+            replay: Some(Replay {
+                plan: retry,
+                frames,
+                bytes: 0,
+            }),
+            dead: None,
         }),
         turn: async_lock::Mutex::new(()),
-        deadline,
-        max_send,
+        deadline: limits.deadline,
+        max_send: limits.max_send,
     });
     let raw = RawStreaming {
         state: RecvState::Headers(response),
         call: call.clone(),
-        deadline: Deadline::new(deadline),
-        max_recv,
+        deadline: Deadline::new(limits.deadline),
+        max_recv: limits.max_recv,
         initial: None,
         status: None,
-        refused: false,
         stream_id,
         tracker: Some(tracker),
-        uncounted: None,
+        retrying: None,
     };
     (call, raw)
 }
@@ -177,6 +267,10 @@ impl Drop for SenderState {
             return;
         }
         half.closed = true;
+        if half.dead.is_some() {
+            // The replay on the next stream ends the request.
+            return;
+        }
         // Whatever an abandoned send left of its message still goes out whole (h2 holds at
         // most that one message), then END_STREAM.
         let SendHalf { stream, outbox, .. } = &mut *half;
@@ -200,7 +294,8 @@ impl<T> Sender<T> {
         let mut framed = Some(framed);
         let mut deadline = Deadline::new(call.deadline);
         poll_fn(|cx| {
-            let mut half = call.half();
+            let mut guard = call.half();
+            let half = &mut *guard;
             if half.reset {
                 return Poll::Ready(Err(Status::cancelled("the call was cancelled")));
             }
@@ -209,13 +304,33 @@ impl<T> Sender<T> {
                     "send after the request stream was closed",
                 )));
             }
-            let SendHalf { stream, outbox, .. } = &mut *half;
+            if let Some(failure) = &half.dead {
+                // Waiting for the response side's verdict on the failed stream: the message
+                // goes out with the replay, if there is one.
+                let failure = failure.clone();
+                return Poll::Ready(match framed.take() {
+                    Some(msg) if !half.keep(&msg, true) => Err(failure),
+                    _ => Ok(()),
+                });
+            }
             loop {
-                match outbox.poll_flush(stream, cx) {
+                match half.outbox.poll_flush(&mut half.stream, cx) {
                     Poll::Ready(Ok(())) => match framed.take() {
-                        Some(msg) => outbox.push(msg),
+                        Some(msg) => {
+                            half.keep(&msg, true);
+                            half.outbox.push(msg);
+                        }
                         None => return Poll::Ready(Ok(())),
                     },
+                    Poll::Ready(Err(status)) if half.replay.is_some() => {
+                        // Perhaps refused by the server: everything sent is in the replay.
+                        half.outbox.take_all();
+                        half.dead = Some(status.clone());
+                        return Poll::Ready(match framed.take() {
+                            Some(msg) if !half.keep(&msg, true) => Err(status),
+                            _ => Ok(()),
+                        });
+                    }
                     Poll::Ready(Err(status)) => return Poll::Ready(Err(status)),
                     Poll::Pending => break,
                 }
@@ -241,6 +356,11 @@ impl<T> Sender<T> {
             if half.closed || half.reset {
                 return Poll::Ready(Ok(()));
             }
+            if half.dead.is_some() {
+                // The replay on the next stream ends the request.
+                half.closed = true;
+                return Poll::Ready(Ok(()));
+            }
             let SendHalf { stream, outbox, .. } = &mut *half;
             ready!(outbox.poll_flush(stream, cx))?;
             half.closed = true;
@@ -253,8 +373,13 @@ impl<T> Sender<T> {
     }
 }
 
+/// A retry's new stream: its response, slot and id.
+type Reopened = (H2ResponseFuture, StreamSlot, u32);
+
 enum RecvState {
     Headers(H2ResponseFuture),
+    /// Opening a new stream for a stream the server never processed.
+    Retrying(BoxFuture<Result<Reopened, Status>>),
     Body(MessageReader),
     Done,
 }
@@ -267,13 +392,10 @@ pub(crate) struct RawStreaming {
     max_recv: usize,
     initial: Option<Metadata>,
     status: Option<Status>,
-    /// The server never processed the stream: RST_STREAM(REFUSED_STREAM), or a GOAWAY whose
-    /// last stream id is below it.
-    refused: bool,
     stream_id: u32,
     tracker: Option<Tracker>,
-    /// A refused attempt's counters: it counts as failed unless retried.
-    uncounted: Option<Arc<Counters>>,
+    /// The channel's counters while a retry opens a new stream (the call is counted once).
+    retrying: Option<Arc<Counters>>,
 }
 
 impl RawStreaming {
@@ -291,18 +413,19 @@ impl RawStreaming {
             self.call.cancel();
         }
         self.state = RecvState::Done;
+        self.call.commit();
         if let Some(tracker) = self.tracker.take() {
-            if self.refused {
-                // Counted when dropped, unless the call goes on as a retry.
-                self.uncounted = Some(tracker.release());
-            } else {
-                tracker.done(status.is_ok());
-            }
+            tracker.done(status.is_ok());
+        }
+        if let Some(counters) = self.retrying.take() {
+            counters.call_ended(status.is_ok());
         }
         self.status = Some(status);
     }
 
     fn on_headers(&mut self, response: http::Response<h2::RecvStream>) {
+        // The server has the call: it will not be retried.
+        self.call.commit();
         let (parts, body) = response.into_parts();
         if let Some(status) = status_from_trailers(&parts.headers) {
             // Trailers-only response (or an error page that carries a gRPC status anyway).
@@ -333,30 +456,71 @@ impl RawStreaming {
     /// Drives the call until the response headers arrived (or it ended).
     fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            let RecvState::Headers(fut) = &mut self.state else {
-                return Poll::Ready(());
+            let polled = match &mut self.state {
+                RecvState::Headers(fut) => match Pin::new(fut).poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        self.on_headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        self.stream_failed(err);
+                        continue;
+                    }
+                    Poll::Pending => "deadline exceeded waiting for response headers",
+                },
+                RecvState::Retrying(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok((response, slot, id))) => {
+                        if let Some(counters) = self.retrying.take() {
+                            self.tracker = Some(Tracker::new(slot, counters));
+                        }
+                        self.stream_id = id;
+                        self.state = RecvState::Headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Err(status)) => {
+                        self.fail(status);
+                        continue;
+                    }
+                    Poll::Pending => "deadline exceeded retrying the call",
+                },
+                RecvState::Body(_) | RecvState::Done => return Poll::Ready(()),
             };
-            match Pin::new(fut).poll(cx) {
-                Poll::Ready(Ok(response)) => self.on_headers(response),
-                Poll::Ready(Err(err)) => {
-                    // Never processed: refused, or above the last stream a GOAWAY announced.
-                    let above_goaway = err.is_go_away()
-                        && err.is_remote()
-                        && self
-                            .tracker
-                            .as_ref()
-                            .is_some_and(|t| t.slot.unprocessed(self.stream_id));
-                    self.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
-                    self.fail(Status::from_h2(err));
-                }
-                Poll::Pending => {
-                    ready!(self.deadline.poll_expired(cx));
-                    self.fail(Status::deadline_exceeded(
-                        "deadline exceeded waiting for response headers",
-                    ));
-                }
-            }
+            ready!(self.deadline.poll_expired(cx));
+            self.fail(Status::deadline_exceeded(polled));
         }
+    }
+
+    /// The stream failed before the response headers. A stream the server never processed
+    /// (RST_STREAM(REFUSED_STREAM), or above the last stream id of its GOAWAY) is retried
+    /// once on a new stream, replaying what was sent, unless the call was committed.
+    fn stream_failed(&mut self, err: h2::Error) {
+        let above_goaway = err.is_go_away()
+            && err.is_remote()
+            && self
+                .tracker
+                .as_ref()
+                .is_some_and(|t| t.slot.unprocessed(self.stream_id));
+        let refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
+        let replay = if refused {
+            self.call.take_replay()
+        } else {
+            None
+        };
+        let Some(Replay { plan, frames, .. }) = replay else {
+            return self.fail(Status::from_h2(err));
+        };
+        // The attempt frees its stream without being counted; the retry is the same call.
+        self.retrying = self.tracker.take().map(Tracker::release);
+        let call = self.call.clone();
+        self.state = RecvState::Retrying(Box::pin(async move {
+            let (slot, response, stream) = plan
+                .channel
+                .open_stream(&plan.path, &plan.options, false)
+                .await?;
+            let id = stream.stream_id().as_u32();
+            call.replace_stream(stream, frames);
+            Ok((response, slot, id))
+        }));
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Status>> {
@@ -419,7 +583,7 @@ impl Drop for RawStreaming {
         if let Some(tracker) = self.tracker.take() {
             tracker.done(false);
         }
-        if let Some(counters) = self.uncounted.take() {
+        if let Some(counters) = self.retrying.take() {
             counters.call_ended(false);
         }
     }
@@ -627,24 +791,11 @@ impl<C: Codec> Client<C> {
         options: CallOptions,
     ) -> Result<Response<C::Decode>, Status> {
         let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
-        let mut retried = false;
-        loop {
-            let (_call, raw) = self
-                .channel
-                .start(path, &options, Some(framed.clone()), true, !retried)
-                .await?;
-            let mut stream = self.streaming(raw);
-            match read_unary(&mut stream).await {
-                // The server never processed the stream (refused, or above the last stream of
-                // its GOAWAY): one transparent retry is safe, and the call is still the same
-                // one in the channel's counters.
-                Err(_) if stream.raw.refused && !retried => {
-                    stream.raw.uncounted = None;
-                    retried = true;
-                }
-                result => return result,
-            }
-        }
+        let (_call, raw) = self
+            .channel
+            .start(path, options, Some(framed), true)
+            .await?;
+        read_unary(&mut self.streaming(raw)).await
     }
 
     /// A server-streaming call: one request, a stream of responses.
@@ -657,7 +808,7 @@ impl<C: Codec> Client<C> {
         let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
         let (_call, raw) = self
             .channel
-            .start(path, &options, Some(framed), true, true)
+            .start(path, options, Some(framed), true)
             .await?;
         Ok(self.streaming(raw))
     }
@@ -678,10 +829,7 @@ impl<C: Codec> Client<C> {
         path: &str,
         options: CallOptions,
     ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
-        let (call, raw) = self
-            .channel
-            .start(path, &options, None, false, true)
-            .await?;
+        let (call, raw) = self.channel.start(path, options, None, false).await?;
         let sender = Sender {
             state: Arc::new(SenderState { call }),
             encode: self.encoder(),

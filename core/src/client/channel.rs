@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use event_listener::Event;
 use futures_util::future::{Either, select};
+use h2::SendStream;
+use h2::client::ResponseFuture as H2ResponseFuture;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use super::backoff::BackoffConfig;
@@ -53,6 +55,7 @@ struct ChannelInner {
     /// Milliseconds after `created` of the last call start (for the idle timeout).
     last_call: AtomicU64,
     idle_watch: AtomicBool,
+    refresh_watch: AtomicBool,
 }
 
 #[derive(Default)]
@@ -70,6 +73,7 @@ pub(crate) struct ChannelConfig {
     pub(crate) max_send_message_size: usize,
     user_agent: String,
     idle_timeout: Duration,
+    resolve_interval: Duration,
     conn: ConnConfig,
     lb_policy: LbPolicy,
     /// Windows as the user set them; resolved with `adaptive_window` in `build`.
@@ -192,6 +196,15 @@ impl ChannelBuilder {
         self
     }
 
+    /// How often the target is resolved again while the channel has connections (default
+    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s).
+    /// An idle channel does not resolve; a failing endpoint also triggers a resolution, at
+    /// most once per interval.
+    pub fn resolve_interval(mut self, interval: Duration) -> Self {
+        self.config.resolve_interval = interval;
+        self
+    }
+
     /// The load-balancing policy (default pick_first).
     pub fn lb_policy(mut self, policy: LbPolicy) -> Self {
         self.config.lb_policy = policy;
@@ -278,6 +291,7 @@ impl ChannelBuilder {
                 created: Instant::now(),
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),
+                refresh_watch: AtomicBool::new(false),
             }
         });
         Ok(Channel { inner })
@@ -308,13 +322,14 @@ impl ChannelInner {
             let stale = self
                 .endpoints()
                 .resolved_at
-                .is_some_and(|at| at.elapsed() >= MIN_RERESOLVE_INTERVAL);
+                .is_some_and(|at| at.elapsed() >= self.config.resolve_interval);
             if stale {
                 self.start_resolution();
             }
         }
         if state == ConnectivityState::Ready {
             self.watch_idle();
+            self.watch_resolution();
         }
         self.state.set(state);
     }
@@ -393,7 +408,7 @@ impl ChannelInner {
                 let eps = self.endpoints();
                 let stale = eps
                     .resolved_at
-                    .is_none_or(|at| at.elapsed() >= DEFAULT_DNS_REFRESH_INTERVAL);
+                    .is_none_or(|at| at.elapsed() >= self.config.resolve_interval);
                 (eps.list.clone(), eps.error.clone(), stale, eps.shut_down)
             };
             if shut_down {
@@ -465,6 +480,37 @@ impl ChannelInner {
         }));
     }
 
+    /// Starts the periodic re-resolution if it is not running. It runs until the channel has
+    /// had no call for its idle timeout (an idle channel sends no DNS queries), is shut down,
+    /// or is dropped.
+    fn watch_resolution(self: &Arc<Self>) {
+        if self.refresh_watch.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = self.config.resolve_interval;
+        self.env.executor.spawn(Box::pin(async move {
+            loop {
+                async_io::Timer::after(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let (busy, shut_down, due) = {
+                    let eps = inner.endpoints();
+                    let busy = eps.list.iter().any(|s| s.active_streams() > 0);
+                    let due = eps.resolved_at.is_none_or(|at| at.elapsed() >= interval);
+                    (busy, eps.shut_down, due)
+                };
+                let idle = !busy && inner.since_last_call() >= inner.config.idle_timeout;
+                if idle || shut_down {
+                    inner.refresh_watch.store(false, Ordering::Release);
+                    return;
+                }
+                if due {
+                    inner.start_resolution();
+                }
+            }
+        }));
+    }
+
     fn since_last_call(&self) -> Duration {
         let now = self.created.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_call.load(Ordering::Relaxed)))
@@ -475,9 +521,6 @@ impl ChannelInner {
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
-
-/// Least time between re-resolutions triggered by failures: grpc-go's and C-core's 30 s.
-const MIN_RERESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 fn aggregate(states: &[ConnectivityState]) -> ConnectivityState {
     use ConnectivityState::*;
@@ -506,6 +549,7 @@ impl Channel {
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
                 user_agent: headers::USER_AGENT.to_string(),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
                 lb_policy: LbPolicy::default(),
                 stream_window: None,
                 connection_window: None,
@@ -602,35 +646,58 @@ impl Channel {
         &self.inner.config
     }
 
-    /// Opens a stream for a call, sending `first` (and ending the request when `end`);
-    /// `new_call` is false for the retry of an attempt the server refused.
+    /// Starts a call: opens a stream, sends `first` (and ends the request when `end`). The
+    /// call keeps `options` and what it sends until the response headers arrive, so a stream
+    /// the server never processed can be retried once, transparently.
     pub(crate) async fn start(
         &self,
         path: &str,
-        options: &CallOptions,
+        options: CallOptions,
         first: Option<Framed>,
         end: bool,
-        new_call: bool,
     ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
         let inner = &self.inner;
-        if new_call {
-            inner.counters.call_started();
-        }
+        inner.counters.call_started();
         inner.touch();
-        let started = self.open_stream(path, options, first, end).await;
-        if started.is_err() {
-            inner.counters.call_ended(false);
-        }
-        started
+        let (slot, response, stream) = match self
+            .open_stream(path, &options, end && first.is_none())
+            .await
+        {
+            Ok(opened) => opened,
+            Err(status) => {
+                inner.counters.call_ended(false);
+                return Err(status);
+            }
+        };
+        let config = &inner.config;
+        let limits = call::Limits {
+            deadline: options.deadline,
+            max_recv: options
+                .max_recv_message_size
+                .unwrap_or(config.max_recv_message_size),
+            max_send: options
+                .max_send_message_size
+                .unwrap_or(config.max_send_message_size),
+        };
+        let tracker = call::Tracker::new(slot, inner.counters.clone());
+        let retry = call::RetryPlan {
+            channel: self.clone(),
+            path: path.into(),
+            options,
+        };
+        Ok(call::open(
+            response, stream, first, end, limits, tracker, retry,
+        ))
     }
 
-    async fn open_stream(
+    /// Picks a connection and opens a stream on it (request headers sent, ending the request
+    /// when `end`), passing over connections that turn out to be going away.
+    pub(crate) async fn open_stream(
         &self,
         path: &str,
         options: &CallOptions,
-        first: Option<Framed>,
         end: bool,
-    ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
+    ) -> Result<(StreamSlot, H2ResponseFuture, SendStream<Bytes>), Status> {
         let deadline = options.deadline;
         let mut request = Some(self.request(path, options)?);
         if deadline.is_some_and(|d| d <= Instant::now()) {
@@ -640,7 +707,7 @@ impl Channel {
         }
         // A connection that is going away never started our stream: try another one.
         let mut attempts = 0;
-        let (slot, response, stream) = loop {
+        loop {
             attempts += 1;
             let slot = with_deadline(deadline, self.inner.pick(options.wait_for_ready)).await??;
             let ready = with_deadline(deadline, slot.sender().ready()).await?;
@@ -658,8 +725,8 @@ impl Channel {
                 Some(req) => req,
                 None => self.request(path, options)?,
             };
-            match send.send_request(req, end && first.is_none()) {
-                Ok((response, stream)) => break (slot, response, stream),
+            match send.send_request(req, end) {
+                Ok((response, stream)) => return Ok((slot, response, stream)),
                 Err(err) => {
                     slot.connection_failed();
                     if attempts >= MAX_UNSTARTED_ATTEMPTS {
@@ -667,18 +734,7 @@ impl Channel {
                     }
                 }
             }
-        };
-        let config = &self.inner.config;
-        let max_recv = options
-            .max_recv_message_size
-            .unwrap_or(config.max_recv_message_size);
-        let max_send = options
-            .max_send_message_size
-            .unwrap_or(config.max_send_message_size);
-        let tracker = call::Tracker::new(slot, self.inner.counters.clone());
-        Ok(call::open(
-            response, stream, first, end, deadline, max_recv, max_send, tracker,
-        ))
+        }
     }
 
     fn request(&self, path: &str, options: &CallOptions) -> Result<Request<()>, Status> {

@@ -96,7 +96,7 @@ const RTT_ALPHA: f64 = 0.9;
 
 /// Initial receive windows and whether the BDP estimator may grow them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowConfig {
+pub(crate) struct WindowConfig {
     /// Initial stream window (SETTINGS_INITIAL_WINDOW_SIZE).
     pub stream: u32,
     /// Initial connection window.
@@ -111,7 +111,11 @@ impl WindowConfig {
     /// both (the other keeps its fixed default, [`DEFAULT_STREAM_WINDOW`] or
     /// [`DEFAULT_CONNECTION_WINDOW`]). An explicit `adaptive` wins over both rules: `true` with
     /// explicit windows grows from them, `false` alone pins the fixed defaults.
-    pub fn resolve(stream: Option<u32>, connection: Option<u32>, adaptive: Option<bool>) -> Self {
+    pub(crate) fn resolve(
+        stream: Option<u32>,
+        connection: Option<u32>,
+        adaptive: Option<bool>,
+    ) -> Self {
         let adaptive = adaptive.unwrap_or(stream.is_none() && connection.is_none());
         let (stream, connection) = if adaptive {
             let s = stream.unwrap_or(ADAPTIVE_START_WINDOW);
@@ -132,7 +136,7 @@ impl WindowConfig {
 
 /// How a server polices the client's PINGs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PingPolicy {
+pub(crate) struct PingPolicy {
     /// Shortest allowed interval between PINGs ([`DEFAULT_MIN_PING_INTERVAL`]).
     pub min_interval: Duration,
     /// Whether PINGs are allowed at that rate while no call is active (default false: then
@@ -142,7 +146,7 @@ pub struct PingPolicy {
 
 /// Everything a connection's [`PingManager`] needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PingConfig {
+pub(crate) struct PingConfig {
     /// Send a keepalive PING after this long without a frame from the peer; `None` disables
     /// keepalive (gRPC's client default).
     pub keepalive_time: Option<Duration>,
@@ -159,7 +163,7 @@ pub struct PingConfig {
 impl PingConfig {
     /// gRPC's client defaults: no keepalive, a 20 s timeout once enabled, no pings without
     /// calls, adaptive windows, no policing of the server's PINGs.
-    pub fn client() -> PingConfig {
+    pub(crate) fn client() -> PingConfig {
         PingConfig {
             keepalive_time: None,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
@@ -312,7 +316,6 @@ impl PingManager {
         pings: Option<h2::PingPong>,
     ) -> PingManager {
         let windows = config.windows;
-        events.set_windows(windows.stream, windows.connection);
         let bdp = windows.adaptive.then(|| BdpEstimator::new(windows.stream));
         PingManager {
             events,
@@ -440,8 +443,6 @@ impl PingManager {
                         // An earlier SETTINGS is unacknowledged: retry on a later poll.
                         self.pending_stream_window = Some(window);
                     }
-                    self.events
-                        .record_window_update(window, self.connection_window);
                     *queued = true;
                 }
             }
@@ -553,7 +554,7 @@ impl PingManager {
 
 /// Wraps a client connection's socket in a [`FrameTap`] and the adapter h2 needs; hand the
 /// first value to `h2::client::Builder::handshake` and the events to [`drive_client`].
-pub fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
+pub(crate) fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
     let (tap, events) = FrameTap::new(io, Role::Client);
     (Compat(tap), events)
 }
@@ -566,7 +567,7 @@ pub fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
 /// of `config.windows`. Returns `Ok` when the connection ended cleanly; otherwise the status
 /// its calls ended with: UNAVAILABLE "keepalive timed out …" when the peer stopped answering,
 /// or the GOAWAY's reason and debug data when the server closed the connection with one.
-pub async fn drive_client<T, F>(
+pub(crate) async fn drive_client<T, F>(
     mut conn: h2::client::Connection<T, Bytes>,
     config: PingConfig,
     events: Arc<ConnectionEvents>,

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -205,7 +205,7 @@ impl FrameScanner {
 /// Which end of the connection a [`FrameTap`] sits on: the client writes the preface, the
 /// server reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// The connecting side.
     Client,
     /// The accepting side.
@@ -214,7 +214,7 @@ pub enum Role {
 
 /// A GOAWAY frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerGoAway {
+pub(crate) struct PeerGoAway {
     /// The last stream the peer says it processed.
     pub last_stream_id: u32,
     /// The error code.
@@ -226,7 +226,7 @@ pub struct PeerGoAway {
 impl PeerGoAway {
     /// Whether this is gRPC's ping-abuse GOAWAY: ENHANCE_YOUR_CALM with `too_many_pings`,
     /// after which a client should double its keepalive time (gRFC A8).
-    pub fn is_too_many_pings(&self) -> bool {
+    pub(crate) fn is_too_many_pings(&self) -> bool {
         self.reason == h2::Reason::ENHANCE_YOUR_CALM
             && self.debug_data.as_ref() == b"too_many_pings"
     }
@@ -236,7 +236,7 @@ impl PeerGoAway {
 /// connection driver makes of the tap. Shared by the tap (inside h2's I/O) and the driver
 /// polling the same connection, so plain atomics are enough.
 #[derive(Debug, Default)]
-pub struct ConnectionEvents {
+pub(crate) struct ConnectionEvents {
     frames_read: AtomicU64,
     data_bytes_read: AtomicU64,
     headers_read: AtomicU64,
@@ -249,9 +249,6 @@ pub struct ConnectionEvents {
     goaway_armed: AtomicBool,
     failure: Mutex<Option<(io::ErrorKind, String)>>,
     failed: AtomicBool,
-    stream_window: AtomicU32,
-    connection_window: AtomicU32,
-    window_updates: AtomicU64,
     /// The peer's first SETTINGS frame was read off the socket.
     settings_read: AtomicBool,
     /// ... and h2 has applied it (set by the connection's driver after polling h2).
@@ -261,68 +258,45 @@ pub struct ConnectionEvents {
 
 impl ConnectionEvents {
     /// Frames of any type received.
-    pub fn frames_received(&self) -> u64 {
+    pub(crate) fn frames_received(&self) -> u64 {
         self.frames_read.load(Ordering::Acquire)
     }
 
     /// DATA payload bytes received (padding included, as flow control counts them).
-    pub fn data_received(&self) -> u64 {
+    pub(crate) fn data_received(&self) -> u64 {
         self.data_bytes_read.load(Ordering::Acquire)
     }
 
     /// HEADERS frames received.
-    pub fn headers_received(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn headers_received(&self) -> u64 {
         self.headers_read.load(Ordering::Acquire)
     }
 
     /// PING frames received from the peer, not counting ACKs of ours.
-    pub fn pings_received(&self) -> u64 {
+    pub(crate) fn pings_received(&self) -> u64 {
         self.pings_read.load(Ordering::Acquire)
     }
 
     /// What [`data_received`](Self::data_received) was when the last PING ACK arrived.
-    pub fn data_received_at_ping_ack(&self) -> u64 {
+    pub(crate) fn data_received_at_ping_ack(&self) -> u64 {
         self.data_at_ping_ack.load(Ordering::Acquire)
     }
 
     /// PING frames sent, not counting ACKs of the peer's.
-    pub fn pings_sent(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn pings_sent(&self) -> u64 {
         self.pings_written.load(Ordering::Acquire)
     }
 
     /// DATA and HEADERS frames sent.
-    pub fn data_or_headers_sent(&self) -> u64 {
+    pub(crate) fn data_or_headers_sent(&self) -> u64 {
         self.data_or_headers_written.load(Ordering::Acquire)
     }
 
     /// The last GOAWAY the peer sent, if any.
-    pub fn peer_goaway(&self) -> Option<PeerGoAway> {
+    pub(crate) fn peer_goaway(&self) -> Option<PeerGoAway> {
         lock(&self.peer_goaway).clone()
-    }
-
-    /// The current stream receive window (our SETTINGS_INITIAL_WINDOW_SIZE).
-    pub fn stream_window(&self) -> u32 {
-        self.stream_window.load(Ordering::Acquire)
-    }
-
-    /// The current connection receive window target.
-    pub fn connection_window(&self) -> u32 {
-        self.connection_window.load(Ordering::Acquire)
-    }
-
-    /// How many times a bandwidth-delay-product estimate raised the windows.
-    pub fn window_updates(&self) -> u64 {
-        self.window_updates.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set_windows(&self, stream: u32, connection: u32) {
-        self.stream_window.store(stream, Ordering::Release);
-        self.connection_window.store(connection, Ordering::Release);
-    }
-
-    pub(crate) fn record_window_update(&self, stream: u32, connection: u32) {
-        self.set_windows(stream, connection);
-        self.window_updates.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Makes the next GOAWAY h2 writes carry `debug` (h2 sends none with `abrupt_shutdown`).
@@ -443,7 +417,7 @@ struct Rewrite {
 /// complete and write it out again with the debug data added. Held bytes are owed to the
 /// socket: every write, flush and close sends them first.
 #[derive(Debug)]
-pub struct FrameTap<T> {
+pub(crate) struct FrameTap<T> {
     inner: T,
     events: Arc<ConnectionEvents>,
     read: FrameScanner,
@@ -456,7 +430,7 @@ pub struct FrameTap<T> {
 
 impl<T> FrameTap<T> {
     /// Wraps `inner` on the `role` side of a connection; the events are shared with the driver.
-    pub fn new(inner: T, role: Role) -> (FrameTap<T>, Arc<ConnectionEvents>) {
+    pub(crate) fn new(inner: T, role: Role) -> (FrameTap<T>, Arc<ConnectionEvents>) {
         let events = Arc::new(ConnectionEvents::default());
         let tap = FrameTap {
             inner,

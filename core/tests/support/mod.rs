@@ -2,18 +2,20 @@
 //! runs under, a running server with a matching channel builder, hard timeouts, and probes that
 //! let handlers report what they observed back to the test body.
 
+pub(crate) mod gated;
+
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_io::Timer;
 use futures_executor::ThreadPool;
 use futures_util::future::{Either, select};
+use gated::GatedIo;
 use plexus::rt::BoxFuture;
 use plexus::transport::memory::{self, MemoryConnector};
 use plexus::transport::{Address, BoxedIo, Connector, SocketConnector};
@@ -271,49 +273,8 @@ impl Connector for SlowStart {
         let latency = self.latency;
         Box::pin(async move {
             let io = connecting.await?;
-            Ok(Box::new(SlowStartIo {
-                io,
-                gate: Some(Timer::after(latency)),
-            }) as BoxedIo)
+            Ok(GatedIo::boxed(io, latency, None))
         })
-    }
-}
-
-/// A stream that reads nothing until its gate timer fired.
-struct SlowStartIo {
-    io: BoxedIo,
-    gate: Option<Timer>,
-}
-
-impl futures_io::AsyncRead for SlowStartIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(gate) = &mut self.gate {
-            ready!(Pin::new(gate).poll(cx));
-            self.gate = None;
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl futures_io::AsyncWrite for SlowStartIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_close(cx)
     }
 }
 
