@@ -46,7 +46,7 @@ static int checks_failed = 0;
 
 #define OK(expr) EXPECT(expr, PLEXUS_OK)
 
-static const char *test_target(void) {
+static inline const char *test_target(void) {
     const char *target = getenv("PLEXUS_TEST_TARGET");
     if (target == NULL || target[0] == '\0') {
         fprintf(stderr, "PLEXUS_TEST_TARGET is not set (scripts/test-c.sh sets it)\n");
@@ -62,7 +62,7 @@ typedef struct {
     size_t len;
 } pb_buf;
 
-static void pb_varint(pb_buf *b, uint64_t v) {
+static inline void pb_varint(pb_buf *b, uint64_t v) {
     while (v >= 0x80) {
         b->data[b->len++] = (uint8_t)(v | 0x80);
         v >>= 7;
@@ -70,13 +70,13 @@ static void pb_varint(pb_buf *b, uint64_t v) {
     b->data[b->len++] = (uint8_t)v;
 }
 
-static void pb_int(pb_buf *b, uint32_t field, int32_t v) {
+static inline void pb_int(pb_buf *b, uint32_t field, int32_t v) {
     if (v == 0) return;
     pb_varint(b, (uint64_t)field << 3);
     pb_varint(b, (uint64_t)(int64_t)v);
 }
 
-static void pb_bytes(pb_buf *b, uint32_t field, const void *p, size_t n) {
+static inline void pb_bytes(pb_buf *b, uint32_t field, const void *p, size_t n) {
     if (n == 0) return;
     CHECK(b->len + n + 16 < sizeof b->data);
     pb_varint(b, ((uint64_t)field << 3) | 2);
@@ -96,24 +96,32 @@ typedef struct {
     size_t payload_len;
 } echo_request;
 
-/* Encodes `r` into a new plexus_bytes (owned by the caller). */
-static plexus_bytes *encode_request(const echo_request *r) {
-    static pb_buf b;
-    b.len = 0;
-    if (r->message) pb_bytes(&b, 1, r->message, strlen(r->message));
-    pb_int(&b, 2, r->count);
-    pb_int(&b, 3, r->delay_ms);
-    pb_int(&b, 4, r->status_code);
-    if (r->status_message) pb_bytes(&b, 5, r->status_message, strlen(r->status_message));
-    pb_bytes(&b, 6, r->payload, r->payload_len);
+/* Encodes `r` into `b` (protobuf wire format). */
+static inline void encode_raw(const echo_request *r, pb_buf *b) {
+    b->len = 0;
+    if (r->message) pb_bytes(b, 1, r->message, strlen(r->message));
+    pb_int(b, 2, r->count);
+    pb_int(b, 3, r->delay_ms);
+    pb_int(b, 4, r->status_code);
+    if (r->status_message) pb_bytes(b, 5, r->status_message, strlen(r->status_message));
+    pb_bytes(b, 6, r->payload, r->payload_len);
+}
+
+/* Encodes `r` into a new plexus_bytes (owned by the caller). Thread-safe. */
+static inline plexus_bytes *encode_request(const echo_request *r) {
+    pb_buf *b = (pb_buf *)malloc(sizeof *b);
+    CHECK(b != NULL);
+    encode_raw(r, b);
     plexus_bytes *out = NULL;
-    OK(plexus_bytes_copy(b.data, b.len, &out));
+    OK(plexus_bytes_copy(b->data, b->len, &out));
+    free(b);
     return out;
 }
 
 /* A request carrying just `message`. */
-static plexus_bytes *request_text(const char *message) {
-    echo_request r = {0};
+static inline plexus_bytes *request_text(const char *message) {
+    echo_request r;
+    memset(&r, 0, sizeof r);
     r.message = message;
     return encode_request(&r);
 }
@@ -127,7 +135,7 @@ typedef struct {
     size_t payload_len;
 } echo_response;
 
-static uint64_t pb_read_varint(const uint8_t **p, const uint8_t *end) {
+static inline uint64_t pb_read_varint(const uint8_t **p, const uint8_t *end) {
     uint64_t v = 0;
     int shift = 0;
     while (*p < end) {
@@ -141,13 +149,11 @@ static uint64_t pb_read_varint(const uint8_t **p, const uint8_t *end) {
     return 0;
 }
 
-/* Decodes a response message in place (no copy: the bytes are read where they arrived). */
-static echo_response decode_response(const plexus_bytes *msg) {
-    const uint8_t *p = NULL;
-    size_t len = 0;
-    OK(plexus_bytes_data(msg, &p, &len));
+/* Decodes a response message from `len` bytes at `p`; pointers borrow from them. */
+static inline echo_response decode_raw(const uint8_t *p, size_t len) {
     const uint8_t *end = p + len;
-    echo_response r = {0};
+    echo_response r;
+    memset(&r, 0, sizeof r);
     while (p < end) {
         uint64_t key = pb_read_varint(&p, end);
         uint32_t field = (uint32_t)(key >> 3);
@@ -173,21 +179,29 @@ static echo_response decode_response(const plexus_bytes *msg) {
     return r;
 }
 
+/* Decodes a response message in place (no copy: the bytes are read where they arrived). */
+static inline echo_response decode_response(const plexus_bytes *msg) {
+    const uint8_t *p = NULL;
+    size_t len = 0;
+    OK(plexus_bytes_data(msg, &p, &len));
+    return decode_raw(p, len);
+}
+
 /* Whether the response's message field equals `text`. */
-static int response_is(const plexus_bytes *msg, const char *text) {
+static inline int response_is(const plexus_bytes *msg, const char *text) {
     echo_response r = decode_response(msg);
     return r.message_len == strlen(text) && memcmp(r.message, text, r.message_len) == 0;
 }
 
 /* The status's code. */
-static int32_t status_code(const plexus_status *status) {
+static inline int32_t status_code(const plexus_status *status) {
     int32_t code = -1;
     OK(plexus_status_code(status, &code));
     return code;
 }
 
 /* Prints the closing line the test runner reads. */
-static int finish_tests(const char *name, int passed) {
+static inline int finish_tests(const char *name, int passed) {
     printf("%s: %d passed, %d failed\n", name, passed, checks_failed);
     return checks_failed == 0 ? 0 : 1;
 }
