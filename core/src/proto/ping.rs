@@ -468,7 +468,9 @@ impl PingManager {
             IDLE_MIN_PING_INTERVAL
         };
         for _ in 0..new_pings {
-            if std::mem::take(&mut self.forgive) {
+            // DATA or HEADERS went out since the last look: every PING seen in this look may
+            // have come after it, so none of them is a strike.
+            if self.forgive {
                 self.strikes = 0;
             } else if self
                 .last_ping_at
@@ -481,6 +483,9 @@ impl PingManager {
                 }
             }
             self.last_ping_at = Some(now);
+        }
+        if new_pings > 0 {
+            self.forgive = false;
         }
         false
     }
