@@ -42,3 +42,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
 PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
+
+step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
+"$root/scripts/test-c.sh"

@@ -110,7 +110,8 @@ impl Metadata {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn plexus_metadata_new(out: *mut *mut plexus_metadata) -> plexus_result {
     boundary("plexus_metadata_new", || {
-        // SAFETY: the caller passes a writable out or NULL (checked).
+        check_out(out, "out")?;
+        // SAFETY: out was checked and is writable.
         unsafe { write_out(out, "out", plexus_metadata::into_raw(Metadata::default())) }?;
         Ok(PLEXUS_OK)
     })
