@@ -705,9 +705,6 @@ plexus_result plexus_cq_shutdown(const struct plexus_cq *cq);
 // `cq` is NULL or live, not used again.
 void plexus_cq_free(const struct plexus_cq *cq);
 
-// eventfd(2) from the C library.
-extern int eventfd(unsigned int initval, int flags);
-
 // Creates an empty metadata list, owned by the caller (free with `plexus_metadata_free`).
 //
 // Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL.

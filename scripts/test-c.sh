@@ -53,6 +53,14 @@ done
 [ "$missing" = 0 ] || exit 1
 echo "$(wc -w <<<"$functions") functions, all called"
 
+step "every symbol libplexus.so exports has the plexus_ prefix"
+exported=$(nm -D --defined-only "$lib/libplexus.so" | awk '{print $3}')
+if grep -v '^plexus_' <<<"$exported"; then
+    echo "libplexus.so exports symbols without the plexus_ prefix (above)" >&2
+    exit 1
+fi
+echo "$(wc -l <<<"$exported") symbols, all plexus_*"
+
 step "build the tests: dynamic, static, ASan+UBSan"
 cflags=(-std=c11 "${warn[@]}" -g -Iinclude -Itests/c)
 cxxflags=(-std=c++17 "${warn[@]}" -g -Iinclude -Ibindings/cpp -Itests/c)
