@@ -954,6 +954,17 @@ plexus_result plexus_channel_options_set_backoff(struct plexus_channel_options *
 plexus_result plexus_channel_options_set_idle_timeout_ms(struct plexus_channel_options *options,
                                                          uint64_t ms);
 
+// How often the channel resolves its target again while it is in use, in milliseconds
+// (default 30000, gRPC's minimum DNS refresh; above 0).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_resolve_interval_ms(struct plexus_channel_options *options,
+                                                             uint64_t ms);
+
 // The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 // copied).
 //

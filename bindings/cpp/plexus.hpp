@@ -290,6 +290,9 @@ class ChannelOptions : public detail::Handle<plexus_channel_options, plexus_chan
     ChannelOptions &idle_timeout_ms(std::uint64_t v) {
         return set(plexus_channel_options_set_idle_timeout_ms(get(), v));
     }
+    ChannelOptions &resolve_interval_ms(std::uint64_t v) {
+        return set(plexus_channel_options_set_resolve_interval_ms(get(), v));
+    }
     ChannelOptions &lb_policy(const std::string &v) {
         return set(plexus_channel_options_set_lb_policy(get(), v.c_str()));
     }

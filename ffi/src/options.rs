@@ -47,6 +47,7 @@ pub(crate) struct ChannelOptions {
     /// initial ms, multiplier bits, jitter bits, max ms.
     backoff: Option<(u64, u64, u64, u64)>,
     idle_timeout_ms: Option<u64>,
+    resolve_interval_ms: Option<u64>,
     lb_policy: Option<String>,
     user_agent: Option<String>,
     /// Whether the channel may share a connection pool (not part of what is compared).
@@ -70,6 +71,7 @@ impl Default for ChannelOptions {
             max_connections_per_endpoint: None,
             backoff: None,
             idle_timeout_ms: None,
+            resolve_interval_ms: None,
             lb_policy: None,
             user_agent: None,
             shared: true,
@@ -127,6 +129,9 @@ impl ChannelOptions {
         }
         if let Some(v) = self.idle_timeout_ms {
             b = b.idle_timeout(ms(v));
+        }
+        if let Some(v) = self.resolve_interval_ms {
+            b = b.resolve_interval(ms(v));
         }
         if let Some(policy) = self.lb_policy.as_deref().and_then(LbPolicy::from_name) {
             b = b.lb_policy(policy);
@@ -587,6 +592,30 @@ pub unsafe extern "C" fn plexus_channel_options_set_idle_timeout_ms(
     })
 }
 
+/// How often the channel resolves its target again while it is in use, in milliseconds
+/// (default 30000, gRPC's minimum DNS refresh; above 0).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_resolve_interval_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_resolve_interval_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.resolve_interval_ms = Some(positive(ms, "resolve interval")?);
+                Ok(())
+            })
+        }
+    })
+}
+
 /// The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 /// copied).
 ///
@@ -868,4 +897,41 @@ pub unsafe extern "C" fn plexus_call_options_set_max_send_message_size(
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every setting of core's `ChannelBuilder` has a `plexus_channel_options_set_*`, except
+    /// the three that take Rust objects: adding a builder setting without a C setter fails.
+    #[test]
+    fn every_channel_builder_setting_has_a_c_setter() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let core = std::fs::read_to_string(dir.join("../core/src/client/channel.rs")).unwrap();
+        let ours = std::fs::read_to_string(dir.join("src/options.rs")).unwrap();
+        let builder = &core[core.find("impl ChannelBuilder {").unwrap()..];
+        let builder = &builder[..builder.find("\n}\n").unwrap()];
+        let mut settings = Vec::new();
+        for line in builder.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("pub fn ") {
+                if rest.contains("(mut self") {
+                    settings.push(rest[..rest.find('(').unwrap()].to_string());
+                }
+            }
+        }
+        assert!(settings.len() >= 15, "found {settings:?}");
+        let missing: Vec<_> = settings
+            .iter()
+            .filter(|s| !["executor", "connector", "resolver", "build"].contains(&s.as_str()))
+            .filter(|s| {
+                let setter = format!("fn plexus_channel_options_set_{s}(");
+                let setter_ms = format!("fn plexus_channel_options_set_{s}_ms(");
+                !ours.contains(&setter) && !ours.contains(&setter_ms)
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no C setter for ChannelBuilder::{missing:?}"
+        );
+    }
 }

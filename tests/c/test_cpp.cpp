@@ -195,6 +195,7 @@ int main() {
             .max_connections_per_endpoint(2)
             .backoff(500, 1.5, 0.1, 10000)
             .idle_timeout_ms(60000)
+            .resolve_interval_ms(30000)
             .lb_policy("pick_first")
             .user_agent("cpp-test");
         auto own = plexus::Channel::create(test_target(), &o);
