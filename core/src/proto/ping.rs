@@ -655,6 +655,61 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A server's manager sees, in one look, DATA it sent and then several PINGs (a client's
+    /// BDP probes answering its responses): none is a strike. PINGs with no DATA between
+    /// them still are.
+    #[test]
+    fn pings_in_a_look_after_data_sent_are_all_forgiven() {
+        use crate::rt::io::{FrameTap, Role};
+        use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+        fn pings(n: u32) -> Vec<u8> {
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            ping.repeat(n as usize)
+        }
+        let (server_end, mut client) = crate::transport::memory::duplex();
+        let (mut tap, events) = FrameTap::new(server_end, Role::Server);
+        let mut config = PingConfig::client();
+        config.policy = Some(PingPolicy {
+            min_interval: Duration::from_secs(300),
+            permit_without_calls: false,
+        });
+        let mut manager = PingManager::new(config, events.clone(), None);
+        smol::block_on(async {
+            let mut buf = vec![0u8; 4096];
+            // Writes `bytes` from the client and reads until `n` more PINGs went through.
+            let mut deliver = async |bytes: Vec<u8>, n: u32, tap: &mut FrameTap<_>| {
+                let want = events.pings_received() + u64::from(n);
+                client.write_all(&bytes).await.unwrap();
+                while events.pings_received() < want {
+                    tap.read(&mut buf).await.unwrap();
+                }
+            };
+            // The client's preface and a first PING.
+            let mut first = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            first.extend(pings(1));
+            deliver(first, 1, &mut tap).await;
+            let now = Instant::now();
+            assert!(!manager.police(now, 1));
+            // The server sends DATA; four PINGs arrive before the next look.
+            tap.write_all(&[0, 0, 1, 0, 0, 0, 0, 0, 1, b'x'])
+                .await
+                .unwrap();
+            deliver(pings(4), 4, &mut tap).await;
+            assert!(
+                !manager.police(now + MS, 1),
+                "PINGs after DATA are not strikes"
+            );
+            assert_eq!(manager.strikes, 0);
+            // No DATA since: PINGs within the interval are strikes, up to the limit.
+            deliver(pings(MAX_PING_STRIKES + 1), MAX_PING_STRIKES + 1, &mut tap).await;
+            assert!(
+                manager.police(now + 2 * MS, 1),
+                "PINGs without DATA between are"
+            );
+        });
+    }
+
     #[test]
     fn window_options_resolve() {
         let adaptive = WindowConfig::resolve(None, None, None);
