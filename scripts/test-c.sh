@@ -93,12 +93,29 @@ port=$(awk '/LISTENING/ {print $2}' "$out/peer.log")
 export PLEXUS_TEST_TARGET="127.0.0.1:$port"
 export PLEXUS_TEST_LIB="$lib/libplexus.so"
 echo "serving on $PLEXUS_TEST_TARGET"
+# A second server over mutual TLS, with certificates the peer makes.
+export PLEXUS_TEST_CERTS="$out/certs"
+"$root/target/release/plexus-peer" certs --out "$PLEXUS_TEST_CERTS"
+"$root/target/release/plexus-peer" server --listen 127.0.0.1:0 \
+    --tls-cert "$PLEXUS_TEST_CERTS/server.pem" --tls-key "$PLEXUS_TEST_CERTS/server.key" \
+    --client-ca "$PLEXUS_TEST_CERTS/ca.pem" >"$out/peer-tls.log" 2>&1 &
+peer_tls=$!
+trap 'kill "$peer" "$peer_tls" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+    grep -q LISTENING "$out/peer-tls.log" && break
+    sleep 0.1
+done
+tls_port=$(awk '/LISTENING/ {print $2}' "$out/peer-tls.log")
+[ -n "$tls_port" ] || { cat "$out/peer-tls.log" >&2; exit 1; }
+export PLEXUS_TEST_TLS_TARGET="127.0.0.1:$tls_port"
+echo "serving mutual TLS on $PLEXUS_TEST_TLS_TARGET"
 
 run() {
-    local name=$1
+    local name=$1 t0=$SECONDS
     shift
     printf -- '-- %s\n' "$name"
     timeout 300 "$@"
+    printf -- '   (%d s)\n' "$((SECONDS - t0))"
 }
 
 step "C and C++ tests"
@@ -113,7 +130,8 @@ for t in "${c_tests[@]}" test_cpp; do run "$t (asan+ubsan)" "$out/$t-asan"; done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 step "valgrind: no invalid accesses, nothing definitely or indirectly lost"
-vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+vg=(valgrind -q --error-exitcode=99 --suppressions=tests/c/valgrind.supp
+    --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect)
 run "test_api (valgrind)" "${vg[@]}" "$out/test_api"
 PLEXUS_TEST_CALLS=25 run "test_threads, 8 x 25 calls (valgrind)" "${vg[@]}" "$out/test_threads"
