@@ -3,7 +3,7 @@
 # Rust client (ffi/examples/bench_client.rs), both against one plexus echo server
 # (tests/peer), in one run: unary calls/s with 64 calls in flight, and p50 latency with one
 # call in flight. Release builds throughout. Each case runs ROUNDS times (default 3),
-# alternating C and Rust; the best round of each counts.
+# alternating C and Rust; the best round of each counts, and the per-round ratios are printed.
 # Usage: ./benches/c/run.sh     (BENCH_SECONDS per case, default 3; ROUNDS, default 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -53,4 +53,10 @@ echo "unary, 64 in flight:  C through the ABI ${ctp} calls/s, Rust ${rtp} calls/
     "C/Rust = $(awk -v a="$ctp" -v b="$rtp" 'BEGIN { printf "%.2f", a / b }')"
 echo "unary, 1 in flight:   C p50 ${cp50} us, Rust p50 ${rp50} us," \
     "C speed relative to Rust (Rust p50 / C p50) = $(awk -v a="$cp50" -v b="$rp50" 'BEGIN { printf "%.2f", b / a }')"
+# Per-round ratios too: on a shared machine the spread between rounds says how far to trust
+# the best-of figures above.
+tp_ratios=$(for i in "${!c_tp[@]}"; do awk -v a="${c_tp[$i]}" -v b="${rust_tp[$i]}" 'BEGIN { printf "%.2f ", a / b }'; done)
+lat_ratios=$(for i in "${!c_p50[@]}"; do awk -v a="${c_p50[$i]}" -v b="${rust_p50[$i]}" 'BEGIN { printf "%.2f ", b / a }'; done)
+echo "per round, 64 in flight C/Rust: $tp_ratios"
+echo "per round, 1 in flight Rust p50 / C p50: $lat_ratios"
 echo "(target: at least 0.90 on both)"
