@@ -81,11 +81,13 @@ cc "${cflags[@]}" tests/c/test_api.c -o "$out/test_api-static" "${static[@]}" &
 wait
 
 step "start the echo server (plexus-peer)"
+# No stale log from an earlier run may answer the wait for LISTENING below.
+rm -f "$out/peer.log" "$out/peer-tls.log"
 "$root/target/release/plexus-peer" server --listen 127.0.0.1:0 >"$out/peer.log" 2>&1 &
 peer=$!
 trap 'kill "$peer" 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
-    grep -q LISTENING "$out/peer.log" && break
+    grep -qs LISTENING "$out/peer.log" && break
     sleep 0.1
 done
 port=$(awk '/LISTENING/ {print $2}' "$out/peer.log")
@@ -102,7 +104,7 @@ export PLEXUS_TEST_CERTS="$out/certs"
 peer_tls=$!
 trap 'kill "$peer" "$peer_tls" 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
-    grep -q LISTENING "$out/peer-tls.log" && break
+    grep -qs LISTENING "$out/peer-tls.log" && break
     sleep 0.1
 done
 tls_port=$(awk '/LISTENING/ {print $2}' "$out/peer-tls.log")

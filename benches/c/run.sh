@@ -18,11 +18,12 @@ cargo build --release --quiet -p plexus-ffi --example bench_client
 cc -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror -Iinclude benches/c/bench_unary.c \
     -o "$out/bench_unary" -L"$root/target/release" -lplexus -Wl,-rpath,"$root/target/release"
 
+rm -f "$out/peer.log"
 "$root/target/release/plexus-peer" server --listen 127.0.0.1:0 >"$out/peer.log" 2>&1 &
 peer=$!
 trap 'kill "$peer" 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
-    grep -q LISTENING "$out/peer.log" && break
+    grep -qs LISTENING "$out/peer.log" && break
     sleep 0.1
 done
 target="127.0.0.1:$(awk '/LISTENING/ {print $2}' "$out/peer.log")"
