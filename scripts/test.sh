@@ -51,3 +51,6 @@ step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/te
 
 step "nginx (grpc_pass) in front of two plexus servers"
 scripts/test-nginx.sh
+
+step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
+"$root/scripts/test-c.sh"
