@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf "\n==> %s  [%ss]\n" "$*" "$SECONDS"; }
 
 step "toolchain"
 cargo --version
