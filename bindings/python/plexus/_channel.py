@@ -23,6 +23,7 @@ from ._common import (
     Status,
     StatusCode,
     call_options,
+    free_options,
     closed_channel_error,
     read_status,
     serialize,
@@ -167,26 +168,9 @@ class Channel:
     """
 
     def __init__(self, target: str, options=None, compression=None, **plexus_options) -> None:
-        if isinstance(target, bytes):
-            target = target.decode("utf-8")
-        if not isinstance(target, str):
-            raise TypeError(f"target must be a str like 'host:port', not {type(target).__name__}")
-        if not target or "\0" in target:
-            raise ValueError(f"invalid target {target!r}")
-        _check_compression(compression)
-        settings = _options.collect(options, plexus_options)
-        lib = _ffi.current()
-        opts = _options.build(lib, settings)
-        out = c_void_p()
-        try:
-            rc = lib.channel_new(target.encode("utf-8"), opts, byref(out))
-        finally:
-            lib.channel_options_free(opts)
-        if rc:
-            raise lib.error(rc, f"cannot create a channel to {target!r}")
-        self._lib = lib
-        self._handle = out.value
-        self._target = target
+        self._lib, self._handle, self._target = open_channel(
+            target, options, compression, plexus_options
+        )
         self._lock = threading.Lock()
         self._users = 0
         self._closed = False
@@ -328,6 +312,28 @@ class Channel:
             self._subscriptions = [c for c in self._subscriptions if c is not callback]
 
 
+def open_channel(target, options, compression, plexus_options):
+    """Validates the arguments and creates a plexus_channel: (lib, handle, target)."""
+    if isinstance(target, bytes):
+        target = target.decode("utf-8")
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a str like 'host:port', not {type(target).__name__}")
+    if not target or "\0" in target:
+        raise ValueError(f"invalid target {target!r}")
+    _check_compression(compression)
+    settings = _options.collect(options, plexus_options)
+    lib = _ffi.current()
+    opts = _options.build(lib, settings)
+    out = c_void_p()
+    try:
+        rc = lib.channel_new(target.encode("utf-8"), opts, byref(out))
+    finally:
+        lib.channel_options_free(opts)
+    if rc:
+        raise lib.error(rc, f"cannot create a channel to {target!r}")
+    return lib, out.value, target
+
+
 def _check_compression(compression) -> None:
     """grpcio's compression arguments are accepted; plexus sends messages uncompressed
     (always allowed by the gRPC protocol: compression is the sender's choice)."""
@@ -406,8 +412,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
                 channel._release()
         finally:
             lib.bytes_free(req)
-            if opts:
-                lib.call_options_free(opts)
+            free_options(lib, opts)
         if rc == OK:
             return take_bytes(lib, resp.value), st.value
         if rc == ERR_RPC:
@@ -691,24 +696,29 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
 
 
 class _UnaryFuture(_CallFuture):
-    """A unary-unary future: START, RECV and FINISH events on the process's dispatcher."""
+    """A unary-unary future: one event (plexus_unary_call_async) on the process's dispatcher
+    brings the response and the status."""
 
     def _start(self, method, data, timeout, metadata, credentials, wait_for_ready) -> None:
         lib = self._lib
         channel = self._channel
         channel._track(self)
-        self._payload = None
-        self._dispatcher = dispatcher = _dispatcher(lib)
+        dispatcher = _dispatcher(lib)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
         req = c_void_p()
+        out = c_void_p()
         try:
             lib.check(lib.bytes_copy(data, len(data), byref(req)))
-            tag = dispatcher.register(self._on_start)
+            tag = dispatcher.register(self._on_event)
             handle = channel._acquire()
             try:
-                rc = lib.call_start_server_streaming_async(
-                    handle, method, req, opts, dispatcher.cq, tag
-                )
+                # Under the handle lock: the event may arrive before the handle is stored.
+                with self._handle_lock:
+                    rc = lib.unary_call_async(
+                        handle, method, req, opts, dispatcher.cq, tag, byref(out)
+                    )
+                    if rc == OK:
+                        self._handle = out.value
             finally:
                 channel._release()
             if rc:
@@ -716,46 +726,22 @@ class _UnaryFuture(_CallFuture):
                 raise lib.error(rc, "could not start the call")
         finally:
             lib.bytes_free(req)
-            if opts:
-                lib.call_options_free(opts)
+            free_options(lib, opts)
 
-    def _on_start(self, op, result, call, message, status) -> None:
+    def _on_event(self, op, result, call, message, status) -> None:
         lib = self._lib
-        if result != OK:
-            self._end_with(result, status)
-            return
-        with self._handle_lock:
-            self._handle = call
-            if self._cancelled:
-                lib.call_cancel(call)
-        self._next_op(lib.call_recv_async, self._on_recv)
-
-    def _next_op(self, start, handler) -> None:
-        tag = self._dispatcher.register(handler)
-        rc = start(self._handle, self._dispatcher.cq, tag)
-        if rc:
-            self._dispatcher.handlers.pop(tag, None)
-            self._error = self._lib.error(rc)
-            self._finish(Status.local(StatusCode.INTERNAL, str(self._error)), None)
-
-    def _on_recv(self, op, result, call, message, status) -> None:
-        if result == OK:
-            self._payload = take_bytes(self._lib, message)
-        self._next_op(self._lib.call_finish_async, self._on_finish)
-
-    def _on_finish(self, op, result, call, message, status) -> None:
-        self._end_with(result, status)
-
-    def _end_with(self, result, status_handle) -> None:
-        if status_handle:
-            status = read_status(self._lib, status_handle)
+        payload = take_bytes(lib, message) if message else None
+        if status:
+            final = read_status(lib, status)
         else:
-            text = self._lib.result_name(result)
-            status = Status.local(
+            text = lib.result_name(result)
+            final = Status.local(
                 StatusCode.UNAVAILABLE if result == _ffi.ERR_SHUTDOWN else StatusCode.INTERNAL,
                 f"plexus: {text.decode() if text else result}",
             )
-        self._finish(status, self._payload)
+        with self._handle_lock:
+            pass  # the starting thread has stored the handle
+        self._finish(final, payload)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -1015,8 +1001,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
             call._open(self._channel, self._method, req, opts)
         finally:
             lib.bytes_free(req)
-            if opts:
-                lib.call_options_free(opts)
+            free_options(lib, opts)
         return call
 
 
@@ -1037,8 +1022,7 @@ class StreamStreamMultiCallable(_MultiCallable):
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
-            if opts:
-                lib.call_options_free(opts)
+            free_options(lib, opts)
         if call._handle:
             _start_consumer(call, lib, requests, self._serializer)
         return call
@@ -1089,8 +1073,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
-            if opts:
-                lib.call_options_free(opts)
+            free_options(lib, opts)
         return call
 
     def _blocking(self, request_iterator, timeout, metadata, credentials, wait_for_ready):

@@ -154,6 +154,33 @@ def read_status(lib: _ffi.Lib, handle: int) -> Status:
     return Status(status_code(code.value), text, binary, initial, trailing)
 
 
+class LazyStatus:
+    """A plexus_status kept unread until someone asks (most successful calls never do);
+    freed when read or when this object dies."""
+
+    __slots__ = ("_lib", "_handle", "_status")
+
+    def __init__(self, lib: _ffi.Lib, handle: int) -> None:
+        self._lib = lib
+        self._handle = handle
+        self._status = None
+
+    def get(self) -> Status:
+        if self._status is None:
+            handle, self._handle = self._handle, None
+            self._status = read_status(self._lib, handle)
+        return self._status
+
+    def __del__(self) -> None:
+        handle = self._handle
+        if handle:
+            self._handle = None
+            try:
+                self._lib.status_free(handle)
+            except Exception:
+                pass
+
+
 def read_metadata(lib: _ffi.Lib, handle: int | None) -> tuple:
     """A metadata list as a tuple of Metadatum (does not free it)."""
     if not handle:
@@ -232,9 +259,6 @@ def _metadata_handle(lib: _ffi.Lib, metadata) -> int:
     return handle
 
 
-_NO_DEADLINE = object()
-
-
 def timeout_ms(timeout) -> int:
     """A grpcio timeout in seconds as whole milliseconds (rounded up; never negative)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -248,16 +272,49 @@ def timeout_ms(timeout) -> int:
     return min(math.ceil(timeout * 1000), 1 << 62)
 
 
+_OPTIONS_CACHE_LIMIT = 256
+"""Distinct timeouts whose call options are kept for reuse (a program uses a handful)."""
+
+
 def call_options(lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready) -> int | None:
     """A plexus_call_options handle for these grpcio call arguments, or None when all are
-    defaults (the fast path). The caller frees it with `lib.call_options_free`."""
+    defaults. Release it with `free_options`.
+
+    Options holding only a timeout are kept and shared: libplexus starts each call's
+    deadline when the call starts and copies what it needs, so one handle serves every call
+    with that timeout, from any thread, and the hot path makes no option calls at all."""
     if credentials is not None:
         raise ValueError(
             "call credentials need a secure channel; plexus channels are insecure "
             "(plexus.insecure_channel)"
         )
-    if timeout is None and not metadata and not wait_for_ready:
+    if metadata or wait_for_ready:
+        return _new_options(lib, timeout, metadata, wait_for_ready)
+    if timeout is None:
         return None
+    kind = type(timeout)
+    cache = lib.timeout_options
+    if kind is float or kind is int:
+        handle = cache.get(timeout)
+        if handle is not None:
+            return handle
+    handle = _new_options(lib, timeout, None, False)
+    if (kind is float or kind is int) and len(cache) < _OPTIONS_CACHE_LIMIT:
+        kept = cache.setdefault(timeout, handle)
+        if kept != handle:
+            lib.call_options_free(handle)
+        lib.shared_options.add(kept)
+        return kept
+    return handle
+
+
+def free_options(lib: _ffi.Lib, handle: int | None) -> None:
+    """Releases what `call_options` returned (shared handles stay)."""
+    if handle and handle not in lib.shared_options:
+        lib.call_options_free(handle)
+
+
+def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready) -> int:
     out = c_void_p()
     lib.check(lib.call_options_new(byref(out)))
     handle = out.value

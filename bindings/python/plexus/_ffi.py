@@ -178,6 +178,7 @@ _SIGNATURES = {
     "plexus_status_free": (None, [_P]),
     "plexus_unary": (_R, [_P, c_char_p, _P, _P, c_int64, _OUT, _OUT]),
     "plexus_unary_async": (_R, [_P, c_char_p, _P, _P, _P, _P]),
+    "plexus_unary_call_async": (_R, [_P, c_char_p, _P, _P, _P, _P, _OUT]),
 }
 
 
@@ -218,8 +219,17 @@ class Lib:
         self.path = path
         self.generation = generation
         self.dll = dll
+        # Call options holding only a timeout, shared by every call (see _common).
+        self.timeout_options: dict = {}
+        self.shared_options: set = set()
         for name, (restype, argtypes) in _SIGNATURES.items():
-            fn = getattr(dll, name)
+            try:
+                fn = getattr(dll, name)
+            except AttributeError:
+                raise ImportError(
+                    f"plexus: the libplexus at {path!r} has no {name}: it is older than this "
+                    "package; rebuild it (cargo build --release -p plexus-ffi)"
+                ) from None
             fn.restype = restype
             fn.argtypes = argtypes
             short = name[len("plexus_") :]
