@@ -27,6 +27,9 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "plexus without its default features (no TLS) still builds, lint-clean"
+cargo clippy -p plexus --no-default-features --all-targets --quiet -- -D warnings
+
 step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
 cargo test --workspace --quiet 2>&1 | tee /tmp/plexus-cargo-test.log
 if grep -q "test result: FAILED" /tmp/plexus-cargo-test.log; then exit 1; fi
@@ -42,6 +45,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
 PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
+
+step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/test-interop.sh)"
+"$root/scripts/test-interop.sh"
+
+step "nginx (grpc_pass) in front of two plexus servers"
+scripts/test-nginx.sh
 
 step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
 "$root/scripts/test-c.sh"

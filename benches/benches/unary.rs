@@ -95,14 +95,27 @@ fn start_tonic_server(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // `tcp_nodelay` on the builder covers only listeners tonic binds itself: set it on
+        // each accepted socket, as plexus's server does.
+        let incoming = async_stream_nodelay(listener);
         let _ = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(TonicEcho)
             .serve_with_incoming(incoming)
             .await;
     });
     addr
+}
+
+/// Accepted sockets with TCP_NODELAY set.
+fn async_stream_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 // ---- clients ----

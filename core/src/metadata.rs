@@ -133,8 +133,7 @@ impl Metadata {
         self.headers
             .get_all(key)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|part| BASE64.decode(part.trim_ascii()).ok().map(Bytes::from))
+            .flat_map(decode_bin)
             .collect()
     }
 
@@ -174,18 +173,21 @@ impl Metadata {
         self.headers.contains_key(key)
     }
 
-    /// Every entry in order, binary values decoded (values that fail to decode are skipped).
+    /// Every entry in order, binary values decoded as in [`get_all_bin`](Self::get_all_bin)
+    /// (values that fail to decode are skipped).
     pub fn iter(&self) -> impl Iterator<Item = (&str, MetadataValue<'_>)> + '_ {
-        self.headers.iter().filter_map(|(name, value)| {
+        self.headers.iter().flat_map(|(name, value)| {
             let key = name.as_str();
-            if key.ends_with("-bin") {
-                BASE64
-                    .decode(value.as_bytes().trim_ascii())
-                    .ok()
-                    .map(|v| (key, MetadataValue::Binary(Bytes::from(v))))
-            } else {
-                value.to_str().ok().map(|v| (key, MetadataValue::Ascii(v)))
-            }
+            let binary = key.ends_with("-bin");
+            let ascii = (!binary)
+                .then(|| value.to_str().ok())
+                .flatten()
+                .map(MetadataValue::Ascii);
+            let decoded = binary.then(|| decode_bin(value)).into_iter().flatten();
+            ascii
+                .into_iter()
+                .chain(decoded.map(MetadataValue::Binary))
+                .map(move |v| (key, v))
         })
     }
 
@@ -209,6 +211,15 @@ impl Metadata {
             headers.append(name.clone(), value.clone());
         }
     }
+}
+
+/// The values of one `-bin` header: comma-separated base64, padded or not; parts that are not
+/// base64 are skipped.
+fn decode_bin(value: &HeaderValue) -> impl Iterator<Item = Bytes> + '_ {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .filter_map(|part| BASE64.decode(part.trim_ascii()).ok().map(Bytes::from))
 }
 
 fn validate_key(key: &str, binary: bool) -> Result<HeaderName, Status> {
@@ -293,6 +304,15 @@ mod tests {
         assert_eq!(
             md.get_all_bin("c-bin"),
             vec![Bytes::from_static(&[1]), Bytes::from_static(&[2])]
+        );
+        // iter() splits a comma-joined header the same way.
+        let binary: Vec<_> = md.iter().filter(|(k, _)| *k == "c-bin").collect();
+        assert_eq!(
+            binary,
+            vec![
+                ("c-bin", MetadataValue::Binary(Bytes::from_static(&[1]))),
+                ("c-bin", MetadataValue::Binary(Bytes::from_static(&[2])))
+            ]
         );
     }
 

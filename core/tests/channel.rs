@@ -1276,3 +1276,67 @@ fn refused_streams_are_not_counted_as_failed_calls() {
         );
     });
 }
+
+/// Many tiny messages buffered unread on either side must not look like a small-frame flood:
+/// h2 closes a connection whose buffered small DATA frames exceed its budget.
+#[test]
+fn slow_readers_of_many_tiny_messages_keep_their_connection() {
+    const COUNT: usize = 5_000;
+    run(async {
+        let server = Server::builder()
+            .server_streaming("/channel.Test/Tiny", BytesCodec, |_req, sink| async move {
+                for _ in 0..COUNT {
+                    sink.send(Bytes::from_static(b"t")).await?;
+                }
+                Ok(())
+            })
+            .client_streaming(
+                "/channel.Test/Count",
+                BytesCodec,
+                |req: plexus::Request<plexus::RequestStream<Bytes>>| async move {
+                    // Let the client's messages pile up before reading any.
+                    Timer::after(Duration::from_millis(500)).await;
+                    let mut stream = req.into_message();
+                    let mut n = 0usize;
+                    while stream.message().await?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Response::new(Bytes::from(n.to_string())))
+                },
+            )
+            .build()
+            .unwrap();
+        let listener = Listener::bind_tcp("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(&server, listener);
+        for adaptive in [true, false] {
+            let channel = channel_to(&format!("http://{addr}"))
+                .adaptive_window(adaptive)
+                .build()
+                .unwrap();
+            let mut stream = channel
+                .server_streaming("/channel.Test/Tiny", Bytes::new(), CallOptions::new())
+                .await
+                .expect("call starts");
+            // Let the server's messages pile up before reading any.
+            Timer::after(Duration::from_millis(500)).await;
+            let mut n = 0;
+            while let Some(message) = stream.message().await.expect("no connection error") {
+                assert_eq!(message.as_ref(), b"t");
+                n += 1;
+            }
+            assert_eq!(n, COUNT, "adaptive windows: {adaptive}");
+
+            let (sender, response) = channel
+                .client_streaming("/channel.Test/Count", CallOptions::new())
+                .await
+                .expect("call starts");
+            for _ in 0..COUNT {
+                sender.send(Bytes::from_static(b"t")).await.expect("send");
+            }
+            drop(sender);
+            let reply = response.await.expect("no connection error");
+            assert_eq!(reply.message().as_ref(), COUNT.to_string().as_bytes());
+        }
+    });
+}

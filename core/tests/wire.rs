@@ -311,6 +311,33 @@ fn rst_stream_reasons_map_to_codes() {
 }
 
 #[test]
+fn a_peer_cancel_after_the_deadline_is_deadline_exceeded() {
+    // gRPC servers reset a call whose deadline passed with RST_STREAM(CANCEL); when that reset
+    // is what the client sees first, the call still failed by its deadline.
+    let channel = scripted(|_request, mut respond| async move {
+        async_io::Timer::after(Duration::from_millis(150)).await;
+        respond.send_reset(h2::Reason::CANCEL);
+    });
+    let status = run(async {
+        let options = CallOptions::new().timeout(Duration::from_millis(50));
+        let (_tx, mut rx) = channel.bidi_streaming("/t.S/M", options).await?;
+        // Not polling until both the deadline and the reset are in.
+        async_io::Timer::after(Duration::from_millis(600)).await;
+        rx.message().await
+    })
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+
+    // Without a deadline, the same reset is CANCELLED.
+    let status = run(async {
+        let (_tx, mut rx) = channel.bidi_streaming("/t.S/M", CallOptions::new()).await?;
+        rx.message().await
+    })
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status}");
+}
+
+#[test]
 fn unpadded_and_padded_binary_metadata_from_a_peer_are_accepted() {
     let channel = scripted(|_request, mut respond| async move {
         let mut response = grpc_headers();
@@ -549,7 +576,7 @@ fn server_rejects_unknown_encoding_with_unimplemented() {
         vec![frame(b"x")],
     );
     assert_eq!(grpc_status_of(&headers, &trailers), "12");
-    assert_eq!(headers["grpc-accept-encoding"], "identity");
+    assert_eq!(headers["grpc-accept-encoding"], "identity, deflate, gzip");
 }
 
 #[test]

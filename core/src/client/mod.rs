@@ -9,7 +9,7 @@ mod resolve;
 mod state;
 mod stats;
 mod subchannel;
-mod target;
+pub(crate) mod target;
 
 pub use backoff::{
     BackoffConfig, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_INITIAL_BACKOFF,
@@ -26,3 +26,5 @@ pub use options::{
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
 pub use state::ConnectivityState;
 pub use stats::{ChannelStats, EndpointStats};
+#[cfg(test)]
+pub(crate) use target::{Target, TargetKind};

@@ -37,6 +37,7 @@ use async_io::Timer;
 use bytes::Bytes;
 
 use crate::client::{DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
+use crate::rt::io::PingPolice;
 use crate::rt::{Compat, ConnectionEvents, FrameTap, Role};
 use crate::status::Status;
 use crate::transport::Io;
@@ -299,12 +300,6 @@ pub(crate) struct PingManager {
     seen_data: u64,
     connection_window: u32,
     pending_stream_window: Option<u32>,
-    // Enforcement.
-    seen_pings: u64,
-    seen_sent: u64,
-    forgive: bool,
-    strikes: u32,
-    last_ping_at: Option<Instant>,
 }
 
 impl PingManager {
@@ -317,6 +312,18 @@ impl PingManager {
     ) -> PingManager {
         let windows = config.windows;
         let bdp = windows.adaptive.then(|| BdpEstimator::new(windows.stream));
+        if let Some(policy) = config.policy {
+            let idle_interval = if policy.permit_without_calls {
+                policy.min_interval
+            } else {
+                IDLE_MIN_PING_INTERVAL
+            };
+            events.install_police(PingPolice::new(
+                policy.min_interval,
+                idle_interval,
+                MAX_PING_STRIKES,
+            ));
+        }
         PingManager {
             events,
             pings,
@@ -331,11 +338,6 @@ impl PingManager {
             seen_data: 0,
             connection_window: windows.connection,
             pending_stream_window: None,
-            seen_pings: 0,
-            seen_sent: 0,
-            forgive: false,
-            strikes: 0,
-            last_ping_at: None,
             config,
         }
     }
@@ -362,7 +364,7 @@ impl PingManager {
 
         self.poll_pong(cx, now, conn, &mut queued);
 
-        if self.police(now, active_calls) {
+        if self.police(active_calls) {
             return Poll::Ready(Verdict::TooManyPings);
         }
 
@@ -449,45 +451,13 @@ impl PingManager {
         }
     }
 
-    /// Counts strikes for the PINGs received since the last look; true once past the limit.
-    fn police(&mut self, now: Instant, active_calls: usize) -> bool {
-        let Some(policy) = self.config.policy else {
+    /// Whether the peer went past the PING strike limit (judged by the tap as PINGs arrive).
+    fn police(&mut self, active_calls: usize) -> bool {
+        if self.config.policy.is_none() {
             return false;
-        };
-        let sent = self.events.data_or_headers_sent();
-        if sent != self.seen_sent {
-            self.seen_sent = sent;
-            self.forgive = true;
         }
-        let pings = self.events.pings_received();
-        let new_pings = pings - self.seen_pings;
-        self.seen_pings = pings;
-        let min_interval = if active_calls > 0 || policy.permit_without_calls {
-            policy.min_interval
-        } else {
-            IDLE_MIN_PING_INTERVAL
-        };
-        for _ in 0..new_pings {
-            // DATA or HEADERS went out since the last look: every PING seen in this look may
-            // have come after it, so none of them is a strike.
-            if self.forgive {
-                self.strikes = 0;
-            } else if self
-                .last_ping_at
-                .and_then(|last| last.checked_add(min_interval))
-                .is_some_and(|allowed| now < allowed)
-            {
-                self.strikes += 1;
-                if self.strikes > MAX_PING_STRIKES {
-                    return true;
-                }
-            }
-            self.last_ping_at = Some(now);
-        }
-        if new_pings > 0 {
-            self.forgive = false;
-        }
-        false
+        self.events.set_calls_active(active_calls > 0);
+        self.events.too_many_pings()
     }
 
     /// Runs the keepalive clock: sends a PING when due, fails the connection when one went

@@ -254,6 +254,65 @@ pub(crate) struct ConnectionEvents {
     /// ... and h2 has applied it (set by the connection's driver after polling h2).
     settings_applied: AtomicBool,
     settings_event: event_listener::Event,
+    /// Ping policing (servers): strikes are judged as each PING is read, in wire order with
+    /// the frames we write, so batching between the driver's polls cannot skew them.
+    police: Mutex<Option<PingPolice>>,
+    calls_active: AtomicBool,
+    too_many_pings: AtomicBool,
+}
+
+/// Strike counting for a peer's PINGs (gRPC's keepalive enforcement): a PING sooner than
+/// `min_interval` after the previous one (`idle_interval` while no call is active) is a
+/// strike, unless we sent DATA or HEADERS since that PING, which clears the strikes (a client
+/// answers our data with BDP pings).
+#[derive(Debug)]
+pub(crate) struct PingPolice {
+    pub(crate) min_interval: std::time::Duration,
+    pub(crate) idle_interval: std::time::Duration,
+    pub(crate) max_strikes: u32,
+    strikes: u32,
+    last_ping_at: Option<std::time::Instant>,
+    sent_at_last_ping: u64,
+}
+
+impl PingPolice {
+    /// A policy with no strikes yet.
+    pub(crate) fn new(
+        min_interval: std::time::Duration,
+        idle_interval: std::time::Duration,
+        max_strikes: u32,
+    ) -> PingPolice {
+        PingPolice {
+            min_interval,
+            idle_interval,
+            max_strikes,
+            strikes: 0,
+            last_ping_at: None,
+            sent_at_last_ping: 0,
+        }
+    }
+
+    /// Judges a PING read at `now`, when `sent` DATA/HEADERS frames had been written; true
+    /// once past the strike limit.
+    fn on_ping(&mut self, now: std::time::Instant, sent: u64, calls_active: bool) -> bool {
+        let interval = if calls_active {
+            self.min_interval
+        } else {
+            self.idle_interval
+        };
+        if sent != self.sent_at_last_ping {
+            self.strikes = 0;
+        } else if self
+            .last_ping_at
+            .and_then(|last| last.checked_add(interval))
+            .is_some_and(|allowed| now < allowed)
+        {
+            self.strikes += 1;
+        }
+        self.last_ping_at = Some(now);
+        self.sent_at_last_ping = sent;
+        self.strikes > self.max_strikes
+    }
 }
 
 impl ConnectionEvents {
@@ -274,6 +333,7 @@ impl ConnectionEvents {
     }
 
     /// PING frames received from the peer, not counting ACKs of ours.
+    #[cfg(test)]
     pub(crate) fn pings_received(&self) -> u64 {
         self.pings_read.load(Ordering::Acquire)
     }
@@ -290,6 +350,7 @@ impl ConnectionEvents {
     }
 
     /// DATA and HEADERS frames sent.
+    #[cfg(test)]
     pub(crate) fn data_or_headers_sent(&self) -> u64 {
         self.data_or_headers_written.load(Ordering::Acquire)
     }
@@ -331,6 +392,21 @@ impl ConnectionEvents {
             .map(|(kind, message)| io::Error::new(*kind, message.clone()))
     }
 
+    /// Starts policing the peer's PINGs with `police`.
+    pub(crate) fn install_police(&self, police: PingPolice) {
+        *lock(&self.police) = Some(police);
+    }
+
+    /// Tells the police whether calls are open (which interval applies).
+    pub(crate) fn set_calls_active(&self, active: bool) {
+        self.calls_active.store(active, Ordering::Release);
+    }
+
+    /// Whether the peer went past the PING strike limit.
+    pub(crate) fn too_many_pings(&self) -> bool {
+        self.too_many_pings.load(Ordering::Acquire)
+    }
+
     /// Called by the connection's driver after each poll of h2: a SETTINGS frame read before
     /// that poll has been applied by it. With `ended`, wakes waiters anyway.
     pub(crate) fn note_polled(&self, ended: bool) {
@@ -367,6 +443,13 @@ impl ConnectionEvents {
             }
             kind::PING if head.flags & FLAG_ACK == 0 => {
                 self.pings_read.fetch_add(1, Ordering::AcqRel);
+                if let Some(police) = lock(&self.police).as_mut() {
+                    let sent = self.data_or_headers_written.load(Ordering::Acquire);
+                    let active = self.calls_active.load(Ordering::Acquire);
+                    if police.on_ping(std::time::Instant::now(), sent, active) {
+                        self.too_many_pings.store(true, Ordering::Release);
+                    }
+                }
             }
             kind::SETTINGS if head.flags & FLAG_ACK == 0 => {
                 self.settings_read.store(true, Ordering::Release);
@@ -908,5 +991,31 @@ mod tests {
         let mut buf = [0u8; 4];
         let err = block(|cx| Pin::new(&mut tap).poll_read(cx, &mut buf)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn ping_strikes_follow_wire_order() {
+        use std::time::{Duration, Instant};
+        let minute = Duration::from_secs(60);
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        let now = Instant::now();
+        // Pings each answering data we sent are never strikes, however close together.
+        for sent in 1..10 {
+            assert!(!police.on_ping(now, sent, true));
+        }
+        // Three pings in a row without data in between: two strikes are allowed, the third
+        // goes past the limit.
+        assert!(!police.on_ping(now, 9, true));
+        assert!(!police.on_ping(now, 9, true));
+        assert!(police.on_ping(now, 9, true));
+        // Data clears the strikes; pings spaced by the interval are fine.
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        for i in 0..5 {
+            assert!(!police.on_ping(now + minute * i, 0, true));
+        }
+        // With no call open the idle interval applies.
+        assert!(!police.on_ping(now + minute * 5 + minute / 2, 0, false));
+        assert!(!police.on_ping(now + minute * 6, 0, false));
+        assert!(police.on_ping(now + minute * 6 + minute / 2, 0, false));
     }
 }
