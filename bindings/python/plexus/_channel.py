@@ -531,7 +531,10 @@ class _FutureState:
         self._rpc_callbacks: list = []
 
     def _resolve(self) -> None:
+        """Marks the future done and runs its callbacks, once (never under a call's lock)."""
         with self._cond:
+            if self._done:
+                return
             self._done = True
             self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
@@ -587,19 +590,23 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         self._status: Status | None = None
         self._response = None
         self._error: BaseException | None = None
-        self._cancelled = False
+        self._cancelled = False  # by cancel(): result() raises FutureCancelledError
+        self._local: Status | None = None  # ended here: by cancel() or the channel's close()
         self._handle = None  # the plexus_call, once started
         self._handle_lock = threading.Lock()
 
     # grpc.Future
     def cancel(self) -> bool:
-        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
-
-    def _cancel_with(self, code, details) -> bool:
         with self._handle_lock:
-            if self._done or self._cancelled:
+            if self._done or self._local is not None:
                 return False
             self._cancelled = True
+        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL, force=True)
+
+    def _cancel_with(self, code, details, force: bool = False) -> bool:
+        with self._handle_lock:
+            if self._done or (self._local is not None and not force):
+                return False
             self._local = Status.local(code, details)
             if self._handle:
                 self._lib.call_cancel(self._handle)
@@ -672,7 +679,7 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
     def _finish(self, status: Status, payload) -> None:
         """Records the outcome (on the dispatcher or worker thread) and wakes waiters. After
         a successful cancel() the outcome is the local CANCELLED status, whatever raced it."""
-        if self._cancelled:
+        if self._local is not None:
             local = self._local
             status = Status(
                 local.code, local.details, b"", status.initial_metadata, status.trailing_metadata
@@ -788,6 +795,7 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
             channel._track(self)
         elif rc == ERR_RPC:
             self._set_status(read_status(lib, st.value))
+            self._resolve()
         else:
             raise lib.error(rc, "could not start the call")
 
@@ -816,6 +824,7 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
                 if rc != END_OF_STREAM:
                     raise lib.error(rc, "receiving a response failed")
                 self._finish_locked()
+        self._resolve()
         if self._status.code is StatusCode.OK:
             raise StopIteration()
         raise self
@@ -850,31 +859,37 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
         self._set_status(status)
 
     def _set_status(self, status: Status) -> None:
+        """Records the final status; the caller runs `_resolve()` once it holds no lock."""
         if not status.initial_metadata and self._initial:
             status.initial_metadata = self._initial
         self._status = status
-        self._resolve()
 
     def _wait_end(self) -> Status:
-        with self._recv_lock:
-            self._finish_locked()
+        if self._status is None:
+            with self._recv_lock:
+                self._finish_locked()
+            self._resolve()
         return self._status
 
     # -- grpc.Call --
 
     def initial_metadata(self):
+        if self._initial is not None:
+            return self._initial
+        if self._status is not None:
+            return self._status.initial_metadata
         with self._recv_lock:
             if self._initial is not None:
                 return self._initial
-            if self._status is not None:
-                return self._status.initial_metadata
-            md = c_void_p()
-            rc = self._lib.call_initial_metadata(self._handle, -1, byref(md))
-            if rc == OK:
-                self._initial = take_metadata(self._lib, md.value)
-                return self._initial
-            self._finish_locked()
-            return self._status.initial_metadata
+            if self._status is None:
+                md = c_void_p()
+                rc = self._lib.call_initial_metadata(self._handle, -1, byref(md))
+                if rc == OK:
+                    self._initial = take_metadata(self._lib, md.value)
+                    return self._initial
+                self._finish_locked()
+        self._resolve()
+        return self._status.initial_metadata
 
     def trailing_metadata(self):
         return self._wait_end().trailing_metadata
@@ -911,7 +926,7 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
     # -- grpc.Future --
 
     def cancelled(self) -> bool:
-        return self._local is not None and self._local.code is StatusCode.CANCELLED
+        return self._local is not None and self._local.details == _LOCAL_CANCEL
 
     def result(self, timeout=None):
         self._wait(timeout)
@@ -1044,6 +1059,7 @@ class _StreamUnaryCall(_ResponseIterator):
                 elif rc != END_OF_STREAM:
                     raise lib.error(rc, "receiving the response failed")
                 self._finish_locked()
+        self._resolve()
         status = self._status
         if status.code is not StatusCode.OK:
             if isinstance(self._request_error, _common.SerializationError):
@@ -1126,8 +1142,9 @@ class _StreamUnaryFuture(_CallFuture):
             call = multicallable._open(timeout, metadata, credentials, wait_for_ready)
             with self._handle_lock:
                 self._stream = call
-                if self._cancelled:
-                    call._cancel_with(self._local.code, self._local.details)
+                local = self._local
+            if local is not None:
+                call._cancel_with(local.code, local.details)
             if call._handle:
                 _consume_requests(call, self._lib, requests, multicallable._serializer)
             try:
@@ -1141,7 +1158,7 @@ class _StreamUnaryFuture(_CallFuture):
             self._error = exc
         if status is None:
             status = Status.local(StatusCode.INTERNAL, repr(self._error))
-        if self._cancelled:
+        if self._local is not None:
             status = Status(
                 self._local.code, self._local.details, b"",
                 status.initial_metadata, status.trailing_metadata,
@@ -1149,11 +1166,10 @@ class _StreamUnaryFuture(_CallFuture):
         self._status = status
         self._resolve()
 
-    def _cancel_with(self, code, details) -> bool:
+    def _cancel_with(self, code, details, force: bool = False) -> bool:
         with self._handle_lock:
-            if self._done or self._cancelled:
+            if self._done or (self._local is not None and not force):
                 return False
-            self._cancelled = True
             self._local = Status.local(code, details)
             stream = self._stream
         if stream is not None:

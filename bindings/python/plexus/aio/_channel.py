@@ -199,7 +199,7 @@ class _Call:
 
     __slots__ = (
         "_lib", "_loop", "_poller", "_handle", "_status", "_lazy", "_local", "_deadline",
-        "_done_callbacks", "_done", "_channel", "__weakref__",
+        "_done_callbacks", "_done", "_channel", "_user_cancelled", "__weakref__",
     )
 
     def __init__(self, channel, loop, poller, timeout) -> None:
@@ -211,6 +211,7 @@ class _Call:
         self._status: Status | None = None
         self._lazy: LazyStatus | None = None
         self._local: Status | None = None
+        self._user_cancelled = False  # cancel(), or the awaiting task was cancelled
         self._deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         self._done_callbacks = None
         self._done = None  # created when someone waits for the end
@@ -258,9 +259,12 @@ class _Call:
         return self._finished()
 
     def cancelled(self) -> bool:
-        return self._local is not None and self._local.code is StatusCode.CANCELLED
+        return self._user_cancelled
 
     def cancel(self) -> bool:
+        if self._finished() or self._local is not None:
+            return False
+        self._user_cancelled = True
         return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
 
     def _cancel_with(self, code, details) -> bool:
@@ -352,7 +356,7 @@ class UnaryUnaryCall(_Call):
     def _on_result_done(self, fut) -> None:
         # The awaiting task was cancelled: cancel the RPC too (grpc.aio does).
         if fut.cancelled() and not self._finished():
-            self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
+            self.cancel()
 
     def _on_event(self, result, call, message, status, metadata) -> None:
         if message:
@@ -523,7 +527,7 @@ class _StreamingCall(_Call):
                 try:
                     result, _call, message, _status, _md = await fut
                 except asyncio.CancelledError:
-                    self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
+                    self.cancel()
                     raise
                 if result == OK:
                     data = take_bytes(self._lib, message)
@@ -581,11 +585,16 @@ class _StreamingCall(_Call):
 
     async def write(self, request) -> None:
         """Sends one request; raises AioRpcError if the call already ended."""
+        if self._writer_task is not None and asyncio.current_task() is not self._writer_task:
+            raise asyncio.InvalidStateError(
+                "this call consumes a request iterator: write() and done_writing() are not "
+                "allowed on it (grpc.aio does not mix the two styles either)"
+            )
         if self._write_closed:
             raise asyncio.InvalidStateError("write() after done_writing()")
         data = serialize(self._serializer, request)
-        if not await self._wait_started():
-            raise self._error()
+        if not await self._wait_started() or self._finished():
+            self._raise_ended()
         lib = self._lib
         msg = c_void_p()
         lib.check(lib.bytes_copy(data, len(data), byref(msg)))
@@ -605,12 +614,18 @@ class _StreamingCall(_Call):
         if self._write_closed:
             return
         self._write_closed = True
-        if not await self._wait_started():
+        if not await self._wait_started() or self._finished():
             return
         fut = self._submit(self._lib.call_close_send_async, self._handle)
         result, _call, _message, status, _md = await asyncio.shield(fut)
         if status:
             self._lib.status_free(status)
+
+    def _raise_ended(self):
+        """Raises for an operation on a call that has ended."""
+        if self._status_now().code is StatusCode.OK:
+            raise asyncio.InvalidStateError("the call has ended")
+        raise self._error()
 
     def _consume(self, request_iterator) -> None:
         self._writer_task = self._loop.create_task(self._write_all(request_iterator))
@@ -634,7 +649,7 @@ class _StreamingCall(_Call):
                 self._cancel_with(StatusCode.INTERNAL, exc.details())
             # otherwise the call ended: its status says why
         except asyncio.CancelledError:
-            self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
+            self.cancel()
             raise
         except Exception as exc:
             _LOG.debug("plexus.aio: request iterator raised", exc_info=True)
@@ -644,6 +659,8 @@ class _StreamingCall(_Call):
     def cancel(self) -> bool:
         cancelled = _Call.cancel(self)
         task = self._writer_task
+        if task is asyncio.current_task():
+            return cancelled
         if cancelled and task is not None and not task.done():
             task.cancel()
         return cancelled
