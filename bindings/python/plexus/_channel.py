@@ -177,6 +177,7 @@ class Channel:
         self._calls: weakref.WeakSet = weakref.WeakSet()
         self._subscriptions: list = []
         self._watcher = None
+        self._connecting = False
 
     # -- lifetime --
 
@@ -274,11 +275,30 @@ class Channel:
         try:
             state = c_int32()
             self._lib.check(self._lib.channel_state(handle, byref(state)))
-            if try_to_connect and state.value == 0:
-                self._lib.channel_connect(handle, 0)
         finally:
             self._release()
+        if try_to_connect and state.value == 0:
+            self._kick_connect()
         return _common.connectivity(state.value)
+
+    def _kick_connect(self) -> None:
+        """Starts connecting without blocking the caller. plexus_channel_connect with a
+        zero wait drops its attempt if name resolution has not finished, so one helper
+        thread runs a bounded blocking connect instead (at most one per channel)."""
+        with self._lock:
+            if self._closed or self._connecting:
+                return
+            self._connecting = True
+            self._users += 1
+
+        def connect() -> None:
+            try:
+                self._lib.channel_connect(self._handle, _CONNECT_WAIT_MS)
+            finally:
+                self._connecting = False
+                self._release()
+
+        threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
 
     def connect(self, timeout=None) -> None:
         """Connects now and waits up to `timeout` seconds for READY; raises on failure."""
@@ -320,6 +340,11 @@ def open_channel(target, options, compression, plexus_options):
         raise TypeError(f"target must be a str like 'host:port', not {type(target).__name__}")
     if not target or "\0" in target:
         raise ValueError(f"invalid target {target!r}")
+    if target[:8].lower() == "https://":
+        raise ValueError(
+            f"invalid target {target!r}: an https:// target needs TLS, and this is an "
+            "insecure channel; use host:port or http://"
+        )
     _check_compression(compression)
     settings = _options.collect(options, plexus_options)
     lib = _ffi.current()
@@ -347,6 +372,7 @@ def _check_compression(compression) -> None:
 
 
 _WATCH_INTERVAL = 0.05
+_CONNECT_WAIT_MS = 60_000  # longer than plexus's default 20 s connect timeout
 
 
 def _watch(ref) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 import weakref
 from ctypes import byref, c_int32, c_void_p
 
 from .. import _common, _ffi
-from .._channel import _method, open_channel
+from .._channel import _CONNECT_WAIT_MS, _method, open_channel
 from .._common import (
     LazyStatus,
     RpcError,
@@ -847,6 +848,8 @@ class Channel:
         self._loop = None
         self._poller = None
         self._calls: dict = {}  # calls in flight, by id; each removes itself at its end
+        self._connecting = False
+        self._connect_lock = threading.Lock()
 
     def _loop_and_poller(self):
         loop = asyncio.get_running_loop()
@@ -876,6 +879,12 @@ class Channel:
             await asyncio.wait(waits, timeout=grace)
         for call in calls:
             call._cancel_with(StatusCode.CANCELLED, _CHANNEL_CLOSED)
+        with self._connect_lock:
+            # A connect thread still using the handle frees it when it returns.
+            if not self._connecting:
+                self._free()
+
+    def _free(self) -> None:
         handle, self._handle = self._handle, None
         if handle:
             self._lib.channel_free(handle)
@@ -900,8 +909,22 @@ class Channel:
         handle = self._live_handle()
         state = c_int32()
         self._lib.check(self._lib.channel_state(handle, byref(state)))
-        if try_to_connect and state.value == 0:
-            self._lib.channel_connect(handle, 0)
+        if try_to_connect and state.value == 0 and not self._connecting:
+            # plexus_channel_connect with a zero wait drops its attempt if name resolution
+            # has not finished: one helper thread runs a bounded blocking connect instead.
+            self._connecting = True
+            lib = self._lib
+
+            def connect() -> None:
+                try:
+                    lib.channel_connect(handle, _CONNECT_WAIT_MS)
+                finally:
+                    with self._connect_lock:
+                        self._connecting = False
+                        if self._closed:
+                            self._free()
+
+            threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
         return _common.connectivity(state.value)
 
     async def wait_for_state_change(self, last_observed_state) -> None:
