@@ -7,8 +7,9 @@ $PLEXUS_PEER_BIN) on a free port; both clients call its /plexus.peer.Echo/Unary 
 with the same small request (grpcio-tools stubs, generated into a temporary directory).
 Each configuration -- {plexus, grpcio} x {sync: 1 and 64 threads, aio: 1 and 64 tasks} --
 runs for --seconds in a fresh process, in interleaved rounds; the table shows the median
-calls/s of the rounds and the plexus/grpcio ratio. Every call has a 10 s deadline. Needs grpcio and grpcio-tools (tests/python/requirements.txt)
-and the plexus package (pip install ./bindings/python, or PLEXUS_LIBRARY + PYTHONPATH).
+calls/s of the rounds and the plexus/grpcio ratio. Every call has a 10 s deadline.
+Needs grpcio and grpcio-tools (tests/python/requirements.txt) and the plexus package
+(pip install ./bindings/python, or PLEXUS_LIBRARY + PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -187,8 +188,18 @@ def main() -> None:
                 # (grpcio's poller, plexus's dispatcher) compete with the other's.
                 proc = subprocess.run(
                     [
-                        sys.executable, __file__, "--worker", client, api, str(in_flight),
-                        "--seconds", str(args.seconds), "--target", target, "--stubs", stubs,
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        client,
+                        api,
+                        str(in_flight),
+                        "--seconds",
+                        str(args.seconds),
+                        "--target",
+                        target,
+                        "--stubs",
+                        stubs,
                     ],
                     stdout=subprocess.PIPE,
                     check=False,

@@ -59,9 +59,12 @@ def _count_cancel() -> None:
 
 
 def _fail(context, request, extra=()):
-    code = {c.value[0]: c for c in grpc.StatusCode}.get(request.status_code, grpc.StatusCode.UNKNOWN)
+    code = {c.value[0]: c for c in grpc.StatusCode}.get(
+        request.status_code, grpc.StatusCode.UNKNOWN
+    )
     context.set_trailing_metadata(
-        TRAILERS + tuple(extra)
+        TRAILERS
+        + tuple(extra)
         + (("grpc-status-details-bin", b"details:" + request.status_message.encode()),)
     )
     context.abort(code, request.status_message)
@@ -125,7 +128,9 @@ def build(echo_pb2):
         return Resp(message=f"{started},{cancelled}", index=cancelled)
 
     def handler(kind, fn):
-        return kind(fn, request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString)
+        return kind(
+            fn, request_deserializer=Req.FromString, response_serializer=Resp.SerializeToString
+        )
 
     return grpc.method_handlers_generic_handler(
         SERVICE,

@@ -51,7 +51,9 @@ def test_unary_and_metadata(target):
     run_async(main())
 
 
-@pytest.mark.parametrize("code", [5, 3, 16, 13], ids=["NOT_FOUND", "INVALID_ARGUMENT", "UNAUTHENTICATED", "INTERNAL"])
+@pytest.mark.parametrize(
+    "code", [5, 3, 16, 13], ids=["NOT_FOUND", "INVALID_ARGUMENT", "UNAUTHENTICATED", "INTERNAL"]
+)
 def test_unary_error_mapping_and_details(target, code):
     async def main():
         async with plexus.aio.insecure_channel(target) as channel:
@@ -132,7 +134,9 @@ def test_server_streaming(target):
     async def main():
         async with plexus.aio.insecure_channel(target) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
-            call = stub.ServerStream(Req(message="s", count=5), metadata=[("x-echo-s", "1")], timeout=WAIT)
+            call = stub.ServerStream(
+                Req(message="s", count=5), metadata=[("x-echo-s", "1")], timeout=WAIT
+            )
             assert ("x-echo-s", "1") in md(await call.initial_metadata())
             assert [r.index async for r in call] == [0, 1, 2, 3, 4]
             assert await call.code() is grpc.StatusCode.OK
@@ -150,7 +154,9 @@ def test_server_streaming_error_and_cancel(target):
     async def main():
         async with plexus.aio.insecure_channel(target) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
-            call = stub.ServerStream(Req(count=2, status_code=9, status_message="stop"), timeout=WAIT)
+            call = stub.ServerStream(
+                Req(count=2, status_code=9, status_message="stop"), timeout=WAIT
+            )
             got = []
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 async for r in call:
@@ -247,7 +253,9 @@ def test_bidi(target):
                     yield Req(message=m)
 
             assert [r.message async for r in stub.Bidi(requests(), timeout=WAIT)] == list("xyz")
-            call = stub.Bidi(iter([Req(message="ok"), Req(status_code=10, status_message="no")]), timeout=WAIT)
+            call = stub.Bidi(
+                iter([Req(message="ok"), Req(status_code=10, status_message="no")]), timeout=WAIT
+            )
             assert (await call.read()).message == "ok"
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call.read()

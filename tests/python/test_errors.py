@@ -3,7 +3,6 @@ targets, closed channels, metadata, methods, timeouts, options and call argument
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import echo_pb2
@@ -56,7 +55,9 @@ def test_serializer_failure_in_a_request_stream(channel):
         list(responses)
     assert info.value.code() is grpc.StatusCode.INTERNAL
     assert "request_serializer returned str, not bytes" in info.value.details()
-    unary = channel.stream_unary("/plexus.peer.Echo/ClientStream", request_serializer=lambda m: None)
+    unary = channel.stream_unary(
+        "/plexus.peer.Echo/ClientStream", request_serializer=lambda m: None
+    )
     with pytest.raises(TypeError, match="returned NoneType"):
         unary(iter([Req()]), timeout=WAIT)
 
@@ -214,7 +215,9 @@ def test_compression_argument(target):
         plexus.insecure_channel(target, compression="gzip")
     # grpcio's values are accepted (messages go out uncompressed).
     with plexus.insecure_channel(target, compression=grpc.Compression.Gzip) as channel:
-        channel.unary_unary("/plexus.peer.Echo/Unary")(b"", compression=grpc.Compression.Gzip, timeout=WAIT)
+        channel.unary_unary("/plexus.peer.Echo/Unary")(
+            b"", compression=grpc.Compression.Gzip, timeout=WAIT
+        )
 
 
 def test_aio_request_iterator_type(target):
@@ -234,4 +237,3 @@ def test_errors_do_not_leave_the_channel_unusable(channel):
         with pytest.raises(ValueError):
             call(b"", metadata=bad)
     assert call(b"", timeout=WAIT) == b""
-    assert asyncio is not None

@@ -58,7 +58,9 @@ def calls_work(target: str) -> None:
     async def aio() -> None:
         async with plexus.aio.insecure_channel(target) as channel:
             stub = echo_pb2_grpc.EchoStub(channel)
-            replies = await asyncio.gather(*(stub.Unary(Req(message=str(i)), timeout=WAIT) for i in range(20)))
+            replies = await asyncio.gather(
+                *(stub.Unary(Req(message=str(i)), timeout=WAIT) for i in range(20))
+            )
             assert [r.message for r in replies] == [str(i) for i in range(20)]
 
     asyncio.run(aio())
@@ -82,7 +84,7 @@ def test_child_of_a_parent_that_never_called(target, stub_dir):
         "from test_fork import in_child, calls_work",
         "from test_fork import in_child, calls_work\n"
         "def assert_same(lib):\n"
-        "    assert plexus._ffi.current() is lib, 'the child reloaded a library it did not need to'\n",
+        "    assert plexus._ffi.current() is lib, 'the child reloaded a library needlessly'\n",
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, timeout=WAIT * 4, check=False
@@ -147,7 +149,11 @@ def test_grandchild(target):
 
 def _pool_call(target: str) -> str:
     with plexus.insecure_channel(target) as channel:
-        return echo_pb2_grpc.EchoStub(channel).Unary(Req(message=str(os.getpid())), timeout=WAIT).message
+        return (
+            echo_pb2_grpc.EchoStub(channel)
+            .Unary(Req(message=str(os.getpid())), timeout=WAIT)
+            .message
+        )
 
 
 def test_multiprocessing_fork_pool(target):

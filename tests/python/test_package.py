@@ -3,7 +3,6 @@ where the library comes from."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import shutil
@@ -45,7 +44,9 @@ def test_generated_stubs_run_unchanged(target):
             assert (await stub.Unary(Req(message="a"), timeout=WAIT)).message == "a"
             assert [r.index async for r in stub.ServerStream(Req(count=2), timeout=WAIT)] == [0, 1]
             assert (await stub.ClientStream(iter([Req(message="c")]), timeout=WAIT)).message == "c"
-            assert [r.message async for r in stub.Bidi(iter([Req(message="b")]), timeout=WAIT)] == ["b"]
+            assert [r.message async for r in stub.Bidi(iter([Req(message="b")]), timeout=WAIT)] == [
+                "b"
+            ]
 
     run_async(aio())
 
@@ -82,7 +83,8 @@ def test_without_grpcio(target, stub_dir):
             unary(echo_pb2.EchoRequest(status_code=5, status_message="gone"), timeout=30)
         except plexus.RpcError as err:
             assert err.code() is plexus.StatusCode.NOT_FOUND and err.details() == "gone"
-            assert [c.__module__ for c in type(err).__mro__ if c.__module__.startswith("grpc")] == []
+            bases = [c.__module__ for c in type(err).__mro__]
+            assert not [m for m in bases if m.startswith("grpc")], bases
         else:
             raise AssertionError("expected an RpcError")
         f = unary.future(echo_pb2.EchoRequest(message="f"), timeout=30)
@@ -126,20 +128,35 @@ def test_plexus_library_override(tmp_path):
     copy = tmp_path / "libplexus-copy.so"
     shutil.copyfile(_ffi.current().path, copy)
     env = dict(os.environ, PLEXUS_LIBRARY=str(copy))
-    code = "import plexus, plexus._ffi as f; print(f.current().path); plexus.insecure_channel('localhost:1').close()"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=WAIT, check=False)
+    code = (
+        "import plexus, plexus._ffi as f; print(f.current().path); "
+        "plexus.insecure_channel('localhost:1').close()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, timeout=WAIT, check=False
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == str(copy)
     env["PLEXUS_LIBRARY"] = str(tmp_path / "missing.so")
-    proc = subprocess.run([sys.executable, "-c", "import plexus"], env=env, capture_output=True, timeout=WAIT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import plexus"],
+        env=env,
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
     assert proc.returncode != 0
     assert b"PLEXUS_LIBRARY=" in proc.stderr and b"is not a file" in proc.stderr
 
 
 def test_asyncio_is_optional_at_import():
     # Importing plexus does not import plexus.aio (nor start any thread or the runtime).
-    code = "import sys, threading, plexus; print('plexus.aio' in sys.modules, threading.active_count())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=WAIT, check=False)
+    code = (
+        "import sys, threading, plexus; "
+        "print('plexus.aio' in sys.modules, threading.active_count())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=WAIT, check=False
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split() == ["False", "1"]
-    assert asyncio is not None

@@ -78,7 +78,9 @@ def test_raw_bytes_without_serializers(channel):
 )
 def test_every_status_code_maps(stub, code):
     with pytest.raises(grpc.RpcError) as info:
-        stub.Unary(Req(status_code=code.value[0], status_message=f"because {code.name}"), timeout=WAIT)
+        stub.Unary(
+            Req(status_code=code.value[0], status_message=f"because {code.name}"), timeout=WAIT
+        )
     err = info.value
     assert isinstance(err, plexus.RpcError) and isinstance(err, grpc.Call)
     assert err.code() is code
@@ -185,7 +187,9 @@ def test_time_remaining(stub):
 
 
 def test_server_streaming(stub):
-    responses = stub.ServerStream(Req(message="s", count=5), metadata=[("x-echo-k", "v")], timeout=WAIT)
+    responses = stub.ServerStream(
+        Req(message="s", count=5), metadata=[("x-echo-k", "v")], timeout=WAIT
+    )
     assert ("x-echo-k", "v") in md(responses.initial_metadata())
     assert [r.index for r in responses] == [0, 1, 2, 3, 4]
     assert responses.code() is grpc.StatusCode.OK
@@ -194,9 +198,7 @@ def test_server_streaming(stub):
 
 
 def test_server_streaming_error_after_messages(stub):
-    responses = stub.ServerStream(
-        Req(count=2, status_code=9, status_message="stop"), timeout=WAIT
-    )
+    responses = stub.ServerStream(Req(count=2, status_code=9, status_message="stop"), timeout=WAIT)
     assert next(responses).index == 0
     assert next(responses).index == 1
     with pytest.raises(grpc.RpcError) as info:
@@ -467,6 +469,9 @@ def test_shared_channels_share_connections(target):
         assert a.stats()["connections"] == 1
         assert a.stats()["calls_started"] == b.stats()["calls_started"]
     options = [("grpc.use_local_subchannel_pool", 1)]
-    with plexus.insecure_channel(target, options) as a, plexus.insecure_channel(target, options) as b:
+    with (
+        plexus.insecure_channel(target, options) as a,
+        plexus.insecure_channel(target, options) as b,
+    ):
         a.unary_unary("/plexus.peer.Echo/Unary")(b"", timeout=WAIT)
         assert b.stats()["calls_started"] == 0

@@ -59,12 +59,7 @@ def _metadata() -> str:
 
 
 def _wheel_file(tag: str) -> str:
-    return (
-        "Wheel-Version: 1.0\n"
-        "Generator: plexus_build\n"
-        "Root-Is-Purelib: false\n"
-        f"Tag: {tag}\n"
-    )
+    return f"Wheel-Version: 1.0\nGenerator: plexus_build\nRoot-Is-Purelib: false\nTag: {tag}\n"
 
 
 def _platform_tag() -> str:

@@ -320,7 +320,10 @@ class Channel:
             self._subscriptions.append(callback)
             if self._watcher is None:
                 self._watcher = threading.Thread(
-                    target=_watch, args=(weakref.ref(self),), name="plexus-connectivity", daemon=True
+                    target=_watch,
+                    args=(weakref.ref(self),),
+                    name="plexus-connectivity",
+                    daemon=True,
                 )
                 self._watcher.start()
         if try_to_connect:
@@ -446,7 +449,12 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         raise lib.error(rc, "unary call failed")
 
     def __call__(
-        self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ):
         """Makes the call and returns the response; raises RpcError for a non-OK status."""
@@ -457,7 +465,12 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         return _deserialize(self._deserializer, data)
 
     def with_call(
-        self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ):
         """Makes the call and returns `(response, call)`; `call` has the metadata."""
@@ -469,7 +482,12 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         return response, _CompletedCall(status, response)
 
     def future(
-        self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ):
         """Starts the call and returns a future (also a grpc.Call) at once."""
@@ -668,8 +686,10 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
     # grpc.Call
     def _status_now(self) -> Status:
         self._wait(None)
-        return self._status if self._status is not None else Status.local(
-            StatusCode.INTERNAL, repr(self._error)
+        return (
+            self._status
+            if self._status is not None
+            else Status.local(StatusCode.INTERNAL, repr(self._error))
         )
 
     def initial_metadata(self):
@@ -713,7 +733,8 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         elif status.code is StatusCode.OK:
             if payload is None:
                 status = Status.local(
-                    StatusCode.INTERNAL, "the server ended the call without a response message",
+                    StatusCode.INTERNAL,
+                    "the server ended the call without a response message",
                     status.initial_metadata,
                 )
             else:
@@ -879,8 +900,11 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
             status = read_status(lib, st.value)
         if self._local is not None:
             status = Status(
-                self._local.code, self._local.details, b"",
-                status.initial_metadata or (self._initial or ()), status.trailing_metadata,
+                self._local.code,
+                self._local.details,
+                b"",
+                status.initial_metadata or (self._initial or ()),
+                status.trailing_metadata,
             )
         self._set_status(status)
 
@@ -1029,7 +1053,12 @@ class UnaryStreamMultiCallable(_MultiCallable):
     __slots__ = ()
 
     def __call__(
-        self, request, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ):
         lib = self._lib
@@ -1053,8 +1082,13 @@ class StreamStreamMultiCallable(_MultiCallable):
     __slots__ = ()
 
     def __call__(
-        self, request_iterator, timeout=None, metadata=None, credentials=None,
-        wait_for_ready=None, compression=None,
+        self,
+        request_iterator,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
     ):
         lib = self._lib
         requests = iter(request_iterator)
@@ -1126,14 +1160,24 @@ class StreamUnaryMultiCallable(_MultiCallable):
         return call._response(), call
 
     def __call__(
-        self, request_iterator, timeout=None, metadata=None, credentials=None,
-        wait_for_ready=None, compression=None,
+        self,
+        request_iterator,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
     ):
         return self._blocking(request_iterator, timeout, metadata, credentials, wait_for_ready)[0]
 
     def with_call(
-        self, request_iterator, timeout=None, metadata=None, credentials=None,
-        wait_for_ready=None, compression=None,
+        self,
+        request_iterator,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
     ):
         response, call = self._blocking(
             request_iterator, timeout, metadata, credentials, wait_for_ready
@@ -1141,8 +1185,13 @@ class StreamUnaryMultiCallable(_MultiCallable):
         return response, _CompletedCall(call._status, response)
 
     def future(
-        self, request_iterator, timeout=None, metadata=None, credentials=None,
-        wait_for_ready=None, compression=None,
+        self,
+        request_iterator,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
     ):
         """Starts the call and returns a future; one thread runs the call."""
         requests = iter(request_iterator)
@@ -1186,8 +1235,11 @@ class _StreamUnaryFuture(_CallFuture):
             status = Status.local(StatusCode.INTERNAL, repr(self._error))
         if self._local is not None:
             status = Status(
-                self._local.code, self._local.details, b"",
-                status.initial_metadata, status.trailing_metadata,
+                self._local.code,
+                self._local.details,
+                b"",
+                status.initial_metadata,
+                status.trailing_metadata,
             )
         self._status = status
         self._resolve()
@@ -1209,4 +1261,3 @@ def insecure_channel(target: str, options=None, compression=None, **plexus_optio
     `options` takes grpcio's `[("grpc.keepalive_time_ms", 10000), ...]`; plexus options go
     by keyword (see `plexus.CHANNEL_OPTIONS`)."""
     return Channel(target, options, compression, **plexus_options)
-

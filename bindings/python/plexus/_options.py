@@ -74,7 +74,9 @@ def _seconds(key: str, value, allow_zero: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"channel option {key!r} must be seconds, not {type(value).__name__}")
     if value != value or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"channel option {key!r} must be a positive number of seconds, not {value}")
+        raise ValueError(
+            f"channel option {key!r} must be a positive number of seconds, not {value}"
+        )
     return float(value)
 
 
@@ -218,13 +220,21 @@ def _apply(lib: _ffi.Lib, h: int, s: dict) -> None:
             check(setter(h, value), name)
     if "adaptive_window" in s:
         check(
-            lib.channel_options_set_adaptive_window(h, _bool("adaptive_window", s["adaptive_window"])),
+            lib.channel_options_set_adaptive_window(
+                h, _bool("adaptive_window", s["adaptive_window"])
+            ),
             "adaptive_window",
         )
     if "keepalive_time" in s:
-        check(lib.channel_options_set_keepalive_time_ms(h, ms("keepalive_time", True)), "keepalive_time")
+        check(
+            lib.channel_options_set_keepalive_time_ms(h, ms("keepalive_time", True)),
+            "keepalive_time",
+        )
     if "keepalive_timeout" in s:
-        check(lib.channel_options_set_keepalive_timeout_ms(h, ms("keepalive_timeout")), "keepalive_timeout")
+        check(
+            lib.channel_options_set_keepalive_timeout_ms(h, ms("keepalive_timeout")),
+            "keepalive_timeout",
+        )
     if "keepalive_permit_without_calls" in s:
         value = _bool("keepalive_permit_without_calls", s["keepalive_permit_without_calls"])
         check(
@@ -232,7 +242,9 @@ def _apply(lib: _ffi.Lib, h: int, s: dict) -> None:
             "keepalive_permit_without_calls",
         )
     if "connect_timeout" in s:
-        check(lib.channel_options_set_connect_timeout_ms(h, ms("connect_timeout")), "connect_timeout")
+        check(
+            lib.channel_options_set_connect_timeout_ms(h, ms("connect_timeout")), "connect_timeout"
+        )
     if "multiple_connections" in s:
         value = _bool("multiple_connections", s["multiple_connections"])
         check(lib.channel_options_set_multiple_connections(h, value), "multiple_connections")

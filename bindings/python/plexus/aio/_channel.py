@@ -199,8 +199,19 @@ class _Call:
     """What every asyncio call has: grpc.aio.Call's methods over its status."""
 
     __slots__ = (
-        "_lib", "_loop", "_poller", "_handle", "_status", "_lazy", "_local", "_deadline",
-        "_done_callbacks", "_done", "_channel", "_user_cancelled", "__weakref__",
+        "_lib",
+        "_loop",
+        "_poller",
+        "_handle",
+        "_status",
+        "_lazy",
+        "_local",
+        "_deadline",
+        "_done_callbacks",
+        "_done",
+        "_channel",
+        "_user_cancelled",
+        "__weakref__",
     )
 
     def __init__(self, channel, loop, poller, timeout) -> None:
@@ -230,8 +241,11 @@ class _Call:
         if self._local is not None:
             base = status or (lazy.get() if lazy is not None else None)
             status = Status(
-                self._local.code, self._local.details, b"",
-                base.initial_metadata if base else (), base.trailing_metadata if base else (),
+                self._local.code,
+                self._local.details,
+                b"",
+                base.initial_metadata if base else (),
+                base.trailing_metadata if base else (),
             )
             lazy = None
         self._status = status
@@ -326,7 +340,10 @@ class _Call:
         if not self._finished():
             return f"<{type(self).__name__} of in-flight RPC>"
         s = self._status_now()
-        return f'<{type(self).__name__} of RPC that terminated with: status = {s.code}, details = "{s.details}">'
+        return (
+            f"<{type(self).__name__} of RPC that terminated with: "
+            f'status = {s.code}, details = "{s.details}">'
+        )
 
 
 class UnaryUnaryCall(_Call):
@@ -373,7 +390,8 @@ class UnaryUnaryCall(_Call):
             payload = self._payload
             if payload is None:
                 status = Status.local(
-                    StatusCode.INTERNAL, "the server ended the call without a response message",
+                    StatusCode.INTERNAL,
+                    "the server ended the call without a response message",
                     lazy.get().initial_metadata,
                 )
                 self._end(status)
@@ -384,10 +402,13 @@ class UnaryUnaryCall(_Call):
             try:
                 response = payload if deserializer is None else deserializer(payload)
             except Exception as exc:
-                self._end(Status.local(
-                    StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}",
-                    lazy.get().initial_metadata,
-                ))
+                self._end(
+                    Status.local(
+                        StatusCode.INTERNAL,
+                        f"Exception deserializing response: {exc!r}",
+                        lazy.get().initial_metadata,
+                    )
+                )
                 if not fut.done():
                     fut.set_exception(self._error())
                 return
@@ -427,8 +448,16 @@ class _StreamingCall(_Call):
     time per side, each an asyncio future resolved by its event."""
 
     __slots__ = (
-        "_started", "_recv_lock", "_initial", "_deserializer", "_serializer", "_writer_task",
-        "_write_closed", "_request_error", "_reading", "_finishing",
+        "_started",
+        "_recv_lock",
+        "_initial",
+        "_deserializer",
+        "_serializer",
+        "_writer_task",
+        "_write_closed",
+        "_request_error",
+        "_reading",
+        "_finishing",
     )
 
     def __init__(self, channel, loop, poller, timeout, serializer, deserializer) -> None:
@@ -700,10 +729,13 @@ class StreamUnaryCall(_StreamingCall):
                 raise
         message = await self.read()
         if message is EOF:
-            raise AioRpcError(Status.local(
-                StatusCode.INTERNAL, "the server ended the call without a response message",
-                self._status_now().initial_metadata,
-            ))
+            raise AioRpcError(
+                Status.local(
+                    StatusCode.INTERNAL,
+                    "the server ended the call without a response message",
+                    self._status_now().initial_metadata,
+                )
+            )
         await self._wait_end()
         status = self._status_now()
         if status.code is not StatusCode.OK:
@@ -732,7 +764,13 @@ class UnaryUnaryMultiCallable(_MultiCallable):
     __slots__ = ()
 
     def __call__(
-        self, request, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ) -> UnaryUnaryCall:
         channel = self._channel
@@ -760,7 +798,13 @@ class UnaryStreamMultiCallable(_MultiCallable):
     __slots__ = ()
 
     def __call__(
-        self, request, *, timeout=None, metadata=None, credentials=None, wait_for_ready=None,
+        self,
+        request,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
         compression=None,
     ) -> UnaryStreamCall:
         channel = self._channel
@@ -785,8 +829,14 @@ class _StreamRequestMultiCallable(_MultiCallable):
     _kind: type
 
     def __call__(
-        self, request_iterator=None, *, timeout=None, metadata=None, credentials=None,
-        wait_for_ready=None, compression=None,
+        self,
+        request_iterator=None,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
     ):
         channel = self._channel
         lib = channel._lib
@@ -800,9 +850,7 @@ class _StreamRequestMultiCallable(_MultiCallable):
             )
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
         try:
-            call = self._kind(
-                channel, loop, poller, timeout, self._serializer, self._deserializer
-            )
+            call = self._kind(channel, loop, poller, timeout, self._serializer, self._deserializer)
             call._open(channel._live_handle(), self._method, None, opts)
         finally:
             free_options(lib, opts)
@@ -971,4 +1019,3 @@ def insecure_channel(
 ) -> Channel:
     """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel."""
     return Channel(target, options, compression, interceptors, **plexus_options)
-
