@@ -706,9 +706,6 @@ plexus_result plexus_cq_shutdown(const struct plexus_cq *cq);
 // `cq` is NULL or live, not used again.
 void plexus_cq_free(const struct plexus_cq *cq);
 
-// eventfd(2) from the C library.
-extern int eventfd(unsigned int initval, int flags);
-
 // Creates an empty metadata list, owned by the caller (free with `plexus_metadata_free`).
 //
 // Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL.
@@ -958,6 +955,90 @@ plexus_result plexus_channel_options_set_backoff(struct plexus_channel_options *
 plexus_result plexus_channel_options_set_idle_timeout_ms(struct plexus_channel_options *options,
                                                          uint64_t ms);
 
+// Compresses request messages with `compression` (NUL-terminated: `"identity"`, the
+// default, `"gzip"` or `"deflate"`) unless a call sets its own. Responses are inflated
+// whatever this says.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+//
+// # Safety
+// `options` is live; `compression` is a NUL-terminated string.
+plexus_result plexus_channel_options_set_compression(struct plexus_channel_options *options,
+                                                     const char *compression);
+
+// Whether the channel connects over TLS (default: only for `https://` targets, trusting the
+// system's root certificates). The other `tls` setters turn it on too; false turns it off
+// and forgets them. TLS with an `http://` target is refused by `plexus_channel_new`.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_tls(struct plexus_channel_options *options, bool enabled);
+
+// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` (copied; may be called again to
+// add more) and turns TLS on. Once a CA is given the system roots are no longer trusted
+// unless `plexus_channel_options_set_tls_native_roots(options, true)`. A PEM that holds no
+// certificate makes `plexus_channel_new` fail.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+//
+// # Safety
+// `options` is live; `pem` is valid for `len` bytes.
+plexus_result plexus_channel_options_add_tls_ca_pem(struct plexus_channel_options *options,
+                                                    const uint8_t *pem,
+                                                    size_t len);
+
+// Whether TLS trusts the operating system's root certificates (default: true when no CA is
+// given); turns TLS on.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_tls_native_roots(struct plexus_channel_options *options,
+                                                          bool enabled);
+
+// Verifies the server's certificate against `name` (NUL-terminated DNS name or IP address,
+// copied) instead of the target's host, sends it as SNI and uses it as `:authority`; turns
+// TLS on.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for an empty name.
+//
+// # Safety
+// `options` is live; `name` is a NUL-terminated string.
+plexus_result plexus_channel_options_set_tls_server_name(struct plexus_channel_options *options,
+                                                         const char *name);
+
+// The client certificate for mutual TLS: `cert_len` bytes of PEM certificate chain at
+// `cert_pem` and `key_len` bytes of PEM private key at `key_pem` (both copied); turns TLS
+// on. A PEM that does not parse makes `plexus_channel_new` fail.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+//
+// # Safety
+// `options` is live; `cert_pem` and `key_pem` are valid for their lengths.
+plexus_result plexus_channel_options_set_tls_identity_pem(struct plexus_channel_options *options,
+                                                          const uint8_t *cert_pem,
+                                                          size_t cert_len,
+                                                          const uint8_t *key_pem,
+                                                          size_t key_len);
+
+// How often the channel resolves its target again while it is in use, in milliseconds
+// (default 30000, gRPC's minimum DNS refresh; above 0).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_resolve_interval_ms(struct plexus_channel_options *options,
+                                                             uint64_t ms);
+
 // The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 // copied).
 //
@@ -1023,6 +1104,17 @@ plexus_result plexus_call_options_set_metadata(struct plexus_call_options *optio
 // `options` is live.
 plexus_result plexus_call_options_set_wait_for_ready(struct plexus_call_options *options,
                                                      bool wait);
+
+// Compresses this call's request messages with `compression` (NUL-terminated:
+// `"identity"`, `"gzip"` or `"deflate"`) instead of the channel's choice.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+//
+// # Safety
+// `options` is live; `compression` is a NUL-terminated string.
+plexus_result plexus_call_options_set_compression(struct plexus_call_options *options,
+                                                  const char *compression);
 
 // Overrides the channel's largest received message for this call, in bytes.
 //

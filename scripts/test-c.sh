@@ -53,6 +53,14 @@ done
 [ "$missing" = 0 ] || exit 1
 echo "$(wc -w <<<"$functions") functions, all called"
 
+step "every symbol libplexus.so exports has the plexus_ prefix"
+exported=$(nm -D --defined-only "$lib/libplexus.so" | awk '{print $3}')
+if grep -v '^plexus_' <<<"$exported"; then
+    echo "libplexus.so exports symbols without the plexus_ prefix (above)" >&2
+    exit 1
+fi
+echo "$(wc -l <<<"$exported") symbols, all plexus_*"
+
 step "build the tests: dynamic, static, ASan+UBSan"
 cflags=(-std=c11 "${warn[@]}" -g -Iinclude -Itests/c)
 cxxflags=(-std=c++17 "${warn[@]}" -g -Iinclude -Ibindings/cpp -Itests/c)
@@ -73,11 +81,13 @@ cc "${cflags[@]}" tests/c/test_api.c -o "$out/test_api-static" "${static[@]}" &
 wait
 
 step "start the echo server (plexus-peer)"
+# No stale log from an earlier run may answer the wait for LISTENING below.
+rm -f "$out/peer.log" "$out/peer-tls.log"
 "$root/target/release/plexus-peer" server --listen 127.0.0.1:0 >"$out/peer.log" 2>&1 &
 peer=$!
 trap 'kill "$peer" 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
-    grep -q LISTENING "$out/peer.log" && break
+    grep -qs LISTENING "$out/peer.log" && break
     sleep 0.1
 done
 port=$(awk '/LISTENING/ {print $2}' "$out/peer.log")
@@ -85,12 +95,29 @@ port=$(awk '/LISTENING/ {print $2}' "$out/peer.log")
 export PLEXUS_TEST_TARGET="127.0.0.1:$port"
 export PLEXUS_TEST_LIB="$lib/libplexus.so"
 echo "serving on $PLEXUS_TEST_TARGET"
+# A second server over mutual TLS, with certificates the peer makes.
+export PLEXUS_TEST_CERTS="$out/certs"
+"$root/target/release/plexus-peer" certs --out "$PLEXUS_TEST_CERTS"
+"$root/target/release/plexus-peer" server --listen 127.0.0.1:0 \
+    --tls-cert "$PLEXUS_TEST_CERTS/server.pem" --tls-key "$PLEXUS_TEST_CERTS/server.key" \
+    --client-ca "$PLEXUS_TEST_CERTS/ca.pem" >"$out/peer-tls.log" 2>&1 &
+peer_tls=$!
+trap 'kill "$peer" "$peer_tls" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+    grep -qs LISTENING "$out/peer-tls.log" && break
+    sleep 0.1
+done
+tls_port=$(awk '/LISTENING/ {print $2}' "$out/peer-tls.log")
+[ -n "$tls_port" ] || { cat "$out/peer-tls.log" >&2; exit 1; }
+export PLEXUS_TEST_TLS_TARGET="127.0.0.1:$tls_port"
+echo "serving mutual TLS on $PLEXUS_TEST_TLS_TARGET"
 
 run() {
-    local name=$1
+    local name=$1 t0=$SECONDS
     shift
     printf -- '-- %s\n' "$name"
     timeout 300 "$@"
+    printf -- '   (%d s)\n' "$((SECONDS - t0))"
 }
 
 step "C and C++ tests"
@@ -105,7 +132,8 @@ for t in "${c_tests[@]}" test_cpp; do run "$t (asan+ubsan)" "$out/$t-asan"; done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 step "valgrind: no invalid accesses, nothing definitely or indirectly lost"
-vg=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+vg=(valgrind -q --error-exitcode=99 --suppressions=tests/c/valgrind.supp
+    --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect)
 run "test_api (valgrind)" "${vg[@]}" "$out/test_api"
 PLEXUS_TEST_CALLS=25 run "test_threads, 8 x 25 calls (valgrind)" "${vg[@]}" "$out/test_threads"

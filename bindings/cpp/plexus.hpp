@@ -290,6 +290,32 @@ class ChannelOptions : public detail::Handle<plexus_channel_options, plexus_chan
     ChannelOptions &idle_timeout_ms(std::uint64_t v) {
         return set(plexus_channel_options_set_idle_timeout_ms(get(), v));
     }
+    ChannelOptions &resolve_interval_ms(std::uint64_t v) {
+        return set(plexus_channel_options_set_resolve_interval_ms(get(), v));
+    }
+    /// Compresses requests: "identity", "gzip" or "deflate".
+    ChannelOptions &compression(const std::string &v) {
+        return set(plexus_channel_options_set_compression(get(), v.c_str()));
+    }
+    /// TLS on or off.
+    ChannelOptions &tls(bool v) { return set(plexus_channel_options_set_tls(get(), v)); }
+    /// Trusts the CA certificate(s) in `pem`.
+    ChannelOptions &add_tls_ca_pem(std::string_view pem) {
+        return set(plexus_channel_options_add_tls_ca_pem(
+            get(), reinterpret_cast<const std::uint8_t *>(pem.data()), pem.size()));
+    }
+    ChannelOptions &tls_native_roots(bool v) {
+        return set(plexus_channel_options_set_tls_native_roots(get(), v));
+    }
+    ChannelOptions &tls_server_name(const std::string &v) {
+        return set(plexus_channel_options_set_tls_server_name(get(), v.c_str()));
+    }
+    /// The client certificate chain and key (PEM) for mutual TLS.
+    ChannelOptions &tls_identity_pem(std::string_view cert, std::string_view key) {
+        return set(plexus_channel_options_set_tls_identity_pem(
+            get(), reinterpret_cast<const std::uint8_t *>(cert.data()), cert.size(),
+            reinterpret_cast<const std::uint8_t *>(key.data()), key.size()));
+    }
     ChannelOptions &lb_policy(const std::string &v) {
         return set(plexus_channel_options_set_lb_policy(get(), v.c_str()));
     }
@@ -322,6 +348,11 @@ class CallOptions : public detail::Handle<plexus_call_options, plexus_call_optio
     /// The request metadata (copied).
     CallOptions &metadata(const Metadata &md) {
         detail::check(plexus_call_options_set_metadata(get(), md.get()));
+        return *this;
+    }
+    /// Compresses this call's requests: "identity", "gzip" or "deflate".
+    CallOptions &compression(const std::string &v) {
+        detail::check(plexus_call_options_set_compression(get(), v.c_str()));
         return *this;
     }
     CallOptions &wait_for_ready(bool v) {

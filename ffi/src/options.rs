@@ -4,6 +4,7 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
+use core_plexus::codec::Compression;
 use core_plexus::{BackoffConfig, CallOptions, ChannelBuilder, LbPolicy};
 
 use crate::boundary::boundary;
@@ -47,8 +48,11 @@ pub(crate) struct ChannelOptions {
     /// initial ms, multiplier bits, jitter bits, max ms.
     backoff: Option<(u64, u64, u64, u64)>,
     idle_timeout_ms: Option<u64>,
+    resolve_interval_ms: Option<u64>,
     lb_policy: Option<String>,
     user_agent: Option<String>,
+    compression: Option<Compression>,
+    tls: Option<TlsOptions>,
     /// Whether the channel may share a connection pool (not part of what is compared).
     pub(crate) shared: bool,
 }
@@ -70,8 +74,11 @@ impl Default for ChannelOptions {
             max_connections_per_endpoint: None,
             backoff: None,
             idle_timeout_ms: None,
+            resolve_interval_ms: None,
             lb_policy: None,
             user_agent: None,
+            compression: None,
+            tls: None,
             shared: true,
         }
     }
@@ -128,14 +135,66 @@ impl ChannelOptions {
         if let Some(v) = self.idle_timeout_ms {
             b = b.idle_timeout(ms(v));
         }
+        if let Some(v) = self.resolve_interval_ms {
+            b = b.resolve_interval(ms(v));
+        }
         if let Some(policy) = self.lb_policy.as_deref().and_then(LbPolicy::from_name) {
             b = b.lb_policy(policy);
         }
         if let Some(v) = &self.user_agent {
             b = b.user_agent(v);
         }
+        if let Some(v) = self.compression {
+            b = b.compression(v);
+        }
+        if let Some(tls) = &self.tls {
+            b = b.tls(tls.to_core());
+        }
         b
     }
+}
+
+/// TLS settings as C gave them (PEM bytes), comparable for sharing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct TlsOptions {
+    ca_pem: Vec<Vec<u8>>,
+    native_roots: Option<bool>,
+    server_name: Option<String>,
+    /// Certificate chain and private key, PEM.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    fn to_core(&self) -> core_plexus::ClientTlsConfig {
+        let mut tls = core_plexus::ClientTlsConfig::new();
+        for ca in &self.ca_pem {
+            tls = tls.ca_certificate(core_plexus::Certificate::from_pem(ca));
+        }
+        if let Some(v) = self.native_roots {
+            tls = tls.native_roots(v);
+        }
+        if let Some(v) = &self.server_name {
+            tls = tls.server_name(v.clone());
+        }
+        if let Some((chain, key)) = &self.identity {
+            tls = tls.identity(core_plexus::Identity::from_pem(chain, key));
+        }
+        tls
+    }
+}
+
+/// A compression name argument: `identity`, `gzip` or `deflate`.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn compression_arg(name: *const c_char) -> Result<Compression> {
+    // SAFETY: per this function's contract.
+    let name = unsafe { str_arg(name, "compression") }?;
+    Compression::from_name(name).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown compression {name:?} (identity, gzip or deflate)"
+        ))
+    })
 }
 
 /// Runs `set` on the options behind `ptr`.
@@ -587,6 +646,210 @@ pub unsafe extern "C" fn plexus_channel_options_set_idle_timeout_ms(
     })
 }
 
+/// Compresses request messages with `compression` (NUL-terminated: `"identity"`, the
+/// default, `"gzip"` or `"deflate"`) unless a call sets its own. Responses are inflated
+/// whatever this says.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `options` is live; `compression` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_compression(
+    options: *mut plexus_channel_options,
+    compression: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_compression", || {
+        // SAFETY: compression is a C string or NULL (checked).
+        let compression = unsafe { compression_arg(compression) }?;
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.compression = Some(compression);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether the channel connects over TLS (default: only for `https://` targets, trusting the
+/// system's root certificates). The other `tls` setters turn it on too; false turns it off
+/// and forgets them. TLS with an `http://` target is refused by `plexus_channel_new`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls(
+    options: *mut plexus_channel_options,
+    enabled: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls = enabled.then(|| o.tls.take().unwrap_or_default());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` (copied; may be called again to
+/// add more) and turns TLS on. Once a CA is given the system roots are no longer trusted
+/// unless `plexus_channel_options_set_tls_native_roots(options, true)`. A PEM that holds no
+/// certificate makes `plexus_channel_new` fail.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+///
+/// # Safety
+/// `options` is live; `pem` is valid for `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_add_tls_ca_pem(
+    options: *mut plexus_channel_options,
+    pem: *const u8,
+    len: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_add_tls_ca_pem", || {
+        // SAFETY: pem is valid for len bytes, or NULL (checked).
+        let pem = unsafe { crate::handle::bytes_arg(pem, len, "pem") }?;
+        if pem.is_empty() {
+            return Err(Error::invalid("the CA PEM is empty"));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls
+                    .get_or_insert_with(TlsOptions::default)
+                    .ca_pem
+                    .push(pem.to_vec());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether TLS trusts the operating system's root certificates (default: true when no CA is
+/// given); turns TLS on.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_native_roots(
+    options: *mut plexus_channel_options,
+    enabled: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_native_roots", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).native_roots = Some(enabled);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Verifies the server's certificate against `name` (NUL-terminated DNS name or IP address,
+/// copied) instead of the target's host, sends it as SNI and uses it as `:authority`; turns
+/// TLS on.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for an empty name.
+///
+/// # Safety
+/// `options` is live; `name` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_server_name(
+    options: *mut plexus_channel_options,
+    name: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_server_name", || {
+        // SAFETY: name is a C string or NULL (checked).
+        let name = unsafe { str_arg(name, "name") }?;
+        if name.is_empty() {
+            return Err(Error::invalid("the TLS server name is empty"));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).server_name = Some(name.into());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// The client certificate for mutual TLS: `cert_len` bytes of PEM certificate chain at
+/// `cert_pem` and `key_len` bytes of PEM private key at `key_pem` (both copied); turns TLS
+/// on. A PEM that does not parse makes `plexus_channel_new` fail.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+///
+/// # Safety
+/// `options` is live; `cert_pem` and `key_pem` are valid for their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_identity_pem(
+    options: *mut plexus_channel_options,
+    cert_pem: *const u8,
+    cert_len: usize,
+    key_pem: *const u8,
+    key_len: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_identity_pem", || {
+        // SAFETY: both are valid for their lengths, or NULL (checked).
+        let (cert, key) = unsafe {
+            (
+                crate::handle::bytes_arg(cert_pem, cert_len, "cert_pem")?,
+                crate::handle::bytes_arg(key_pem, key_len, "key_pem")?,
+            )
+        };
+        if cert.is_empty() || key.is_empty() {
+            return Err(Error::invalid(
+                "the certificate and key PEM must not be empty",
+            ));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).identity =
+                    Some((cert.to_vec(), key.to_vec()));
+                Ok(())
+            })
+        }
+    })
+}
+
+/// How often the channel resolves its target again while it is in use, in milliseconds
+/// (default 30000, gRPC's minimum DNS refresh; above 0).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_resolve_interval_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_resolve_interval_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.resolve_interval_ms = Some(positive(ms, "resolve interval")?);
+                Ok(())
+            })
+        }
+    })
+}
+
 /// The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 /// copied).
 ///
@@ -667,6 +930,7 @@ pub(crate) struct CallOpts {
     max_recv: Option<usize>,
     max_send: Option<usize>,
     wait_for_ready: bool,
+    compression: Option<Compression>,
 }
 
 impl CallOpts {
@@ -683,6 +947,9 @@ impl CallOpts {
         }
         if let Some(v) = self.max_send {
             options = options.max_send_message_size(v);
+        }
+        if let Some(v) = self.compression {
+            options = options.compression(v);
         }
         options
     }
@@ -826,6 +1093,32 @@ pub unsafe extern "C" fn plexus_call_options_set_wait_for_ready(
     })
 }
 
+/// Compresses this call's request messages with `compression` (NUL-terminated:
+/// `"identity"`, `"gzip"` or `"deflate"`) instead of the channel's choice.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `options` is live; `compression` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_compression(
+    options: *mut plexus_call_options,
+    compression: *const c_char,
+) -> plexus_result {
+    boundary("plexus_call_options_set_compression", || {
+        // SAFETY: compression is a C string or NULL (checked).
+        let compression = unsafe { compression_arg(compression) }?;
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.compression = Some(compression);
+                Ok(())
+            })
+        }
+    })
+}
+
 /// Overrides the channel's largest received message for this call, in bytes.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
@@ -868,4 +1161,41 @@ pub unsafe extern "C" fn plexus_call_options_set_max_send_message_size(
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every setting of core's `ChannelBuilder` has a `plexus_channel_options_set_*`, except
+    /// the three that take Rust objects: adding a builder setting without a C setter fails.
+    #[test]
+    fn every_channel_builder_setting_has_a_c_setter() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let core = std::fs::read_to_string(dir.join("../core/src/client/channel.rs")).unwrap();
+        let ours = std::fs::read_to_string(dir.join("src/options.rs")).unwrap();
+        let builder = &core[core.find("impl ChannelBuilder {").unwrap()..];
+        let builder = &builder[..builder.find("\n}\n").unwrap()];
+        let mut settings = Vec::new();
+        for line in builder.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("pub fn ") {
+                if rest.contains("(mut self") {
+                    settings.push(rest[..rest.find('(').unwrap()].to_string());
+                }
+            }
+        }
+        assert!(settings.len() >= 15, "found {settings:?}");
+        let missing: Vec<_> = settings
+            .iter()
+            .filter(|s| !["executor", "connector", "resolver", "build"].contains(&s.as_str()))
+            .filter(|s| {
+                let setter = format!("fn plexus_channel_options_set_{s}(");
+                let setter_ms = format!("fn plexus_channel_options_set_{s}_ms(");
+                !ours.contains(&setter) && !ours.contains(&setter_ms)
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no C setter for ChannelBuilder::{missing:?}"
+        );
+    }
 }

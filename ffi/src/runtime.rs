@@ -9,7 +9,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -31,8 +31,9 @@ pub(crate) const FORKED_MESSAGE: &str = "this process is a fork of the process t
     the plexus runtime; its threads and I/O reactor did not survive the fork, so this copy of \
     the library refuses every call (load a fresh copy of libplexus in the child)";
 
-/// Process id of the process that started the runtime; 0 while it never started.
-static START_PID: AtomicU32 = AtomicU32::new(0);
+/// Set in a child forked after the runtime started (by the `pthread_atfork` handler that the
+/// start registers), so the check on every call is one atomic load, not a `getpid`.
+static FORKED: AtomicBool = AtomicBool::new(false);
 /// Thread count asked for by `plexus_init` before the start (0: environment or cores).
 static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Set by `plexus_shutdown`; final.
@@ -42,8 +43,23 @@ static START: Mutex<()> = Mutex::new(());
 
 /// Whether this process is a fork of one that had started the runtime.
 pub(crate) fn forked() -> bool {
-    let pid = START_PID.load(Ordering::Relaxed);
-    pid != 0 && pid != std::process::id()
+    FORKED.load(Ordering::Relaxed)
+}
+
+unsafe extern "C" {
+    /// pthread_atfork(3): with glibc this binds to the wrapper that registers the handlers
+    /// for this shared object only, and unregisters them if it is unloaded.
+    fn pthread_atfork(
+        prepare: Option<unsafe extern "C" fn()>,
+        parent: Option<unsafe extern "C" fn()>,
+        child: Option<unsafe extern "C" fn()>,
+    ) -> std::ffi::c_int;
+}
+
+/// Runs in the child of a fork (after the runtime started): marks this copy unusable. Only
+/// an atomic store, so it cannot panic or take a lock.
+unsafe extern "C" fn on_fork_child() {
+    FORKED.store(true, Ordering::Relaxed);
 }
 
 /// The executor pool and what stops it.
@@ -134,7 +150,8 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
         threads,
         stop: Event::new(),
     });
-    START_PID.store(std::process::id(), Ordering::Relaxed);
+    // SAFETY: registers a handler that only stores to an atomic; called once, under START.
+    unsafe { pthread_atfork(None, None, Some(on_fork_child)) };
     let mut workers = rt.workers.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..threads {
         let executor = executor.clone();

@@ -222,6 +222,7 @@ static void test_options(void) {
     OK(plexus_channel_options_set_max_connections_per_endpoint(o, 4));
     OK(plexus_channel_options_set_backoff(o, 100, 1.6, 0.2, 5000));
     OK(plexus_channel_options_set_idle_timeout_ms(o, 600000));
+    OK(plexus_channel_options_set_resolve_interval_ms(o, 60000));
     OK(plexus_channel_options_set_lb_policy(o, "round_robin"));
     OK(plexus_channel_options_set_user_agent(o, "plexus-c-test/1"));
 
@@ -237,6 +238,7 @@ static void test_options(void) {
     EXPECT(plexus_channel_options_set_backoff(o, 0, 1.6, 0.2, 5000), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_backoff(o, 100, 1.6, 1.5, 5000), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_idle_timeout_ms(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_resolve_interval_ms(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, "fastest"), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, "\xff"), PLEXUS_ERR_INVALID_UTF8);
     EXPECT(plexus_channel_options_set_user_agent(o, "tab\there"), PLEXUS_ERR_INVALID_ARGUMENT);
@@ -891,6 +893,142 @@ static void test_shared_channels(void) {
     plexus_channel_free(dead);
 }
 
+/* ---- compression and TLS ---- */
+
+static void test_compression(void) {
+    plexus_channel_options *o = NULL;
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_set_compression(o, "gzip"));
+    EXPECT(plexus_channel_options_set_compression(o, "brotli"), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_compression(o, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    const plexus_channel *ch = NULL;
+    OK(plexus_channel_new(test_target(), o, &ch));
+    plexus_channel_options_free(o);
+    /* A compressible payload, sent gzip by the channel, deflate by one call's options. */
+    uint8_t payload[8192];
+    memset(payload, 'z', sizeof payload);
+    echo_request r = {0};
+    r.payload = payload;
+    r.payload_len = sizeof payload;
+    plexus_bytes *req = encode_request(&r), *resp = NULL;
+    OK(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, NULL));
+    CHECK(decode_response(resp).payload_len == sizeof payload);
+    plexus_bytes_free(resp);
+    plexus_call_options *c = NULL;
+    OK(plexus_call_options_new(&c));
+    OK(plexus_call_options_set_compression(c, "deflate"));
+    EXPECT(plexus_call_options_set_compression(c, "zip"), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_call_options_set_compression(NULL, "gzip"), PLEXUS_ERR_NULL_ARGUMENT);
+    OK(plexus_unary(ch, UNARY, req, c, LONG_MS, &resp, NULL));
+    CHECK(decode_response(resp).payload_len == sizeof payload);
+    plexus_bytes_free(resp);
+    plexus_call_options_free(c);
+    plexus_bytes_free(req);
+    plexus_channel_free(ch);
+}
+
+/* Reads `dir`/`name` into a new buffer (free it), its length into `*len`. */
+static uint8_t *read_file(const char *dir, const char *name, size_t *len) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    uint8_t *buf = malloc(1 << 16);
+    CHECK(buf != NULL);
+    *len = fread(buf, 1, 1 << 16, f);
+    fclose(f);
+    CHECK(*len > 0);
+    return buf;
+}
+
+/* Unary through a TLS channel with these options; returns the result. */
+static int32_t tls_unary(plexus_channel_options *o, int32_t *code) {
+    const char *target = getenv("PLEXUS_TEST_TLS_TARGET");
+    CHECK(target != NULL);
+    const plexus_channel *ch = NULL;
+    OK(plexus_channel_new(target, o, &ch));
+    plexus_bytes *req = request_text("secret"), *resp = NULL;
+    plexus_status *status = NULL;
+    int32_t rc = plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, &status);
+    if (rc == PLEXUS_OK) CHECK(response_is(resp, "secret"));
+    *code = status != NULL ? status_code(status) : -1;
+    plexus_status_free(status);
+    plexus_bytes_free(resp);
+    plexus_bytes_free(req);
+    plexus_channel_free(ch);
+    return rc;
+}
+
+/* The TLS server (scripts/test-c.sh) requires a client certificate from its CA. */
+static void test_tls(void) {
+    const char *certs = getenv("PLEXUS_TEST_CERTS");
+    CHECK(certs != NULL);
+    size_t ca_len, other_len, cert_len, key_len;
+    uint8_t *ca = read_file(certs, "ca.pem", &ca_len);
+    uint8_t *other = read_file(certs, "other-ca.pem", &other_len);
+    uint8_t *cert = read_file(certs, "client.pem", &cert_len);
+    uint8_t *key = read_file(certs, "client.key", &key_len);
+    int32_t code = 0;
+
+    /* Mutual TLS: trusted CA, the certificate's name, a client certificate. */
+    plexus_channel_options *o = NULL;
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_add_tls_ca_pem(o, ca, ca_len));
+    OK(plexus_channel_options_set_tls_native_roots(o, false));
+    OK(plexus_channel_options_set_tls_server_name(o, "localhost"));
+    OK(plexus_channel_options_set_tls_identity_pem(o, cert, cert_len, key, key_len));
+    EXPECT(tls_unary(o, &code), PLEXUS_OK);
+    CHECK(code == 0);
+    plexus_channel_options_free(o);
+
+    /* No client certificate: the server refuses the connection. */
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_add_tls_ca_pem(o, ca, ca_len));
+    OK(plexus_channel_options_set_tls_server_name(o, "localhost"));
+    EXPECT(tls_unary(o, &code), PLEXUS_ERR_RPC);
+    CHECK(code == 14);
+    plexus_channel_options_free(o);
+
+    /* A CA that did not sign the server's certificate: the client refuses it. */
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_add_tls_ca_pem(o, other, other_len));
+    OK(plexus_channel_options_set_tls_server_name(o, "localhost"));
+    OK(plexus_channel_options_set_tls_identity_pem(o, cert, cert_len, key, key_len));
+    EXPECT(tls_unary(o, &code), PLEXUS_ERR_RPC);
+    CHECK(code == 14);
+
+    /* Bad arguments, and TLS with an http:// target. */
+    EXPECT(plexus_channel_options_add_tls_ca_pem(o, NULL, 3), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_add_tls_ca_pem(o, ca, 0), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls_server_name(o, ""), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls_server_name(o, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls_identity_pem(o, cert, 0, key, key_len),
+           PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls_identity_pem(o, NULL, 5, key, key_len),
+           PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls_native_roots(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_tls(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
+    const plexus_channel *ch = NULL;
+    EXPECT(plexus_channel_new("http://127.0.0.1:1", o, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
+    /* Turning TLS off forgets its settings: plain text to the plain server works. */
+    OK(plexus_channel_options_set_tls(o, false));
+    OK(plexus_channel_new(test_target(), o, &ch));
+    plexus_bytes *req = request_text("plain"), *resp = NULL;
+    OK(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, NULL));
+    plexus_bytes_free(resp);
+    plexus_bytes_free(req);
+    plexus_channel_free(ch);
+    /* TLS on with only the defaults (system roots) is a valid setting. */
+    OK(plexus_channel_options_set_tls(o, true));
+    OK(plexus_channel_new("127.0.0.1:1", o, &ch));
+    plexus_channel_free(ch);
+    plexus_channel_options_free(o);
+    free(ca);
+    free(other);
+    free(cert);
+    free(key);
+}
+
 /* ---- bad arguments: an error code and text for each kind, never a crash ---- */
 
 static void test_bad_arguments(void) {
@@ -967,8 +1105,11 @@ static void test_bad_arguments(void) {
 int main(void) {
     int passed = 0;
     OK(plexus_channel_new(test_target(), NULL, &channel));
+    /* PLEXUS_TEST_ONLY=name runs one test (for debugging; the suite runs them all). */
+    const char *only = getenv("PLEXUS_TEST_ONLY");
 #define RUN(t)                                                                             \
     do {                                                                                   \
+        if (only != NULL && strcmp(only, #t) != 0) break;                                  \
         t();                                                                               \
         printf("PASS %s\n", #t);                                                           \
         fflush(stdout);                                                                    \
@@ -991,6 +1132,8 @@ int main(void) {
     RUN(test_cq_streams);
     RUN(test_epoll_loop);
     RUN(test_shared_channels);
+    RUN(test_compression);
+    RUN(test_tls);
     RUN(test_bad_arguments);
     plexus_channel_free(channel);
     OK(plexus_shutdown());

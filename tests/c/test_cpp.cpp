@@ -45,7 +45,7 @@ int main() {
         md.append("x-echo-a", "1").append_bin("x-echo-b-bin", std::string("\0\1", 2));
         CHECK(md.read().size() == 2);
         auto opts = plexus::CallOptions::create();
-        opts.metadata(md).timeout_ms(LONG_MS).wait_for_ready(false);
+        opts.metadata(md).timeout_ms(LONG_MS).wait_for_ready(false).compression("gzip");
         auto reply = channel.unary(UNARY, request("hi"), &opts, LONG_MS);
         CHECK(text_of(reply.message) == "hi");
         CHECK(reply.status.ok() && reply.status.message().empty());
@@ -195,6 +195,8 @@ int main() {
             .max_connections_per_endpoint(2)
             .backoff(500, 1.5, 0.1, 10000)
             .idle_timeout_ms(60000)
+            .resolve_interval_ms(30000)
+            .compression("identity")
             .lb_policy("pick_first")
             .user_agent("cpp-test");
         auto own = plexus::Channel::create(test_target(), &o);
