@@ -16,6 +16,7 @@ tests' own process (which forks) never hosts grpcio's server threads.
   request's status_code if any had one.
 * Bidi: answers each request at once; a request with a status_code ends the call.
 * NapStats: message "<naps started>,<naps cancelled>", index = naps cancelled.
+* ``x-response-compression: gzip`` (or ``deflate``) compresses the responses.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ _naps = {"started": 0, "cancelled": 0}
 
 
 def _echoed(context):
+    """The x-echo-* request entries; also applies x-response-compression, as the Rust server
+    does."""
+    for key, value in context.invocation_metadata():
+        if key == "x-response-compression":
+            context.set_compression(
+                {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[value]
+            )
     return tuple((k, v) for k, v in context.invocation_metadata() if k.startswith("x-echo-"))
 
 

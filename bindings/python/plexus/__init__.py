@@ -24,6 +24,7 @@ from ._channel import (
 from ._common import (
     HAVE_GRPCIO,
     ChannelConnectivity,
+    Compression,
     FutureCancelledError,
     FutureTimeoutError,
     Metadatum,
@@ -40,6 +41,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "Channel",
     "ChannelConnectivity",
+    "Compression",
     "ForkedError",
     "FutureCancelledError",
     "FutureTimeoutError",

@@ -348,8 +348,9 @@ def open_channel(target, options, compression, plexus_options):
             f"invalid target {target!r}: an https:// target needs TLS, and this is an "
             "insecure channel; use host:port or http://"
         )
-    _check_compression(compression)
     settings = _options.collect(options, plexus_options)
+    if compression is not None:
+        settings["compression"] = compression
     lib = _ffi.current()
     opts = _options.build(lib, settings)
     out = c_void_p()
@@ -360,18 +361,6 @@ def open_channel(target, options, compression, plexus_options):
     if rc:
         raise lib.error(rc, f"cannot create a channel to {target!r}")
     return lib, out.value, target
-
-
-def _check_compression(compression) -> None:
-    """grpcio's compression arguments are accepted; plexus sends messages uncompressed
-    (always allowed by the gRPC protocol: compression is the sender's choice)."""
-    if compression is None:
-        return
-    if _common._grpc is not None and isinstance(compression, _common._grpc.Compression):
-        return
-    if isinstance(compression, int) and not isinstance(compression, bool) and 0 <= compression <= 2:
-        return
-    raise TypeError(f"compression must be a grpc.Compression value or None, not {compression!r}")
 
 
 _WATCH_INTERVAL = 0.05
@@ -425,7 +414,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
     def _blocking(self, request, timeout, metadata, credentials, wait_for_ready, compression):
         lib = self._lib
         data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         resp = c_void_p()
         st = c_void_p()
@@ -493,7 +482,9 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         """Starts the call and returns a future (also a grpc.Call) at once."""
         data = serialize(self._serializer, request)
         future = _UnaryFuture(self._channel, self._deserializer, timeout)
-        future._start(self._method, data, timeout, metadata, credentials, wait_for_ready)
+        future._start(
+            self._method, data, timeout, metadata, credentials, wait_for_ready, compression
+        )
         return future
 
 
@@ -753,12 +744,14 @@ class _UnaryFuture(_CallFuture):
     """A unary-unary future: one event (plexus_unary_call_async) on the process's dispatcher
     brings the response and the status."""
 
-    def _start(self, method, data, timeout, metadata, credentials, wait_for_ready) -> None:
+    def _start(
+        self, method, data, timeout, metadata, credentials, wait_for_ready, compression
+    ) -> None:
         lib = self._lib
         channel = self._channel
         channel._track(self)
         dispatcher = _dispatcher(lib)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         out = c_void_p()
         try:
@@ -1063,7 +1056,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
     ):
         lib = self._lib
         data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         call = _ResponseIterator(self._channel, self._deserializer, timeout)
         try:
@@ -1092,7 +1085,7 @@ class StreamStreamMultiCallable(_MultiCallable):
     ):
         lib = self._lib
         requests = iter(request_iterator)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         call = _ResponseIterator(self._channel, self._deserializer, timeout)
         try:
             call._open(self._channel, self._method, None, opts)
@@ -1142,9 +1135,9 @@ class StreamUnaryMultiCallable(_MultiCallable):
 
     __slots__ = ()
 
-    def _open(self, timeout, metadata, credentials, wait_for_ready):
+    def _open(self, timeout, metadata, credentials, wait_for_ready, compression):
         lib = self._lib
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         call = _StreamUnaryCall(self._channel, self._deserializer, timeout)
         try:
             call._open(self._channel, self._method, None, opts)
@@ -1152,9 +1145,11 @@ class StreamUnaryMultiCallable(_MultiCallable):
             free_options(lib, opts)
         return call
 
-    def _blocking(self, request_iterator, timeout, metadata, credentials, wait_for_ready):
+    def _blocking(
+        self, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+    ):
         requests = iter(request_iterator)
-        call = self._open(timeout, metadata, credentials, wait_for_ready)
+        call = self._open(timeout, metadata, credentials, wait_for_ready, compression)
         if call._handle:
             _consume_requests(call, self._lib, requests, self._serializer)
         return call._response(), call
@@ -1168,7 +1163,9 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
-        return self._blocking(request_iterator, timeout, metadata, credentials, wait_for_ready)[0]
+        return self._blocking(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )[0]
 
     def with_call(
         self,
@@ -1180,7 +1177,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         compression=None,
     ):
         response, call = self._blocking(
-            request_iterator, timeout, metadata, credentials, wait_for_ready
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
         return response, _CompletedCall(call._status, response)
 
@@ -1199,7 +1196,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         self._channel._track(future)
         threading.Thread(
             target=future._run,
-            args=(self, requests, timeout, metadata, credentials, wait_for_ready),
+            args=(self, requests, timeout, metadata, credentials, wait_for_ready, compression),
             name="plexus-stream-unary",
             daemon=True,
         ).start()
@@ -1211,10 +1208,12 @@ class _StreamUnaryFuture(_CallFuture):
 
     _stream = None
 
-    def _run(self, multicallable, requests, timeout, metadata, credentials, wait_for_ready):
+    def _run(
+        self, multicallable, requests, timeout, metadata, credentials, wait_for_ready, compression
+    ):
         status = None
         try:
-            call = multicallable._open(timeout, metadata, credentials, wait_for_ready)
+            call = multicallable._open(timeout, metadata, credentials, wait_for_ready, compression)
             with self._handle_lock:
                 self._stream = call
                 local = self._local

@@ -27,6 +27,7 @@ HAVE_GRPCIO = _grpc is not None
 if _grpc is not None:
     StatusCode = _grpc.StatusCode
     ChannelConnectivity = _grpc.ChannelConnectivity
+    Compression = _grpc.Compression
     _RpcErrorBase = _grpc.RpcError
     _CallBase = _grpc.Call
     _FutureBase = _grpc.Future
@@ -64,6 +65,13 @@ else:
         TRANSIENT_FAILURE = (3, "transient failure")
         SHUTDOWN = (4, "shutdown")
 
+    class Compression(enum.IntEnum):
+        """Message compression algorithms, as grpc.Compression."""
+
+        NoCompression = 0
+        Deflate = 1
+        Gzip = 2
+
     class _RpcErrorBase(Exception):
         """Base of every RPC failure raised by plexus (grpc.RpcError's stand-in)."""
 
@@ -81,6 +89,34 @@ else:
 
 
 _CODES = {code.value[0]: code for code in StatusCode}
+_COMPRESSION_NAMES = {0: b"identity", 1: b"deflate", 2: b"gzip"}
+_COMPRESSION_BY_NAME = {
+    b"identity": b"identity",
+    b"none": b"identity",
+    b"gzip": b"gzip",
+    b"deflate": b"deflate",
+}
+
+
+def compression_name(compression) -> bytes | None:
+    """The libplexus name for a grpcio compression value (grpc.Compression, its int, or a
+    name: "gzip", "deflate", "identity"); None for None."""
+    if compression is None:
+        return None
+    if isinstance(compression, str):
+        name = _COMPRESSION_BY_NAME.get(compression.lower().encode())
+        if name is not None:
+            return name
+    elif isinstance(compression, int) and not isinstance(compression, bool):
+        name = _COMPRESSION_NAMES.get(int(compression))
+        if name is not None:
+            return name
+    raise TypeError(
+        "compression must be a grpc.Compression value (NoCompression, Deflate, Gzip), "
+        f'"gzip", "deflate", "identity" or None, not {compression!r}'
+    )
+
+
 _STATES = {state.value[0]: state for state in ChannelConnectivity}
 
 
@@ -276,7 +312,9 @@ _OPTIONS_CACHE_LIMIT = 256
 """Distinct timeouts whose call options are kept for reuse (a program uses a handful)."""
 
 
-def call_options(lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready) -> int | None:
+def call_options(
+    lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready, compression=None
+) -> int | None:
     """A plexus_call_options handle for these grpcio call arguments, or None when all are
     defaults. Release it with `free_options`.
 
@@ -288,8 +326,8 @@ def call_options(lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready) 
             "call credentials need a secure channel; plexus channels are insecure "
             "(plexus.insecure_channel)"
         )
-    if metadata or wait_for_ready:
-        return _new_options(lib, timeout, metadata, wait_for_ready)
+    if metadata or wait_for_ready or compression is not None:
+        return _new_options(lib, timeout, metadata, wait_for_ready, compression)
     if timeout is None:
         return None
     kind = type(timeout)
@@ -298,7 +336,7 @@ def call_options(lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready) 
         handle = cache.get(timeout)
         if handle is not None:
             return handle
-    handle = _new_options(lib, timeout, None, False)
+    handle = _new_options(lib, timeout, None, False, None)
     if (kind is float or kind is int) and len(cache) < _OPTIONS_CACHE_LIMIT:
         kept = cache.setdefault(timeout, handle)
         if kept != handle:
@@ -314,7 +352,8 @@ def free_options(lib: _ffi.Lib, handle: int | None) -> None:
         lib.call_options_free(handle)
 
 
-def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready) -> int:
+def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready, compression) -> int:
+    name = compression_name(compression)
     out = c_void_p()
     lib.check(lib.call_options_new(byref(out)))
     handle = out.value
@@ -331,6 +370,8 @@ def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready) -> int:
                 lib.metadata_free(md)
         if wait_for_ready:
             lib.call_options_set_wait_for_ready(handle, True)
+        if name is not None:
+            lib.check(lib.call_options_set_compression(handle, name))
     except BaseException:
         lib.call_options_free(handle)
         raise

@@ -170,6 +170,8 @@ _SIGNATURES = {
     "plexus_call_options_set_wait_for_ready": (_R, [_P, c_bool]),
     "plexus_call_options_set_max_receive_message_size": (_R, [_P, c_size_t]),
     "plexus_call_options_set_max_send_message_size": (_R, [_P, c_size_t]),
+    "plexus_call_options_set_compression": (_R, [_P, c_char_p]),
+    "plexus_channel_options_set_compression": (_R, [_P, c_char_p]),
     "plexus_status_code": (_R, [_P, POINTER(c_int32)]),
     "plexus_status_message": (_R, [_P, POINTER(c_char_p), POINTER(c_size_t)]),
     "plexus_status_details": (_R, [_P, _OUT, POINTER(c_size_t)]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ctypes import byref, c_void_p
 
 from . import _ffi
+from ._common import compression_name
 
 _INT_MAX = 2**31 - 1  # grpc's "disabled" value for keepalive time and idle timeout
 _SIZE_MAX = 2**64 - 1
@@ -36,6 +37,7 @@ KEYWORDS = {
     "idle_timeout": "seconds without calls before connections close (default 1800)",
     "lb_policy": '"pick_first" (default) or "round_robin"',
     "user_agent": "str: prefix of the user-agent header",
+    "compression": 'grpc.Compression value or "gzip"/"deflate"/"identity": request messages',
 }
 
 _BACKOFF_DEFAULTS = {
@@ -128,6 +130,7 @@ GRPC_KEYS = {
     "grpc.use_local_subchannel_pool": ("shared", lambda k, v: not _bool(k, v)),
     # A server setting in grpcio (ignored by grpcio's client channels too): plexus follows
     # the server's SETTINGS_MAX_CONCURRENT_STREAMS and opens more connections past it.
+    "grpc.default_compression_algorithm": ("compression", _int),
     "grpc.max_concurrent_streams": (None, _ignored_int),
     "grpc.enable_retries": (None, lambda k, v: (_bool(k, v), _IGNORE)[1]),
 }
@@ -283,6 +286,9 @@ def _apply(lib: _ffi.Lib, h: int, s: dict) -> None:
         if "\0" in policy:
             raise ValueError("channel option 'lb_policy' contains a NUL character")
         check(lib.channel_options_set_lb_policy(h, policy.encode("utf-8")), "lb_policy")
+    if s.get("compression") is not None:
+        name = compression_name(s["compression"])
+        check(lib.channel_options_set_compression(h, name), "compression")
     if "user_agent" in s:
         agent = _str("user_agent", s["user_agent"])
         if "\0" in agent:

@@ -777,7 +777,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         lib = channel._lib
         loop, poller = channel._loop_and_poller()
         data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         try:
             rc = lib.bytes_copy(data, len(data), byref(req))
@@ -811,7 +811,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         lib = channel._lib
         loop, poller = channel._loop_and_poller()
         data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         try:
             lib.check(lib.bytes_copy(data, len(data), byref(req)))
@@ -848,7 +848,7 @@ class _StreamRequestMultiCallable(_MultiCallable):
                 f"request_iterator must be an iterator or async iterator, not "
                 f"{type(request_iterator).__name__}"
             )
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         try:
             call = self._kind(channel, loop, poller, timeout, self._serializer, self._deserializer)
             call._open(channel._live_handle(), self._method, None, opts)
