@@ -229,7 +229,7 @@ def main() -> None:
             pm, gm = statistics.median(p), statistics.median(g)
             # Each round measures plexus and grpcio back to back: their ratio drifts less
             # with the machine's load than the absolute figures do.
-            rounds = " ".join(f"{a / b:.2f}" for a, b in zip(p, g))
+            rounds = " ".join(f"{p[i] / g[i]:.2f}" for i in range(min(len(p), len(g))))
             print(
                 f"{api + ' x' + str(in_flight):<14}{pm:12.0f}{gm:12.0f}{pm / gm:8.2f}x   {rounds}"
             )
