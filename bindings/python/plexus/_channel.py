@@ -78,42 +78,55 @@ class _Finished(_common._CallBase, _common._FutureBase):
     _status: Status
 
     def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         return self._status.initial_metadata
 
     def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
         return self._status.trailing_metadata
 
     def code(self):
+        """The call's status code (waits for the call to end)."""
         return self._status.code
 
     def details(self):
+        """The call's status message (waits for the call to end)."""
         return self._status.details
 
     def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         return self._status.debug_error_string()
 
     def is_active(self) -> bool:
+        """Whether the call is still in progress."""
         return False
 
     def time_remaining(self):
+        """Seconds left before the deadline, or None without one."""
         return None
 
     def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
         return False
 
     def add_callback(self, callback) -> bool:
+        """Calls `callback()` when the call ends; False if it already has."""
         return False
 
     def cancelled(self) -> bool:
+        """Whether cancel() cancelled the call."""
         return False
 
     def running(self) -> bool:
+        """Whether the call is still in progress."""
         return False
 
     def done(self) -> bool:
+        """Whether the call has ended."""
         return True
 
     def add_done_callback(self, fn) -> None:
+        """Calls `fn(self)` when the call ends (at once if it has)."""
         fn(self)
 
 
@@ -130,12 +143,15 @@ class _InactiveRpcError(RpcError, _Finished):
     __repr__ = __str__
 
     def result(self, timeout=None):
+        """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
         raise self
 
     def exception(self, timeout=None):
+        """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         return self
 
     def traceback(self, timeout=None):
+        """The traceback of exception(), or None."""
         return self.__traceback__
 
 
@@ -147,12 +163,15 @@ class _CompletedCall(_Finished):
         self._response = response
 
     def result(self, timeout=None):
+        """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
         return self._response
 
     def exception(self, timeout=None):
+        """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         return None
 
     def traceback(self, timeout=None):
+        """The traceback of exception(), or None."""
         return None
 
 
@@ -505,6 +524,7 @@ class _Dispatcher:
         self._thread.start()
 
     def register(self, handler) -> int:
+        """Records `handler` for a new tag and returns the tag."""
         tag = self._tags()
         self.handlers[tag] = handler
         return tag
@@ -529,6 +549,7 @@ class _Dispatcher:
                 _LOG.exception("plexus: completion handler failed")
 
     def shutdown(self) -> None:
+        """Shuts the queue down; the draining thread then exits."""
         self.lib.cq_shutdown(self.cq)
 
 
@@ -591,6 +612,7 @@ class _FutureState:
                 raise _common.FutureTimeoutError()
 
     def add_done_callback(self, fn) -> None:
+        """Calls `fn(self)` when the call ends (at once if it has)."""
         with self._cond:
             if not self._done:
                 self._callbacks.append(fn)
@@ -598,6 +620,7 @@ class _FutureState:
         fn(self)
 
     def add_callback(self, callback) -> bool:
+        """Calls `callback()` when the call ends; False if it already has."""
         with self._cond:
             if not self._done:
                 self._rpc_callbacks.append(callback)
@@ -605,9 +628,11 @@ class _FutureState:
         return False
 
     def done(self) -> bool:
+        """Whether the call has ended."""
         return self._done
 
     def running(self) -> bool:
+        """Whether the call is still in progress."""
         return not self._done
 
 
@@ -632,6 +657,7 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
 
     # grpc.Future
     def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
         with self._handle_lock:
             if self._done or self._local is not None:
                 return False
@@ -648,9 +674,11 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         return True
 
     def cancelled(self) -> bool:
+        """Whether cancel() cancelled the call."""
         return self._cancelled
 
     def result(self, timeout=None):
+        """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
         self._wait(timeout)
         if self._cancelled:
             raise _common.FutureCancelledError()
@@ -661,6 +689,7 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         return self._response
 
     def exception(self, timeout=None):
+        """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         self._wait(timeout)
         if self._cancelled:
             raise _common.FutureCancelledError()
@@ -671,6 +700,7 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         return None
 
     def traceback(self, timeout=None):
+        """The traceback of exception(), or None."""
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
@@ -684,24 +714,31 @@ class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase
         )
 
     def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         return self._status_now().initial_metadata
 
     def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
         return self._status_now().trailing_metadata
 
     def code(self):
+        """The call's status code (waits for the call to end)."""
         return self._status_now().code
 
     def details(self):
+        """The call's status message (waits for the call to end)."""
         return self._status_now().details
 
     def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         return self._status_now().debug_error_string()
 
     def is_active(self) -> bool:
+        """Whether the call is still in progress."""
         return not self._done
 
     def time_remaining(self):
+        """Seconds left before the deadline, or None without one."""
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
@@ -917,6 +954,7 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
     # -- grpc.Call --
 
     def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         if self._initial is not None:
             return self._initial
         if self._status is not None:
@@ -935,26 +973,33 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
         return self._status.initial_metadata
 
     def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
         return self._wait_end().trailing_metadata
 
     def code(self):
+        """The call's status code (waits for the call to end)."""
         return self._wait_end().code
 
     def details(self):
+        """The call's status message (waits for the call to end)."""
         return self._wait_end().details
 
     def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         return self._wait_end().debug_error_string()
 
     def is_active(self) -> bool:
+        """Whether the call is still in progress."""
         return self._status is None
 
     def time_remaining(self):
+        """Seconds left before the deadline, or None without one."""
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
 
     def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
         return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
 
     def _cancel_with(self, code, details) -> bool:
@@ -969,19 +1014,23 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
     # -- grpc.Future --
 
     def cancelled(self) -> bool:
+        """Whether cancel() cancelled the call."""
         return self._local is not None and self._local.details == _LOCAL_CANCEL
 
     def result(self, timeout=None):
+        """Waits up to `timeout` seconds for the end (None); raises a failed call's RpcError."""
         self._wait(timeout)
         if self._status.code is not StatusCode.OK:
             raise self
         return None
 
     def exception(self, timeout=None):
+        """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         self._wait(timeout)
         return None if self._status.code is StatusCode.OK else self
 
     def traceback(self, timeout=None):
+        """The traceback of exception(), or None."""
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
@@ -1054,6 +1103,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
+        """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         data = serialize(self._serializer, request)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
@@ -1083,6 +1133,7 @@ class StreamStreamMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
+        """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         requests = iter(request_iterator)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
@@ -1163,6 +1214,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
+        """Starts the call; see the class docstring for what it returns."""
         return self._blocking(
             request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )[0]
@@ -1176,6 +1228,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
+        """Makes the call and returns `(response, call)`; `call` has the metadata."""
         response, call = self._blocking(
             request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )

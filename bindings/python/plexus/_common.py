@@ -162,6 +162,7 @@ class Status:
         return cls(code, details, b"", tuple(initial_metadata), ())
 
     def debug_error_string(self) -> str:
+        """A one-line description of the status, for logs."""
         return f"plexus status {self.code.name}: {self.details}"
 
 
@@ -202,6 +203,7 @@ class LazyStatus:
         self._status = None
 
     def get(self) -> Status:
+        """The status, read from the library on first use."""
         if self._status is None:
             handle, self._handle = self._handle, None
             self._status = read_status(self._lib, handle)
@@ -389,18 +391,23 @@ class SerializationError(RpcError, TypeError):
         self._details = message
 
     def code(self):
+        """The call's status code (waits for the call to end)."""
         return StatusCode.INTERNAL
 
     def details(self) -> str:
+        """The call's status message (waits for the call to end)."""
         return self._details
 
     def initial_metadata(self) -> tuple:
+        """The response's initial metadata (waits for the response headers)."""
         return ()
 
     def trailing_metadata(self) -> tuple:
+        """The trailing metadata (waits for the call to end)."""
         return ()
 
     def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         return self._details
 
 

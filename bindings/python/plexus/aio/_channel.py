@@ -79,18 +79,23 @@ class AioRpcError(*((_AioRpcErrorBase, RpcError) if _AioRpcErrorBase else (RpcEr
         self._plexus_status = status
 
     def code(self):
+        """The call's status code (waits for the call to end)."""
         return self._plexus_status.code
 
     def details(self):
+        """The call's status message (waits for the call to end)."""
         return self._plexus_status.details
 
     def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         return self._plexus_status.initial_metadata
 
     def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
         return self._plexus_status.trailing_metadata
 
     def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         return self._plexus_status.debug_error_string()
 
     def __str__(self) -> str:
@@ -150,6 +155,7 @@ class _Poller:
                 _LOG.exception("plexus.aio: completion handler failed")
 
     def close(self) -> None:
+        """Stops watching the queue's fd and shuts the queue down."""
         try:
             self.loop.remove_reader(self.fd)
         except Exception:
@@ -271,12 +277,15 @@ class _Call:
     # -- grpc.aio.Call --
 
     def done(self) -> bool:
+        """Whether the call has ended."""
         return self._finished()
 
     def cancelled(self) -> bool:
+        """Whether cancel() cancelled the call."""
         return self._user_cancelled
 
     def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
         if self._finished() or self._local is not None:
             return False
         self._user_cancelled = True
@@ -291,11 +300,13 @@ class _Call:
         return True
 
     def time_remaining(self):
+        """Seconds left before the deadline, or None without one."""
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
 
     def add_done_callback(self, callback) -> None:
+        """Calls `fn(self)` when the call ends (at once if it has)."""
         if self._finished():
             callback(self)
             return
@@ -304,21 +315,26 @@ class _Call:
         self._done_callbacks.append(callback)
 
     async def wait_for_connection(self) -> None:
+        """Waits until the call has its response headers (or has ended)."""
         await self.initial_metadata()
 
     async def code(self):
+        """The call's status code (waits for the call to end)."""
         await self._wait_end()
         return self._status_now().code
 
     async def details(self):
+        """The call's status message (waits for the call to end)."""
         await self._wait_end()
         return self._status_now().details
 
     async def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
         await self._wait_end()
         return self._status_now().trailing_metadata
 
     async def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
         await self._wait_end()
         return self._status_now().debug_error_string()
 
@@ -431,6 +447,7 @@ class UnaryUnaryCall(_Call):
         return self._result.__await__()
 
     async def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         await self._wait_end()
         return self._status_now().initial_metadata
 
@@ -592,6 +609,7 @@ class _StreamingCall(_Call):
             yield message
 
     async def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
         if self._initial is not None:
             return self._initial
         if not await self._wait_started():
@@ -687,6 +705,7 @@ class _StreamingCall(_Call):
             self._cancel_with(StatusCode.UNKNOWN, _ITERATOR_FAILED)
 
     def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
         cancelled = _Call.cancel(self)
         task = self._writer_task
         if task is asyncio.current_task():
@@ -773,6 +792,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ) -> UnaryUnaryCall:
+        """Starts the call; see the class docstring for what it returns."""
         channel = self._channel
         lib = channel._lib
         loop, poller = channel._loop_and_poller()
@@ -807,6 +827,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ) -> UnaryStreamCall:
+        """Starts the call; see the class docstring for what it returns."""
         channel = self._channel
         lib = channel._lib
         loop, poller = channel._loop_and_poller()
@@ -838,6 +859,7 @@ class _StreamRequestMultiCallable(_MultiCallable):
         wait_for_ready=None,
         compression=None,
     ):
+        """Starts the call; see the class docstring for what it returns."""
         channel = self._channel
         lib = channel._lib
         loop, poller = channel._loop_and_poller()
