@@ -72,7 +72,7 @@ def test_blocking_calls_release_the_gil(target):
 
         def slow_unary() -> None:
             blocked_in_unary.set()
-            stub.Unary(Req(message="slow", delay_ms=4000), timeout=WAIT)
+            stub.Unary(Req(message="slow", delay_ms=6000), timeout=WAIT)
             unary_done.set()
 
         responses = stub.ServerStream(Req(count=2, delay_ms=60_000), timeout=WAIT)
@@ -97,7 +97,7 @@ def test_blocking_calls_release_the_gil(target):
         spins = sum(1 for _ in range(100_000))
         assert spins == 100_000
         assert not stream_done.is_set()
-        assert not unary_done.is_set(), "the 4 s unary call returned before the other calls"
+        assert not unary_done.is_set(), "the 6 s unary call returned before the other calls"
         responses.cancel()
         assert stream_done.wait(WAIT)
         for t in threads:
