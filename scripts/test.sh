@@ -54,3 +54,6 @@ scripts/test-nginx.sh
 
 step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
 "$root/scripts/test-c.sh"
+
+step "Python package: pip install ./bindings/python and its pytest suite (scripts/test-python.sh)"
+"$root/scripts/test-python.sh"
