@@ -90,14 +90,17 @@ impl Service<http::Request<tonic::body::Body>> for TonicEcho {
 }
 
 fn start_tonic_server(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    // TcpIncoming sets TCP_NODELAY on accepted sockets; `Server::tcp_nodelay` does not apply
+    // to `serve_with_incoming`, and without it small responses wait for delayed ACKs.
+    let incoming = rt
+        .block_on(async {
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
+        })
+        .expect("bind")
+        .with_nodelay(Some(true));
+    let addr = incoming.local_addr().expect("addr");
     rt.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let _ = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(TonicEcho)
             .serve_with_incoming(incoming)
             .await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::future::{Either, select};
 use plexus::{
     CallContext, Code, Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response,
-    ResponseSink, Server, Status,
+    ResponseSink, Server, ServerBuilder, Status,
 };
 
 use crate::features;
@@ -32,6 +32,12 @@ const CACHE_CONTROL: &str = "public, max-age=60";
 
 /// Builds the server with both services routed.
 pub fn build() -> Result<Server, Status> {
+    builder().build()
+}
+
+/// A builder with both services routed, for callers that change server settings before
+/// building (the benchmark harness raises the stream limit for its memory probe).
+pub fn builder() -> ServerBuilder {
     let test = |method: &str| format!("{TEST_SERVICE}{method}");
     let bench = |method: &str| format!("{BENCHMARK_SERVICE}{method}");
     Server::builder()
@@ -95,7 +101,6 @@ pub fn build() -> Result<Server, Status> {
             ProstCodec::<SimpleResponse, SimpleRequest>::new(),
             bench_both_ways,
         )
-        .build()
 }
 
 // ---- features shared by the methods ----
