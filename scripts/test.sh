@@ -27,6 +27,9 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "plexus without its default features (no TLS) still builds, lint-clean"
+cargo clippy -p plexus --no-default-features --all-targets --quiet -- -D warnings
+
 step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
 cargo test --workspace --quiet 2>&1 | tee /tmp/plexus-cargo-test.log
 if grep -q "test result: FAILED" /tmp/plexus-cargo-test.log; then exit 1; fi

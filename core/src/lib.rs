@@ -4,9 +4,9 @@
 //!  Channel ──pick──► Subchannel (one endpoint) ──► pool of HTTP/2 connections ──► h2 stream
 //!     │                   │                           │
 //!  Resolver            state, backoff,            futures-io socket (TCP, Unix, memory, yours
-//!  Balancer            FIFO queue of calls        via Connector), a frame tap for keepalive,
-//!  (pick_first,                                   driven by a task on the Executor
-//!   round_robin, yours)
+//!  Balancer            FIFO queue of calls        via Connector; TLS over any of them), a
+//!  (pick_first,                                   frame tap for keepalive, driven by a task
+//!   round_robin, yours)                           on the Executor
 //!
 //!  Server ──► Listener / any Io ──► h2 server connection ──► router ──► handler (4 kinds)
 //! ```
@@ -18,6 +18,26 @@
 //!   ([`ProstCodec`] for prost messages) with [`Client`].
 //! - [`Server`] routes `/package.Service/Method` to handlers and serves TCP, Unix sockets or
 //!   any byte stream, with keepalive, ping policing and graceful shutdown.
+//! - TLS (the default `tls` feature: rustls with the `ring` provider): `https://` targets,
+//!   [`ClientTlsConfig`] on a channel (custom CAs or system roots, a server-name override,
+//!   client certificates) and [`ServerTlsConfig`] on a server (optionally requiring client
+//!   certificates, which handlers read from [`CallContext::peer_certificates`]); HTTP/2 is
+//!   negotiated by ALPN. See [`transport::tls`].
+//!
+//! # Compression
+//! Messages may be compressed with `gzip` or `deflate` ([`Compression`]), per gRPC's
+//! compression spec. A client compresses its requests per channel
+//! ([`ChannelBuilder::compression`]) or per call ([`CallOptions::compression`]), and single
+//! streamed messages opt out with [`Sender::send_with`]. A server compresses responses when the
+//! server ([`ServerBuilder::response_compression`]) or the handler
+//! ([`CallContext::set_response_compression`]) asks for it and the client accepts it, again
+//! with a per-message opt-out ([`ResponseSink::send_with`]). Both sides always inflate what
+//! they receive, advertise `grpc-accept-encoding: identity, deflate, gzip`, and tell which
+//! messages arrived compressed ([`Response::compressed`], [`Streaming::last_message_compressed`],
+//! [`Request::compressed`], [`RequestStream::last_message_compressed`]). An unknown request
+//! encoding is UNIMPLEMENTED. The max receive size bounds every message after inflation too,
+//! and inflating stops as soon as it is passed, so a zip bomb fails early with
+//! RESOURCE_EXHAUSTED.
 //!
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
@@ -68,7 +88,7 @@ pub use client::{
     EndpointStats, LbPolicy, Picker, Resolver, ResponseFuture, Sender, StaticResolver, Streaming,
 };
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
-pub use codec::{BytesCodec, Codec, ProstCodec};
+pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use metadata::{Metadata, MetadataValue};
 pub use response::Response;
 pub use rt::{Executor, SmolExecutor};
@@ -76,3 +96,5 @@ pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };
 pub use status::{Code, Status};
+#[cfg(feature = "tls")]
+pub use transport::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

@@ -10,6 +10,7 @@ pub struct Response<T> {
     metadata: Metadata,
     message: T,
     trailers: Metadata,
+    compressed: bool,
 }
 
 impl<T> Response<T> {
@@ -19,6 +20,7 @@ impl<T> Response<T> {
             metadata: Metadata::new(),
             message,
             trailers: Metadata::new(),
+            compressed: false,
         }
     }
 
@@ -28,7 +30,21 @@ impl<T> Response<T> {
             metadata,
             message,
             trailers,
+            compressed: false,
         }
+    }
+
+    pub(crate) fn with_compressed(mut self, compressed: bool) -> Response<T> {
+        self.compressed = compressed;
+        self
+    }
+
+    /// Whether the message arrived compressed (its Compressed-Flag was set), for responses a
+    /// client received; it was inflated either way. Always false on a response a handler
+    /// builds: servers choose compression through
+    /// [`CallContext::set_response_compression`](crate::CallContext::set_response_compression).
+    pub fn compressed(&self) -> bool {
+        self.compressed
     }
 
     /// The initial metadata (response headers).

@@ -1722,7 +1722,7 @@ async fn channel_basics(env: Env) {
     for target in [
         "",
         "http://",
-        "https://example.com:443",
+        "https://example.com:443/path",
         "unix:",
         "localhost:notaport",
         "localhost:70000",

@@ -333,7 +333,7 @@ fn malformed_targets_fail_at_build() {
         "ipv4:1.2.3",
         "ipv6:::1:80:x",
         "dns://8.8.8.8/x",
-        "https://example.com",
+        "https://example.com/path",
         "unix-abstract:",
     ] {
         let status = Channel::new(target).unwrap_err();

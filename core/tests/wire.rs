@@ -576,7 +576,7 @@ fn server_rejects_unknown_encoding_with_unimplemented() {
         vec![frame(b"x")],
     );
     assert_eq!(grpc_status_of(&headers, &trailers), "12");
-    assert_eq!(headers["grpc-accept-encoding"], "identity");
+    assert_eq!(headers["grpc-accept-encoding"], "identity, deflate, gzip");
 }
 
 #[test]

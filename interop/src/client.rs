@@ -290,7 +290,7 @@ impl Tester {
             None,
         )?;
         // 2. Compressed, expect_compressed=true.
-        let options = features::compressed_call(CallOptions::new())?;
+        let options = features::compressed_call(CallOptions::new());
         let response = call(
             "compressed call",
             self.simple
@@ -317,7 +317,6 @@ impl Tester {
     }
 
     async fn server_compressed_unary(&self) -> CaseResult {
-        features::response_compression_visible()?;
         for compressed in [true, false] {
             let step = format!("response_compressed={compressed}");
             let request = SimpleRequest {
@@ -331,6 +330,12 @@ impl Tester {
                     .await,
             )?;
             check_payload(&step, &response.message().payload, LARGE_RESPONSE)?;
+            check(response.compressed() == compressed, || {
+                format!(
+                    "{step}: the response's compressed flag is {}",
+                    response.compressed()
+                )
+            })?;
         }
         Ok(())
     }
@@ -375,15 +380,18 @@ impl Tester {
             None,
         )?;
         // 2. One compressed and one uncompressed message on a compressing call.
-        let options = features::compressed_call(CallOptions::new())?;
+        let options = features::compressed_call(CallOptions::new());
         let (tx, response) = call(
             "StreamingInputCall",
             self.input
                 .client_streaming(&test("StreamingInputCall"), options)
                 .await,
         )?;
-        features::send_compressed(&tx, expecting(27_182, true)).await?;
-        call("send uncompressed", tx.send(expecting(45_904, false)).await)?;
+        call("send compressed", tx.send(expecting(27_182, true)).await)?;
+        call(
+            "send uncompressed",
+            features::send_uncompressed(&tx, expecting(45_904, false)).await,
+        )?;
         call("half-close", tx.close().await)?;
         let response = call("StreamingInputCall", response.await)?;
         let total = response.message().aggregated_payload_size;
@@ -414,7 +422,6 @@ impl Tester {
     }
 
     async fn server_compressed_streaming(&self) -> CaseResult {
-        features::response_compression_visible()?;
         let sizes = [(true, 31_415), (false, 92_653)];
         let request = StreamingOutputCallRequest {
             response_parameters: sizes
@@ -435,10 +442,14 @@ impl Tester {
         )?;
         let mut count = 0;
         while let Some(msg) = call("StreamingOutputCall", stream.message().await)? {
-            let Some(&(_, size)) = sizes.get(count) else {
+            let Some(&(compressed, size)) = sizes.get(count) else {
                 return fail("more than 2 responses");
             };
             check_payload(&format!("response {count}"), &msg.payload, size)?;
+            let flag = stream.last_message_compressed();
+            check(flag == compressed, || {
+                format!("response {count}: compressed flag {flag}, want {compressed}")
+            })?;
             count += 1;
         }
         check(count == 2, || format!("{count} responses, want 2"))

@@ -1,22 +1,19 @@
 //! Everything the interop binaries need from compression and TLS, in one place.
 //!
-//! This build of plexus has neither message compression nor TLS. Each function here is the
-//! single point where the server, the client cases or the binaries touch those features; today
-//! they answer "no" (or fail with [`NOT_YET`]) and, once core has the API, only this file
-//! changes. What is true today, and why:
+//! Compression is plexus's own (gzip here, as every implementation's interop cases use):
 //!
-//! - No request message reaching a handler is compressed: the server answers a call whose
-//!   `grpc-encoding` is anything but `identity` with UNIMPLEMENTED before any handler runs,
-//!   and rejects a message with the compressed flag set on an identity stream. So
-//!   [`request_was_compressed`] is `false` and the CompressedRequest feature (INVALID_ARGUMENT
-//!   for an uncompressed request with `expect_compressed` set) already works.
-//! - The server cannot compress a response: `response_compressed: true` fails the call with
-//!   UNIMPLEMENTED saying so.
-//! - The client cannot compress requests nor see whether a response message was compressed:
-//!   the four compression cases fail with [`NOT_YET`] at the first step that needs it.
+//! - CompressedRequest: handlers read each request message's Compressed-Flag
+//!   (`Request::compressed`, `RequestStream::last_message_compressed`) and the server answers
+//!   INVALID_ARGUMENT when `expect_compressed` is set on a message that arrived uncompressed.
+//! - CompressedResponse: a unary call's response is compressed when `response_compressed` is
+//!   true ([`unary_response_compression`]); a streaming call compresses (gzip) and each message
+//!   opts out unless its `ResponseParameters.compressed` is true ([`send_response`]).
+//! - The client compresses a call with [`compressed_call`], sends one streamed message
+//!   uncompressed on such a call with [`send_uncompressed`], and sees each response's flag
+//!   (`Response::compressed`, `Streaming::last_message_compressed`).
 //! - `--use_tls=true` fails at start-up with [`NOT_YET`], in both binaries.
 
-use plexus::{CallContext, CallOptions, ResponseSink, Sender, Status};
+use plexus::{CallContext, CallOptions, Compression, ResponseSink, SendOptions, Sender, Status};
 
 /// What a case or flag that needs a missing feature fails with.
 pub const NOT_YET: &str = "not supported by this build yet";
@@ -39,31 +36,33 @@ impl std::fmt::Display for Unsupported {
 
 // ---- server ----
 
-/// Whether the request message just read arrived compressed (CompressedRequest feature).
-pub fn request_was_compressed(_ctx: &CallContext) -> bool {
-    // See the module docs: the server refuses every compressed request before a handler runs.
-    false
-}
+/// The algorithm the interop cases compress with.
+pub const ALGORITHM: Compression = Compression::Gzip;
 
-/// The status for a response the client asked to be compressed (CompressedResponse feature).
-pub fn check_response_compression(compressed: Option<bool>) -> Result<(), Status> {
+/// CompressedResponse for a unary call: compress the response when `compressed` is true, not
+/// when it is false (unset leaves the server's default).
+pub fn unary_response_compression(ctx: &CallContext, compressed: Option<bool>) {
     match compressed {
-        Some(true) => Err(Status::unimplemented(format!(
-            "response compression (response_compressed / ResponseParameters.compressed) is \
-             {NOT_YET}"
-        ))),
-        _ => Ok(()),
+        Some(true) => ctx.set_response_compression(ALGORITHM),
+        Some(false) => ctx.set_response_compression(Compression::Identity),
+        None => {}
     }
 }
 
-/// Sends one streamed response, compressed or not as the client asked.
+/// Makes a streaming call compress its responses; call before the first response or the
+/// initial metadata. Each message then goes through [`send_response`].
+pub fn compress_stream(ctx: &CallContext) {
+    ctx.set_response_compression(ALGORITHM);
+}
+
+/// Sends one streamed response, compressed only when the client asked for it.
 pub async fn send_response<T>(
     sink: &ResponseSink<T>,
     message: T,
     compressed: Option<bool>,
 ) -> Result<(), Status> {
-    check_response_compression(compressed)?;
-    sink.send(message).await
+    let options = SendOptions::new().compress(compressed == Some(true));
+    sink.send_with(message, options).await
 }
 
 /// Refuses `--use_tls=true` on the server.
@@ -74,21 +73,15 @@ pub fn server_tls() -> Result<(), Unsupported> {
 // ---- client ----
 
 /// Call options that compress the request messages (gzip) of a call.
-pub fn compressed_call(_options: CallOptions) -> Result<CallOptions, Unsupported> {
-    Err(Unsupported::new("request compression"))
+pub fn compressed_call(options: CallOptions) -> CallOptions {
+    options.compression(ALGORITHM)
 }
 
-/// Sends one request message of a streaming call compressed, when the call compresses.
-pub async fn send_compressed<T>(_sender: &Sender<T>, _message: T) -> Result<(), Unsupported> {
-    Err(Unsupported::new("per-message request compression"))
-}
-
-/// Checks that the client can tell whether a response message arrived compressed, which the
-/// server_compressed_* cases assert.
-pub fn response_compression_visible() -> Result<(), Unsupported> {
-    Err(Unsupported::new(
-        "telling whether a response message was compressed",
-    ))
+/// Sends one request message of a compressing call uncompressed.
+pub async fn send_uncompressed<T>(sender: &Sender<T>, message: T) -> Result<(), Status> {
+    sender
+        .send_with(message, SendOptions::new().compress(false))
+        .await
 }
 
 /// TLS settings for the client channel: `--use_test_ca` and `--server_host_override`.

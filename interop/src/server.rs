@@ -141,9 +141,14 @@ fn echo_status(status: &Option<EchoStatus>, ctx: &CallContext) -> Option<Status>
     )
 }
 
-/// CompressedRequest: INVALID_ARGUMENT when `expect_compressed` is set and the message was not.
-fn check_expect_compressed(expect: Option<BoolValue>, ctx: &CallContext) -> Result<(), Status> {
-    if expect.is_some_and(|e| e.value) && !features::request_was_compressed(ctx) {
+/// CompressedRequest: INVALID_ARGUMENT when `expect_compressed` is set and the message (whose
+/// Compressed-Flag is `compressed`) was not.
+fn check_expect_compressed(
+    expect: Option<BoolValue>,
+    compressed: bool,
+    ctx: &CallContext,
+) -> Result<(), Status> {
+    if expect.is_some_and(|e| e.value) && !compressed {
         return Err(Status::invalid_argument(
             "expected a compressed request message (expect_compressed), got an uncompressed one",
         )
@@ -223,14 +228,18 @@ async fn empty_call(req: Request<Empty>) -> Result<Response<Empty>, Status> {
     ))
 }
 
-fn simple_response(req: &SimpleRequest, ctx: &CallContext) -> Result<SimpleResponse, Status> {
-    check_expect_compressed(req.expect_compressed, ctx)?;
+fn simple_response(
+    req: &SimpleRequest,
+    compressed: bool,
+    ctx: &CallContext,
+) -> Result<SimpleResponse, Status> {
+    check_expect_compressed(req.expect_compressed, compressed, ctx)?;
     if let Some(status) = echo_status(&req.response_status, ctx) {
         return Err(status);
     }
     check_payload_type(req.response_type)?;
     check_size(req.response_size)?;
-    features::check_response_compression(req.response_compressed.map(|c| c.value))?;
+    features::unary_response_compression(ctx, req.response_compressed.map(|c| c.value));
     Ok(SimpleResponse {
         payload: Some(zeros(req.response_size)),
         server_id: if req.fill_server_id {
@@ -243,8 +252,9 @@ fn simple_response(req: &SimpleRequest, ctx: &CallContext) -> Result<SimpleRespo
 }
 
 async fn unary_call(req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
+    let compressed = req.compressed();
     let (ctx, req) = req.into_parts();
-    let response = simple_response(&req, &ctx)?;
+    let response = simple_response(&req, compressed, &ctx)?;
     Ok(Response::from_parts(
         echo_initial(&ctx),
         response,
@@ -276,6 +286,7 @@ async fn streaming_output_call(
     sink: ResponseSink<StreamingOutputCallResponse>,
 ) -> Result<(), Status> {
     let (ctx, req) = req.into_parts();
+    features::compress_stream(&ctx);
     start_stream(&ctx, &sink).await?;
     if let Some(status) = echo_status(&req.response_status, &ctx) {
         return Err(status);
@@ -289,7 +300,11 @@ async fn streaming_input_call(
     let (ctx, mut stream) = req.into_parts();
     let mut total: usize = 0;
     while let Some(msg) = stream.message().await? {
-        check_expect_compressed(msg.expect_compressed, &ctx)?;
+        check_expect_compressed(
+            msg.expect_compressed,
+            stream.last_message_compressed(),
+            &ctx,
+        )?;
         total = total.saturating_add(body_len(&msg.payload));
     }
     let aggregated_payload_size = i32::try_from(total).map_err(|_| {
@@ -312,6 +327,7 @@ async fn full_duplex_call(
     sink: ResponseSink<StreamingOutputCallResponse>,
 ) -> Result<(), Status> {
     let (ctx, mut stream) = req.into_parts();
+    features::compress_stream(&ctx);
     start_stream(&ctx, &sink).await?;
     while let Some(msg) = stream.message().await? {
         if let Some(status) = echo_status(&msg.response_status, &ctx) {
@@ -327,6 +343,7 @@ async fn half_duplex_call(
     sink: ResponseSink<StreamingOutputCallResponse>,
 ) -> Result<(), Status> {
     let (ctx, mut stream) = req.into_parts();
+    features::compress_stream(&ctx);
     start_stream(&ctx, &sink).await?;
     let mut buffered = Vec::new();
     while let Some(msg) = stream.message().await? {

@@ -35,31 +35,13 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
 fn every_case_against_the_plexus_server() {
     smol::block_on(async {
         let (server, channel) = start();
-        let compression = [
-            "client_compressed_unary",
-            "server_compressed_unary",
-            "client_compressed_streaming",
-            "server_compressed_streaming",
-        ];
         for &case in client::CASES {
             // Run by scripts/test-interop.sh; 1000 large calls are slow in a debug build.
             if case == "concurrent_large_unary" {
                 continue;
             }
             let outcome = bounded(case, client::run(case, &channel)).await;
-            if compression.contains(&case) {
-                match outcome {
-                    Err(CaseError::Unsupported(why)) => {
-                        assert!(
-                            why.contains("not supported by this build yet"),
-                            "{case}: {why}"
-                        )
-                    }
-                    other => panic!("{case}: want unsupported in this build, got {other:?}"),
-                }
-            } else {
-                assert_eq!(outcome, Ok(()), "{case}");
-            }
+            assert_eq!(outcome, Ok(()), "{case}");
         }
         let unknown = client::run("no_such_case", &channel).await;
         assert!(
@@ -227,20 +209,53 @@ fn server_features_beyond_the_standard_cases() {
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 
-        // CompressedResponse is refused clearly while this build cannot compress.
-        let compressed = SimpleRequest {
-            response_compressed: Some(BoolValue { value: true }),
-            ..Default::default()
-        };
-        let status = simple
-            .unary(&test("UnaryCall"), &compressed, CallOptions::new())
+        // CompressedRequest: a compressed message that was not expected to be is fine, and
+        // so is an expected one; only "expected but uncompressed" fails (above).
+        let (tx, response) = input
+            .client_streaming(
+                &test("StreamingInputCall"),
+                CallOptions::new().compression(plexus::Compression::Gzip),
+            )
             .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Unimplemented, "{status}");
-        assert!(
-            status.message().contains("not supported by this build yet"),
-            "{status}"
-        );
+            .unwrap();
+        for expect in [false, true] {
+            let msg = StreamingInputCallRequest {
+                payload: Some(zeros(1000)),
+                expect_compressed: Some(BoolValue { value: expect }),
+            };
+            tx.send(msg).await.unwrap();
+        }
+        tx.close().await.unwrap();
+        let total = bounded("compressed input", response.response())
+            .await
+            .unwrap();
+        assert_eq!(total.message().aggregated_payload_size, 2000);
+
+        // CompressedResponse: compressed on request, also with a server-streaming request
+        // whose parameters leave `compressed` unset (then the message goes out uncompressed).
+        for want in [true, false] {
+            let request = SimpleRequest {
+                response_compressed: Some(BoolValue { value: want }),
+                response_size: 1000,
+                ..Default::default()
+            };
+            let response = simple
+                .unary(&test("UnaryCall"), &request, CallOptions::new())
+                .await
+                .unwrap();
+            assert_eq!(response.compressed(), want);
+        }
+        let mut stream = output
+            .server_streaming(
+                &test("StreamingOutputCall"),
+                &params(&[(500, 0)]),
+                CallOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert!(stream.message().await.unwrap().is_some());
+        assert!(!stream.last_message_compressed());
+        assert!(stream.message().await.unwrap().is_none());
 
         server.shutdown(Duration::from_secs(1)).await;
     });

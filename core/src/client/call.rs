@@ -18,8 +18,9 @@ use super::channel::{Channel, with_deadline};
 use super::options::CallOptions;
 use super::stats::Counters;
 use super::subchannel::StreamSlot;
-use crate::codec::Codec;
+use crate::codec::compress::StreamEncoding;
 use crate::codec::frame::{Framed, frame_message};
+use crate::codec::{Codec, Compression, SendOptions};
 use crate::metadata::Metadata;
 use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
 use crate::proto::recv::MessageReader;
@@ -28,7 +29,7 @@ use crate::response::Response;
 use crate::rt::{BoxFuture, Deadline};
 use crate::status::{Code, Status};
 
-type EncodeFn<T> = Arc<dyn Fn(&T, usize) -> Result<Framed, Status> + Send + Sync>;
+type EncodeFn<T> = Arc<dyn Fn(&T, usize, Compression) -> Result<Framed, Status> + Send + Sync>;
 type DecodeFn<T> = Arc<dyn Fn(Bytes) -> Result<T, Status> + Send + Sync>;
 
 /// Request bytes a streaming call keeps until the response headers arrive, so that a stream
@@ -227,6 +228,7 @@ pub(crate) fn open(
         initial: None,
         status: None,
         stream_id,
+        last_compressed: false,
         tracker: Some(tracker),
         retrying: None,
     };
@@ -243,6 +245,8 @@ pub struct Sender<T> {
 
 struct SenderState {
     call: Arc<CallShared>,
+    /// The call's request compression.
+    compression: Compression,
 }
 
 impl<T> Clone for Sender<T> {
@@ -284,9 +288,21 @@ impl Drop for SenderState {
 impl<T> Sender<T> {
     /// Sends one message, waiting for HTTP/2 flow control; never buffers more than this
     /// message. Fails with the call's deadline, a cancelled call, or a size over the limit.
+    /// On a compressing call the message goes out compressed.
     pub async fn send(&self, message: T) -> Result<(), Status> {
+        self.send_with(message, SendOptions::new()).await
+    }
+
+    /// Sends one message like [`Sender::send`], with per-message options:
+    /// `SendOptions::new().compress(false)` sends it uncompressed on a compressing call.
+    pub async fn send_with(&self, message: T, options: SendOptions) -> Result<(), Status> {
         let call = &self.state.call;
-        let framed = (self.encode)(&message, call.max_send)?;
+        let compression = if options.get_compress() {
+            self.state.compression
+        } else {
+            Compression::Identity
+        };
+        let framed = (self.encode)(&message, call.max_send, compression)?;
         drop(message);
         let _turn = with_deadline(call.deadline, call.turn.lock())
             .await
@@ -393,6 +409,8 @@ pub(crate) struct RawStreaming {
     initial: Option<Metadata>,
     status: Option<Status>,
     stream_id: u32,
+    /// Whether the last message handed out arrived compressed.
+    last_compressed: bool,
     tracker: Option<Tracker>,
     /// The channel's counters while a retry opens a new stream (the call is counted once).
     retrying: Option<Arc<Counters>>,
@@ -456,11 +474,7 @@ impl RawStreaming {
                 format!("invalid content-type in response: {got:?}"),
             ));
         }
-        let encoding = parts
-            .headers
-            .get(headers::GRPC_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .filter(|e| e != "identity");
+        let encoding = StreamEncoding::from_header(parts.headers.get(headers::GRPC_ENCODING));
         self.initial = Some(Metadata::from_headers(&parts.headers));
         self.state = RecvState::Body(MessageReader::new(body, self.max_recv, encoding));
     }
@@ -549,7 +563,10 @@ impl RawStreaming {
                 continue;
             };
             let pending = match reader.poll_message(cx) {
-                Poll::Ready(Ok(Some(msg))) => return Poll::Ready(Ok(Some(msg))),
+                Poll::Ready(Ok(Some(msg))) => {
+                    self.last_compressed = reader.last_compressed();
+                    return Poll::Ready(Ok(Some(msg)));
+                }
                 Poll::Ready(Ok(None)) => match reader.poll_trailers(cx) {
                     Poll::Ready(Ok(Some(trailers))) => {
                         let status = status_from_trailers(&trailers).unwrap_or_else(|| {
@@ -637,6 +654,12 @@ impl<T> Streaming<T> {
             Ok(None) => Poll::Ready(Ok(None)),
             Err(status) => Poll::Ready(Err(status)),
         }
+    }
+
+    /// Whether the last message [`Streaming::message`] returned arrived compressed (its
+    /// Compressed-Flag was set); it was inflated either way.
+    pub fn last_message_compressed(&self) -> bool {
+        self.raw.last_compressed
     }
 
     /// The response headers' metadata (empty for a trailers-only response); waits for them.
@@ -728,6 +751,7 @@ async fn read_unary<T>(stream: &mut Streaming<T>) -> Result<Response<T>, Status>
             "server sent no response message for a unary call",
         ));
     };
+    let compressed = stream.last_message_compressed();
     if stream.message().await?.is_some() {
         let status =
             Status::internal("server sent more than one response message for a unary call");
@@ -735,7 +759,7 @@ async fn read_unary<T>(stream: &mut Streaming<T>) -> Result<Response<T>, Status>
         return Err(status);
     }
     let trailers = stream.trailers().cloned().unwrap_or_default();
-    Ok(Response::from_parts(metadata, message, trailers))
+    Ok(Response::from_parts(metadata, message, trailers).with_compressed(compressed))
 }
 
 /// A typed client over a [`Channel`]: messages go through the codec `C`.
@@ -777,7 +801,7 @@ impl<C: Codec> Client<C> {
 
     fn encoder(&self) -> EncodeFn<C::Encode> {
         let codec = self.codec.clone();
-        Arc::new(move |msg, max| frame_message(&*codec, msg, max))
+        Arc::new(move |msg, max, compression| frame_message(&*codec, msg, max, compression))
     }
 
     fn streaming(&self, raw: RawStreaming) -> Streaming<C::Decode> {
@@ -795,6 +819,12 @@ impl<C: Codec> Client<C> {
             .unwrap_or(self.channel.config().max_send_message_size)
     }
 
+    fn compression(&self, options: &CallOptions) -> Compression {
+        options
+            .compression
+            .unwrap_or(self.channel.config().compression)
+    }
+
     /// A unary call: one request, one response.
     pub async fn unary(
         &self,
@@ -802,7 +832,12 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Response<C::Decode>, Status> {
-        let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
+        let framed = frame_message(
+            &*self.codec,
+            message,
+            self.max_send(&options),
+            self.compression(&options),
+        )?;
         let (_call, raw) = self
             .channel
             .start(path, options, Some(framed), true)
@@ -817,7 +852,12 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Streaming<C::Decode>, Status> {
-        let framed = frame_message(&*self.codec, message, self.max_send(&options))?;
+        let framed = frame_message(
+            &*self.codec,
+            message,
+            self.max_send(&options),
+            self.compression(&options),
+        )?;
         let (_call, raw) = self
             .channel
             .start(path, options, Some(framed), true)
@@ -841,9 +881,10 @@ impl<C: Codec> Client<C> {
         path: &str,
         options: CallOptions,
     ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
+        let compression = self.compression(&options);
         let (call, raw) = self.channel.start(path, options, None, false).await?;
         let sender = Sender {
-            state: Arc::new(SenderState { call }),
+            state: Arc::new(SenderState { call, compression }),
             encode: self.encoder(),
         };
         Ok((sender, self.streaming(raw)))

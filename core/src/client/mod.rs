@@ -9,7 +9,7 @@ mod resolve;
 mod state;
 mod stats;
 mod subchannel;
-mod target;
+pub(crate) mod target;
 
 pub use backoff::{
     BackoffConfig, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_INITIAL_BACKOFF,

@@ -2,13 +2,15 @@
 
 use std::time::{Duration, Instant};
 
+use crate::codec::Compression;
 use crate::metadata::Metadata;
 use crate::status::Status;
 
-/// Options for one call: deadline, metadata and message size limits.
+/// Options for one call: deadline, metadata, message size limits and compression.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     pub(crate) deadline: Option<Instant>,
+    pub(crate) compression: Option<Compression>,
     pub(crate) metadata: Metadata,
     pub(crate) max_recv_message_size: Option<usize>,
     pub(crate) max_send_message_size: Option<usize>,
@@ -64,6 +66,22 @@ impl CallOptions {
     pub fn wait_for_ready(mut self, wait: bool) -> CallOptions {
         self.wait_for_ready = wait;
         self
+    }
+
+    /// Compresses this call's request messages with `compression`, overriding the channel's
+    /// [`compression`](crate::ChannelBuilder::compression) (`Compression::Identity` turns it
+    /// off). The request carries `grpc-encoding` and every message goes out compressed, except
+    /// those sent with [`SendOptions::compress(false)`](crate::SendOptions::compress).
+    /// The server may answer compressed or not, whatever this says; responses are inflated
+    /// as they arrive.
+    pub fn compression(mut self, compression: Compression) -> CallOptions {
+        self.compression = Some(compression);
+        self
+    }
+
+    /// The compression set for this call, if any (else the channel's applies).
+    pub fn get_compression(&self) -> Option<Compression> {
+        self.compression
     }
 
     /// The call's deadline, if any.

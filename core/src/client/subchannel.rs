@@ -433,7 +433,16 @@ impl Subchannel {
             };
             let active = Arc::new(AtomicUsize::new(0));
             let alive = Arc::new(AtomicBool::new(true));
-            let result = open(&self, id, ping, active.clone(), alive.clone()).await;
+            let ended = Arc::new(Mutex::new(None));
+            let result = open(
+                &self,
+                id,
+                ping,
+                active.clone(),
+                alive.clone(),
+                ended.clone(),
+            )
+            .await;
             // The driver may have ended already; `alive` is cleared before it reports that.
             let gone = !alive.load(Ordering::Acquire);
             if let Ok((_, events)) = &result {
@@ -445,10 +454,18 @@ impl Subchannel {
             }
             let result = result.and_then(|opened| match gone {
                 false => Ok(opened),
-                true => Err(Status::unavailable(format!(
-                    "connection to {} closed as it opened",
-                    self.address
-                ))),
+                true => {
+                    // The cause (a TLS alert from a server that refused our certificate, say).
+                    let cause = ended
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .map_or_else(String::new, |s: Status| format!(": {}", s.message()));
+                    Err(Status::unavailable(format!(
+                        "connection to {} closed as it opened{cause}",
+                        self.address
+                    )))
+                }
             });
             break (id, active, result);
         };
@@ -523,14 +540,15 @@ impl Subchannel {
 
 /// Connects to `address`, performs the HTTP/2 handshake, starts the connection's driver on
 /// the executor, and returns once the server's SETTINGS (its stream limit above all) are in
-/// force, so no call is sent over a limit we have not heard yet. The driver clears `alive`
-/// and reports to the subchannel when the connection ends.
+/// force, so no call is sent over a limit we have not heard yet. The driver puts its error (if
+/// any) in `ended`, clears `alive` and reports to the subchannel when the connection ends.
 async fn open(
     sub: &Arc<Subchannel>,
     id: u64,
     ping: PingConfig,
     active: Arc<AtomicUsize>,
     alive: Arc<AtomicBool>,
+    ended: Arc<Mutex<Option<Status>>>,
 ) -> Result<(SendRequest<Bytes>, Arc<ConnectionEvents>), Status> {
     let (env, address) = (&sub.env, &sub.address);
     let config = &env.config;
@@ -571,7 +589,9 @@ async fn open(
     let driver_events = events.clone();
     env.executor.spawn(Box::pin(async move {
         let calls = move || active.load(Ordering::Relaxed);
-        let _ = drive_client(connection, ping, driver_events.clone(), calls).await;
+        if let Err(status) = drive_client(connection, ping, driver_events.clone(), calls).await {
+            *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        }
         alive.store(false, Ordering::Release);
         let too_many_pings = driver_events
             .peer_goaway()

@@ -6,10 +6,11 @@
 //!   fixed addresses.
 //! - `unix:path` (relative to the working directory, or absolute), `unix:///abs/path`.
 //! - `unix-abstract:name`: a socket in Linux's abstract namespace.
-//! - `http://host[:port]`: as `dns:`, with port 80 by default; `https://` is refused until TLS
-//!   exists.
+//! - `http://host[:port]`: as `dns:`, plaintext, with port 80 by default.
+//! - `https://host[:port]`: as `dns:`, over TLS (the `tls` feature), with port 443 by default.
 //!
-//! Other ports default to 443, as in the naming doc. Paths and abstract names are
+//! Other targets use TLS when the channel has a TLS config. Their ports default to 443, as in
+//! the naming doc. Paths and abstract names are
 //! percent-decoded, as URI paths are. Schemes are case-insensitive.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,23 +28,30 @@ const DEFAULT_GRPC_PORT: u16 = 443;
 /// Port used when an `http://` target names none (RFC 9110 §4.2.1).
 const DEFAULT_HTTP_PORT: u16 = 80;
 
+/// Port used when an `https://` target names none (RFC 9110 §4.2.2).
+const DEFAULT_HTTPS_PORT: u16 = 443;
+
 /// Longest abstract socket name: `sun_path` is 108 bytes on Linux (unix(7)), one of them the
 /// leading NUL that marks the abstract namespace.
 const MAX_ABSTRACT_NAME: usize = 107;
 
 /// The schemes [`Target::parse`] knows, for error messages.
-const SCHEMES: &str = "dns, ipv4, ipv6, unix, unix-abstract, http";
+const SCHEMES: &str = "dns, ipv4, ipv6, unix, unix-abstract, http, https";
 
 /// A parsed target: what to resolve and what to put in `:scheme` and `:authority`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     /// What the resolver starts from.
     pub(crate) kind: TargetKind,
-    /// `:scheme` of every request (`http` until TLS exists).
+    /// `:scheme` of every request: `https` for `https://` targets (and, once the channel
+    /// applies its TLS config, for any target over TLS), else `http`.
     pub(crate) scheme: Scheme,
     /// `:authority` of every request: `host:port` for DNS names, the first address for IP
     /// lists, `localhost` for Unix sockets.
     pub(crate) authority: Authority,
+    /// What the target says about TLS: `Some(true)` for `https://`, `Some(false)` for
+    /// `http://`, `None` when the channel's TLS config decides.
+    pub(crate) tls: Option<bool>,
 }
 
 /// What a target resolves from.
@@ -75,10 +83,8 @@ impl Target {
                     "ipv6" => ip_list(rest, "ipv6", ipv6_address),
                     "unix" => unix(rest),
                     "unix-abstract" => unix_abstract(rest),
-                    "http" => http(rest),
-                    "https" => {
-                        Err("TLS is not supported yet; use http:// or a plaintext target".into())
-                    }
+                    "http" => url(rest, false),
+                    "https" => url(rest, true),
                     _ => bare(target, Some(scheme)),
                 },
                 None => bare(target, None),
@@ -123,14 +129,30 @@ fn dns(rest: &str) -> Result<Target, String> {
     host_target(hostport, DEFAULT_GRPC_PORT)
 }
 
-/// `http://host[:port][/]`.
-fn http(rest: &str) -> Result<Target, String> {
-    let hostport = rest.strip_prefix("//").ok_or("expected http://host:port")?;
+/// `http://host[:port][/]`, or `https://` when `tls`.
+fn url(rest: &str, tls: bool) -> Result<Target, String> {
+    let (name, default_port) = match tls {
+        false => ("http", DEFAULT_HTTP_PORT),
+        true => ("https", DEFAULT_HTTPS_PORT),
+    };
+    if tls && !cfg!(feature = "tls") {
+        return Err("https:// needs TLS, which this build of plexus leaves out \
+                    (enable its `tls` feature)"
+            .into());
+    }
+    let hostport = rest
+        .strip_prefix("//")
+        .ok_or_else(|| format!("expected {name}://host:port"))?;
     let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
     if hostport.contains('@') {
         return Err("user info is not allowed".into());
     }
-    host_target(hostport, DEFAULT_HTTP_PORT)
+    let mut target = host_target(hostport, default_port)?;
+    target.tls = Some(tls);
+    if tls {
+        target.scheme = Scheme::HTTPS;
+    }
+    Ok(target)
 }
 
 /// A host and port: an IP literal becomes a static address, a name a DNS target.
@@ -174,6 +196,7 @@ fn host_target(hostport: &str, default_port: u16) -> Result<Target, String> {
         },
         scheme: Scheme::HTTP,
         authority,
+        tls: None,
     })
 }
 
@@ -269,6 +292,7 @@ fn unix(rest: &str) -> Result<Target, String> {
         kind: TargetKind::Static(vec![Address::Unix(path_from_bytes(bytes)?)]),
         scheme: Scheme::HTTP,
         authority: Authority::from_static("localhost"),
+        tls: None,
     })
 }
 
@@ -304,6 +328,7 @@ fn unix_abstract(rest: &str) -> Result<Target, String> {
         kind: TargetKind::Static(vec![Address::UnixAbstract(name)]),
         scheme: Scheme::HTTP,
         authority: Authority::from_static("localhost"),
+        tls: None,
     })
 }
 
@@ -317,6 +342,7 @@ fn static_target(addrs: Vec<SocketAddr>) -> Target {
         kind: TargetKind::Static(addrs.into_iter().map(Address::Tcp).collect()),
         scheme: Scheme::HTTP,
         authority,
+        tls: None,
     }
 }
 
@@ -453,6 +479,42 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_forms() {
+        for (t, kind, authority) in [
+            (
+                "https://example.com",
+                dns("example.com", 443),
+                "example.com:443",
+            ),
+            (
+                "HTTPS://example.com:8443/",
+                dns("example.com", 8443),
+                "example.com:8443",
+            ),
+            ("https://127.0.0.1:9", tcp(&["127.0.0.1:9"]), "127.0.0.1:9"),
+            ("https://[::1]", tcp(&["[::1]:443"]), "[::1]:443"),
+        ] {
+            let target = Target::parse(t).unwrap();
+            assert_eq!(target.scheme, Scheme::HTTPS, "{t}");
+            assert_eq!(target.tls, Some(true), "{t}");
+            assert_eq!(
+                (target.kind, target.authority.to_string()),
+                (kind, authority.into())
+            );
+        }
+        assert_eq!(Target::parse("http://x:1").unwrap().tls, Some(false));
+        assert_eq!(Target::parse("x:1").unwrap().tls, None);
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        let err = Target::parse("https://x:1").unwrap_err();
+        assert!(err.message().contains("`tls` feature"), "{err}");
+    }
+
     #[test]
     fn ip_lists() {
         for (t, addrs) in [
@@ -533,9 +595,11 @@ mod tests {
             ("unix-abstract:%4", "percent-encoding"),
             ("http://", "missing host"),
             ("http:host:1", "expected http://host:port"),
+            ("https:host:1", "expected https://host:port"),
+            ("https://user@host:1", "user info"),
+            ("https://host:1/path", "path"),
             ("http://host:1/path", "path"),
             ("http://user@host:1", "user info"),
-            ("https://x:1", "TLS is not supported"),
             ("ftp://x:1", "unsupported scheme \"ftp\""),
             ("xds:///svc", "unsupported scheme"),
             ("xds:svc", "unknown scheme \"xds\""),

@@ -1,6 +1,10 @@
-//! Message encoding: the [`Codec`] trait, [`ProstCodec`], and gRPC's length-prefixed framing.
+//! Message encoding: the [`Codec`] trait, [`ProstCodec`], gRPC's length-prefixed framing, and
+//! message [`Compression`].
 
+pub(crate) mod compress;
 pub(crate) mod frame;
+
+pub use compress::{Compression, SendOptions};
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::HeaderValue;
 
+use crate::codec::compress::{ACCEPT_ENCODING, Compression};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status, percent_decode, percent_encode};
 
@@ -74,6 +75,15 @@ pub(crate) fn decode_timeout(value: &HeaderValue) -> Option<Duration> {
         b'H' => Duration::from_secs(n * 3600),
         _ => return None,
     })
+}
+
+/// Writes `grpc-encoding` (unless `compression` is identity) and our `grpc-accept-encoding`,
+/// which every request and response advertises.
+pub(crate) fn write_encoding(compression: Compression, headers: &mut HeaderMap) {
+    if !compression.is_identity() {
+        headers.insert(GRPC_ENCODING, HeaderValue::from_static(compression.name()));
+    }
+    headers.insert(GRPC_ACCEPT_ENCODING, ACCEPT_ENCODING);
 }
 
 /// Reads the status out of trailers (or a trailers-only response); None without `grpc-status`.

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use http::HeaderMap;
 
+use crate::codec::compress::StreamEncoding;
 use crate::codec::frame::Decoder;
 use crate::status::Status;
 
@@ -18,9 +19,9 @@ pub(crate) struct MessageReader {
 }
 
 impl MessageReader {
-    /// Reads `body`, rejecting messages over `max_len`; `encoding` is the stream's
-    /// `grpc-encoding` when not identity.
-    pub(crate) fn new(body: RecvStream, max_len: usize, encoding: Option<String>) -> MessageReader {
+    /// Reads `body`, rejecting messages over `max_len` (before and after decompression);
+    /// `encoding` is the stream's `grpc-encoding`.
+    pub(crate) fn new(body: RecvStream, max_len: usize, encoding: StreamEncoding) -> MessageReader {
         MessageReader {
             body,
             decoder: Decoder::new(max_len, encoding),
@@ -51,6 +52,11 @@ impl MessageReader {
                 None => self.data_done = true,
             }
         }
+    }
+
+    /// Whether the last message [`MessageReader::poll_message`] returned arrived compressed.
+    pub(crate) fn last_compressed(&self) -> bool {
+        self.decoder.last_compressed()
     }
 
     /// The trailers, once all data was read; `Ok(None)` when the peer sent none.

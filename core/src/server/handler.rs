@@ -13,16 +13,19 @@ use bytes::Bytes;
 use event_listener::Event;
 use futures_util::Stream;
 
-use crate::codec::Codec;
+use crate::codec::compress::AcceptSet;
 use crate::codec::frame::{Framed, frame_message};
+use crate::codec::{Codec, Compression, SendOptions};
 use crate::metadata::Metadata;
 use crate::proto::recv::MessageReader;
 use crate::response::Response;
 use crate::rt::BoxFuture;
 use crate::status::Status;
+use crate::transport::{CertificateDer, PeerCertificates};
 
-/// Facts about a call that a handler may consult at any time: method, deadline, metadata and
-/// whether the call was cancelled. Cheap to clone.
+/// Facts about a call that a handler may consult at any time: method, deadline, metadata,
+/// compression and whether the call was cancelled; and the response compression it may
+/// choose. Cheap to clone.
 #[derive(Clone)]
 pub struct CallContext {
     inner: Arc<ContextInner>,
@@ -34,6 +37,20 @@ struct ContextInner {
     metadata: Metadata,
     cancelled: AtomicBool,
     event: Event,
+    peer_certificates: Option<PeerCertificates>,
+    /// The request's `grpc-encoding`.
+    request_compression: Compression,
+    /// What the client's `grpc-accept-encoding` lists.
+    accepted: AcceptSet,
+    response: Mutex<ResponseCompression>,
+}
+
+/// The response compression a handler asked for, and what went out in the response headers.
+#[derive(Debug)]
+struct ResponseCompression {
+    requested: Compression,
+    /// Fixed when the response headers are queued: `requested` if the client accepts it.
+    sent: Option<Compression>,
 }
 
 impl fmt::Debug for CallContext {
@@ -41,6 +58,7 @@ impl fmt::Debug for CallContext {
         f.debug_struct("CallContext")
             .field("method", &self.inner.method)
             .field("deadline", &self.inner.deadline)
+            .field("request_compression", &self.inner.request_compression)
             .field("cancelled", &self.is_cancelled())
             .finish()
     }
@@ -51,6 +69,8 @@ impl CallContext {
         method: String,
         deadline: Option<Instant>,
         metadata: Metadata,
+        compression: CallCompression,
+        peer_certificates: Option<PeerCertificates>,
     ) -> CallContext {
         CallContext {
             inner: Arc::new(ContextInner {
@@ -59,6 +79,13 @@ impl CallContext {
                 metadata,
                 cancelled: AtomicBool::new(false),
                 event: Event::new(),
+                request_compression: compression.request,
+                accepted: compression.accepted,
+                response: Mutex::new(ResponseCompression {
+                    requested: compression.response_default,
+                    sent: None,
+                }),
+                peer_certificates,
             }),
         }
     }
@@ -76,6 +103,69 @@ impl CallContext {
     /// The request metadata (headers other than the protocol's own).
     pub fn metadata(&self) -> &Metadata {
         &self.inner.metadata
+    }
+
+    /// The certificate chain the client presented over TLS (leaf first, DER-encoded), for
+    /// authorizing mutual-TLS clients; `None` without TLS or when the client sent none.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.inner.peer_certificates.as_ref().map(|p| &*p.0)
+    }
+
+    /// The compression of the request messages (`grpc-encoding`; `Identity` when the client
+    /// sent none). Each message may still arrive uncompressed: see [`Request::compressed`] and
+    /// [`RequestStream::last_message_compressed`].
+    pub fn request_compression(&self) -> Compression {
+        self.inner.request_compression
+    }
+
+    /// Whether the client can inflate `compression` (listed in its `grpc-accept-encoding`;
+    /// `Identity` always is).
+    pub fn accepts_compression(&self, compression: Compression) -> bool {
+        self.inner.accepted.contains(compression)
+    }
+
+    /// Compresses the response messages with `compression` (default: the server's
+    /// [`response_compression`](crate::ServerBuilder::response_compression), itself off by
+    /// default). It takes effect only if the client accepts it (else messages go out
+    /// uncompressed, as the spec asks) and only before the response headers are sent, that
+    /// is before the first message or [`ResponseSink::send_initial_metadata`]; later calls
+    /// change nothing. Single messages opt out with [`ResponseSink::send_with`].
+    pub fn set_response_compression(&self, compression: Compression) {
+        let mut state = self.response();
+        if state.sent.is_none() {
+            state.requested = compression;
+        }
+    }
+
+    /// The response compression: what the response headers announced once they were sent,
+    /// else what would be used if they went out now.
+    pub fn response_compression(&self) -> Compression {
+        let state = self.response();
+        state
+            .sent
+            .unwrap_or_else(|| self.effective(state.requested))
+    }
+
+    /// Fixes the response compression as the headers are queued; returns it.
+    pub(crate) fn lock_response_compression(&self) -> Compression {
+        let mut state = self.response();
+        let effective = self.effective(state.requested);
+        *state.sent.get_or_insert(effective)
+    }
+
+    fn effective(&self, requested: Compression) -> Compression {
+        if self.inner.accepted.contains(requested) {
+            requested
+        } else {
+            Compression::Identity
+        }
+    }
+
+    fn response(&self) -> std::sync::MutexGuard<'_, ResponseCompression> {
+        self.inner
+            .response
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the client cancelled the call, its deadline passed, or the connection went away.
@@ -104,11 +194,20 @@ impl CallContext {
     }
 }
 
+/// How a call's messages are compressed, as the request headers and the server set it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallCompression {
+    pub(crate) request: Compression,
+    pub(crate) accepted: AcceptSet,
+    pub(crate) response_default: Compression,
+}
+
 /// A request as a handler receives it: the message (or message stream) and its context.
 #[derive(Debug)]
 pub struct Request<T> {
     context: CallContext,
     message: T,
+    compressed: bool,
 }
 
 impl<T> Request<T> {
@@ -130,6 +229,14 @@ impl<T> Request<T> {
     /// The request metadata.
     pub fn metadata(&self) -> &Metadata {
         self.context.metadata()
+    }
+
+    /// Whether the request message of a unary or server-streaming call arrived compressed (its
+    /// Compressed-Flag was set); it was inflated either way. Always false for streaming
+    /// requests, whose messages say it one by one:
+    /// [`RequestStream::last_message_compressed`].
+    pub fn compressed(&self) -> bool {
+        self.compressed
     }
 
     /// The call's context (deadline, cancellation, method).
@@ -165,6 +272,12 @@ impl<T> RequestStream<T> {
     /// gives `Err` with CANCELLED.
     pub async fn message(&mut self) -> Result<Option<T>, Status> {
         poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    /// Whether the last message [`RequestStream::message`] returned arrived compressed (its
+    /// Compressed-Flag was set); it was inflated either way.
+    pub fn last_message_compressed(&self) -> bool {
+        self.reader.last_compressed()
     }
 
     /// Polls for the next message; see [`RequestStream::message`].
@@ -212,6 +325,7 @@ pub(crate) struct RawSink {
     pub(crate) items: async_channel::Sender<SinkItem>,
     pub(crate) trailers: Arc<Mutex<Metadata>>,
     pub(crate) max_send: usize,
+    pub(crate) context: CallContext,
 }
 
 impl RawSink {
@@ -225,9 +339,20 @@ impl RawSink {
     fn set_trailers(&self, metadata: Metadata) {
         *self.trailers.lock().unwrap_or_else(|e| e.into_inner()) = metadata;
     }
+
+    /// The compression for the next message; fixes the call's response compression, since
+    /// the headers go out with the first item.
+    fn compression(&self, options: SendOptions) -> Compression {
+        let call = self.context.lock_response_compression();
+        if options.get_compress() {
+            call
+        } else {
+            Compression::Identity
+        }
+    }
 }
 
-type EncodeFn<T> = Arc<dyn Fn(&T, usize) -> Result<Framed, Status> + Send + Sync>;
+type EncodeFn<T> = Arc<dyn Fn(&T, usize, Compression) -> Result<Framed, Status> + Send + Sync>;
 
 /// Sends response messages of a server- or bidi-streaming call. `send` waits for HTTP/2 flow
 /// control, so a fast handler never buffers more than a message ahead of the network.
@@ -255,12 +380,21 @@ impl<T> ResponseSink<T> {
     /// Sends the response headers with `metadata`; optional, and only before the first message
     /// (later calls are ignored).
     pub async fn send_initial_metadata(&self, metadata: Metadata) -> Result<(), Status> {
+        self.raw.context.lock_response_compression();
         self.raw.push(SinkItem::Headers(metadata)).await
     }
 
-    /// Sends one message. Fails with CANCELLED once the call is gone.
+    /// Sends one message, compressed if the call compresses its responses
+    /// ([`CallContext::set_response_compression`]). Fails with CANCELLED once the call is gone.
     pub async fn send(&self, message: T) -> Result<(), Status> {
-        let framed = (self.encode)(&message, self.raw.max_send)?;
+        self.send_with(message, SendOptions::new()).await
+    }
+
+    /// Sends one message like [`ResponseSink::send`], with per-message options:
+    /// `SendOptions::new().compress(false)` sends it uncompressed on a compressing call.
+    pub async fn send_with(&self, message: T, options: SendOptions) -> Result<(), Status> {
+        let compression = self.raw.compression(options);
+        let framed = (self.encode)(&message, self.raw.max_send, compression)?;
         self.raw.push(SinkItem::Message(framed)).await
     }
 
@@ -283,24 +417,31 @@ fn sink<C: Codec>(codec: &Arc<C>, raw: RawSink) -> ResponseSink<C::Encode> {
     let codec = codec.clone();
     ResponseSink {
         raw,
-        encode: Arc::new(move |msg, max| frame_message(&*codec, msg, max)),
+        encode: Arc::new(move |msg, max, compression| {
+            frame_message(&*codec, msg, max, compression)
+        }),
     }
 }
 
-/// Reads the single request of a unary or server-streaming call.
-async fn read_one<C: Codec>(codec: &C, reader: &mut MessageReader) -> Result<C::Decode, Status> {
+/// Reads the single request of a unary or server-streaming call, and whether it arrived
+/// compressed.
+async fn read_one<C: Codec>(
+    codec: &C,
+    reader: &mut MessageReader,
+) -> Result<(C::Decode, bool), Status> {
     let first = poll_fn(|cx| reader.poll_message(cx)).await?;
     let Some(bytes) = first else {
         return Err(Status::internal(
             "client sent no request message for a unary request",
         ));
     };
+    let compressed = reader.last_compressed();
     if poll_fn(|cx| reader.poll_message(cx)).await?.is_some() {
         return Err(Status::internal(
             "client sent more than one request message for a unary request",
         ));
     }
-    codec.decode(bytes)
+    Ok((codec.decode(bytes)?, compressed))
 }
 
 /// Sends a single response (unary and client-streaming handlers).
@@ -310,7 +451,8 @@ async fn respond<C: Codec>(
     response: Response<C::Encode>,
 ) -> Result<(), Status> {
     let (metadata, message, trailers) = response.into_parts();
-    let framed = frame_message(codec, &message, sink.max_send)?;
+    let compression = sink.compression(SendOptions::new());
+    let framed = frame_message(codec, &message, sink.max_send, compression)?;
     sink.push(SinkItem::Headers(metadata)).await?;
     sink.push(SinkItem::Message(framed)).await?;
     sink.set_trailers(trailers);
@@ -328,8 +470,13 @@ where
     Arc::new(move |context, mut reader, raw| {
         let (codec, handler) = (codec.clone(), handler.clone());
         Box::pin(async move {
-            let message = read_one(&*codec, &mut reader).await?;
-            let response = handler(Request { context, message }).await?;
+            let (message, compressed) = read_one(&*codec, &mut reader).await?;
+            let response = handler(Request {
+                context,
+                message,
+                compressed,
+            })
+            .await?;
             respond(&*codec, &raw, response).await
         })
     })
@@ -346,8 +493,13 @@ where
     Arc::new(move |context, mut reader, raw| {
         let (codec, handler) = (codec.clone(), handler.clone());
         Box::pin(async move {
-            let message = read_one(&*codec, &mut reader).await?;
-            handler(Request { context, message }, sink(&codec, raw)).await
+            let (message, compressed) = read_one(&*codec, &mut reader).await?;
+            let request = Request {
+                context,
+                message,
+                compressed,
+            };
+            handler(request, sink(&codec, raw)).await
         })
     })
 }
@@ -371,6 +523,7 @@ where
             let response = handler(Request {
                 context,
                 message: stream,
+                compressed: false,
             })
             .await?;
             respond(&*codec, &raw, response).await
@@ -401,6 +554,7 @@ where
                 Request {
                     context,
                     message: stream,
+                    compressed: false,
                 },
                 sink(&codec, raw),
             )

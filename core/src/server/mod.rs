@@ -13,8 +13,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use futures_util::future::{Either, select};
 use futures_util::{Stream, StreamExt};
 
@@ -24,8 +25,8 @@ pub use listener::Listener;
 use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
 use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
-use crate::codec::Codec;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+use crate::codec::{Codec, Compression};
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
 pub use crate::proto::ping::{
@@ -41,9 +42,10 @@ use crate::transport::Io;
 /// minimum and grpc-go's and C-core's common production setting.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// Default time a new connection has to send the HTTP/2 preface: the 20 s minimum connect
-/// timeout of gRPC's connection-backoff spec, which a client's own handshake must meet anyway.
-/// A connection that sends nothing is closed after it, so idle sockets cannot pile up.
+/// Default time a new connection has to finish its handshake (the TLS handshake, if any, and
+/// the HTTP/2 preface): the 20 s minimum connect timeout of gRPC's connection-backoff spec,
+/// which a client's own handshake must meet anyway. A connection that sends nothing is closed
+/// after it, so idle sockets cannot pile up.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default SETTINGS_MAX_HEADER_LIST_SIZE: 16 KiB, C-core's hard limit on received metadata.
@@ -63,6 +65,8 @@ struct ServerConfig {
     max_frame_size: u32,
     max_recv_message_size: usize,
     max_send_message_size: usize,
+    /// Compression of response messages unless a handler says otherwise.
+    response_compression: Compression,
     keepalive_time: Duration,
     keepalive_timeout: Duration,
     min_ping_interval: Duration,
@@ -78,6 +82,8 @@ pub struct ServerBuilder {
     routes: HashMap<String, ErasedHandler>,
     config: ServerConfig,
     executor: Option<Arc<dyn Executor>>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::ServerTlsConfig>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -101,6 +107,7 @@ impl Default for ServerBuilder {
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
                 max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+                response_compression: Compression::Identity,
                 keepalive_time: DEFAULT_SERVER_KEEPALIVE_TIME,
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
@@ -110,6 +117,8 @@ impl Default for ServerBuilder {
                 pings: PingConfig::client(),
             },
             executor: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -233,8 +242,9 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a new connection has to send the HTTP/2 preface before it is closed (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 20 s).
+    /// How long a new connection has, from when it is served, to finish the TLS handshake
+    /// (with a [TLS config](Self::tls)) and send the HTTP/2 preface before it is closed
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`], 20 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -259,6 +269,27 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves every connection over TLS with these settings: the TLS handshake runs first
+    /// (within [`handshake_timeout`](Self::handshake_timeout)), then HTTP/2. Handlers see a
+    /// client's certificates through [`CallContext::peer_certificates`].
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::transport::tls::ServerTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Compresses response messages with `compression` on every call whose client accepts it
+    /// (lists it in `grpc-accept-encoding`); default [`Compression::Identity`] (none), as in
+    /// C-core and grpc-go. A handler overrides it per call with
+    /// [`CallContext::set_response_compression`] and per message with
+    /// [`ResponseSink::send_with`]. Compressed requests are inflated whatever this says:
+    /// plexus accepts `identity`, `deflate` and `gzip`, and answers any other `grpc-encoding`
+    /// with UNIMPLEMENTED.
+    pub fn response_compression(mut self, compression: Compression) -> Self {
+        self.config.response_compression = compression;
+        self
+    }
+
     /// Runs connections and handlers on `executor` (default: [`SmolExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
@@ -276,6 +307,13 @@ impl ServerBuilder {
                 "keepalive time and timeout must be greater than zero",
             ));
         }
+        if c.handshake_timeout.is_zero() {
+            return Err(Status::invalid_argument(
+                "handshake timeout must be greater than zero",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| t.acceptor()).transpose()?;
         c.pings = PingConfig {
             keepalive_time: Some(c.keepalive_time),
             keepalive_timeout: c.keepalive_timeout,
@@ -310,6 +348,8 @@ impl ServerBuilder {
                 config: self.config,
                 executor: self.executor.unwrap_or_else(|| Arc::new(SmolExecutor)),
                 shutdown: Shutdown::default(),
+                #[cfg(feature = "tls")]
+                tls,
             }),
         })
     }
@@ -321,6 +361,8 @@ pub(crate) struct ServerInner {
     config: ServerConfig,
     executor: Arc<dyn Executor>,
     shutdown: Shutdown,
+    #[cfg(feature = "tls")]
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 /// A gRPC server: cheap to clone; every clone serves the same routes and shuts down together.
@@ -393,11 +435,45 @@ impl Server {
 
     /// Serves one HTTP/2 connection on `io` until the client leaves or the server shuts down.
     ///
-    /// The connection's keepalive, ping policing and adaptive windows run in the same task,
-    /// between polls of the connection. A client that stops answering keepalive PINGs gets an
-    /// UNAVAILABLE error back here; one that pings too often gets GOAWAY ENHANCE_YOUR_CALM and
-    /// a RESOURCE_EXHAUSTED error back here.
+    /// With a TLS config the TLS handshake comes first; one that fails or outlasts the
+    /// handshake timeout gives UNAVAILABLE back here. The connection's keepalive, ping
+    /// policing and adaptive windows run in the same task, between polls of the connection. A
+    /// client that stops answering keepalive PINGs gets an UNAVAILABLE error back here; one
+    /// that pings too often gets GOAWAY ENHANCE_YOUR_CALM and a RESOURCE_EXHAUSTED error back
+    /// here.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Status> {
+        // A timeout too large for the clock (Duration::MAX) means none.
+        let deadline = Instant::now().checked_add(self.inner.config.handshake_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &self.inner.tls {
+            let inner = &self.inner;
+            let _active = inner.shutdown.track();
+            let timeout = inner.config.handshake_timeout;
+            let handshake = std::pin::pin!(crate::transport::tls::accept(acceptor, io));
+            let expired = std::pin::pin!(deadline.map_or_else(Timer::never, Timer::at));
+            let stop = std::pin::pin!(inner.shutdown.forced());
+            let (io, peer) = match select(select(handshake, expired), stop).await {
+                Either::Left((Either::Left((accepted, _)), _)) => accepted?,
+                Either::Left((Either::Right(_), _)) => {
+                    return Err(Status::unavailable(format!(
+                        "TLS handshake not finished within {timeout:?}"
+                    )));
+                }
+                Either::Right(_) => return Ok(()),
+            };
+            return self.serve_http2(io, peer, deadline).await;
+        }
+        self.serve_http2(io, None, deadline).await
+    }
+
+    /// Serves HTTP/2 on `io`, whose preface must arrive by `deadline`; every request carries
+    /// `peer` (the client's TLS certificates).
+    async fn serve_http2<I: Io>(
+        &self,
+        io: I,
+        peer: Option<crate::transport::PeerCertificates>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Status> {
         let inner = &self.inner;
         let _active = inner.shutdown.track();
         let c = &inner.config;
@@ -411,7 +487,7 @@ impl Server {
             .data_frame_budget(DATA_FRAME_BUDGET)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
-        let timeout = async_io::Timer::after(c.handshake_timeout);
+        let timeout = deadline.map_or_else(Timer::never, Timer::at);
         let mut conn = match select(std::pin::pin!(handshake), select(stop, timeout)).await {
             Either::Left((Ok(conn), _)) => conn,
             Either::Left((Err(err), _)) => return Err(Status::from_h2(err)),
@@ -445,7 +521,10 @@ impl Server {
             })
             .await;
             match next {
-                Next::Accepted(Some(Ok((request, respond)))) => {
+                Next::Accepted(Some(Ok((mut request, respond)))) => {
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
                     let server = inner.clone();
                     inner
                         .executor

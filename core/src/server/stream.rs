@@ -12,11 +12,13 @@ use bytes::Bytes;
 use futures_util::Stream;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, StatusCode};
 
 use super::ServerInner;
-use super::handler::{CallContext, RawSink, SinkItem};
+use super::handler::{CallCompression, CallContext, RawSink, SinkItem};
+use crate::codec::Compression;
+use crate::codec::compress::{ACCEPT_ENCODING, AcceptSet, SUPPORTED, StreamEncoding};
 use crate::metadata::Metadata;
 use crate::proto::headers::{
     self, CONTENT_TYPE_GRPC, decode_timeout, is_grpc_content_type, write_status,
@@ -50,7 +52,7 @@ pub(crate) async fn serve(
             }
             _ => Status::unimplemented(format!("unknown service in {path}")),
         };
-        return trailers_only(&mut respond, &status, None);
+        return trailers_only(&mut respond, &status);
     };
     let deadline = match parts.headers.get(headers::GRPC_TIMEOUT) {
         None => None,
@@ -62,37 +64,45 @@ pub(crate) async fn serve(
             ),
             None => {
                 let status = Status::internal(format!("malformed grpc-timeout {value:?}"));
-                return trailers_only(&mut respond, &status, None);
+                return trailers_only(&mut respond, &status);
             }
         },
     };
-    if let Some(encoding) = parts
-        .headers
-        .get(headers::GRPC_ENCODING)
-        .filter(|e| *e != "identity")
-    {
-        let status = Status::unimplemented(format!(
-            "compression {:?} is not supported; supported: identity",
-            String::from_utf8_lossy(encoding.as_bytes())
-        ));
-        return trailers_only(
-            &mut respond,
-            &status,
-            Some(HeaderValue::from_static("identity")),
-        );
-    }
+    // compression.md: an encoding we cannot inflate is UNIMPLEMENTED, and the response lists
+    // the ones we can in grpc-accept-encoding (trailers_only always does).
+    let encoding = StreamEncoding::from_header(parts.headers.get(headers::GRPC_ENCODING));
+    let request_compression = match &encoding {
+        StreamEncoding::Identity => Compression::Identity,
+        StreamEncoding::Known(c) => *c,
+        StreamEncoding::Unknown(name) => {
+            let status = Status::unimplemented(format!(
+                "grpc-encoding {name:?} is not supported (supported: {SUPPORTED})"
+            ));
+            return trailers_only(&mut respond, &status);
+        }
+    };
+    let compression = CallCompression {
+        request: request_compression,
+        accepted: AcceptSet::from_headers(
+            parts.headers.get_all(headers::GRPC_ACCEPT_ENCODING).iter(),
+        ),
+        response_default: server.config.response_compression,
+    };
     let context = CallContext::new(
         path.to_string(),
         deadline,
         Metadata::from_headers(&parts.headers),
+        compression,
+        parts.extensions.get().cloned(),
     );
-    let reader = MessageReader::new(body, server.config.max_recv_message_size, None);
+    let reader = MessageReader::new(body, server.config.max_recv_message_size, encoding);
     let (items_tx, items) = async_channel::bounded(SINK_DEPTH);
     let trailers = Arc::new(Mutex::new(Metadata::new()));
     let sink = RawSink {
         items: items_tx,
         trailers: trailers.clone(),
         max_send: server.config.max_send_message_size,
+        context: context.clone(),
     };
     let handler = handler(context.clone(), reader, sink);
     let mut driver = Driver {
@@ -120,18 +130,13 @@ fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
     let _ = respond.send_response(response, true);
 }
 
-/// Sends a complete response in one HEADERS frame: status 200, content-type and the status.
-fn trailers_only(
-    respond: &mut SendResponse<Bytes>,
-    status: &Status,
-    accept_encoding: Option<HeaderValue>,
-) {
+/// Sends a complete response in one HEADERS frame: status 200, content-type, our
+/// grpc-accept-encoding and the status.
+fn trailers_only(respond: &mut SendResponse<Bytes>, status: &Status) {
     let mut response = http::Response::new(());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
-    if let Some(accept) = accept_encoding {
-        headers.insert(headers::GRPC_ACCEPT_ENCODING, accept);
-    }
+    headers.insert(headers::GRPC_ACCEPT_ENCODING, ACCEPT_ENCODING);
     write_status(status, headers);
     let _ = respond.send_response(response, true);
 }
@@ -243,6 +248,8 @@ impl Driver {
         let mut response = http::Response::new(());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
+        // The sink fixed the compression before queueing the item that got us here.
+        headers::write_encoding(self.context.lock_response_compression(), headers);
         metadata.write_to(headers);
         match respond.send_response(response, false) {
             Ok(stream) => self.stream = Some(stream),
@@ -274,7 +281,7 @@ impl Driver {
             }
             None => {
                 if let Some(respond) = &mut self.respond {
-                    trailers_only(respond, &status, None);
+                    trailers_only(respond, &status);
                 }
             }
         }

@@ -2,15 +2,20 @@
 //!
 //! A [`Connector`] turns an [`Address`] into a byte stream. [`SocketConnector`] (the default)
 //! speaks TCP, Unix domain sockets and (on Linux) abstract Unix sockets through `async-io`; [`memory`] gives in-process pipes for
-//! tests and embedding; users may bring any other `futures-io` stream.
+//! tests and embedding; users may bring any other `futures-io` stream. [`tls`] (the default
+//! `tls` feature) runs TLS over any of them.
 
 pub mod memory;
 mod socket;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+pub use rustls_pki_types::CertificateDer;
 pub use socket::SocketConnector;
 
 use crate::rt::BoxFuture;
@@ -62,6 +67,11 @@ impl From<SocketAddr> for Address {
         Address::Tcp(addr)
     }
 }
+
+/// The certificate chain a TLS peer presented (leaf first), carried from a server connection
+/// to the calls on it.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCertificates(pub(crate) Arc<[CertificateDer<'static>]>);
 
 /// Opens byte streams to addresses; implement it to bring your own transport.
 pub trait Connector: Send + Sync + 'static {

@@ -7,6 +7,12 @@ removed at exit), so nothing generated lives in the source tree.
 The plexus peer binary comes from the PLEXUS_PEER_BIN environment variable.
 When it is unset or unusable every test that needs it FAILS (never skips) with
 a message saying so.
+
+TLS: `plexus-peer certs` writes a test CA and certificates into a temporary
+directory once per session (the `tls_certs` fixture). The `*-tls` peers serve
+with the server certificate (valid for localhost and *.test.google.fr, no IP
+address), and their clients verify it against the test CA with the name
+override foo.test.google.fr, as gRPC's interop client does.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ PROTO_FILE = PROTO_DIR / "echo.proto"
 PLEXUS_ENV = "PLEXUS_PEER_BIN"
 PLEXUS_STARTUP_TIMEOUT = 30.0
 RPC_TIMEOUT = 10.0
+# The name the test server certificate covers and TLS clients verify (it has no IP address).
+TLS_SERVER_NAME = "foo.test.google.fr"
 _LISTENING = re.compile(r"^LISTENING (\d+)\s*$")
 
 _stub_dir: str | None = None
@@ -93,13 +101,15 @@ def plexus_bin() -> str:
 
 
 class PlexusServer:
-    """`$PLEXUS_PEER_BIN server --listen 127.0.0.1:0`, started on first use.
+    """`$PLEXUS_PEER_BIN server --listen 127.0.0.1:0 [extra args]`, started on first use.
 
     A start-up failure is remembered so later tests fail at once instead of
-    waiting for the start-up timeout again.
+    waiting for the start-up timeout again. `extra` is a callable returning more
+    arguments (called at start, so fixtures it needs resolve inside the test).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra=None) -> None:
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.error: str | None = None
@@ -125,6 +135,8 @@ class PlexusServer:
     def _spawn(self) -> None:
         binary = plexus_bin()
         cmd = [binary, "server", "--listen", "127.0.0.1:0"]
+        if self.extra is not None:
+            cmd += self.extra()
         try:
             self.proc = subprocess.Popen(
                 cmd,
@@ -201,11 +213,47 @@ class _StartFailure(Exception):
 # --------------------------------------------------------------------------- peers and clients
 
 
-class Peer:
-    """A server under test: `name` is "grpcio" or "plexus"."""
+class TlsCerts:
+    """The files `plexus-peer certs --out DIR` wrote."""
 
-    def __init__(self, name: str, address_fn) -> None:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def path(self, name: str) -> str:
+        return str(self.dir / name)
+
+    def read(self, name: str) -> bytes:
+        return (self.dir / name).read_bytes()
+
+    def client_credentials(self, cert: str | None = None):
+        """grpcio channel credentials trusting the test CA, with `cert`.pem/.key if given."""
+        import grpc
+
+        key_pair = {}
+        if cert is not None:
+            key_pair = {
+                "private_key": self.read(f"{cert}.key"),
+                "certificate_chain": self.read(f"{cert}.pem"),
+            }
+        return grpc.ssl_channel_credentials(root_certificates=self.read("ca.pem"), **key_pair)
+
+
+def secure_channel(address: str, credentials):
+    """A grpcio TLS channel verifying the server as TLS_SERVER_NAME."""
+    import grpc
+
+    return grpc.secure_channel(
+        address, credentials, options=[("grpc.ssl_target_name_override", TLS_SERVER_NAME)]
+    )
+
+
+class Peer:
+    """A server under test: `name` is "grpcio" or "plexus", with "-tls" when it
+    serves TLS (then `tls` holds the certificates its clients trust)."""
+
+    def __init__(self, name: str, address_fn, tls: TlsCerts | None = None) -> None:
         self.name = name
+        self.tls = tls
         self._address_fn = address_fn
 
     def address(self) -> str:
@@ -226,7 +274,11 @@ class Client:
         if self._channel is None:
             import grpc
 
-            self._channel = grpc.insecure_channel(self.peer.address())
+            if self.peer.tls is None:
+                self._channel = grpc.insecure_channel(self.peer.address())
+            else:
+                credentials = self.peer.tls.client_credentials()
+                self._channel = secure_channel(self.peer.address(), credentials)
             try:
                 grpc.channel_ready_future(self._channel).result(timeout=RPC_TIMEOUT)
             except grpc.FutureTimeoutError:
@@ -262,23 +314,92 @@ def grpcio_server():
     server.stop(grace=None).wait(10)
 
 
-_plexus: PlexusServer | None = None
+@pytest.fixture(scope="session")
+def tls_certs():
+    """A test CA and certificates from `plexus-peer certs`, in a temporary directory."""
+    directory = Path(tempfile.mkdtemp(prefix="plexus-peer-certs-"))
+    try:
+        cmd = [plexus_bin(), "certs", "--out", str(directory)]
+        done = subprocess.run(cmd, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            pytest.fail(
+                f"{cmd} failed (exit {done.returncode}): {done.stderr.decode(errors='replace')}",
+                pytrace=False,
+            )
+        yield TlsCerts(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def grpcio_tls_server(tls_certs):
+    """The grpcio echo server over TLS (the test server certificate); yields the port."""
+    import grpc
+
+    import echo_server
+
+    credentials = grpc.ssl_server_credentials(
+        [(tls_certs.read("server.key"), tls_certs.read("server.pem"))]
+    )
+    server, port = echo_server.start(0, credentials=credentials)
+    yield port
+    server.stop(grace=None).wait(10)
+
+
+_plexus: list[PlexusServer] = []
+
+
+def _plexus_fixture(extra=None):
+    server = PlexusServer(extra)
+    _plexus.append(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+        _plexus.remove(server)
 
 
 @pytest.fixture(scope="session")
 def plexus_server():
-    global _plexus
-    server = _plexus = PlexusServer()
-    yield server
-    server.stop()
-    _plexus = None
+    yield from _plexus_fixture()
 
 
-@pytest.fixture(scope="session", params=["grpcio", "plexus"])
+@pytest.fixture(scope="session")
+def plexus_tls_server(tls_certs):
+    """The plexus echo server over TLS, not asking for client certificates."""
+    yield from _plexus_fixture(
+        lambda: ["--tls-cert", tls_certs.path("server.pem"), "--tls-key", tls_certs.path("server.key")]
+    )
+
+
+@pytest.fixture(scope="session")
+def plexus_mtls_server(tls_certs):
+    """The plexus echo server over TLS, requiring client certificates from the test CA."""
+    yield from _plexus_fixture(
+        lambda: [
+            "--tls-cert",
+            tls_certs.path("server.pem"),
+            "--tls-key",
+            tls_certs.path("server.key"),
+            "--client-ca",
+            tls_certs.path("ca.pem"),
+        ]
+    )
+
+
+@pytest.fixture(scope="session", params=["grpcio", "plexus", "grpcio-tls", "plexus-tls"])
 def peer(request):
     if request.param == "grpcio":
         port = request.getfixturevalue("grpcio_server")
         return Peer("grpcio", lambda: f"127.0.0.1:{port}")
+    if request.param == "grpcio-tls":
+        port = request.getfixturevalue("grpcio_tls_server")
+        tls = request.getfixturevalue("tls_certs")
+        return Peer("grpcio-tls", lambda: f"127.0.0.1:{port}", tls)
+    if request.param == "plexus-tls":
+        server = request.getfixturevalue("plexus_tls_server")
+        tls = request.getfixturevalue("tls_certs")
+        return Peer("plexus-tls", server.address, tls)
     server = request.getfixturevalue("plexus_server")
     return Peer("plexus", server.address)
 
@@ -299,9 +420,9 @@ def pytest_runtest_makereport(item, call):
         return
     peer = getattr(item, "funcargs", {}).get("peer")
     if (
-        getattr(peer, "name", None) == "plexus"
-        and _plexus is not None
-        and _plexus.port is not None
+        getattr(peer, "name", "").startswith("plexus")
         and "--- plexus server stderr ---" not in report.longreprtext
     ):
-        report.sections.append(("plexus server output", _plexus.output()))
+        for server in _plexus:
+            if server.port is not None:
+                report.sections.append(("plexus server output", server.output()))

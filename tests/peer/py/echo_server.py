@@ -5,6 +5,9 @@ same client tests run against both. Semantics, for every method:
 
 * Each request metadata entry whose key starts with ``x-echo-`` (ASCII keys and
   ``-bin`` keys alike) is sent back in the initial metadata, same key and value.
+* A request header ``x-response-compression: gzip`` (or ``deflate``) makes the
+  server compress its response messages with that algorithm. Compressed
+  requests are accepted in either algorithm.
 * Trailing metadata always holds ``x-trailer: done`` and
   ``x-trailer-bin: b"\\xfe\\x00\\x01"``. When a call ends with a non-OK status
   it also holds ``grpc-status-details-bin: b"details:" + status_message``.
@@ -100,8 +103,16 @@ def _echoed_metadata(context) -> tuple:
     )
 
 
+_COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
 def _begin(context) -> None:
-    """Send the echoed initial metadata and arm the fixed trailers."""
+    """Apply x-response-compression, send the echoed initial metadata and arm the fixed
+    trailers."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-response-compression":
+            # Must precede the initial metadata: C-core picks the algorithm when it sends them.
+            context.set_compression(_COMPRESSION[value])
     context.send_initial_metadata(_echoed_metadata(context))
     context.set_trailing_metadata(TRAILERS)
 
@@ -169,11 +180,15 @@ class EchoServicer(pb2_grpc.EchoServicer):
             yield pb2.EchoResponse(message=request.message, index=i, payload=request.payload)
 
 
-def start(port: int = 0, host: str = "127.0.0.1", max_workers: int = 64):
-    """Start a server; returns (server, bound_port). Stop it with server.stop(grace)."""
+def start(port: int = 0, host: str = "127.0.0.1", max_workers: int = 64, credentials=None):
+    """Start a server (over TLS with `credentials`, grpc.ssl_server_credentials);
+    returns (server, bound_port). Stop it with server.stop(grace)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise RuntimeError(f"could not bind {host}:{port}")
     server.start()

@@ -7,6 +7,7 @@ Every RPC carries a deadline and every subprocess a timeout, so nothing hangs.
 from __future__ import annotations
 
 import queue
+import ssl
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 import echo_pb2
-from conftest import RPC_TIMEOUT, kill_process_group, plexus_bin
+from conftest import RPC_TIMEOUT, TLS_SERVER_NAME, kill_process_group, plexus_bin, secure_channel
 
 T = RPC_TIMEOUT
 
@@ -264,6 +265,40 @@ def test_concurrent_unary(client):
     assert elapsed < 1.5, f"20 concurrent 100 ms calls took {elapsed:.2f} s; not served concurrently?"
 
 
+_ALGORITHMS = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
+@pytest.mark.parametrize("name", ["gzip", "deflate"])
+def test_compressed_unary(client, name):
+    payload = b"grpcio compresses this payload; " * 4096
+    response, call = client.stub.Unary.with_call(
+        req(message="z", payload=payload),
+        compression=_ALGORITHMS[name],
+        metadata=[("x-response-compression", name)],
+        timeout=T,
+    )
+    assert response.message == "z"
+    assert response.payload == payload
+    if client.peer.name == "plexus":
+        # The plexus server saw the request compressed with `name`, and inflated it.
+        seen = md_dict(call.initial_metadata()).get("x-request-compression")
+        assert seen == f"{name} 1", call.initial_metadata()
+
+
+def test_compressed_bidi(client):
+    payloads = [bytes([i]) * 50_000 for i in range(3)]
+    requests = iter([req(message=f"m{i}", payload=p) for i, p in enumerate(payloads)])
+    call = client.stub.Bidi(
+        requests,
+        compression=grpc.Compression.Gzip,
+        metadata=[("x-response-compression", "deflate")],
+        timeout=T,
+    )
+    got = [(r.message, r.payload) for r in call]
+    assert got == [(f"m{i}", p) for i, p in enumerate(payloads)]
+    assert call.code() == grpc.StatusCode.OK
+
+
 # =========================================================================== plexus client -> grpcio server
 
 PLEXUS_CLIENT_TIMEOUT = 120
@@ -275,12 +310,14 @@ REQUIRED_CASES = (
     "bidi",
     "error_status",
     "deadline",
+    "compressed_unary",
+    "compressed_streaming",
 )
 
 
-def test_plexus_client_against_grpcio_server(grpcio_server):
-    binary = plexus_bin()
-    cmd = [binary, "client", "--target", f"127.0.0.1:{grpcio_server}"]
+def run_plexus_client(args: list[str]) -> tuple[int, str, str, list[str]]:
+    """Runs `plexus-peer client ARGS`; returns (exit code, stdout, stderr, command)."""
+    cmd = [plexus_bin(), "client", *args]
     try:
         proc = subprocess.Popen(
             cmd,
@@ -302,16 +339,22 @@ def test_plexus_client_against_grpcio_server(grpcio_server):
         except subprocess.TimeoutExpired:
             out, err = b"", b"(output lost: pipes still open after kill)"
     stdout, stderr = _text(out), _text(err)
-    output = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     if timed_out:
+        output = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
         pytest.fail(f"{cmd} did not finish within {PLEXUS_CLIENT_TIMEOUT} s\n{output}", pytrace=False)
+    return proc.returncode, stdout, stderr, cmd
+
+
+def assert_plexus_client_passes(args: list[str]) -> None:
+    returncode, stdout, stderr, cmd = run_plexus_client(args)
+    output = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
     lines = [line.strip() for line in stdout.splitlines()]
     failed = [line for line in lines if line.startswith("FAIL")]
     passed = {line[len("PASS ") :].strip() for line in lines if line.startswith("PASS ")}
     missing = [case for case in REQUIRED_CASES if case not in passed]
     problems = []
-    if proc.returncode != 0:
-        problems.append(f"exit code {proc.returncode}")
+    if returncode != 0:
+        problems.append(f"exit code {returncode}")
     if failed:
         problems.append(f"{len(failed)} FAIL line(s)")
     if missing:
@@ -319,6 +362,111 @@ def test_plexus_client_against_grpcio_server(grpcio_server):
     if problems:
         pytest.fail(f"{cmd}: {'; '.join(problems)}\n{output}", pytrace=False)
     print(output)
+
+
+def test_plexus_client_against_grpcio_server(grpcio_server):
+    assert_plexus_client_passes(["--target", f"127.0.0.1:{grpcio_server}"])
+
+
+# =========================================================================== TLS
+
+
+def tls_client_args(tls_certs, port: int, cert: str | None = None) -> list[str]:
+    """plexus-peer client flags: TLS to 127.0.0.1:port, trusting the test CA, verifying the
+    server as TLS_SERVER_NAME, presenting `cert`.pem/.key if given."""
+    args = [
+        "--target",
+        f"127.0.0.1:{port}",
+        "--ca",
+        tls_certs.path("ca.pem"),
+        "--server-name",
+        TLS_SERVER_NAME,
+    ]
+    if cert is not None:
+        args += ["--cert", tls_certs.path(f"{cert}.pem"), "--key", tls_certs.path(f"{cert}.key")]
+    return args
+
+
+def test_plexus_client_against_grpcio_tls_server(grpcio_tls_server, tls_certs):
+    assert_plexus_client_passes(tls_client_args(tls_certs, grpcio_tls_server))
+
+
+def test_plexus_client_with_the_wrong_ca_fails_against_grpcio_tls_server(
+    grpcio_tls_server, tls_certs
+):
+    args = tls_client_args(tls_certs, grpcio_tls_server)
+    args[args.index("--ca") + 1] = tls_certs.path("other-ca.pem")
+    returncode, stdout, stderr, cmd = run_plexus_client(args)
+    assert returncode != 0, f"{cmd} passed with an untrusted CA\n{stdout}"
+    assert "FAIL unary: UNAVAILABLE" in stdout, stdout
+    assert "not signed by a trusted CA" in stdout, stdout
+
+
+@pytest.fixture(scope="module")
+def grpcio_mtls_server(tls_certs):
+    """The grpcio echo server over TLS, requiring client certificates from the test CA."""
+    import echo_server
+
+    credentials = grpc.ssl_server_credentials(
+        [(tls_certs.read("server.key"), tls_certs.read("server.pem"))],
+        root_certificates=tls_certs.read("ca.pem"),
+        require_client_auth=True,
+    )
+    server, port = echo_server.start(0, credentials=credentials)
+    yield port
+    server.stop(grace=None).wait(10)
+
+
+def test_plexus_client_with_a_certificate_against_grpcio_mtls_server(
+    grpcio_mtls_server, tls_certs
+):
+    assert_plexus_client_passes(tls_client_args(tls_certs, grpcio_mtls_server, cert="client"))
+
+
+@pytest.mark.parametrize("cert", [None, "rogue"])
+def test_plexus_client_refused_by_grpcio_mtls_server(grpcio_mtls_server, tls_certs, cert):
+    returncode, stdout, stderr, cmd = run_plexus_client(
+        tls_client_args(tls_certs, grpcio_mtls_server, cert=cert)
+    )
+    assert returncode != 0, f"{cmd} passed without an acceptable certificate\n{stdout}"
+    assert "FAIL unary: UNAVAILABLE" in stdout, stdout
+    # BoringSSL closes without an alert; plexus says what that probably means.
+    assert "client certificate" in stdout.splitlines()[0], stdout
+
+
+def mtls_stub(server, tls_certs, cert: str | None):
+    import echo_pb2_grpc
+
+    channel = secure_channel(server.address(), tls_certs.client_credentials(cert))
+    return channel, echo_pb2_grpc.EchoStub(channel)
+
+
+def test_grpcio_client_with_a_certificate_against_plexus_mtls_server(
+    plexus_mtls_server, tls_certs
+):
+    channel, stub = mtls_stub(plexus_mtls_server, tls_certs, "client")
+    try:
+        response, call = stub.Unary.with_call(req(message="mtls"), timeout=T)
+        assert response.message == "mtls"
+        # The plexus handler saw our certificate (it echoes the leaf it got).
+        seen = md_dict(call.initial_metadata()).get("x-peer-certificate-bin")
+        expected = ssl.PEM_cert_to_DER_cert(tls_certs.read("client.pem").decode())
+        assert seen == expected
+        stream = stub.ServerStream(req(message="s", count=3), timeout=T)
+        assert [r.index for r in stream] == [0, 1, 2]
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("cert", [None, "rogue"])
+def test_grpcio_client_refused_by_plexus_mtls_server(plexus_mtls_server, tls_certs, cert):
+    channel, stub = mtls_stub(plexus_mtls_server, tls_certs, cert)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Unary(req(message="no"), timeout=T)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    finally:
+        channel.close()
 
 
 def _text(data) -> str:

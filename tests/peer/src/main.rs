@@ -4,6 +4,11 @@
 //! `plexus-peer server --listen 127.0.0.1:0` prints `LISTENING <port>` and serves until killed.
 //! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
 //! and exits 0 only if every case passed.
+//!
+//! TLS: `plexus-peer certs --out DIR` writes a test CA and certificates (see [`write_certs`]);
+//! `server --tls-cert PEM --tls-key PEM [--client-ca PEM]` serves over TLS (requiring client
+//! certificates from that CA); `client --ca PEM [--server-name NAME] [--cert PEM --key PEM]`
+//! connects over TLS.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,8 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::{Either, join_all, select};
 use plexus::{
-    CallContext, CallOptions, Channel, Client, Code, Metadata, MetadataValue, ProstCodec, Request,
-    RequestStream, Response, ResponseSink, Server, Status,
+    CallContext, CallOptions, Certificate, Channel, Client, ClientTlsConfig, Code, Compression,
+    Identity, Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response, ResponseSink,
+    SendOptions, Server, ServerBuilder, ServerTlsConfig, Status,
 };
 
 /// plexus.peer.EchoRequest (tests/peer/proto/echo.proto).
@@ -57,7 +63,14 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("server") => {
             let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-            match smol::block_on(serve(&listen)) {
+            let tls = match server_tls(&flag) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("bad TLS flags: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            match smol::block_on(serve(&listen, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("server failed: {err}");
@@ -70,10 +83,34 @@ fn main() -> ExitCode {
                 eprintln!("usage: plexus-peer client --target HOST:PORT");
                 return ExitCode::from(2);
             };
-            smol::block_on(run_client(&target))
+            let tls = match client_tls(&flag) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("bad TLS flags: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            smol::block_on(run_client(&target, tls))
+        }
+        Some("certs") => {
+            let Some(out) = flag("--out") else {
+                eprintln!("usage: plexus-peer certs --out DIR");
+                return ExitCode::from(2);
+            };
+            match write_certs(std::path::Path::new(&out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("could not write certificates: {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         _ => {
-            eprintln!("usage: plexus-peer server --listen ADDR | client --target HOST:PORT");
+            eprintln!(
+                "usage: plexus-peer server --listen ADDR [--tls-cert PEM --tls-key PEM \
+                 [--client-ca PEM]] | client --target HOST:PORT [--ca PEM [--server-name NAME] \
+                 [--cert PEM --key PEM]] | certs --out DIR"
+            );
             ExitCode::from(2)
         }
     }
@@ -91,6 +128,10 @@ fn echo_metadata(ctx: &CallContext) -> Metadata {
             MetadataValue::Ascii(v) => md.append(key, v),
             MetadataValue::Binary(v) => md.append_bin(key, &v),
         };
+    }
+    // Over mutual TLS: the client's certificate, as the handler sees it.
+    if let Some(leaf) = ctx.peer_certificates().and_then(|chain| chain.first()) {
+        let _ = md.append_bin("x-peer-certificate-bin", leaf);
     }
     md
 }
@@ -110,6 +151,22 @@ fn requested_status(req: &EchoRequest) -> Option<Status> {
     })
 }
 
+/// Header asking the server to compress its responses (`gzip` or `deflate`); both peer servers
+/// honour it.
+const RESPONSE_COMPRESSION: &str = "x-response-compression";
+
+/// Initial-metadata key in which the plexus server reports how a unary request arrived:
+/// `<grpc-encoding> <0|1>` (the message's Compressed-Flag).
+const REQUEST_COMPRESSION: &str = "x-request-compression";
+
+/// Applies the client's `x-response-compression` to the call.
+fn compress_as_asked(ctx: &CallContext) -> Result<(), Status> {
+    if let Some(name) = ctx.metadata().get(RESPONSE_COMPRESSION) {
+        ctx.set_response_compression(name.parse()?);
+    }
+    Ok(())
+}
+
 /// Sleeps `ms`, or less if the call is cancelled first.
 async fn nap(ms: i32, ctx: &CallContext) {
     if ms > 0 {
@@ -118,10 +175,12 @@ async fn nap(ms: i32, ctx: &CallContext) {
     }
 }
 
-fn echo_server() -> Result<Server, Status> {
+fn echo_server() -> ServerBuilder {
     Server::builder()
         .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
+            let compressed = req.compressed();
             let (ctx, req) = req.into_parts();
+            compress_as_asked(&ctx)?;
             nap(req.delay_ms, &ctx).await;
             if let Some(mut status) = requested_status(&req) {
                 // A unary error goes out trailers-only, so the echoed keys ride in the trailers.
@@ -129,13 +188,17 @@ fn echo_server() -> Result<Server, Status> {
                 return Err(status);
             }
             let reply = EchoResponse { message: req.message, index: 0, payload: req.payload };
-            Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
+            let mut md = echo_metadata(&ctx);
+            let seen = format!("{} {}", ctx.request_compression(), u8::from(compressed));
+            md.append(REQUEST_COMPRESSION, &seen)?;
+            Ok(Response::from_parts(md, reply, trailers()))
         })
         .server_streaming(
             &format!("{SERVICE}ServerStream"),
             ServerCodec::new(),
             |req: Request<EchoRequest>, sink: ResponseSink<EchoResponse>| async move {
                 let (ctx, req) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 sink.send_initial_metadata(echo_metadata(&ctx)).await?;
                 sink.set_trailers(trailers());
                 for index in 0..req.count {
@@ -153,6 +216,7 @@ fn echo_server() -> Result<Server, Status> {
             ServerCodec::new(),
             |req: Request<RequestStream<EchoRequest>>| async move {
                 let (ctx, mut stream) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 let (mut messages, mut payload, mut failure) = (Vec::new(), Vec::new(), None);
                 while let Some(msg) = stream.message().await? {
                     payload.extend_from_slice(&msg.payload);
@@ -171,6 +235,7 @@ fn echo_server() -> Result<Server, Status> {
             ServerCodec::new(),
             |req: Request<RequestStream<EchoRequest>>, sink: ResponseSink<EchoResponse>| async move {
                 let (ctx, mut stream) = req.into_parts();
+                compress_as_asked(&ctx)?;
                 sink.send_initial_metadata(echo_metadata(&ctx)).await?;
                 sink.set_trailers(trailers());
                 let mut index = 0;
@@ -184,11 +249,97 @@ fn echo_server() -> Result<Server, Status> {
                 Ok(())
             },
         )
-        .build()
 }
 
-async fn serve(listen: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let server = echo_server()?;
+type Flags<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// `--tls-cert`, `--tls-key` and `--client-ca` as a server TLS config (none without a cert).
+fn server_tls(flag: &Flags<'_>) -> std::io::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (flag("--tls-cert"), flag("--tls-key")) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new(Identity::from_pem_files(cert, key)?);
+    if let Some(ca) = flag("--client-ca") {
+        tls = tls.client_ca_certificate(Certificate::from_pem_file(ca)?);
+    }
+    Ok(Some(tls))
+}
+
+/// `--ca`, `--server-name`, `--cert` and `--key` as a channel TLS config (none without a CA).
+fn client_tls(flag: &Flags<'_>) -> std::io::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = flag("--ca") else {
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem_file(ca)?);
+    if let Some(name) = flag("--server-name") {
+        tls = tls.server_name(name);
+    }
+    if let (Some(cert), Some(key)) = (flag("--cert"), flag("--key")) {
+        tls = tls.identity(Identity::from_pem_files(cert, key)?);
+    }
+    Ok(Some(tls))
+}
+
+/// Writes a test PKI into `dir`: `ca.pem` (a CA), `server.pem`/`server.key` (for `localhost`
+/// and `*.test.google.fr`, the names gRPC's interop tests use, and no IP address),
+/// `client.pem`/`client.key` (a client certificate from the CA), and `other-ca.pem` with
+/// `rogue.pem`/`rogue.key` (a CA nobody trusts and a client certificate from it).
+fn write_certs(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca = |name: &str| -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        Ok((params.self_signed(&key)?, key))
+    };
+    let leaf = |names: &[&str], usage: Eku, issuer: &(rcgen::Certificate, KeyPair)| {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &names[0]);
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer.0, &issuer.1)?;
+        Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+    };
+    std::fs::create_dir_all(dir)?;
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text);
+    let trusted = ca("plexus peer test CA")?;
+    let other = ca("untrusted test CA")?;
+    let (cert, key) = leaf(
+        &["localhost", "*.test.google.fr"],
+        Eku::ServerAuth,
+        &trusted,
+    )?;
+    write("server.pem", &cert)?;
+    write("server.key", &key)?;
+    let (cert, key) = leaf(&["client.test"], Eku::ClientAuth, &trusted)?;
+    write("client.pem", &cert)?;
+    write("client.key", &key)?;
+    let (cert, key) = leaf(&["rogue.test"], Eku::ClientAuth, &other)?;
+    write("rogue.pem", &cert)?;
+    write("rogue.key", &key)?;
+    write("ca.pem", &trusted.0.pem())?;
+    write("other-ca.pem", &other.0.pem())?;
+    Ok(())
+}
+
+async fn serve(
+    listen: &str,
+    tls: Option<ServerTlsConfig>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = echo_server();
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let server = builder.build()?;
     let listener = plexus::Listener::bind_tcp(listen)?;
     let port = listener.local_addr().map_or(0, |a| a.port());
     println!("LISTENING {port}");
@@ -202,8 +353,12 @@ async fn serve(listen: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 
-async fn run_client(target: &str) -> ExitCode {
-    let channel = match Channel::new(target) {
+async fn run_client(target: &str, tls: Option<ClientTlsConfig>) -> ExitCode {
+    let mut builder = Channel::builder(target);
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let channel = match builder.build() {
         Ok(channel) => channel,
         Err(err) => {
             eprintln!("bad target: {err}");
@@ -227,6 +382,11 @@ async fn run_client(target: &str) -> ExitCode {
         ("cancel", Box::pin(case_cancel(&echo))),
         ("unimplemented", Box::pin(case_unimplemented(&channel))),
         ("concurrent", Box::pin(case_concurrent(&echo))),
+        ("compressed_unary", Box::pin(case_compressed_unary(&echo))),
+        (
+            "compressed_streaming",
+            Box::pin(case_compressed_streaming(&echo)),
+        ),
     ];
     let mut failed = 0;
     for (name, case) in cases {
@@ -503,4 +663,99 @@ async fn case_concurrent(echo: &Echo) -> Result<(), String> {
         })
     });
     join_all(calls).await.into_iter().collect()
+}
+
+/// 64 KiB that compresses well, so every peer does compress it (C-core sends a message
+/// uncompressed when compressing would not make it smaller).
+fn compressible() -> Bytes {
+    b"plexus compresses this payload; ".repeat(2048).into()
+}
+
+fn compressed_options(c: Compression) -> Result<CallOptions, String> {
+    let mut md = Metadata::new();
+    md.append(RESPONSE_COMPRESSION, c.name())
+        .map_err(|s| s.to_string())?;
+    Ok(CallOptions::new().compression(c).metadata(md))
+}
+
+async fn case_compressed_unary(echo: &Echo) -> Result<(), String> {
+    for c in [Compression::Gzip, Compression::Deflate] {
+        let request = EchoRequest {
+            payload: compressible(),
+            ..req("z")
+        };
+        let response = echo
+            .unary(&path("Unary"), &request, compressed_options(c)?)
+            .await
+            .map_err(|s| format!("{c}: {s}"))?;
+        check(response.message().payload == request.payload, || {
+            format!("{c}: payload did not round-trip")
+        })?;
+        check(response.compressed(), || {
+            format!("{c}: the response was not compressed")
+        })?;
+    }
+    Ok(())
+}
+
+async fn case_compressed_streaming(echo: &Echo) -> Result<(), String> {
+    // Client streaming: one compressed and one uncompressed message on a gzip call.
+    let (tx, response) = echo
+        .client_streaming(
+            &path("ClientStream"),
+            compressed_options(Compression::Gzip)?,
+        )
+        .await
+        .map_err(|s| s.to_string())?;
+    let one = EchoRequest {
+        payload: compressible(),
+        ..req("a")
+    };
+    tx.send(one.clone()).await.map_err(|s| s.to_string())?;
+    tx.send_with(
+        EchoRequest {
+            message: "b".into(),
+            ..one.clone()
+        },
+        SendOptions::new().compress(false),
+    )
+    .await
+    .map_err(|s| s.to_string())?;
+    tx.close().await.map_err(|s| s.to_string())?;
+    let response = response.await.map_err(|s| s.to_string())?;
+    let msg = response.message();
+    check(
+        msg.message == "a,b" && msg.payload.len() == 2 * one.payload.len(),
+        || {
+            format!(
+                "response {:?} with {} payload bytes",
+                msg.message,
+                msg.payload.len()
+            )
+        },
+    )?;
+    check(response.compressed(), || "response not compressed".into())?;
+
+    // Server streaming, deflate: every response compressed.
+    let request = EchoRequest {
+        count: 3,
+        payload: compressible(),
+        ..req("s")
+    };
+    let mut stream = echo
+        .server_streaming(
+            &path("ServerStream"),
+            &request,
+            compressed_options(Compression::Deflate)?,
+        )
+        .await
+        .map_err(|s| s.to_string())?;
+    let mut flags = Vec::new();
+    while let Some(msg) = stream.message().await.map_err(|s| s.to_string())? {
+        check(msg.payload == request.payload, || "payload changed".into())?;
+        flags.push(stream.last_message_compressed());
+    }
+    check(flags == [true, true, true], || {
+        format!("compressed flags {flags:?}")
+    })
 }
