@@ -51,3 +51,6 @@ step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/te
 
 step "nginx (grpc_pass) in front of two plexus servers"
 scripts/test-nginx.sh
+
+step "benchmark harness smoke run (scripts/test-bench.sh)"
+scripts/test-bench.sh
