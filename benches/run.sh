@@ -27,13 +27,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r benches/python/requirements.txt
 
-if [ "$profile" = release ]; then
-    cargo build --release --quiet -p plexus-benches --bin plexus-bench
-    # Hook for the C and Python clients of plexus: both load libplexus from the release build.
-    if [ -f ffi/Cargo.toml ]; then
-        cargo build --release --quiet -p plexus-ffi
-    fi
-else
-    cargo build --quiet -p plexus-benches --bin plexus-bench
+# The C and Python clients of plexus load libplexus from the same profile (the matrix and
+# benches/c/build-bench-client.sh read PLEXUS_BENCH_PROFILE).
+export PLEXUS_BENCH_PROFILE=$profile
+flag=""
+[ "$profile" = release ] && flag="--release"
+cargo build $flag --quiet -p plexus-benches --bin plexus-bench
+if [ -f ffi/Cargo.toml ]; then
+    cargo build $flag --quiet -p plexus-ffi
 fi
 exec "$root/target/$profile/plexus-bench" matrix --root "$root" --python "$venv/bin/python" "$@"

@@ -268,8 +268,11 @@ impl Env {
         }
         let mut env = vec![("PYTHONPATH".to_string(), package.display().to_string())];
         if std::env::var_os("PLEXUS_LIBRARY").is_none() {
+            // benches/run.sh builds libplexus in the profile it names here.
+            let profile =
+                std::env::var("PLEXUS_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
             for name in ["libplexus.so", "libplexus_ffi.so"] {
-                let lib = root.join("target/release").join(name);
+                let lib = root.join("target").join(&profile).join(name);
                 if lib.is_file() {
                     env.push(("PLEXUS_LIBRARY".into(), lib.display().to_string()));
                     break;
@@ -285,7 +288,7 @@ impl Env {
         match probe {
             Ok(out) if out.status.success() => self.python(&["client", "--impl", "plexus"], &env),
             Ok(out) => Peer::Skipped(format!(
-                "`import plexus.aio` failed (build libplexus first: cargo build --release -p plexus-ffi): {}",
+                "`import plexus.aio` failed (benches/run.sh builds libplexus): {}",
                 last_line(&String::from_utf8_lossy(&out.stderr))
             )),
             Err(e) => Peer::Skipped(format!("cannot run {}: {e}", self.python.display())),
