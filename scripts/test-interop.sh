@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
 # The gRPC interop matrix: every interop case (interop/src/client.rs) in five directions,
 #   plexus -> plexus, plexus -> grpcio, grpcio -> plexus, plexus -> grpc-js, grpc-js -> plexus,
-# with the plexus binaries from interop/ and the peers from tests/interop/ (Python in the repo's
-# .venv, Node from npm). Prints a table of results and fails if a case that should pass does
-# not, or if a case listed below as expected to fail passes (so the lists stay true).
+# each in plaintext and over TLS ("+tls": certificates generated now by `plexus-peer certs`, the
+# client verifying the name foo.test.google.fr as the standard interop runs do), with the plexus
+# binaries from interop/ and the peers from tests/interop/ (Python in the repo's .venv, Node
+# from npm). Prints a table of results and fails if a case that should pass does not, or if a
+# case listed below as expected to fail passes (so the lists stay true).
 # Usage: scripts/test-interop.sh      (scripts/test.sh runs it as one step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 # ---- cases expected not to pass, in one place ----------------------------------------------
-# Entries are "DIRECTION:CASE" shell patterns. Remove them as the features land; a listed case
-# that passes fails the run until its entry is gone.
-#
-# What this build of plexus lacks (each entry must fail saying "not supported"): nothing.
-BUILD_LACKS=()
-# What the peers' libraries cannot do, whatever plexus does (see each peer's header comment).
+# Entries are "DIRECTION:CASE" shell patterns (the trailing * of a direction covers its +tls
+# twin). A listed case that passes fails the run until its entry is gone. plexus itself lacks
+# nothing; these are what the peers' libraries cannot do, whatever plexus does (see each peer's
+# header comment).
 PEER_LIMITS=(
     # grpcio and grpc-js servers cannot see whether a request arrived compressed, so they
     # cannot answer the CompressedRequest probe.
-    "plexus->grpcio:client_compressed_*"
-    "plexus->grpc-js:client_compressed_*"
+    "plexus->grpcio*:client_compressed_*"
+    "plexus->grpc-js*:client_compressed_*"
     # grpc-js servers cannot compress a single call or message.
-    "plexus->grpc-js:server_compressed_*"
+    "plexus->grpc-js*:server_compressed_*"
 )
 
 CASES=(
@@ -32,7 +32,13 @@ CASES=(
     unimplemented_method unimplemented_service cancel_after_begin cancel_after_first_response
     timeout_on_sleeping_server concurrent_large_unary benchmark_unary benchmark_streaming
 )
-DIRECTIONS=("plexus->plexus" "plexus->grpcio" "grpcio->plexus" "plexus->grpc-js" "grpc-js->plexus")
+PLAIN_DIRECTIONS=("plexus->plexus" "plexus->grpcio" "grpcio->plexus" "plexus->grpc-js" "grpc-js->plexus")
+TLS_DIRECTIONS=()
+for direction in "${PLAIN_DIRECTIONS[@]}"; do TLS_DIRECTIONS+=("$direction+tls"); done
+DIRECTIONS=("${PLAIN_DIRECTIONS[@]}" "${TLS_DIRECTIONS[@]}")
+# The name the TLS clients verify (and send as SNI and :authority) instead of 127.0.0.1; the
+# test server certificate is valid for *.test.google.fr, as grpc's bundled one is.
+TLS_NAME=foo.test.google.fr
 # Per case: generous for 1000 concurrent large calls through a Python server on two busy cores.
 CASE_TIMEOUT=150
 SERVER_START_TIMEOUT=60
@@ -52,10 +58,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "interop: build the plexus interop binaries"
-cargo build --release --quiet -p plexus-interop
+step "interop: build the plexus interop binaries, and test certificates"
+cargo build --release --quiet -p plexus-interop -p plexus-peer
 server_bin="$root/target/release/interop-server"
 client_bin="$root/target/release/interop-client"
+certs="$work/certs"
+"$root/target/release/plexus-peer" certs --out "$certs"
+# The plexus binaries find ca.pem, server.pem and server.key here, so they run with the
+# standard interop flags alone (interop/src/features.rs); the peers are given the files.
+export PLEXUS_INTEROP_CERTS="$certs"
 
 step "interop: grpcio peer (Python venv in .venv)"
 venv="$root/.venv"
@@ -114,28 +125,56 @@ start_server() {
     echo "$name server on port $port"
 }
 
-step "interop: servers"
+step "interop: servers, plaintext and TLS"
+peer_tls=(--use_tls=true --tls_cert_file="$certs/server.pem" --tls_key_file="$certs/server.key")
+declare -A ports
 start_server plexus "$work/server-plexus.log" "$server_bin" --port=0
-plexus_port=$port
+ports[plexus]=$port
+start_server plexus+tls "$work/server-plexus-tls.log" "$server_bin" --port=0 --use_tls=true
+ports[plexus+tls]=$port
 start_server grpcio "$work/server-grpcio.log" "$python" tests/interop/py/interop_server.py --port=0
-grpcio_port=$port
-grpcjs_port=""
+ports[grpcio]=$port
+start_server grpcio+tls "$work/server-grpcio-tls.log" \
+    "$python" tests/interop/py/interop_server.py --port=0 "${peer_tls[@]}"
+ports[grpcio+tls]=$port
 if [ -z "$node_skip" ]; then
     start_server grpc-js "$work/server-grpc-js.log" node tests/interop/node/interop_server.js --port=0
-    grpcjs_port=$port
+    ports[grpc-js]=$port
+    start_server grpc-js+tls "$work/server-grpc-js-tls.log" \
+        node tests/interop/node/interop_server.js --port=0 "${peer_tls[@]}"
+    ports[grpc-js+tls]=$port
 fi
 
-# The client command of a direction, without --test_case.
+# The client command of a direction ("CLIENT->SERVER", "+tls" for TLS), without --test_case.
+# Over TLS every client trusts only the test CA and verifies $TLS_NAME, the standard interop
+# flags; the plexus client reads the CA from $PLEXUS_INTEROP_CERTS, the peers from --ca_file.
 client_cmd() {
-    local common=(--server_host=127.0.0.1)
-    case $1 in
-        "plexus->plexus") echo "$client_bin" "${common[@]}" --server_port="$plexus_port" ;;
-        "plexus->grpcio") echo "$client_bin" "${common[@]}" --server_port="$grpcio_port" ;;
-        "grpcio->plexus") echo "$python" tests/interop/py/interop_client.py "${common[@]}" --server_port="$plexus_port" ;;
-        "plexus->grpc-js") echo "$client_bin" "${common[@]}" --server_port="$grpcjs_port" ;;
-        "grpc-js->plexus") echo node tests/interop/node/interop_client.js "${common[@]}" --server_port="$plexus_port" ;;
+    local direction=${1%+tls} tls=()
+    local client=${direction%%->*} server=${direction#*->}
+    local args=(--server_host=127.0.0.1)
+    if [[ $1 == *+tls ]]; then
+        server="$server+tls"
+        tls=(--use_tls=true --use_test_ca=true --server_host_override="$TLS_NAME")
+        [ "$client" = plexus ] || tls+=(--ca_file="$certs/ca.pem")
+    fi
+    args+=(--server_port="${ports[$server]}" "${tls[@]}")
+    case $client in
+        plexus) echo "$client_bin" "${args[@]}" ;;
+        grpcio) echo "$python" tests/interop/py/interop_client.py "${args[@]}" ;;
+        grpc-js) echo node tests/interop/node/interop_client.js "${args[@]}" ;;
     esac
 }
+
+# The TLS servers must really be TLS (so the +tls clients really are too): a plaintext call
+# to each must fail.
+for server in "${!ports[@]}"; do
+    [[ $server == *+tls ]] || continue
+    if timeout "$CASE_TIMEOUT" "$client_bin" --server_host=127.0.0.1 --server_port="${ports[$server]}" \
+        --test_case=empty_unary >"$work/plaintext-to-$server.log" 2>&1; then
+        echo "a plaintext call to the $server server passed: it does not serve TLS" >&2
+        exit 1
+    fi
+done
 
 matches() {
     local key=$1
@@ -172,17 +211,10 @@ for direction in "${DIRECTIONS[@]}"; do
         expected=""
         if matches "$key" "${PEER_LIMITS[@]}"; then
             expected="peer"
-        elif matches "$key" "${BUILD_LACKS[@]}"; then
-            expected="xfail"
         fi
         if [ "$passed" = 1 ] && [ -z "$expected" ]; then
             result[$key]="pass"
             total_pass=$((total_pass + 1))
-        elif [ "$passed" = 0 ] && [ "$expected" = xfail ] && ! grep -q "not supported" "$log"; then
-            # Missing compression must say so; any other failure of these cases is a bug.
-            result[$key]="FAIL"
-            total_fail=$((total_fail + 1))
-            failures+=("$key failed for another reason than a missing feature: $(tail -c 600 "$log" | tr '\n' ' ')")
         elif [ "$passed" = 0 ] && [ -n "$expected" ]; then
             result[$key]="$expected"
         elif [ "$passed" = 1 ]; then
@@ -200,23 +232,29 @@ done
 elapsed=$((SECONDS - started))
 
 step "interop: results (${elapsed} s)"
-printf '%-30s' "case"
-for direction in "${DIRECTIONS[@]}"; do printf ' %-16s' "$direction"; done
-printf '\n'
-for case in "${CASES[@]}"; do
-    printf '%-30s' "$case"
-    for direction in "${DIRECTIONS[@]}"; do printf ' %-16s' "${result[$direction:$case]}"; done
+# One table of results for the directions given.
+table() {
+    local direction case n
+    printf '%-30s' "case"
+    for direction in "$@"; do printf ' %-19s' "$direction"; done
     printf '\n'
-done
-printf '%-30s' "passed"
-for direction in "${DIRECTIONS[@]}"; do
-    n=0
-    for case in "${CASES[@]}"; do [ "${result[$direction:$case]}" = pass ] && n=$((n + 1)); done
-    printf ' %-16s' "$n/${#CASES[@]}"
-done
-printf '\n\n'
-echo "pass: passed; xfail: needs a feature this build lacks (BUILD_LACKS); peer: the peer's library"
-echo "cannot do it (PEER_LIMITS); skip: the peer could not be installed; FAIL / XPASS: wrong."
+    for case in "${CASES[@]}"; do
+        printf '%-30s' "$case"
+        for direction in "$@"; do printf ' %-19s' "${result[$direction:$case]}"; done
+        printf '\n'
+    done
+    printf '%-30s' "passed"
+    for direction in "$@"; do
+        n=0
+        for case in "${CASES[@]}"; do [ "${result[$direction:$case]}" = pass ] && n=$((n + 1)); done
+        printf ' %-19s' "$n/${#CASES[@]}"
+    done
+    printf '\n\n'
+}
+table "${PLAIN_DIRECTIONS[@]}"
+table "${TLS_DIRECTIONS[@]}"
+echo "pass: passed; peer: the peer's library cannot do it (PEER_LIMITS); skip: the peer could"
+echo "not be installed; FAIL / XPASS: wrong. +tls: over TLS, verifying $TLS_NAME."
 echo "benchmark_unary and benchmark_streaming are plexus's own cases (BenchmarkService)."
 if [ "${#failures[@]}" -gt 0 ]; then
     printf '\n'

@@ -52,5 +52,8 @@ step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/te
 step "nginx (grpc_pass) in front of two plexus servers"
 scripts/test-nginx.sh
 
+step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
+"$root/scripts/test-c.sh"
+
 step "benchmark harness smoke run (scripts/test-bench.sh)"
 scripts/test-bench.sh

@@ -90,22 +90,32 @@ impl Service<http::Request<tonic::body::Body>> for TonicEcho {
 }
 
 fn start_tonic_server(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
-    // TcpIncoming sets TCP_NODELAY on accepted sockets; `Server::tcp_nodelay` does not apply
-    // to `serve_with_incoming`, and without it small responses wait for delayed ACKs.
-    let incoming = rt
-        .block_on(async {
-            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
-        })
-        .expect("bind")
-        .with_nodelay(Some(true));
-    let addr = incoming.local_addr().expect("addr");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
     rt.spawn(async move {
+        // `tcp_nodelay` on the builder covers only listeners tonic binds itself: set it on
+        // each accepted socket, as plexus's server does.
+        let incoming = async_stream_nodelay(listener);
         let _ = tonic::transport::Server::builder()
             .add_service(TonicEcho)
             .serve_with_incoming(incoming)
             .await;
     });
     addr
+}
+
+/// Accepted sockets with TCP_NODELAY set.
+fn async_stream_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 // ---- clients ----

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use plexus::{CallOptions, Channel, Client, Code, Metadata, ProstCodec, Status};
 
-use crate::features::{self, Unsupported};
+use crate::features;
 use crate::messages::*;
 use crate::server::{BENCHMARK_SERVICE, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY, TEST_SERVICE};
 
@@ -43,22 +43,13 @@ pub const CASES: &[&str] = &[
 pub enum CaseError {
     /// An assertion failed or a call failed unexpectedly.
     Failed(String),
-    /// The case needs a feature this build lacks (see [`features`]).
-    Unsupported(String),
 }
 
 impl std::fmt::Display for CaseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaseError::Failed(why) => f.write_str(why),
-            CaseError::Unsupported(why) => f.write_str(why),
         }
-    }
-}
-
-impl From<Unsupported> for CaseError {
-    fn from(u: Unsupported) -> CaseError {
-        CaseError::Unsupported(u.0)
     }
 }
 

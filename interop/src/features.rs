@@ -11,28 +11,29 @@
 //! - The client compresses a call with [`compressed_call`], sends one streamed message
 //!   uncompressed on such a call with [`send_uncompressed`], and sees each response's flag
 //!   (`Response::compressed`, `Streaming::last_message_compressed`).
-//! - `--use_tls=true` fails at start-up with [`NOT_YET`], in both binaries.
+//!
+//! TLS is plexus's own too (rustls). The standard interop binaries use grpc's bundled test
+//! certificates; ours are generated at test time instead (`plexus-peer certs --out DIR` writes
+//! `ca.pem`, and `server.pem`/`server.key` for `localhost` and `*.test.google.fr`), and the
+//! binaries find them by flag or through [`CERTS_ENV`]:
+//!
+//! - `interop-server --use_tls=true` presents `--tls_cert_file`/`--tls_key_file`, by default
+//!   `$PLEXUS_INTEROP_CERTS/server.pem` and `server.key` ([`server_tls`]).
+//! - `interop-client --use_tls=true` trusts the system roots, or with `--use_test_ca=true` only
+//!   `--ca_file`, by default `$PLEXUS_INTEROP_CERTS/ca.pem`; `--server_host_override` is the
+//!   name verified, sent as SNI and used as `:authority` ([`client_tls`]).
 
-use plexus::{CallContext, CallOptions, Compression, ResponseSink, SendOptions, Sender, Status};
+use std::path::{Path, PathBuf};
 
-/// What a case or flag that needs a missing feature fails with.
-pub const NOT_YET: &str = "not supported by this build yet";
+use plexus::{
+    CallContext, CallOptions, Certificate, ClientTlsConfig, Compression, Identity, ResponseSink,
+    SendOptions, Sender, ServerTlsConfig, Status,
+};
 
-/// A case or option this build cannot run; the client exits with its own code for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported(pub String);
-
-impl Unsupported {
-    fn new(what: &str) -> Unsupported {
-        Unsupported(format!("{what} is {NOT_YET}"))
-    }
-}
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// The environment variable naming the directory of test certificates (the layout
+/// `plexus-peer certs --out DIR` writes) that `--use_tls=true` falls back on when no file
+/// flag is given.
+pub const CERTS_ENV: &str = "PLEXUS_INTEROP_CERTS";
 
 // ---- server ----
 
@@ -65,9 +66,37 @@ pub async fn send_response<T>(
     sink.send_with(message, options).await
 }
 
-/// Refuses `--use_tls=true` on the server.
-pub fn server_tls() -> Result<(), Unsupported> {
-    Err(Unsupported::new("TLS (--use_tls=true)"))
+/// The server's TLS settings for `--use_tls=true`: the certificate chain and key in
+/// `cert_file` and `key_file`, each defaulting to its file in [`CERTS_ENV`]'s directory.
+/// The error says which file is missing or unreadable.
+pub fn server_tls(
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Result<ServerTlsConfig, String> {
+    let cert = file_or_default(cert_file, "--use_tls=true", "--tls_cert_file", "server.pem")?;
+    let key = file_or_default(key_file, "--use_tls=true", "--tls_key_file", "server.key")?;
+    let identity = Identity::from_pem_files(&cert, &key).map_err(|e| e.to_string())?;
+    Ok(ServerTlsConfig::new(identity))
+}
+
+/// `given`, else the file `name` in [`CERTS_ENV`]'s directory; an error saying that `option`
+/// needs `flag` when neither is there.
+fn file_or_default(
+    given: Option<&Path>,
+    option: &str,
+    flag: &str,
+    name: &str,
+) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    match std::env::var_os(CERTS_ENV) {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(&dir).join(name)),
+        _ => Err(format!(
+            "{option} needs {flag}, or {CERTS_ENV} naming a directory with {name} \
+             (`plexus-peer certs --out DIR` writes one)"
+        )),
+    }
 }
 
 // ---- client ----
@@ -84,10 +113,22 @@ pub async fn send_uncompressed<T>(sender: &Sender<T>, message: T) -> Result<(), 
         .await
 }
 
-/// TLS settings for the client channel: `--use_test_ca` and `--server_host_override`.
+/// The channel's TLS settings for `--use_tls=true`: with `use_test_ca`, trust only the CA in
+/// `ca_file` (default: `ca.pem` in [`CERTS_ENV`]'s directory), else the system roots; verify
+/// `server_host_override` (when given) instead of the server host, send it as SNI and use it
+/// as `:authority`.
 pub fn client_tls(
-    _use_test_ca: bool,
-    _server_host_override: Option<&str>,
-) -> Result<(), Unsupported> {
-    Err(Unsupported::new("TLS (--use_tls=true)"))
+    use_test_ca: bool,
+    ca_file: Option<&Path>,
+    server_host_override: Option<&str>,
+) -> Result<ClientTlsConfig, String> {
+    let mut tls = ClientTlsConfig::new();
+    if use_test_ca {
+        let ca = file_or_default(ca_file, "--use_test_ca=true", "--ca_file", "ca.pem")?;
+        tls = tls.ca_certificate(Certificate::from_pem_file(&ca).map_err(|e| e.to_string())?);
+    }
+    if let Some(name) = server_host_override {
+        tls = tls.server_name(name);
+    }
+    Ok(tls)
 }

@@ -6,8 +6,9 @@
 //! Both take the flags of the public interop test description. The .proto files are in
 //! `interop/proto`; [`messages`] mirrors them as prost structs.
 //!
-//! Compression and TLS are not in this build of plexus yet: [`features`] is the one place that
-//! says so, and the only file to change when they arrive.
+//! `--use_tls=true` runs either binary over TLS with test certificates generated at test time;
+//! [`features`] is where the binaries use plexus's compression and TLS APIs, and says which
+//! files and flags the TLS options read.
 
 pub mod client;
 pub mod features;

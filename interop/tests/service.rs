@@ -1,13 +1,17 @@
 //! The interop server and client in one process: every case, and the server features the
 //! standard cases do not reach (HalfDuplexCall, CacheableUnaryCall, interval_us, bad
 //! parameters, the other BenchmarkService methods). The same cases run between the built
-//! binaries and against grpcio and grpc-js in scripts/test-interop.sh.
+//! binaries and against grpcio and grpc-js in scripts/test-interop.sh. Over TLS, the settings
+//! the binaries build from their `--use_tls` flags, with certificates made here.
 
 use std::time::{Duration, Instant};
+
+use std::path::{Path, PathBuf};
 
 use futures_util::future::{Either, select};
 use plexus::{CallOptions, Channel, Code, Listener, Metadata, ProstCodec, Server};
 use plexus_interop::client::{self, CaseError};
+use plexus_interop::features;
 use plexus_interop::messages::*;
 use plexus_interop::server::{self, BENCHMARK_SERVICE, TEST_SERVICE};
 
@@ -49,6 +53,97 @@ fn every_case_against_the_plexus_server() {
         );
         server.shutdown(Duration::from_secs(1)).await;
     });
+}
+
+/// A fresh directory holding `ca.pem`, and `server.pem`/`server.key` for `*.test.google.fr`
+/// (no IP address), like `plexus-peer certs` writes for the matrix.
+fn write_test_certs(name: &str) -> PathBuf {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let dir = std::env::temp_dir().join(format!("plexus-interop-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "interop test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut leaf = CertificateParams::new(vec!["*.test.google.fr".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    dir
+}
+
+/// `interop-client --use_tls=true --use_test_ca=true --ca_file=... --server_host_override=NAME`'s
+/// channel to `addr`.
+fn tls_channel(addr: std::net::SocketAddr, ca: &Path, host_override: Option<&str>) -> Channel {
+    let tls = features::client_tls(true, Some(ca), host_override).expect("client TLS settings");
+    Channel::builder(&format!("dns:///{addr}"))
+        .tls(tls)
+        .build()
+        .expect("channel")
+}
+
+#[test]
+fn cases_over_tls_with_a_server_host_override() {
+    let dir = write_test_certs("tls");
+    smol::block_on(async {
+        let tls =
+            features::server_tls(Some(&dir.join("server.pem")), Some(&dir.join("server.key")))
+                .expect("server TLS settings");
+        let server = server::builder().tls(tls).build().expect("server builds");
+        let listener = Listener::bind_tcp("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("tcp address");
+        let serving = server.clone();
+        smol::spawn(async move { serving.serve(listener).await }).detach();
+
+        let channel = tls_channel(addr, &dir.join("ca.pem"), Some("foo.test.google.fr"));
+        for &case in client::CASES {
+            // As above: run by scripts/test-interop.sh (over TLS too), slow in a debug build.
+            if case == "concurrent_large_unary" {
+                continue;
+            }
+            let outcome = bounded(case, client::run(case, &channel)).await;
+            assert_eq!(outcome, Ok(()), "{case} over TLS");
+        }
+
+        // Without the override the name checked is 127.0.0.1, which the certificate lacks.
+        let unverified = tls_channel(addr, &dir.join("ca.pem"), None);
+        let outcome = bounded("no override", client::run("empty_unary", &unverified)).await;
+        let name_refused =
+            |why: &str| why.contains("UNAVAILABLE") && why.contains("not valid for name");
+        assert!(
+            matches!(&outcome, Err(CaseError::Failed(why)) if name_refused(why)),
+            "{outcome:?}"
+        );
+        // A plaintext client gets nowhere either.
+        let plaintext = Channel::new(&format!("http://{addr}")).expect("channel");
+        let outcome = bounded("plaintext", client::run("empty_unary", &plaintext)).await;
+        assert!(outcome.is_err(), "a plaintext call to a TLS server passed");
+        server.shutdown(Duration::from_secs(1)).await;
+    });
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn tls_flags_name_the_file_that_is_missing() {
+    let dir = std::env::temp_dir().join(format!("plexus-interop-none-{}", std::process::id()));
+    let missing = dir.join("server.pem");
+    let why = features::server_tls(Some(&missing), Some(&dir.join("server.key"))).unwrap_err();
+    assert!(why.contains(&missing.display().to_string()), "{why}");
+    let ca = dir.join("ca.pem");
+    let why = features::client_tls(true, Some(&ca), None).unwrap_err();
+    assert!(why.contains(&ca.display().to_string()), "{why}");
+    // Without --use_test_ca the client trusts the system roots and reads no file.
+    assert!(features::client_tls(false, Some(&ca), None).is_ok());
 }
 
 fn test(method: &str) -> String {

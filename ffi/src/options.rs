@@ -1,0 +1,1201 @@
+//! Option objects: `plexus_channel_options` (one setter per setting of core's
+//! `ChannelBuilder`) and `plexus_call_options` (core's `CallOptions`).
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use core_plexus::codec::Compression;
+use core_plexus::{BackoffConfig, CallOptions, ChannelBuilder, LbPolicy};
+
+use crate::boundary::boundary;
+use crate::error::{Error, PLEXUS_OK, Result, plexus_result};
+use crate::handle::{BoxHandle, str_arg, write_out};
+use crate::metadata::plexus_metadata;
+
+/// Settings for `plexus_channel_new`. Owned by the caller; free with
+/// `plexus_channel_options_free`. A channel copies what it needs, so the options may be freed
+/// or reused right after. Not thread-safe while being modified.
+///
+/// Every setting of the Rust `ChannelBuilder` has a setter, except the three that take Rust
+/// objects: the executor (the library's runtime runs every channel), the connector (TCP and
+/// Unix sockets) and the resolver (use an `ipv4:`, `ipv6:` or `unix:` target for a fixed
+/// address list).
+pub struct plexus_channel_options {
+    _private: [u8; 0],
+}
+
+impl BoxHandle for plexus_channel_options {
+    type Rust = ChannelOptions;
+    const NAME: &'static str = "options";
+}
+
+/// The channel settings. Two channels to the same target share one connection pool when
+/// these compare equal (and both allow sharing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ChannelOptions {
+    max_recv: Option<usize>,
+    max_send: Option<usize>,
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
+    adaptive_window: Option<bool>,
+    keepalive_time_ms: Option<u64>,
+    keepalive_timeout_ms: Option<u64>,
+    keepalive_permit_without_calls: Option<bool>,
+    max_frame_size: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    multiple_connections: Option<bool>,
+    max_connections_per_endpoint: Option<usize>,
+    /// initial ms, multiplier bits, jitter bits, max ms.
+    backoff: Option<(u64, u64, u64, u64)>,
+    idle_timeout_ms: Option<u64>,
+    resolve_interval_ms: Option<u64>,
+    lb_policy: Option<String>,
+    user_agent: Option<String>,
+    compression: Option<Compression>,
+    tls: Option<TlsOptions>,
+    /// Whether the channel may share a connection pool (not part of what is compared).
+    pub(crate) shared: bool,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            max_recv: None,
+            max_send: None,
+            stream_window: None,
+            connection_window: None,
+            adaptive_window: None,
+            keepalive_time_ms: None,
+            keepalive_timeout_ms: None,
+            keepalive_permit_without_calls: None,
+            max_frame_size: None,
+            connect_timeout_ms: None,
+            multiple_connections: None,
+            max_connections_per_endpoint: None,
+            backoff: None,
+            idle_timeout_ms: None,
+            resolve_interval_ms: None,
+            lb_policy: None,
+            user_agent: None,
+            compression: None,
+            tls: None,
+            shared: true,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// Applies the settings to a builder.
+    pub(crate) fn apply(&self, mut b: ChannelBuilder) -> ChannelBuilder {
+        let ms = Duration::from_millis;
+        if let Some(v) = self.max_recv {
+            b = b.max_receive_message_size(v);
+        }
+        if let Some(v) = self.max_send {
+            b = b.max_send_message_size(v);
+        }
+        if let Some(v) = self.stream_window {
+            b = b.initial_stream_window_size(v);
+        }
+        if let Some(v) = self.connection_window {
+            b = b.initial_connection_window_size(v);
+        }
+        if let Some(v) = self.adaptive_window {
+            b = b.adaptive_window(v);
+        }
+        if let Some(v) = self.keepalive_time_ms {
+            b = b.keepalive_time(ms(v));
+        }
+        if let Some(v) = self.keepalive_timeout_ms {
+            b = b.keepalive_timeout(ms(v));
+        }
+        if let Some(v) = self.keepalive_permit_without_calls {
+            b = b.keepalive_permit_without_calls(v);
+        }
+        if let Some(v) = self.max_frame_size {
+            b = b.max_frame_size(v);
+        }
+        if let Some(v) = self.connect_timeout_ms {
+            b = b.connect_timeout(ms(v));
+        }
+        if let Some(v) = self.multiple_connections {
+            b = b.multiple_connections(v);
+        }
+        if let Some(v) = self.max_connections_per_endpoint {
+            b = b.max_connections_per_endpoint(v);
+        }
+        if let Some((initial, multiplier, jitter, max)) = self.backoff {
+            b = b.backoff(BackoffConfig {
+                initial: ms(initial),
+                multiplier: f64::from_bits(multiplier),
+                jitter: f64::from_bits(jitter),
+                max: ms(max),
+            });
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            b = b.idle_timeout(ms(v));
+        }
+        if let Some(v) = self.resolve_interval_ms {
+            b = b.resolve_interval(ms(v));
+        }
+        if let Some(policy) = self.lb_policy.as_deref().and_then(LbPolicy::from_name) {
+            b = b.lb_policy(policy);
+        }
+        if let Some(v) = &self.user_agent {
+            b = b.user_agent(v);
+        }
+        if let Some(v) = self.compression {
+            b = b.compression(v);
+        }
+        if let Some(tls) = &self.tls {
+            b = b.tls(tls.to_core());
+        }
+        b
+    }
+}
+
+/// TLS settings as C gave them (PEM bytes), comparable for sharing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct TlsOptions {
+    ca_pem: Vec<Vec<u8>>,
+    native_roots: Option<bool>,
+    server_name: Option<String>,
+    /// Certificate chain and private key, PEM.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsOptions {
+    fn to_core(&self) -> core_plexus::ClientTlsConfig {
+        let mut tls = core_plexus::ClientTlsConfig::new();
+        for ca in &self.ca_pem {
+            tls = tls.ca_certificate(core_plexus::Certificate::from_pem(ca));
+        }
+        if let Some(v) = self.native_roots {
+            tls = tls.native_roots(v);
+        }
+        if let Some(v) = &self.server_name {
+            tls = tls.server_name(v.clone());
+        }
+        if let Some((chain, key)) = &self.identity {
+            tls = tls.identity(core_plexus::Identity::from_pem(chain, key));
+        }
+        tls
+    }
+}
+
+/// A compression name argument: `identity`, `gzip` or `deflate`.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn compression_arg(name: *const c_char) -> Result<Compression> {
+    // SAFETY: per this function's contract.
+    let name = unsafe { str_arg(name, "compression") }?;
+    Compression::from_name(name).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown compression {name:?} (identity, gzip or deflate)"
+        ))
+    })
+}
+
+/// Runs `set` on the options behind `ptr`.
+///
+/// # Safety
+/// `ptr` is NULL or live.
+unsafe fn set(
+    ptr: *mut plexus_channel_options,
+    set: impl FnOnce(&mut ChannelOptions) -> Result<()>,
+) -> Result<plexus_result> {
+    // SAFETY: per this function's contract.
+    let options = unsafe { plexus_channel_options::as_mut(ptr) }?;
+    set(options)?;
+    Ok(PLEXUS_OK)
+}
+
+fn positive(value: u64, what: &str) -> Result<u64> {
+    if value == 0 {
+        return Err(Error::invalid(format!("{what} must be above 0")));
+    }
+    Ok(value)
+}
+
+/// Creates channel options with every setting at its default, owned by the caller (free with
+/// `plexus_channel_options_free`).
+///
+/// Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL.
+///
+/// # Safety
+/// `out` is valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_new(
+    out: *mut *mut plexus_channel_options,
+) -> plexus_result {
+    boundary("plexus_channel_options_new", || {
+        crate::handle::check_out(out, "out")?;
+        let options = plexus_channel_options::into_raw(ChannelOptions::default());
+        // SAFETY: out was checked and is writable.
+        unsafe { write_out(out, "out", options) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Frees channel options. NULL is a no-op.
+///
+/// # Safety
+/// `options` is NULL or live, not used again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_free(options: *mut plexus_channel_options) {
+    boundary("plexus_channel_options_free", || {
+        // SAFETY: the caller gives up a live object or NULL.
+        drop(unsafe { plexus_channel_options::take(options) });
+        Ok(())
+    })
+}
+
+/// Whether the channel may share its connection pool with other channels created with the
+/// same target and equal options, process-wide (default true). False gives the channel its
+/// own connections.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_shared(
+    options: *mut plexus_channel_options,
+    shared: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_shared", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.shared = shared;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Largest message the channel accepts, in bytes (default 4 MiB). Larger ones fail the call
+/// with RESOURCE_EXHAUSTED.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_max_receive_message_size(
+    options: *mut plexus_channel_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_max_receive_message_size",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    o.max_recv = Some(bytes);
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Largest message the channel sends, in bytes (default unlimited).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_max_send_message_size(
+    options: *mut plexus_channel_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_max_send_message_size", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.max_send = Some(bytes);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Initial HTTP/2 stream window in bytes (1 to 2^31-1). By default windows adapt to the
+/// measured bandwidth-delay product; setting a window pins both windows.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT when out of range.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_initial_stream_window_size(
+    options: *mut plexus_channel_options,
+    bytes: u32,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_initial_stream_window_size",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    if bytes == 0 || bytes > i32::MAX as u32 {
+                        return Err(Error::invalid(format!(
+                            "stream window {bytes} must be between 1 and 2^31-1"
+                        )));
+                    }
+                    o.stream_window = Some(bytes);
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Initial HTTP/2 connection window in bytes (at least the stream window, at most 2^31-1);
+/// pins the windows like the stream window does. Checked by `plexus_channel_new`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT when out of range.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_initial_connection_window_size(
+    options: *mut plexus_channel_options,
+    bytes: u32,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_initial_connection_window_size",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    if bytes == 0 || bytes > i32::MAX as u32 {
+                        return Err(Error::invalid(format!(
+                            "connection window {bytes} must be between 1 and 2^31-1"
+                        )));
+                    }
+                    o.connection_window = Some(bytes);
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Whether flow-control windows grow from bandwidth-delay-product estimates (default: yes
+/// unless a window size is set).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_adaptive_window(
+    options: *mut plexus_channel_options,
+    adaptive: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_adaptive_window", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.adaptive_window = Some(adaptive);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Sends a keepalive PING after `ms` milliseconds without a frame from the server; 0 turns
+/// keepalive off (the default).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_keepalive_time_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_keepalive_time_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.keepalive_time_ms = (ms > 0).then_some(ms);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// How long a keepalive PING may go unanswered before the connection is declared dead, in
+/// milliseconds (default 20000; above 0).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_keepalive_timeout_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_keepalive_timeout_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.keepalive_timeout_ms = Some(positive(ms, "keepalive timeout")?);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether keepalive PINGs go out while no call is open (default false).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_keepalive_permit_without_calls(
+    options: *mut plexus_channel_options,
+    permit: bool,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_keepalive_permit_without_calls",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    o.keepalive_permit_without_calls = Some(permit);
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Largest HTTP/2 frame the channel accepts, in bytes (16384 to 16777215, default 16384).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT when out of range.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_max_frame_size(
+    options: *mut plexus_channel_options,
+    bytes: u32,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_max_frame_size", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                if !(16_384..=16_777_215).contains(&bytes) {
+                    return Err(Error::invalid(format!(
+                        "max frame size {bytes} must be between 16384 and 16777215"
+                    )));
+                }
+                o.max_frame_size = Some(bytes);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Time allowed to establish a connection, in milliseconds (default 20000; above 0).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_connect_timeout_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_connect_timeout_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.connect_timeout_ms = Some(positive(ms, "connect timeout")?);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether to open another connection to an endpoint when every connection reached the
+/// server's MAX_CONCURRENT_STREAMS (default true); false makes calls queue for a stream.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_multiple_connections(
+    options: *mut plexus_channel_options,
+    enabled: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_multiple_connections", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.multiple_connections = Some(enabled);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Cap on connections per endpoint with multiple connections on (default 16; at least 1).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_max_connections_per_endpoint(
+    options: *mut plexus_channel_options,
+    connections: usize,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_max_connections_per_endpoint",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    positive(connections as u64, "max connections per endpoint")?;
+                    o.max_connections_per_endpoint = Some(connections);
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Reconnect backoff, as in gRPC's connection-backoff spec (default: 1000 ms initial, x1.6,
+/// 0.2 jitter, 120000 ms max). Needs 0 < initial <= max, multiplier >= 1, 0 <= jitter < 1.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT when a value is out of range.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_backoff(
+    options: *mut plexus_channel_options,
+    initial_ms: u64,
+    multiplier: f64,
+    jitter: f64,
+    max_ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_backoff", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                let ok = initial_ms > 0
+                    && max_ms >= initial_ms
+                    && multiplier.is_finite()
+                    && multiplier >= 1.0
+                    && (0.0..1.0).contains(&jitter);
+                if !ok {
+                    return Err(Error::invalid(format!(
+                        "invalid backoff (initial {initial_ms} ms, multiplier {multiplier}, \
+                         jitter {jitter}, max {max_ms} ms): need 0 < initial <= max, \
+                         multiplier >= 1, 0 <= jitter < 1"
+                    )));
+                }
+                o.backoff = Some((initial_ms, multiplier.to_bits(), jitter.to_bits(), max_ms));
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Closes connections after this many milliseconds without calls (default 1800000, 30
+/// minutes); the next call reconnects.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_idle_timeout_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_idle_timeout_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.idle_timeout_ms = Some(positive(ms, "idle timeout")?);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Compresses request messages with `compression` (NUL-terminated: `"identity"`, the
+/// default, `"gzip"` or `"deflate"`) unless a call sets its own. Responses are inflated
+/// whatever this says.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `options` is live; `compression` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_compression(
+    options: *mut plexus_channel_options,
+    compression: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_compression", || {
+        // SAFETY: compression is a C string or NULL (checked).
+        let compression = unsafe { compression_arg(compression) }?;
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.compression = Some(compression);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether the channel connects over TLS (default: only for `https://` targets, trusting the
+/// system's root certificates). The other `tls` setters turn it on too; false turns it off
+/// and forgets them. TLS with an `http://` target is refused by `plexus_channel_new`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls(
+    options: *mut plexus_channel_options,
+    enabled: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls = enabled.then(|| o.tls.take().unwrap_or_default());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` (copied; may be called again to
+/// add more) and turns TLS on. Once a CA is given the system roots are no longer trusted
+/// unless `plexus_channel_options_set_tls_native_roots(options, true)`. A PEM that holds no
+/// certificate makes `plexus_channel_new` fail.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+///
+/// # Safety
+/// `options` is live; `pem` is valid for `len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_add_tls_ca_pem(
+    options: *mut plexus_channel_options,
+    pem: *const u8,
+    len: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_add_tls_ca_pem", || {
+        // SAFETY: pem is valid for len bytes, or NULL (checked).
+        let pem = unsafe { crate::handle::bytes_arg(pem, len, "pem") }?;
+        if pem.is_empty() {
+            return Err(Error::invalid("the CA PEM is empty"));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls
+                    .get_or_insert_with(TlsOptions::default)
+                    .ca_pem
+                    .push(pem.to_vec());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether TLS trusts the operating system's root certificates (default: true when no CA is
+/// given); turns TLS on.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_native_roots(
+    options: *mut plexus_channel_options,
+    enabled: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_native_roots", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).native_roots = Some(enabled);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Verifies the server's certificate against `name` (NUL-terminated DNS name or IP address,
+/// copied) instead of the target's host, sends it as SNI and uses it as `:authority`; turns
+/// TLS on.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for an empty name.
+///
+/// # Safety
+/// `options` is live; `name` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_server_name(
+    options: *mut plexus_channel_options,
+    name: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_server_name", || {
+        // SAFETY: name is a C string or NULL (checked).
+        let name = unsafe { str_arg(name, "name") }?;
+        if name.is_empty() {
+            return Err(Error::invalid("the TLS server name is empty"));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).server_name = Some(name.into());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// The client certificate for mutual TLS: `cert_len` bytes of PEM certificate chain at
+/// `cert_pem` and `key_len` bytes of PEM private key at `key_pem` (both copied); turns TLS
+/// on. A PEM that does not parse makes `plexus_channel_new` fail.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
+///
+/// # Safety
+/// `options` is live; `cert_pem` and `key_pem` are valid for their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_tls_identity_pem(
+    options: *mut plexus_channel_options,
+    cert_pem: *const u8,
+    cert_len: usize,
+    key_pem: *const u8,
+    key_len: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_tls_identity_pem", || {
+        // SAFETY: both are valid for their lengths, or NULL (checked).
+        let (cert, key) = unsafe {
+            (
+                crate::handle::bytes_arg(cert_pem, cert_len, "cert_pem")?,
+                crate::handle::bytes_arg(key_pem, key_len, "key_pem")?,
+            )
+        };
+        if cert.is_empty() || key.is_empty() {
+            return Err(Error::invalid(
+                "the certificate and key PEM must not be empty",
+            ));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.tls.get_or_insert_with(TlsOptions::default).identity =
+                    Some((cert.to_vec(), key.to_vec()));
+                Ok(())
+            })
+        }
+    })
+}
+
+/// How often the channel resolves its target again while it is in use, in milliseconds
+/// (default 30000, gRPC's minimum DNS refresh; above 0).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_resolve_interval_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_resolve_interval_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.resolve_interval_ms = Some(positive(ms, "resolve interval")?);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
+/// copied).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `options` is live; `policy` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_lb_policy(
+    options: *mut plexus_channel_options,
+    policy: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_lb_policy", || {
+        // SAFETY: policy is a C string or NULL (checked).
+        let policy = unsafe { str_arg(policy, "policy") }?;
+        if LbPolicy::from_name(policy).is_none() {
+            return Err(Error::invalid(format!(
+                "unknown load-balancing policy {policy:?} (pick_first or round_robin)"
+            )));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.lb_policy = Some(policy.to_string());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// A prefix for the `user-agent` header (NUL-terminated printable ASCII, copied).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for other than printable ASCII.
+///
+/// # Safety
+/// `options` is live; `user_agent` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_user_agent(
+    options: *mut plexus_channel_options,
+    user_agent: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_user_agent", || {
+        // SAFETY: user_agent is a C string or NULL (checked).
+        let user_agent = unsafe { str_arg(user_agent, "user_agent") }?;
+        if !user_agent.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(Error::invalid("user agent must be printable ASCII"));
+        }
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.user_agent = Some(user_agent.to_string());
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Options for one call: timeout, metadata, size limits, wait-for-ready. Owned by the caller;
+/// free with `plexus_call_options_free`. A call copies what it needs when it starts, so the
+/// options may be freed or reused right after, and shared by calls on several threads once
+/// no thread modifies them.
+pub struct plexus_call_options {
+    _private: [u8; 0],
+}
+
+impl BoxHandle for plexus_call_options {
+    type Rust = CallOpts;
+    const NAME: &'static str = "options";
+}
+
+/// What a `plexus_call_options` holds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallOpts {
+    timeout: Option<Duration>,
+    metadata: core_plexus::Metadata,
+    max_recv: Option<usize>,
+    max_send: Option<usize>,
+    wait_for_ready: bool,
+    compression: Option<Compression>,
+}
+
+impl CallOpts {
+    /// Core's options for a call starting now.
+    pub(crate) fn to_core(&self) -> CallOptions {
+        let mut options = CallOptions::new()
+            .metadata(self.metadata.clone())
+            .wait_for_ready(self.wait_for_ready);
+        if let Some(timeout) = self.timeout {
+            options = options.timeout(timeout);
+        }
+        if let Some(v) = self.max_recv {
+            options = options.max_receive_message_size(v);
+        }
+        if let Some(v) = self.max_send {
+            options = options.max_send_message_size(v);
+        }
+        if let Some(v) = self.compression {
+            options = options.compression(v);
+        }
+        options
+    }
+}
+
+/// Core's options from a `plexus_call_options` argument (NULL: defaults).
+///
+/// # Safety
+/// `ptr` is NULL or live.
+pub(crate) unsafe fn call_options_arg(ptr: *const plexus_call_options) -> CallOptions {
+    if ptr.is_null() {
+        return CallOptions::new();
+    }
+    // SAFETY: per this function's contract, ptr is live.
+    match unsafe { plexus_call_options::as_ref(ptr) } {
+        Ok(options) => options.to_core(),
+        Err(_) => CallOptions::new(),
+    }
+}
+
+/// Runs `set` on the call options behind `ptr`.
+///
+/// # Safety
+/// `ptr` is NULL or live.
+unsafe fn set_call(
+    ptr: *mut plexus_call_options,
+    set: impl FnOnce(&mut CallOpts) -> Result<()>,
+) -> Result<plexus_result> {
+    // SAFETY: per this function's contract.
+    let options = unsafe { plexus_call_options::as_mut(ptr) }?;
+    set(options)?;
+    Ok(PLEXUS_OK)
+}
+
+/// Creates call options with no timeout, no metadata, the channel's size limits and
+/// fail-fast behaviour; owned by the caller (free with `plexus_call_options_free`).
+///
+/// Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL.
+///
+/// # Safety
+/// `out` is valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_new(
+    out: *mut *mut plexus_call_options,
+) -> plexus_result {
+    boundary("plexus_call_options_new", || {
+        crate::handle::check_out(out, "out")?;
+        let options = plexus_call_options::into_raw(CallOpts::default());
+        // SAFETY: out was checked and is writable.
+        unsafe { write_out(out, "out", options) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Frees call options. NULL is a no-op.
+///
+/// # Safety
+/// `options` is NULL or live, not used again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_free(options: *mut plexus_call_options) {
+    boundary("plexus_call_options_free", || {
+        // SAFETY: the caller gives up a live object or NULL.
+        drop(unsafe { plexus_call_options::take(options) });
+        Ok(())
+    })
+}
+
+/// The call's deadline: `ms` milliseconds after each call using these options starts; sent
+/// to the server as `grpc-timeout`, and the call ends with DEADLINE_EXCEEDED when it passes.
+/// A negative value removes the deadline (the default).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_timeout_ms(
+    options: *mut plexus_call_options,
+    ms: i64,
+) -> plexus_result {
+    boundary("plexus_call_options_set_timeout_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.timeout = crate::runtime::timeout_arg(ms);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// The request metadata: a copy of `metadata` (NULL clears it). The caller keeps ownership
+/// of `metadata`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live; `metadata` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_metadata(
+    options: *mut plexus_call_options,
+    metadata: *const plexus_metadata,
+) -> plexus_result {
+    boundary("plexus_call_options_set_metadata", || {
+        let md = if metadata.is_null() {
+            core_plexus::Metadata::new()
+        } else {
+            // SAFETY: metadata is live (checked non-NULL).
+            unsafe { plexus_metadata::as_ref(metadata) }?.core().clone()
+        };
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.metadata = md;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether the call waits for the channel to become ready (up to its deadline) instead of
+/// failing at once with UNAVAILABLE while the channel is in TRANSIENT_FAILURE (default false).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_wait_for_ready(
+    options: *mut plexus_call_options,
+    wait: bool,
+) -> plexus_result {
+    boundary("plexus_call_options_set_wait_for_ready", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.wait_for_ready = wait;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Compresses this call's request messages with `compression` (NUL-terminated:
+/// `"identity"`, `"gzip"` or `"deflate"`) instead of the channel's choice.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `options` is live; `compression` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_compression(
+    options: *mut plexus_call_options,
+    compression: *const c_char,
+) -> plexus_result {
+    boundary("plexus_call_options_set_compression", || {
+        // SAFETY: compression is a C string or NULL (checked).
+        let compression = unsafe { compression_arg(compression) }?;
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.compression = Some(compression);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Overrides the channel's largest received message for this call, in bytes.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_max_receive_message_size(
+    options: *mut plexus_call_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary("plexus_call_options_set_max_receive_message_size", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.max_recv = Some(bytes);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Overrides the channel's largest sent message for this call, in bytes.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_max_send_message_size(
+    options: *mut plexus_call_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary("plexus_call_options_set_max_send_message_size", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.max_send = Some(bytes);
+                Ok(())
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every setting of core's `ChannelBuilder` has a `plexus_channel_options_set_*`, except
+    /// the three that take Rust objects: adding a builder setting without a C setter fails.
+    #[test]
+    fn every_channel_builder_setting_has_a_c_setter() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let core = std::fs::read_to_string(dir.join("../core/src/client/channel.rs")).unwrap();
+        let ours = std::fs::read_to_string(dir.join("src/options.rs")).unwrap();
+        let builder = &core[core.find("impl ChannelBuilder {").unwrap()..];
+        let builder = &builder[..builder.find("\n}\n").unwrap()];
+        let mut settings = Vec::new();
+        for line in builder.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("pub fn ") {
+                if rest.contains("(mut self") {
+                    settings.push(rest[..rest.find('(').unwrap()].to_string());
+                }
+            }
+        }
+        assert!(settings.len() >= 15, "found {settings:?}");
+        let missing: Vec<_> = settings
+            .iter()
+            .filter(|s| !["executor", "connector", "resolver", "build"].contains(&s.as_str()))
+            .filter(|s| {
+                let setter = format!("fn plexus_channel_options_set_{s}(");
+                let setter_ms = format!("fn plexus_channel_options_set_{s}_ms(");
+                !ours.contains(&setter) && !ours.contains(&setter_ms)
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no C setter for ChannelBuilder::{missing:?}"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! The library's runtime: an executor thread pool started on first use, the blocking wait
+//! every synchronous function uses, shutdown, and fork detection.
+//!
+//! Threads: `PLEXUS_THREADS` (or the count given to `plexus_init`, default one per core)
+//! `plexus-ffi-N` workers run connection drivers and asynchronous operations; each also
+//! drives the `async-io` reactor while it has nothing else to do. Blocking functions run
+//! their call on the calling thread (`async_io::block_on`), so a blocking unary call costs no
+//! extra thread hop.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_io::Timer;
+use core_plexus::rt::BoxFuture;
+use event_listener::Event;
+
+use crate::error::{
+    Error, PLEXUS_ERR_INVALID_ARGUMENT, PLEXUS_ERR_SHUTDOWN, PLEXUS_ERR_SYSTEM, Result,
+};
+
+/// Environment variable that sizes the thread pool (as in the Rust crate).
+pub(crate) const THREADS_ENV: &str = core_plexus::rt::THREADS_ENV;
+
+/// Text of the error every call returns in a forked child.
+pub(crate) const FORKED_MESSAGE: &str = "this process is a fork of the process that started \
+    the plexus runtime; its threads and I/O reactor did not survive the fork, so this copy of \
+    the library refuses every call (load a fresh copy of libplexus in the child)";
+
+/// Set in a child forked after the runtime started (by the `pthread_atfork` handler that the
+/// start registers), so the check on every call is one atomic load, not a `getpid`.
+static FORKED: AtomicBool = AtomicBool::new(false);
+/// Thread count asked for by `plexus_init` before the start (0: environment or cores).
+static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Set by `plexus_shutdown`; final.
+static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static START: Mutex<()> = Mutex::new(());
+
+/// Whether this process is a fork of one that had started the runtime.
+pub(crate) fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
+unsafe extern "C" {
+    /// pthread_atfork(3): with glibc this binds to the wrapper that registers the handlers
+    /// for this shared object only, and unregisters them if it is unloaded.
+    fn pthread_atfork(
+        prepare: Option<unsafe extern "C" fn()>,
+        parent: Option<unsafe extern "C" fn()>,
+        child: Option<unsafe extern "C" fn()>,
+    ) -> std::ffi::c_int;
+}
+
+/// Runs in the child of a fork (after the runtime started): marks this copy unusable. Only
+/// an atomic store, so it cannot panic or take a lock.
+unsafe extern "C" fn on_fork_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// The executor pool and what stops it.
+pub(crate) struct Runtime {
+    executor: RwLock<Option<Arc<async_executor::Executor<'static>>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    threads: usize,
+    /// Notified once, at shutdown.
+    stop: Event,
+}
+
+/// The runtime's executor as core's [`core_plexus::Executor`]: channels spawn through it.
+#[derive(Clone, Copy)]
+pub(crate) struct FfiExecutor(&'static Runtime);
+
+impl core_plexus::Executor for FfiExecutor {
+    fn spawn(&self, future: BoxFuture<()>) {
+        self.0.spawn(future);
+    }
+}
+
+impl Runtime {
+    /// Runs `future` on the pool; after shutdown it is dropped unrun.
+    pub(crate) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        let executor = self
+            .executor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(executor) = executor {
+            executor.spawn(future).detach();
+        }
+    }
+
+    /// The executor handle channels are built with.
+    pub(crate) fn executor(&'static self) -> FfiExecutor {
+        FfiExecutor(self)
+    }
+
+    /// Number of worker threads.
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+/// The running runtime, started now if it was not: SHUTDOWN after `plexus_shutdown`.
+pub(crate) fn get() -> Result<&'static Runtime> {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(shut_down());
+    }
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    start(0)
+}
+
+fn shut_down() -> Error {
+    Error::new(PLEXUS_ERR_SHUTDOWN, "the plexus runtime was shut down")
+}
+
+/// Starts the runtime with `threads` workers (0: `PLEXUS_THREADS`, else one per core).
+/// Returns the running runtime; WRONG_STATE if it already runs with another count.
+pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
+    let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(shut_down());
+    }
+    if let Some(rt) = RUNTIME.get() {
+        if threads != 0 && threads != rt.threads {
+            return Err(Error::wrong_state(format!(
+                "the runtime already runs with {} threads",
+                rt.threads
+            )));
+        }
+        return Ok(rt);
+    }
+    let threads = match threads {
+        0 => match REQUESTED_THREADS.load(Ordering::Relaxed) {
+            0 => threads_from_env()?,
+            n => n,
+        },
+        n => n,
+    };
+    let executor = Arc::new(async_executor::Executor::new());
+    let rt = RUNTIME.get_or_init(|| Runtime {
+        executor: RwLock::new(Some(executor.clone())),
+        workers: Mutex::new(Vec::new()),
+        threads,
+        stop: Event::new(),
+    });
+    // SAFETY: registers a handler that only stores to an atomic; called once, under START.
+    unsafe { pthread_atfork(None, None, Some(on_fork_child)) };
+    let mut workers = rt.workers.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..threads {
+        let executor = executor.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("plexus-ffi-{i}"))
+            .spawn(move || run_worker(executor, rt));
+        match worker {
+            Ok(handle) => workers.push(handle),
+            Err(err) if workers.is_empty() => {
+                return Err(Error::new(
+                    PLEXUS_ERR_SYSTEM,
+                    format!("could not start a worker thread: {err}"),
+                ));
+            }
+            // Fewer workers than asked is still a working runtime.
+            Err(_) => break,
+        }
+    }
+    Ok(rt)
+}
+
+fn run_worker(executor: Arc<async_executor::Executor<'static>>, rt: &'static Runtime) {
+    loop {
+        let stop = rt.stop.listen();
+        if SHUT_DOWN.load(Ordering::Acquire) {
+            return;
+        }
+        // A panicking task must not take the worker down with it.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            async_io::block_on(executor.run(stop))
+        }));
+        if run.is_ok() {
+            return;
+        }
+    }
+}
+
+fn threads_from_env() -> Result<usize> {
+    match std::env::var(THREADS_ENV) {
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::new(
+                PLEXUS_ERR_INVALID_ARGUMENT,
+                format!("{THREADS_ENV} must be a positive integer, not {value:?}"),
+            )),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// Records the thread count for a runtime that has not started yet.
+pub(crate) fn request_threads(threads: usize) {
+    REQUESTED_THREADS.store(threads, Ordering::Relaxed);
+}
+
+/// Stops the runtime for good: channels shut down, workers exit and are joined, and every
+/// task still on the executor is dropped (its connection closes, its operation completes
+/// with SHUTDOWN). Returns whether it had been running.
+pub(crate) fn shutdown() -> bool {
+    let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
+    if SHUT_DOWN.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    let Some(rt) = RUNTIME.get() else {
+        return false;
+    };
+    crate::channel::shutdown_all();
+    rt.stop.notify(usize::MAX);
+    let me = std::thread::current().id();
+    let workers = std::mem::take(&mut *rt.workers.lock().unwrap_or_else(|e| e.into_inner()));
+    for worker in workers {
+        // A worker cannot join itself (plexus_shutdown from a release callback).
+        if worker.thread().id() != me {
+            let _ = worker.join();
+        }
+    }
+    let executor = rt
+        .executor
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    drop(executor);
+    true
+}
+
+/// Why a blocking wait ended without the operation's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    Timeout,
+    Shutdown,
+    Cancelled,
+}
+
+/// A cancellation flag that blocking waits and tasks can await.
+#[derive(Default)]
+pub(crate) struct Cancel {
+    flag: AtomicBool,
+    event: Event,
+}
+
+impl Cancel {
+    /// Sets the flag and wakes every waiter; returns whether it was already set.
+    pub(crate) fn cancel(&self) -> bool {
+        let was = self.flag.swap(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+        was
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the flag is set.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let listener = self.event.listen();
+            if self.is_cancelled() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Runs `fut` to completion on the calling thread, unless `timeout_ms` passes first (a
+/// negative timeout waits forever) or the runtime shuts down.
+pub(crate) fn block_on<F: Future>(
+    timeout_ms: i64,
+    fut: F,
+) -> std::result::Result<F::Output, Interrupted> {
+    let rt = match get() {
+        Ok(rt) => rt,
+        Err(_) => return Err(Interrupted::Shutdown),
+    };
+    let mut stop = pin!(rt.stop.listen());
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(Interrupted::Shutdown);
+    }
+    let mut timer =
+        (timeout_ms >= 0).then(|| Timer::after(Duration::from_millis(timeout_ms as u64)));
+    let mut fut = pin!(fut);
+    async_io::block_on(poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Interrupted::Shutdown));
+        }
+        if let Some(timer) = &mut timer {
+            if std::pin::Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(Err(Interrupted::Timeout));
+            }
+        }
+        Poll::Pending
+    }))
+}
+
+/// Runs `fut` until `cancel` is set or the runtime shuts down, for tasks on the pool.
+pub(crate) async fn until_cancelled<F: Future>(
+    cancel: &Cancel,
+    fut: F,
+) -> std::result::Result<F::Output, Interrupted> {
+    let mut fut = pin!(fut);
+    let mut cancelled = pin!(cancel.wait());
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Interrupted::Cancelled));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A timeout argument in milliseconds as a duration; negative is "none".
+pub(crate) fn timeout_arg(ms: i64) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
