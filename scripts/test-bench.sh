@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke run of the benchmark harness (benches/), so it cannot rot: every available server x
-# client pair on every case for one 0.2 s round (debug build; the numbers mean nothing), then
+# client pair on every case for one 0.15 s round (debug build; the numbers mean nothing), then
 # checks the outputs, then the memory probe with 20 channels and streams.
 # Usage: scripts/test-bench.sh       (scripts/test.sh runs it as one step)
 set -euo pipefail

@@ -95,7 +95,7 @@ const USAGE: &str = "plexus-bench matrix [--servers plexus,tonic,grpcio]
 Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
 seconds (after `--warmup`) per cell, each client in its own process. Writes latest.json,
 latest.md and latest.svg into --out; --update-readme also rewrites the README's table between
-<!-- bench:begin --> and <!-- bench:end -->. --smoke: one round of 0.2 s cells (the test
+<!-- bench:begin --> and <!-- bench:end -->. --smoke: one round of 0.15 s cells (the test
 command's check that the harness still runs). Clients or servers that are not available are
 skipped with the reason in the results.";
 
@@ -162,8 +162,8 @@ pub fn main(raw: &[String]) -> Result<(), String> {
             .get("python")
             .map_or_else(|| root.join(".venv/bin/python"), PathBuf::from),
         rounds: args.parsed("rounds", if smoke { 1 } else { 3 })?,
-        duration: args.parsed("duration", if smoke { 0.2 } else { 3.0 })?,
-        warmup: args.parsed("warmup", if smoke { 0.1 } else { 1.0 })?,
+        duration: args.parsed("duration", if smoke { 0.15 } else { 3.0 })?,
+        warmup: args.parsed("warmup", if smoke { 0.05 } else { 1.0 })?,
         cases,
         servers,
         clients,
