@@ -57,3 +57,6 @@ step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
 
 step "Python package: pip install ./bindings/python and its pytest suite (scripts/test-python.sh)"
 "$root/scripts/test-python.sh"
+
+step "benchmark harness smoke run (scripts/test-bench.sh)"
+scripts/test-bench.sh

@@ -143,6 +143,9 @@ pub(crate) struct Decoder {
     encoding: StreamEncoding,
     /// Whether the last message handed out arrived compressed.
     last_compressed: bool,
+    /// Where messages spanning DATA frames are gathered; its allocation is reused for the next
+    /// such message once the caller dropped the last one (see [`Decoder::take_body`]).
+    gather: BytesMut,
 }
 
 impl Decoder {
@@ -156,6 +159,7 @@ impl Decoder {
             max_len,
             encoding,
             last_compressed: false,
+            gather: BytesMut::new(),
         }
     }
 
@@ -217,7 +221,17 @@ impl Decoder {
             }
             return msg;
         }
-        let mut buf = BytesMut::with_capacity(len);
+        // Reuse the previous gathered message's allocation when nothing refers to it any more
+        // and it is not much larger than needed (`try_reclaim` never allocates): a stream of
+        // large messages then reuses one buffer instead of having the allocator map and fault
+        // in fresh pages for each (measured: ~256 page faults per MiB with glibc's malloc).
+        // A message the caller still holds keeps its own buffer, as before.
+        let reusable =
+            self.gather.try_reclaim(len) && self.gather.capacity() <= len.saturating_mul(2);
+        if !reusable {
+            self.gather = BytesMut::with_capacity(len);
+        }
+        let buf = &mut self.gather;
         while buf.len() < len {
             let front = self
                 .chunks
@@ -230,7 +244,7 @@ impl Decoder {
                 self.chunks.pop_front();
             }
         }
-        buf.freeze()
+        buf.split_to(len).freeze()
     }
 
     /// Called at end of stream: leftover bytes mean a truncated message.
@@ -495,5 +509,34 @@ mod tests {
         let f = frame_bytes(payload.clone(), usize::MAX).unwrap();
         assert_eq!(f.head.len(), PREFIX_LEN);
         assert_eq!(f.tail.unwrap().as_ptr(), payload.as_ptr());
+    }
+
+    /// Pushes one message of `fill` bytes split into 1000-byte chunks and returns it.
+    fn gathered(d: &mut Decoder, fill: u8, len: usize) -> Bytes {
+        let wire = framed(&vec![fill; len]);
+        for chunk in wire.chunks(1000) {
+            d.push(Bytes::copy_from_slice(chunk));
+        }
+        d.next_message().unwrap().unwrap()
+    }
+
+    #[test]
+    fn gathered_messages_reuse_a_dropped_buffer_and_never_overwrite_a_held_one() {
+        let mut d = Decoder::new(1 << 20, StreamEncoding::Identity);
+        let first = gathered(&mut d, 1, 10_000);
+        let first_ptr = first.as_ptr();
+        drop(first);
+        let second = gathered(&mut d, 2, 10_000);
+        assert_eq!(second.as_ptr(), first_ptr, "the dropped message's buffer is reused");
+        // Held: the next message gets its own buffer and the held one keeps its bytes.
+        let third = gathered(&mut d, 3, 10_000);
+        assert_ne!(third.as_ptr(), second.as_ptr());
+        assert!(second.iter().all(|&b| b == 2) && second.len() == 10_000);
+        assert!(third.iter().all(|&b| b == 3) && third.len() == 10_000);
+        drop((second, third));
+        // A buffer much larger than the message is not kept for it.
+        let small = gathered(&mut d, 4, 2_000);
+        assert!(small.iter().all(|&b| b == 4) && small.len() == 2_000);
+        d.finish().unwrap();
     }
 }

@@ -1,0 +1,777 @@
+//! `plexus-bench matrix`: every server × every client × every case, in alternating rounds,
+//! each client in a fresh process; medians to `latest.json`, `latest.md` and `latest.svg`.
+//!
+//! Order: for each case, `rounds` rounds; each round runs every (server, client) pair, and
+//! every other round runs them in reverse order (A B C … C B A …), so slow drift in the
+//! machine's load hits every pair alike. All servers stay up for the whole run; an idle one
+//! costs nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::args::Args;
+use crate::chart;
+use crate::load::Rpc;
+use crate::sys::process_cpu_time;
+
+/// One benchmark case.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// Short name, used in file keys and `--cases`.
+    pub name: &'static str,
+    /// What a reader sees.
+    pub label: &'static str,
+    /// The method.
+    pub rpc: Rpc,
+    /// Calls or streams in flight.
+    pub concurrency: usize,
+    /// Payload bytes each way.
+    pub payload: usize,
+}
+
+impl Case {
+    /// Whether the case is about bytes moved rather than calls made.
+    pub fn is_throughput(&self) -> bool {
+        self.payload >= 64 * 1024
+    }
+}
+
+/// The five cases of the issue. Payloads are 0 bytes unless named, as in gRPC's own
+/// ping-pong scenarios; every response asks for the request's size back.
+pub const CASES: [Case; 5] = [
+    Case {
+        name: "unary-1",
+        label: "unary, 1 in flight",
+        rpc: Rpc::Unary,
+        concurrency: 1,
+        payload: 0,
+    },
+    Case {
+        name: "unary-64",
+        label: "unary, 64 in flight",
+        rpc: Rpc::Unary,
+        concurrency: 64,
+        payload: 0,
+    },
+    Case {
+        name: "unary-4k-64",
+        label: "unary 4 KiB, 64 in flight",
+        rpc: Rpc::Unary,
+        concurrency: 64,
+        payload: 4096,
+    },
+    Case {
+        name: "stream-64",
+        label: "streaming ping-pong, 64 streams",
+        rpc: Rpc::Streaming,
+        concurrency: 64,
+        payload: 0,
+    },
+    Case {
+        name: "stream-1m",
+        label: "streaming 1 MiB messages, 1 stream",
+        rpc: Rpc::Streaming,
+        concurrency: 1,
+        payload: 1024 * 1024,
+    },
+];
+
+/// Servers, in table order.
+pub const SERVERS: [&str; 3] = ["plexus", "tonic", "grpcio"];
+/// Clients, in table order: plexus in Rust, through the C ABI and from Python; the peers.
+pub const CLIENTS: [&str; 5] = ["plexus", "plexus-c", "plexus-py", "tonic", "grpcio"];
+
+const USAGE: &str = "plexus-bench matrix [--servers plexus,tonic,grpcio]
+    [--clients plexus,plexus-c,plexus-py,tonic,grpcio] [--cases unary-1,unary-64,...]
+    [--rounds 3] [--duration 3] [--warmup 1] [--out benches/results] [--root REPO]
+    [--python PATH] [--update-readme] [--smoke]
+
+Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
+seconds (after `--warmup`) per cell, each client in its own process. Writes latest.json,
+latest.md and latest.svg into --out; --update-readme also rewrites the README's table between
+<!-- bench:begin --> and <!-- bench:end -->. --smoke: one round of 0.15 s cells (the test
+command's check that the harness still runs). Clients or servers that are not available are
+skipped with the reason in the results.";
+
+/// Settings of one matrix run.
+#[derive(Debug, Clone)]
+struct Settings {
+    root: PathBuf,
+    out: PathBuf,
+    python: PathBuf,
+    rounds: usize,
+    duration: f64,
+    warmup: f64,
+    cases: Vec<Case>,
+    servers: Vec<String>,
+    clients: Vec<String>,
+    update_readme: bool,
+    smoke: bool,
+}
+
+/// Entry point of `plexus-bench matrix`.
+pub fn main(raw: &[String]) -> Result<(), String> {
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let args = Args::parse(
+        raw,
+        &[
+            "servers", "clients", "cases", "rounds", "duration", "warmup", "out", "root", "python",
+        ],
+        &["update-readme", "smoke"],
+    )?;
+    let smoke = args.switch("smoke");
+    let root = match args.get("root") {
+        Some(r) => PathBuf::from(r),
+        None => default_root(),
+    };
+    let case_names = args.list("cases", &CASES.map(|c| c.name));
+    let mut cases = Vec::new();
+    for name in &case_names {
+        let case = CASES
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("unknown case {name:?}"))?;
+        cases.push(*case);
+    }
+    let servers = args.list("servers", &SERVERS);
+    let clients = args.list("clients", &CLIENTS);
+    for s in &servers {
+        if !SERVERS.contains(&s.as_str()) {
+            return Err(format!("unknown server {s:?} (known: {SERVERS:?})"));
+        }
+    }
+    for c in &clients {
+        if !CLIENTS.contains(&c.as_str()) {
+            return Err(format!("unknown client {c:?} (known: {CLIENTS:?})"));
+        }
+    }
+    let settings = Settings {
+        out: args
+            .get("out")
+            .map_or_else(|| root.join("benches/results"), PathBuf::from),
+        python: args
+            .get("python")
+            .map_or_else(|| root.join(".venv/bin/python"), PathBuf::from),
+        rounds: args.parsed("rounds", if smoke { 1 } else { 3 })?,
+        duration: args.parsed("duration", if smoke { 0.15 } else { 3.0 })?,
+        warmup: args.parsed("warmup", if smoke { 0.05 } else { 1.0 })?,
+        cases,
+        servers,
+        clients,
+        update_readme: args.switch("update-readme"),
+        smoke,
+        root,
+    };
+    if settings.rounds == 0 || settings.duration <= 0.0 || settings.warmup < 0.0 {
+        return Err("--rounds and --duration must be positive, --warmup not negative".into());
+    }
+    run(&settings)
+}
+
+/// The repository root: two levels above this crate's manifest, where it was built.
+fn default_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+// ---- processes ----
+
+/// How to start one kind of client or server, or why it cannot be.
+#[derive(Debug, Clone)]
+enum Peer {
+    /// The command (program and leading arguments) and extra environment.
+    Ready {
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// Not available in this checkout or on this machine.
+    Skipped(String),
+}
+
+struct Env {
+    rust: PathBuf,
+    python: PathBuf,
+    py_script: PathBuf,
+    py_env: Vec<(String, String)>,
+    grpcio: Result<(), String>,
+}
+
+impl Env {
+    fn rust(&self, args: &[&str]) -> Peer {
+        Peer::Ready {
+            program: self.rust.clone(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    fn python(&self, args: &[&str], extra: &[(String, String)]) -> Peer {
+        let mut env = self.py_env.clone();
+        env.extend(extra.iter().cloned());
+        let mut all = vec![self.py_script.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Peer::Ready {
+            program: self.python.clone(),
+            args: all,
+            env,
+        }
+    }
+
+    fn server(&self, name: &str) -> Peer {
+        match name {
+            "plexus" => self.rust(&["server", "--impl", "plexus"]),
+            "tonic" => self.rust(&["server", "--impl", "tonic"]),
+            "grpcio" => match &self.grpcio {
+                Ok(()) => self.python(&["server"], &[]),
+                Err(why) => Peer::Skipped(why.clone()),
+            },
+            other => Peer::Skipped(format!("unknown server {other}")),
+        }
+    }
+
+    fn client(&self, name: &str, root: &Path) -> Peer {
+        match name {
+            "plexus" => self.rust(&["client", "--impl", "plexus"]),
+            "tonic" => self.rust(&["client", "--impl", "tonic"]),
+            "grpcio" => match &self.grpcio {
+                Ok(()) => self.python(&["client", "--impl", "grpcio"], &[]),
+                Err(why) => Peer::Skipped(why.clone()),
+            },
+            "plexus-py" => self.plexus_python(root),
+            "plexus-c" => plexus_c(root),
+            other => Peer::Skipped(format!("unknown client {other}")),
+        }
+    }
+
+    /// Hook: plexus's Python package (bindings/python, branch `python`) driving the same
+    /// grpcio-tools stubs as the grpcio client, through `plexus.aio`.
+    fn plexus_python(&self, root: &Path) -> Peer {
+        if let Err(why) = &self.grpcio {
+            return Peer::Skipped(why.clone());
+        }
+        let package = root.join("bindings/python");
+        if !package.join("plexus").is_dir() {
+            return Peer::Skipped(
+                "plexus's Python package (bindings/python) is not in this checkout yet".into(),
+            );
+        }
+        let mut env = vec![("PYTHONPATH".to_string(), package.display().to_string())];
+        if std::env::var_os("PLEXUS_LIBRARY").is_none() {
+            // benches/run.sh builds libplexus in the profile it names here.
+            let profile =
+                std::env::var("PLEXUS_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
+            for name in ["libplexus.so", "libplexus_ffi.so"] {
+                let lib = root.join("target").join(&profile).join(name);
+                if lib.is_file() {
+                    env.push(("PLEXUS_LIBRARY".into(), lib.display().to_string()));
+                    break;
+                }
+            }
+        }
+        let probe = Command::new(&self.python)
+            .args(["-c", "import plexus.aio"])
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => self.python(&["client", "--impl", "plexus"], &env),
+            Ok(out) => Peer::Skipped(format!(
+                "`import plexus.aio` failed (benches/run.sh builds libplexus): {}",
+                last_line(&String::from_utf8_lossy(&out.stderr))
+            )),
+            Err(e) => Peer::Skipped(format!("cannot run {}: {e}", self.python.display())),
+        }
+    }
+}
+
+/// Hook: the C client through libplexus's C ABI (ffi/, branch `ffi`). It is built by
+/// `benches/c/build-bench-client.sh`, which prints the binary's path; it takes the same flags
+/// and prints the same JSON as `plexus-bench client`.
+fn plexus_c(root: &Path) -> Peer {
+    if !root.join("include/plexus.h").is_file() {
+        return Peer::Skipped("the C ABI (include/plexus.h) is not in this checkout yet".into());
+    }
+    let script = root.join("benches/c/build-bench-client.sh");
+    if !script.is_file() {
+        return Peer::Skipped("no C benchmark client (benches/c/build-bench-client.sh) yet".into());
+    }
+    match Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Peer::Ready {
+                program: PathBuf::from(path),
+                args: vec!["client".into()],
+                env: Vec::new(),
+            }
+        }
+        Ok(out) => Peer::Skipped(format!(
+            "building the C client failed (exit {:?})",
+            out.status.code()
+        )),
+        Err(e) => Peer::Skipped(format!("cannot run {}: {e}", script.display())),
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Checks the Python side once: the interpreter, grpcio and grpcio-tools, and generates the
+/// stubs every Python process of the run shares.
+fn prepare_python(settings: &Settings, stubs: &Path) -> Result<(), String> {
+    if !settings.python.is_file() {
+        return Err(format!(
+            "no Python at {} (benches/run.sh creates the venv)",
+            settings.python.display()
+        ));
+    }
+    let out = Command::new(&settings.python)
+        .arg(settings.root.join("tests/interop/py/stubs.py"))
+        .arg(stubs)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", settings.python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "generating grpcio stubs failed (pip install -r benches/python/requirements.txt): {}",
+            last_line(&String::from_utf8_lossy(&out.stderr))
+        ));
+    }
+    Ok(())
+}
+
+/// A server process of the run.
+struct Server {
+    name: String,
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Time a server has to print its address: generous, for a Python start on a busy machine.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn start_server(name: &str, peer: &Peer) -> Result<Server, String> {
+    let Peer::Ready { program, args, env } = peer else {
+        return Err("not available".into());
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+        // Keep draining so the server never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = match rx.recv_timeout(SERVER_START_TIMEOUT) {
+        Ok(Ok(line)) => line,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{name} server did not print its address"));
+        }
+    };
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| format!("{name} server printed {line:?}"))?
+        .to_string();
+    Ok(Server {
+        name: name.to_string(),
+        child,
+        addr,
+    })
+}
+
+/// Runs one client process to completion; returns its JSON report with the server's CPU
+/// time per call added.
+fn run_client(
+    peer: &Peer,
+    server: &mut Server,
+    case: &Case,
+    settings: &Settings,
+) -> Result<Value, String> {
+    let Peer::Ready { program, args, env } = peer else {
+        return Err("not available".into());
+    };
+    let server_cpu_before = process_cpu_time(server.child.id());
+    let mut child = Command::new(program)
+        .args(args)
+        .args(["--target", &server.addr, "--rpc", case.rpc.name()])
+        .args(["--concurrency", &case.concurrency.to_string()])
+        .args(["--payload", &case.payload.to_string()])
+        .args(["--duration", &settings.duration.to_string()])
+        .args(["--warmup", &settings.warmup.to_string()])
+        .arg("--json")
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let limit = Duration::from_secs_f64(settings.duration + settings.warmup + 60.0);
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out_reader = read(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err_reader = read(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("client ran past {limit:?} and was killed"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for the client: {e}")),
+        }
+    };
+    let server_cpu_after = process_cpu_time(server.child.id());
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    if let Ok(Some(exit)) = server.child.try_wait() {
+        return Err(format!("the {} server exited ({exit})", server.name));
+    }
+    if !status.success() {
+        return Err(format!(
+            "client exited with {status}: {}",
+            last_line(&stderr)
+        ));
+    }
+    let mut report: Value = serde_json::from_str(&last_line(&stdout))
+        .map_err(|e| format!("client printed no JSON report ({e}): {stdout:?}"))?;
+    let calls = report["calls"].as_u64().unwrap_or(0);
+    if calls == 0 {
+        return Err("no call completed in the measuring window".into());
+    }
+    if let (Some(before), Some(after), Some(total)) = (
+        server_cpu_before,
+        server_cpu_after,
+        report["calls_total"].as_u64().filter(|&t| t > 0),
+    ) {
+        let used = after.since(&before).total().as_secs_f64();
+        report["server_cpu_us_per_call"] = json!(used * 1e6 / total as f64);
+    }
+    Ok(report)
+}
+
+// ---- the run ----
+
+/// Metrics taken as medians over the rounds.
+pub const METRICS: [&str; 8] = [
+    "calls_per_s",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "bytes_per_s",
+    "cpu_s",
+    "cpu_us_per_call",
+    "server_cpu_us_per_call",
+];
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+fn run(settings: &Settings) -> Result<(), String> {
+    let began = Instant::now();
+    let work = std::env::temp_dir().join(format!("plexus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let result = run_in(settings, &work, began);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String> {
+    let stubs = work.join("stubs");
+    let grpcio = prepare_python(settings, &stubs);
+    let env = Env {
+        rust: std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
+        python: settings.python.clone(),
+        py_script: settings.root.join("benches/python/bench_peer.py"),
+        py_env: vec![(
+            "PLEXUS_INTEROP_STUBS".to_string(),
+            stubs.display().to_string(),
+        )],
+        grpcio,
+    };
+
+    let mut skipped: Vec<Value> = Vec::new();
+    let mut servers = Vec::new();
+    for name in &settings.servers {
+        let peer = env.server(name);
+        match &peer {
+            Peer::Skipped(why) => {
+                println!("server {name}: skipped: {why}");
+                skipped.push(json!({"side": "server", "name": name, "reason": why}));
+            }
+            Peer::Ready { .. } => {
+                let server = start_server(name, &peer)?;
+                println!("server {name}: listening on {}", server.addr);
+                servers.push(server);
+            }
+        }
+    }
+    let mut clients = Vec::new();
+    for name in &settings.clients {
+        let peer = env.client(name, &settings.root);
+        match &peer {
+            Peer::Skipped(why) => {
+                println!("client {name}: skipped: {why}");
+                skipped.push(json!({"side": "client", "name": name, "reason": why}));
+            }
+            Peer::Ready { .. } => clients.push((name.clone(), peer)),
+        }
+    }
+    if servers.is_empty() || clients.is_empty() {
+        return Err("no server or no client is available".into());
+    }
+
+    let pairs: Vec<(usize, usize)> = (0..servers.len())
+        .flat_map(|s| (0..clients.len()).map(move |c| (s, c)))
+        .collect();
+    let total_cells = settings.cases.len() * settings.rounds * pairs.len();
+    println!(
+        "{} cases x {} pairs x {} rounds = {total_cells} cells of {} s (+{} s warm-up)",
+        settings.cases.len(),
+        pairs.len(),
+        settings.rounds,
+        settings.duration,
+        settings.warmup
+    );
+    // cells[(case, server, client)] = one entry per round.
+    let mut rounds: BTreeMap<(usize, usize, usize), Vec<Value>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut done = 0;
+    for (ci, case) in settings.cases.iter().enumerate() {
+        for round in 0..settings.rounds {
+            let order: Vec<_> = if round % 2 == 0 {
+                pairs.clone()
+            } else {
+                pairs.iter().rev().copied().collect()
+            };
+            for (si, ki) in order {
+                done += 1;
+                let (client_name, peer) = &clients[ki];
+                let server = &mut servers[si];
+                let outcome = run_client(peer, server, case, settings);
+                let line = match &outcome {
+                    Ok(r) => format!(
+                        "{:>9.0} calls/s  p50 {:>8.1} µs  p99 {:>9.1} µs  {:>8.1} MiB/s",
+                        r["calls_per_s"].as_f64().unwrap_or(0.0),
+                        r["p50_us"].as_f64().unwrap_or(0.0),
+                        r["p99_us"].as_f64().unwrap_or(0.0),
+                        r["bytes_per_s"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
+                    ),
+                    Err(why) => format!("FAILED: {why}"),
+                };
+                println!(
+                    "[{done:>3}/{total_cells}] {:<12} round {} {:>9} -> {:<7} {line}",
+                    case.name,
+                    round + 1,
+                    client_name,
+                    server.name
+                );
+                let entry = match outcome {
+                    Ok(r) => r,
+                    Err(why) => {
+                        failures.push(format!(
+                            "{} {} -> {} round {}: {why}",
+                            case.name,
+                            client_name,
+                            server.name,
+                            round + 1
+                        ));
+                        json!({ "error": why })
+                    }
+                };
+                rounds.entry((ci, si, ki)).or_default().push(entry);
+            }
+        }
+    }
+
+    let mut cells = Vec::new();
+    for ((ci, si, ki), entries) in &rounds {
+        let mut med = serde_json::Map::new();
+        for metric in METRICS {
+            let values: Vec<f64> = entries.iter().filter_map(|e| e[metric].as_f64()).collect();
+            if let Some(m) = median(values) {
+                med.insert(metric.to_string(), json!(m));
+            }
+        }
+        cells.push(json!({
+            "case": settings.cases[*ci].name,
+            "server": servers[*si].name,
+            "client": clients[*ki].0,
+            "rounds": entries,
+            "median": med,
+        }));
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let results = json!({
+        "generated_by": "plexus-bench matrix",
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "git_commit": git_commit(&settings.root),
+        "machine": machine(),
+        "settings": {
+            "rounds": settings.rounds,
+            "duration_s": settings.duration,
+            "warmup_s": settings.warmup,
+            "smoke": settings.smoke,
+        },
+        "cases": settings.cases.iter().map(|c| json!({
+            "name": c.name, "label": c.label, "rpc": c.rpc.name(),
+            "concurrency": c.concurrency, "payload": c.payload,
+        })).collect::<Vec<_>>(),
+        "servers": servers.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "clients": clients.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        "skipped": skipped,
+        "cells": cells,
+        "failures": failures,
+        "elapsed_s": elapsed,
+    });
+    drop(servers);
+    let results = chart::with_targets(results);
+    write_outputs(settings, &results)?;
+    println!(
+        "\nmatrix done in {elapsed:.0} s; wrote {}/latest.{{json,md,svg}}",
+        settings.out.display()
+    );
+    print!("{}", chart::targets_markdown(&results));
+    if !failures.is_empty() {
+        return Err(format!(
+            "{} cell(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        ));
+    }
+    Ok(())
+}
+
+fn write_outputs(settings: &Settings, results: &Value) -> Result<(), String> {
+    let out = &settings.out;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(
+        "latest.json",
+        serde_json::to_string_pretty(results).map_err(|e| e.to_string())? + "\n",
+    )?;
+    write("latest.md", chart::markdown(results))?;
+    write("latest.svg", chart::svg(results))?;
+    if settings.update_readme {
+        let readme = settings.root.join("README.md");
+        let text =
+            std::fs::read_to_string(&readme).map_err(|e| format!("{}: {e}", readme.display()))?;
+        let updated = chart::replace_readme_section(&text, &chart::readme_section(results))
+            .ok_or("README.md has no <!-- bench:begin --> ... <!-- bench:end --> section")?;
+        std::fs::write(&readme, updated).map_err(|e| format!("{}: {e}", readme.display()))?;
+    }
+    Ok(())
+}
+
+fn git_commit(root: &Path) -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    json!({ "cores": cores, "cpu": cpu, "kernel": kernel })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn every_case_name_is_unique() {
+        for (i, a) in CASES.iter().enumerate() {
+            for b in &CASES[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+}
