@@ -527,7 +527,11 @@ mod tests {
         let first_ptr = first.as_ptr();
         drop(first);
         let second = gathered(&mut d, 2, 10_000);
-        assert_eq!(second.as_ptr(), first_ptr, "the dropped message's buffer is reused");
+        assert_eq!(
+            second.as_ptr(),
+            first_ptr,
+            "the dropped message's buffer is reused"
+        );
         // Held: the next message gets its own buffer and the held one keeps its bytes.
         let third = gathered(&mut d, 3, 10_000);
         assert_ne!(third.as_ptr(), second.as_ptr());
