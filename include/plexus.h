@@ -4,7 +4,8 @@
  * OVERVIEW
  *   plexus_channel      a channel to a target; thread-safe; channels with the same target and
  *                       equal options share one connection pool process-wide.
- *   plexus_unary        a blocking unary call; plexus_unary_async reports to a plexus_cq.
+ *   plexus_unary        a blocking unary call; plexus_unary_async reports to a plexus_cq
+ *                       (plexus_unary_call_async also returns a handle that cancels it).
  *   plexus_call         a streaming call: start, send, recv, close_send, finish, cancel, each
  *                       blocking with a timeout or asynchronous (_async, tagged events).
  *   plexus_cq           a completion queue; plexus_cq_fd is an eventfd that is readable while
@@ -1240,6 +1241,27 @@ plexus_result plexus_unary_async(const struct plexus_channel *channel,
                                  const struct plexus_call_options *options,
                                  const struct plexus_cq *cq,
                                  void *tag);
+
+// `plexus_unary_async` that can be cancelled: also writes to `*call` a handle on the call,
+// owned by the caller (`plexus_call_free`). `plexus_call_cancel(*call)` (or freeing the
+// handle before the event arrived) cancels the call: RST_STREAM(CANCEL) goes out and the
+// PLEXUS_OP_UNARY event arrives at once with PLEXUS_ERR_RPC and a CANCELLED status. The
+// handle serves only to cancel and free: sends on it return PLEXUS_ERR_WRONG_STATE,
+// receive-side operations PLEXUS_ERR_BUSY. Otherwise as `plexus_unary_async`.
+//
+// Returns PLEXUS_OK when the call started (exactly one event will follow) and writes
+// `*call`; otherwise no event follows and `*call` is not written: as `plexus_unary_async`,
+// and PLEXUS_ERR_NULL_ARGUMENT if `call` is NULL.
+//
+// # Safety
+// As `plexus_unary_async`; `call` is writable.
+plexus_result plexus_unary_call_async(const struct plexus_channel *channel,
+                                      const char *method,
+                                      const struct plexus_bytes *request,
+                                      const struct plexus_call_options *options,
+                                      const struct plexus_cq *cq,
+                                      void *tag,
+                                      const struct plexus_call **call);
 
 #ifdef __cplusplus
 }  // extern "C"

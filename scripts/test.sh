@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf "\n==> %s  [%ss]\n" "$*" "$SECONDS"; }
 
 step "toolchain"
 cargo --version
@@ -54,6 +54,9 @@ scripts/test-nginx.sh
 
 step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
 "$root/scripts/test-c.sh"
+
+step "Python package: pip install ./bindings/python and its pytest suite (scripts/test-python.sh)"
+"$root/scripts/test-python.sh"
 
 step "benchmark harness smoke run (scripts/test-bench.sh)"
 scripts/test-bench.sh

@@ -56,6 +56,23 @@ impl Call {
         })
     }
 
+    /// The handle of an asynchronous unary call (`plexus_unary_call_async`): it has no
+    /// request or response side of its own (send returns WRONG_STATE, receive-side
+    /// operations BUSY); `plexus_call_cancel` and `plexus_call_free` cancel the call.
+    pub(crate) fn unary_handle() -> Arc<Call> {
+        Arc::new(Call {
+            send_closed: AtomicBool::new(true),
+            sender: Mutex::new(None),
+            recv: Mutex::new(None),
+            cancel: Cancel::default(),
+        })
+    }
+
+    /// The flag `plexus_call_cancel` sets, for operations that run outside this module.
+    pub(crate) fn cancel_flag(&self) -> &Cancel {
+        &self.cancel
+    }
+
     fn slot(&self) -> MutexGuard<'_, Option<Streaming<Bytes>>> {
         self.recv.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -131,8 +131,11 @@ struct State {
     /// Operations started and not yet finished.
     pending: usize,
     shut_down: bool,
-    /// Threads waiting in `plexus_cq_next`.
-    waiters: usize,
+    /// Threads asleep in `plexus_cq_next` that no push has woken yet, so that a push makes
+    /// the wake-up system call only when it wakes someone. Never below the true number (a
+    /// wakeup that lands on no one, or on two threads, leaves it above: a harmless extra
+    /// wakeup later).
+    sleepers: usize,
 }
 
 impl State {
@@ -180,7 +183,13 @@ impl Cq {
                 fd.signal();
             }
         }
-        if state.waiters > 0 {
+        let wake = state.sleepers > 0;
+        if wake {
+            state.sleepers -= 1;
+        }
+        // Woken after the unlock, so the waiter does not wake only to block on the lock.
+        drop(state);
+        if wake {
             self.ready.notify_one();
         }
     }
@@ -217,17 +226,21 @@ impl Cq {
                 },
                 None => None,
             };
-            state.waiters += 1;
+            state.sleepers += 1;
             state = match wait {
                 Some(left) => {
-                    self.ready
+                    let (mut state, waited) = self
+                        .ready
                         .wait_timeout(state, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+                        .unwrap_or_else(|e| e.into_inner());
+                    // Timed out: no push woke this thread, so none counted it off.
+                    if waited.timed_out() {
+                        state.sleepers = state.sleepers.saturating_sub(1);
+                    }
+                    state
                 }
                 None => self.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
             };
-            state.waiters -= 1;
         }
     }
 
@@ -243,6 +256,8 @@ impl Cq {
                 fd.signal();
             }
         }
+        state.sleepers = 0;
+        drop(state);
         self.ready.notify_all();
     }
 

@@ -671,6 +671,52 @@ static void test_cq_unary(void) {
     plexus_cq_free(NULL);
 }
 
+/* plexus_unary_call_async: plexus_unary_async's event, plus a handle that cancels the call. */
+static void test_cq_unary_cancel(void) {
+    const plexus_cq *cq = NULL;
+    OK(plexus_cq_new(&cq));
+    plexus_bytes *req = request_text("handle");
+    const plexus_call *call = NULL;
+    OK(plexus_unary_call_async(channel, UNARY, req, NULL, cq, (void *)1, &call));
+    CHECK(call != NULL);
+    plexus_event ev = next_event(cq);
+    CHECK(ev.tag == (void *)1 && ev.op == PLEXUS_OP_UNARY && ev.result == PLEXUS_OK);
+    CHECK(response_is(ev.message, "handle") && status_code(ev.status) == 0);
+    plexus_bytes_free(ev.message);
+    plexus_status_free(ev.status);
+    /* The handle only cancels and frees: no request side, no response side. */
+    EXPECT(plexus_call_send(call, req, 0), PLEXUS_ERR_WRONG_STATE);
+    plexus_bytes *msg = NULL;
+    EXPECT(plexus_call_recv(call, 0, &msg), PLEXUS_ERR_BUSY);
+    OK(plexus_call_cancel(call)); /* after the end: nothing to cancel */
+    plexus_call_free(call);
+    plexus_bytes_free(req);
+
+    /* Cancelled while the server naps: the event comes at once, with CANCELLED. */
+    echo_request r = {0};
+    r.delay_ms = LONG_MS;
+    req = encode_request(&r);
+    OK(plexus_unary_call_async(channel, UNARY, req, NULL, cq, (void *)2, &call));
+    OK(plexus_call_cancel(call));
+    ev = next_event(cq);
+    CHECK(ev.tag == (void *)2 && ev.result == PLEXUS_ERR_RPC && ev.message == NULL);
+    CHECK(status_code(ev.status) == 1);
+    plexus_status_free(ev.status);
+    plexus_call_free(call);
+    /* Freeing the handle before the event cancels the call too. */
+    OK(plexus_unary_call_async(channel, UNARY, req, NULL, cq, (void *)3, &call));
+    plexus_call_free(call);
+    ev = next_event(cq);
+    CHECK(ev.tag == (void *)3 && ev.result == PLEXUS_ERR_RPC && status_code(ev.status) == 1);
+    plexus_status_free(ev.status);
+    /* No handle to write: an error, and no event. */
+    EXPECT(plexus_unary_call_async(channel, UNARY, req, NULL, cq, (void *)4, NULL),
+           PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_cq_next(cq, 50, &ev), PLEXUS_ERR_TIMEOUT);
+    plexus_bytes_free(req);
+    plexus_cq_free(cq);
+}
+
 static void test_cq_streams(void) {
     const plexus_cq *cq = NULL;
     OK(plexus_cq_new(&cq));
@@ -1129,6 +1175,7 @@ int main(void) {
     RUN(test_bidi_and_recv_timeout);
     RUN(test_cancel);
     RUN(test_cq_unary);
+    RUN(test_cq_unary_cancel);
     RUN(test_cq_streams);
     RUN(test_epoll_loop);
     RUN(test_shared_channels);

@@ -57,6 +57,9 @@ struct ChannelInner {
     last_call: AtomicU64,
     idle_watch: AtomicBool,
     refresh_watch: AtomicBool,
+    /// Held while the channel's state is recomputed and set, so that a recomputation that
+    /// read older endpoint states cannot land after a newer one.
+    state_update: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -319,6 +322,7 @@ impl ChannelBuilder {
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),
                 refresh_watch: AtomicBool::new(false),
+                state_update: Mutex::new(()),
             }
         });
         Ok(Channel { inner })
@@ -341,7 +345,14 @@ impl ChannelInner {
     /// Recomputes the channel's state from its endpoints': READY if any is, else CONNECTING,
     /// else TRANSIENT_FAILURE, else IDLE.
     fn endpoint_state_changed(self: &Arc<Self>) {
-        let list = self.endpoints().list.clone();
+        let _update = self.state_update.lock().unwrap_or_else(|e| e.into_inner());
+        let (list, shut_down) = {
+            let eps = self.endpoints();
+            (eps.list.clone(), eps.shut_down)
+        };
+        if shut_down {
+            return;
+        }
         let states: Vec<_> = list.iter().map(|s| s.state()).collect();
         let state = aggregate(&states);
         if state == ConnectivityState::TransientFailure {
@@ -668,6 +679,11 @@ impl Channel {
         for sub in list.iter() {
             sub.shutdown();
         }
+        let _update = self
+            .inner
+            .state_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.inner.state.set(ConnectivityState::Shutdown);
         self.inner.resolved.notify(usize::MAX);
     }

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -167,11 +168,20 @@ fn compress_as_asked(ctx: &CallContext) -> Result<(), Status> {
     Ok(())
 }
 
+/// Naps begun, and naps cut short because the client cancelled (reported by `NapStats`).
+static NAPS_STARTED: AtomicU64 = AtomicU64::new(0);
+static NAPS_CANCELLED: AtomicU64 = AtomicU64::new(0);
+
 /// Sleeps `ms`, or less if the call is cancelled first.
 async fn nap(ms: i32, ctx: &CallContext) {
     if ms > 0 {
+        NAPS_STARTED.fetch_add(1, Ordering::SeqCst);
         let sleep = async_io::Timer::after(Duration::from_millis(ms as u64));
-        let _ = select(std::pin::pin!(sleep), std::pin::pin!(ctx.cancelled())).await;
+        if let Either::Right(_) =
+            select(std::pin::pin!(sleep), std::pin::pin!(ctx.cancelled())).await
+        {
+            NAPS_CANCELLED.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -249,6 +259,18 @@ fn echo_server() -> ServerBuilder {
                 Ok(())
             },
         )
+        // Not in echo.proto: lets a client check that the server saw its cancellation.
+        // Answers message "<naps started>,<naps cancelled>" and index = naps cancelled.
+        .unary(&format!("{SERVICE}NapStats"), ServerCodec::new(), |_req: Request<EchoRequest>| async move {
+            let started = NAPS_STARTED.load(Ordering::SeqCst);
+            let cancelled = NAPS_CANCELLED.load(Ordering::SeqCst);
+            let reply = EchoResponse {
+                message: format!("{started},{cancelled}"),
+                index: cancelled as i32,
+                payload: Bytes::new(),
+            };
+            Ok(Response::new(reply))
+        })
 }
 
 type Flags<'a> = dyn Fn(&str) -> Option<String> + 'a;

@@ -1,0 +1,66 @@
+"""plexus: gRPC channels over libplexus, shaped like grpcio's.
+
+    import plexus
+    with plexus.insecure_channel("localhost:50051") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)      # grpcio-tools stubs work unchanged
+        reply = stub.Unary(echo_pb2.EchoRequest(message="hi"), timeout=5)
+
+`plexus.aio` has the asyncio channel. When grpcio is importable, errors derive from
+`grpc.RpcError` and codes are `grpc.StatusCode` members; without it plexus has its own.
+The shared library is the one installed with the package, or `$PLEXUS_LIBRARY`.
+"""
+
+from __future__ import annotations
+
+from . import _ffi
+from ._channel import (
+    Channel,
+    StreamStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    UnaryUnaryMultiCallable,
+    insecure_channel,
+)
+from ._common import (
+    HAVE_GRPCIO,
+    ChannelConnectivity,
+    Compression,
+    FutureCancelledError,
+    FutureTimeoutError,
+    Metadatum,
+    RpcError,
+    SerializationError,
+    StatusCode,
+)
+from ._ffi import ForkedError, InvalidArgumentError, PlexusError
+from ._options import KEYWORDS as CHANNEL_OPTIONS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "Channel",
+    "ChannelConnectivity",
+    "Compression",
+    "ForkedError",
+    "FutureCancelledError",
+    "FutureTimeoutError",
+    "HAVE_GRPCIO",
+    "InvalidArgumentError",
+    "Metadatum",
+    "PlexusError",
+    "RpcError",
+    "SerializationError",
+    "StatusCode",
+    "StreamStreamMultiCallable",
+    "StreamUnaryMultiCallable",
+    "UnaryStreamMultiCallable",
+    "UnaryUnaryMultiCallable",
+    "insecure_channel",
+    "library_version",
+]
+
+
+def library_version() -> str:
+    """The version of the loaded libplexus."""
+    return _ffi.current().version().decode()

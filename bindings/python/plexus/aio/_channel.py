@@ -1,0 +1,1043 @@
+"""The asyncio channel: grpc.aio's shape over libplexus's completion queue.
+
+Every operation is one of libplexus's `_async` functions, started from the event loop's
+thread with an integer tag; finished operations come back as events on one completion queue
+per event loop, whose file descriptor (an eventfd) the loop watches with `add_reader`. The
+reader callback drains the queue and hands each event to the operation's handler. No thread
+is started per call, or at all: the library's own worker pool does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import weakref
+from ctypes import byref, c_int32, c_void_p
+
+from .. import _common, _ffi
+from .._channel import _CONNECT_WAIT_MS, _method, open_channel
+from .._common import (
+    LazyStatus,
+    RpcError,
+    Status,
+    StatusCode,
+    call_options,
+    free_options,
+    closed_channel_error,
+    read_status,
+    serialize,
+    take_bytes,
+    take_metadata,
+)
+from .._ffi import END_OF_STREAM, OK
+
+_LOG = logging.getLogger("plexus.aio")
+
+_LOCAL_CANCEL = "Locally cancelled by application!"
+_ITERATOR_FAILED = "Exception iterating requests!"
+_CHANNEL_CLOSED = "Channel closed!"
+
+if _common._grpc is not None:
+    import grpc.aio as _grpc_aio
+
+    EOF = _grpc_aio.EOF
+    _AioRpcErrorBase = _grpc_aio.AioRpcError
+else:
+
+    class _EOFType:
+        """The end of a response stream, as `read()` returns it (grpc.aio.EOF)."""
+
+        def __repr__(self) -> str:
+            return "<plexus.aio.EOF>"
+
+        def __bool__(self) -> bool:
+            return False
+
+    EOF = _EOFType()
+    _AioRpcErrorBase = None
+
+
+class AioRpcError(*((_AioRpcErrorBase, RpcError) if _AioRpcErrorBase else (RpcError,))):
+    """An asyncio call that ended with a status other than OK (grpc.aio.AioRpcError when
+    grpcio is importable)."""
+
+    def __init__(self, status: Status) -> None:
+        if _AioRpcErrorBase is not None:
+            _AioRpcErrorBase.__init__(
+                self,
+                status.code,
+                status.initial_metadata,
+                status.trailing_metadata,
+                status.details,
+                status.debug_error_string(),
+            )
+        else:
+            RpcError.__init__(self, status.details)
+        self._plexus_status = status
+
+    def code(self):
+        """The call's status code (waits for the call to end)."""
+        return self._plexus_status.code
+
+    def details(self):
+        """The call's status message (waits for the call to end)."""
+        return self._plexus_status.details
+
+    def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
+        return self._plexus_status.initial_metadata
+
+    def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
+        return self._plexus_status.trailing_metadata
+
+    def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
+        return self._plexus_status.debug_error_string()
+
+    def __str__(self) -> str:
+        s = self._plexus_status
+        return (
+            f"<AioRpcError of RPC that terminated with:\n\tstatus = {s.code}\n"
+            f'\tdetails = "{s.details}"\n\tdebug_error_string = "{s.debug_error_string()}"\n>'
+        )
+
+    __repr__ = __str__
+
+
+# --------------------------------------------------------------------------- the poller
+
+
+class _Poller:
+    """One completion queue for one event loop, drained by the loop's reader callback."""
+
+    def __init__(self, lib: _ffi.Lib, loop: asyncio.AbstractEventLoop) -> None:
+        out = c_void_p()
+        lib.check(lib.cq_new(byref(out)))
+        self.lib = lib
+        self.loop = loop
+        self.cq = out.value
+        fd = c_int32()
+        rc = lib.cq_fd(self.cq, byref(fd))
+        if rc:
+            lib.cq_free(self.cq)
+            raise lib.error(rc, "no file descriptor for the completion queue")
+        self.fd = fd.value
+        self.handlers: dict = {}
+        self.register = self._register
+        self._tags = itertools.count(1).__next__
+        self._event = _ffi.Event()
+        self._event_ref = byref(self._event)
+        loop.add_reader(self.fd, self._drain)
+
+    def _register(self, handler) -> int:
+        tag = self._tags()
+        self.handlers[tag] = handler
+        return tag
+
+    def _drain(self) -> None:
+        nxt = self.lib.cq_next
+        cq = self.cq
+        ev = self._event
+        ref = self._event_ref
+        pop = self.handlers.pop
+        while nxt(cq, 0, ref) == OK:
+            handler = pop(ev.tag, None)
+            if handler is None:
+                _free_event(self.lib, ev.call, ev.message, ev.status, ev.metadata)
+                continue
+            try:
+                handler(ev.result, ev.call, ev.message, ev.status, ev.metadata)
+            except Exception:
+                _LOG.exception("plexus.aio: completion handler failed")
+
+    def close(self) -> None:
+        """Stops watching the queue's fd and shuts the queue down."""
+        try:
+            self.loop.remove_reader(self.fd)
+        except Exception:
+            pass
+        self.lib.cq_shutdown(self.cq)
+
+    def __del__(self) -> None:
+        cq, self.cq = getattr(self, "cq", None), None
+        if cq:
+            try:
+                if not self.loop.is_closed():
+                    self.loop.remove_reader(self.fd)
+            except Exception:
+                pass
+            try:
+                self.lib.cq_free(cq)
+            except Exception:
+                pass
+
+
+def _free_event(lib, call, message, status, metadata) -> None:
+    """Frees what an event nobody waits for any more carries."""
+    if call:
+        lib.call_free(call)
+    if message:
+        lib.bytes_free(message)
+    if status:
+        lib.status_free(status)
+    if metadata:
+        lib.metadata_free(metadata)
+
+
+_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _poller_for(lib: _ffi.Lib, loop) -> _Poller:
+    found = _pollers.get(loop)
+    if found is None or found.lib is not lib:
+        found = _pollers[loop] = _Poller(lib, loop)
+    return found
+
+
+# --------------------------------------------------------------------------- calls
+
+
+class _Call:
+    """What every asyncio call has: grpc.aio.Call's methods over its status."""
+
+    __slots__ = (
+        "_lib",
+        "_loop",
+        "_poller",
+        "_handle",
+        "_status",
+        "_lazy",
+        "_local",
+        "_deadline",
+        "_done_callbacks",
+        "_done",
+        "_channel",
+        "_user_cancelled",
+        "__weakref__",
+    )
+
+    def __init__(self, channel, loop, poller, timeout) -> None:
+        self._channel = channel
+        self._lib = channel._lib
+        self._loop = loop
+        self._poller = poller
+        self._handle = None
+        self._status: Status | None = None
+        self._lazy: LazyStatus | None = None
+        self._local: Status | None = None
+        self._user_cancelled = False  # cancel(), or the awaiting task was cancelled
+        self._deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        self._done_callbacks = None
+        self._done = None  # created when someone waits for the end
+
+    # -- state --
+
+    def _status_now(self) -> Status:
+        status = self._status
+        if status is None:
+            status = self._status = self._lazy.get()
+        return status
+
+    def _end(self, status: Status | None, lazy: LazyStatus | None = None) -> None:
+        """Records the final status (given, or read lazily from `lazy`) and runs callbacks."""
+        if self._local is not None:
+            base = status or (lazy.get() if lazy is not None else None)
+            status = Status(
+                self._local.code,
+                self._local.details,
+                b"",
+                base.initial_metadata if base else (),
+                base.trailing_metadata if base else (),
+            )
+            lazy = None
+        self._status = status
+        self._lazy = lazy
+        handle, self._handle = self._handle, None
+        if handle:
+            self._lib.call_free(handle)
+        self._channel._calls.pop(id(self), None)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+        callbacks, self._done_callbacks = self._done_callbacks, None
+        if callbacks:
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    _LOG.exception("plexus.aio: done callback failed")
+
+    def _finished(self) -> bool:
+        return self._status is not None or self._lazy is not None
+
+    # -- grpc.aio.Call --
+
+    def done(self) -> bool:
+        """Whether the call has ended."""
+        return self._finished()
+
+    def cancelled(self) -> bool:
+        """Whether cancel() cancelled the call."""
+        return self._user_cancelled
+
+    def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
+        if self._finished() or self._local is not None:
+            return False
+        self._user_cancelled = True
+        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
+
+    def _cancel_with(self, code, details) -> bool:
+        if self._finished() or self._local is not None:
+            return False
+        self._local = Status.local(code, details)
+        if self._handle:
+            self._lib.call_cancel(self._handle)
+        return True
+
+    def time_remaining(self):
+        """Seconds left before the deadline, or None without one."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def add_done_callback(self, callback) -> None:
+        """Calls `fn(self)` when the call ends (at once if it has)."""
+        if self._finished():
+            callback(self)
+            return
+        if self._done_callbacks is None:
+            self._done_callbacks = []
+        self._done_callbacks.append(callback)
+
+    async def wait_for_connection(self) -> None:
+        """Waits until the call has its response headers (or has ended)."""
+        await self.initial_metadata()
+
+    async def code(self):
+        """The call's status code (waits for the call to end)."""
+        await self._wait_end()
+        return self._status_now().code
+
+    async def details(self):
+        """The call's status message (waits for the call to end)."""
+        await self._wait_end()
+        return self._status_now().details
+
+    async def trailing_metadata(self):
+        """The trailing metadata (waits for the call to end)."""
+        await self._wait_end()
+        return self._status_now().trailing_metadata
+
+    async def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
+        await self._wait_end()
+        return self._status_now().debug_error_string()
+
+    async def _wait_end(self) -> None:
+        if not self._finished():
+            await asyncio.shield(self._end_future())
+
+    def _end_future(self) -> asyncio.Future:
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self._finished():
+                self._done.set_result(None)
+        return self._done
+
+    def _error(self) -> AioRpcError:
+        return AioRpcError(self._status_now())
+
+    def __repr__(self) -> str:
+        if not self._finished():
+            return f"<{type(self).__name__} of in-flight RPC>"
+        s = self._status_now()
+        return (
+            f"<{type(self).__name__} of RPC that terminated with: "
+            f'status = {s.code}, details = "{s.details}">'
+        )
+
+
+class UnaryUnaryCall(_Call):
+    """An asyncio unary call: `await call` gives the response. One event on the loop's
+    completion queue (plexus_unary_call_async) brings the response and the status."""
+
+    __slots__ = ("_result", "_deserializer", "_payload")
+
+    def __init__(self, channel, loop, poller, timeout, deserializer) -> None:
+        _Call.__init__(self, channel, loop, poller, timeout)
+        self._deserializer = deserializer
+        self._payload = None
+        self._result = loop.create_future()
+        self._result.add_done_callback(self._on_result_done)
+
+    def _start(self, channel_handle, method, req, opts) -> None:
+        poller = self._poller
+        tag = poller.register(self._on_event)
+        out = c_void_p()
+        rc = self._lib.unary_call_async(
+            channel_handle, method, req, opts, poller.cq, tag, byref(out)
+        )
+        if rc:
+            poller.handlers.pop(tag, None)
+            raise self._lib.error(rc, "could not start the call")
+        self._handle = out.value
+
+    def _on_result_done(self, fut) -> None:
+        # The awaiting task was cancelled: cancel the RPC too (grpc.aio does).
+        if fut.cancelled() and not self._finished():
+            self.cancel()
+
+    def _on_event(self, result, call, message, status, metadata) -> None:
+        if message:
+            self._payload = take_bytes(self._lib, message)
+        self._complete(result, status)
+
+    def _complete(self, result, status_handle) -> None:
+        lib = self._lib
+        fut = self._result
+        fut.remove_done_callback(self._on_result_done)
+        if result == OK and self._local is None:
+            lazy = LazyStatus(lib, status_handle)
+            payload = self._payload
+            if payload is None:
+                status = Status.local(
+                    StatusCode.INTERNAL,
+                    "the server ended the call without a response message",
+                    lazy.get().initial_metadata,
+                )
+                self._end(status)
+                if not fut.done():
+                    fut.set_exception(self._error())
+                return
+            deserializer = self._deserializer
+            try:
+                response = payload if deserializer is None else deserializer(payload)
+            except Exception as exc:
+                self._end(
+                    Status.local(
+                        StatusCode.INTERNAL,
+                        f"Exception deserializing response: {exc!r}",
+                        lazy.get().initial_metadata,
+                    )
+                )
+                if not fut.done():
+                    fut.set_exception(self._error())
+                return
+            self._end(None, lazy)
+            if not fut.done():
+                fut.set_result(response)
+            return
+        if status_handle:
+            status = read_status(lib, status_handle)
+        else:
+            status = _library_status(lib, result)
+        self._end(status)
+        if not fut.done():
+            if self.cancelled():
+                fut.cancel()
+            else:
+                fut.set_exception(self._error())
+
+    def __await__(self):
+        return self._result.__await__()
+
+    async def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
+        await self._wait_end()
+        return self._status_now().initial_metadata
+
+
+def _library_status(lib, result) -> Status:
+    """The status for an operation the library itself failed (no gRPC status)."""
+    name = lib.result_name(result)
+    text = name.decode() if name else str(result)
+    code = StatusCode.UNAVAILABLE if result == _ffi.ERR_SHUTDOWN else StatusCode.INTERNAL
+    return Status.local(code, f"plexus: {text}: {lib.last_error()}")
+
+
+class _StreamingCall(_Call):
+    """Calls with a request stream or a response stream: operations are awaited one at a
+    time per side, each an asyncio future resolved by its event."""
+
+    __slots__ = (
+        "_started",
+        "_recv_lock",
+        "_initial",
+        "_deserializer",
+        "_serializer",
+        "_writer_task",
+        "_write_closed",
+        "_request_error",
+        "_reading",
+        "_finishing",
+    )
+
+    def __init__(self, channel, loop, poller, timeout, serializer, deserializer) -> None:
+        _Call.__init__(self, channel, loop, poller, timeout)
+        self._started = loop.create_future()
+        self._recv_lock = asyncio.Lock()
+        self._initial = None
+        self._serializer = serializer
+        self._deserializer = deserializer
+        self._writer_task = None
+        self._write_closed = False
+        self._request_error = None
+        self._finishing = None
+
+    # -- plumbing --
+
+    def _submit(self, start, *args) -> asyncio.Future:
+        """Starts one asynchronous operation; the future gets its event's fields."""
+        poller = self._poller
+        fut = self._loop.create_future()
+        lib = self._lib
+
+        def handler(result, call, message, status, metadata):
+            if fut.cancelled():
+                _free_event(lib, call, message, status, metadata)
+            else:
+                fut.set_result((result, call, message, status, metadata))
+
+        tag = poller.register(handler)
+        rc = start(*args, poller.cq, tag)
+        if rc:
+            poller.handlers.pop(tag, None)
+            raise lib.error(rc)
+        return fut
+
+    def _open(self, channel_handle, method, req, opts) -> None:
+        lib = self._lib
+        if req is None:
+            fut = self._submit(lib.call_start_async, channel_handle, method, opts)
+        else:
+            fut = self._submit(
+                lib.call_start_server_streaming_async, channel_handle, method, req, opts
+            )
+        fut.add_done_callback(self._on_start)
+
+    def _on_start(self, fut) -> None:
+        if fut.cancelled():
+            return
+        result, call, _message, status, _md = fut.result()
+        if result == OK:
+            self._handle = call
+            if self._local is not None:
+                self._lib.call_cancel(call)
+            self._started.set_result(True)
+            return
+        self._end(read_status(self._lib, status) if status else _library_status(self._lib, result))
+        self._started.set_result(False)
+
+    async def _wait_started(self) -> bool:
+        return await asyncio.shield(self._started)
+
+    async def _finish(self) -> None:
+        """Reads the status (discarding unread messages); the recv lock is held."""
+        if self._finished():
+            return
+        fut = self._submit(self._lib.call_finish_async, self._handle)
+        result, _call, _message, status, _md = await asyncio.shield(fut)
+        if self._finished():
+            if status:
+                self._lib.status_free(status)
+            return
+        if not status:
+            self._end(_library_status(self._lib, result))
+        elif result == OK and self._local is None:
+            self._end(None, LazyStatus(self._lib, status))
+        else:
+            self._end(read_status(self._lib, status))
+
+    async def _wait_end(self) -> None:
+        if self._finished():
+            return
+        if not await self._wait_started():
+            return
+        async with self._recv_lock:
+            await self._finish()
+
+    # -- reading --
+
+    async def read(self):
+        """The next response message, or EOF once the stream ended with OK; raises
+        AioRpcError when the call failed."""
+        if not await self._wait_started():
+            raise self._error()
+        async with self._recv_lock:
+            if not self._finished():
+                fut = self._submit(self._lib.call_recv_async, self._handle)
+                try:
+                    result, _call, message, _status, _md = await fut
+                except asyncio.CancelledError:
+                    self.cancel()
+                    raise
+                if result == OK:
+                    data = take_bytes(self._lib, message)
+                    if self._deserializer is None:
+                        return data
+                    try:
+                        return self._deserializer(data)
+                    except Exception as exc:
+                        self._cancel_with(
+                            StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}"
+                        )
+                        await self._finish()
+                        raise self._error() from exc
+                if result != END_OF_STREAM:
+                    self._end(_library_status(self._lib, result))
+                else:
+                    await self._finish()
+        if self._status_now().code is StatusCode.OK:
+            return EOF
+        if self.cancelled():
+            raise asyncio.CancelledError()
+        raise self._error()
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            message = await self.read()
+            if message is EOF:
+                return
+            yield message
+
+    async def initial_metadata(self):
+        """The response's initial metadata (waits for the response headers)."""
+        if self._initial is not None:
+            return self._initial
+        if not await self._wait_started():
+            return self._status_now().initial_metadata
+        async with self._recv_lock:
+            if self._initial is not None:
+                return self._initial
+            if self._finished():
+                return self._status_now().initial_metadata
+            fut = self._submit(self._lib.call_initial_metadata_async, self._handle)
+            result, _call, _message, status, metadata = await asyncio.shield(fut)
+            if result == OK:
+                self._initial = take_metadata(self._lib, metadata)
+                return self._initial
+            if status:
+                self._lib.status_free(status)
+            await self._finish()
+            return self._status_now().initial_metadata
+
+    # -- writing --
+
+    async def write(self, request) -> None:
+        """Sends one request; raises AioRpcError if the call already ended."""
+        if self._writer_task is not None and asyncio.current_task() is not self._writer_task:
+            raise asyncio.InvalidStateError(
+                "this call consumes a request iterator: write() and done_writing() are not "
+                "allowed on it (grpc.aio does not mix the two styles either)"
+            )
+        if self._write_closed:
+            raise asyncio.InvalidStateError("write() after done_writing()")
+        data = serialize(self._serializer, request)
+        if not await self._wait_started() or self._finished():
+            self._raise_ended()
+        lib = self._lib
+        msg = c_void_p()
+        lib.check(lib.bytes_copy(data, len(data), byref(msg)))
+        try:
+            fut = self._submit(lib.call_send_async, self._handle, msg.value)
+        finally:
+            lib.bytes_free(msg)
+        result, _call, _message, status, _md = await asyncio.shield(fut)
+        if status:
+            lib.status_free(status)
+        if result != OK:
+            await self._wait_end()
+            raise self._error()
+
+    async def done_writing(self) -> None:
+        """Ends the request stream (half-close)."""
+        if self._write_closed:
+            return
+        self._write_closed = True
+        if not await self._wait_started() or self._finished():
+            return
+        fut = self._submit(self._lib.call_close_send_async, self._handle)
+        result, _call, _message, status, _md = await asyncio.shield(fut)
+        if status:
+            self._lib.status_free(status)
+
+    def _raise_ended(self):
+        """Raises for an operation on a call that has ended."""
+        if self._status_now().code is StatusCode.OK:
+            raise asyncio.InvalidStateError("the call has ended")
+        raise self._error()
+
+    def _consume(self, request_iterator) -> None:
+        self._writer_task = self._loop.create_task(self._write_all(request_iterator))
+
+    async def _write_all(self, requests) -> None:
+        try:
+            if hasattr(requests, "__aiter__"):
+                async for request in requests:
+                    if self._finished() or self._local is not None:
+                        return
+                    await self.write(request)
+            else:
+                for request in requests:
+                    if self._finished() or self._local is not None:
+                        return
+                    await self.write(request)
+            await self.done_writing()
+        except RpcError as exc:
+            if isinstance(exc, _common.SerializationError):
+                self._request_error = exc
+                self._cancel_with(StatusCode.INTERNAL, exc.details())
+            # otherwise the call ended: its status says why
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        except Exception as exc:
+            _LOG.debug("plexus.aio: request iterator raised", exc_info=True)
+            self._request_error = exc
+            self._cancel_with(StatusCode.UNKNOWN, _ITERATOR_FAILED)
+
+    def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did."""
+        cancelled = _Call.cancel(self)
+        task = self._writer_task
+        if task is asyncio.current_task():
+            return cancelled
+        if cancelled and task is not None and not task.done():
+            task.cancel()
+        return cancelled
+
+
+class UnaryStreamCall(_StreamingCall):
+    """An asyncio unary-stream call: `async for response in call`, or `await call.read()`."""
+
+    __slots__ = ()
+
+
+class StreamStreamCall(_StreamingCall):
+    """An asyncio stream-stream call: `write()`/`done_writing()` (or a request iterator)
+    and `read()`/`async for`."""
+
+    __slots__ = ()
+
+
+class StreamUnaryCall(_StreamingCall):
+    """An asyncio stream-unary call: `write()`/`done_writing()` (or a request iterator),
+    then `await call` for the response."""
+
+    __slots__ = ("_response",)
+
+    def __await__(self):
+        return self._await_response().__await__()
+
+    async def _await_response(self):
+        if not await self._wait_started():
+            raise self._error()
+        if self._writer_task is not None:
+            try:
+                await asyncio.shield(self._writer_task)
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+        message = await self.read()
+        if message is EOF:
+            raise AioRpcError(
+                Status.local(
+                    StatusCode.INTERNAL,
+                    "the server ended the call without a response message",
+                    self._status_now().initial_metadata,
+                )
+            )
+        await self._wait_end()
+        status = self._status_now()
+        if status.code is not StatusCode.OK:
+            if self.cancelled():
+                raise asyncio.CancelledError()
+            raise self._error()
+        return message
+
+
+# --------------------------------------------------------------------------- multicallables
+
+
+class _MultiCallable:
+    __slots__ = ("_channel", "_method", "_serializer", "_deserializer")
+
+    def __init__(self, channel, method, serializer, deserializer) -> None:
+        self._channel = channel
+        self._method = _method(method)
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+
+class UnaryUnaryMultiCallable(_MultiCallable):
+    """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
+    ) -> UnaryUnaryCall:
+        """Starts the call; see the class docstring for what it returns."""
+        channel = self._channel
+        lib = channel._lib
+        loop, poller = channel._loop_and_poller()
+        data = serialize(self._serializer, request)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
+        req = c_void_p()
+        try:
+            rc = lib.bytes_copy(data, len(data), byref(req))
+            if rc:
+                raise lib.error(rc)
+            call = UnaryUnaryCall(channel, loop, poller, timeout, self._deserializer)
+            call._start(channel._live_handle(), self._method, req, opts)
+        finally:
+            lib.bytes_free(req)
+            free_options(lib, opts)
+        channel._track(call)
+        return call
+
+
+class UnaryStreamMultiCallable(_MultiCallable):
+    """`callable(request, ...)` returns a call to iterate with `async for`."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
+    ) -> UnaryStreamCall:
+        """Starts the call; see the class docstring for what it returns."""
+        channel = self._channel
+        lib = channel._lib
+        loop, poller = channel._loop_and_poller()
+        data = serialize(self._serializer, request)
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
+        req = c_void_p()
+        try:
+            lib.check(lib.bytes_copy(data, len(data), byref(req)))
+            call = UnaryStreamCall(channel, loop, poller, timeout, None, self._deserializer)
+            call._open(channel._live_handle(), self._method, req.value, opts)
+        finally:
+            lib.bytes_free(req)
+            free_options(lib, opts)
+        channel._track(call)
+        return call
+
+
+class _StreamRequestMultiCallable(_MultiCallable):
+    __slots__ = ()
+    _kind: type
+
+    def __call__(
+        self,
+        request_iterator=None,
+        *,
+        timeout=None,
+        metadata=None,
+        credentials=None,
+        wait_for_ready=None,
+        compression=None,
+    ):
+        """Starts the call; see the class docstring for what it returns."""
+        channel = self._channel
+        lib = channel._lib
+        loop, poller = channel._loop_and_poller()
+        if request_iterator is not None and not (
+            hasattr(request_iterator, "__aiter__") or hasattr(request_iterator, "__iter__")
+        ):
+            raise TypeError(
+                f"request_iterator must be an iterator or async iterator, not "
+                f"{type(request_iterator).__name__}"
+            )
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
+        try:
+            call = self._kind(channel, loop, poller, timeout, self._serializer, self._deserializer)
+            call._open(channel._live_handle(), self._method, None, opts)
+        finally:
+            free_options(lib, opts)
+        channel._track(call)
+        if request_iterator is not None:
+            call._consume(request_iterator)
+        return call
+
+
+class StreamUnaryMultiCallable(_StreamRequestMultiCallable):
+    """`callable(request_iterator=None, ...)` returns a call to write to and await."""
+
+    __slots__ = ()
+    _kind = StreamUnaryCall
+
+
+class StreamStreamMultiCallable(_StreamRequestMultiCallable):
+    """`callable(request_iterator=None, ...)` returns a call to write to and read from."""
+
+    __slots__ = ()
+    _kind = StreamStreamCall
+
+
+# --------------------------------------------------------------------------- the channel
+
+
+class Channel:
+    """An asyncio channel to one target, shaped like grpc.aio.Channel.
+
+    Create it with `plexus.aio.insecure_channel(target, options=None, **plexus_options)`.
+    Calls made from one event loop share that loop's completion queue; the channel itself
+    may be used from several loops (one at a time per call)."""
+
+    def __init__(
+        self, target: str, options=None, compression=None, interceptors=None, **plexus_options
+    ) -> None:
+        if interceptors:
+            raise ValueError("plexus.aio channels do not support interceptors")
+        self._lib, self._handle, self._target = open_channel(
+            target, options, compression, plexus_options
+        )
+        self._closed = False
+        self._loop = None
+        self._poller = None
+        self._calls: dict = {}  # calls in flight, by id; each removes itself at its end
+        self._connecting = False
+        self._connect_lock = threading.Lock()
+
+    def _loop_and_poller(self):
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._poller = _poller_for(self._lib, loop)
+            self._loop = loop
+        return loop, self._poller
+
+    def _live_handle(self) -> int:
+        if self._closed:
+            raise closed_channel_error()
+        return self._handle
+
+    def _track(self, call) -> None:
+        if not call._finished():
+            self._calls[id(call)] = call
+
+    async def close(self, grace=None) -> None:
+        """Closes the channel. With `grace` (seconds), calls in progress get that long to
+        finish; then (or at once) they are cancelled. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        calls = [c for c in list(self._calls.values()) if not c._finished()]
+        if grace and calls:
+            waits = [asyncio.shield(c._end_future()) for c in calls]
+            await asyncio.wait(waits, timeout=grace)
+        for call in calls:
+            call._cancel_with(StatusCode.CANCELLED, _CHANNEL_CLOSED)
+        with self._connect_lock:
+            # A connect thread still using the handle frees it when it returns.
+            if not self._connecting:
+                self._free()
+
+    def _free(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle:
+            self._lib.channel_free(handle)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close(None)
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._handle = None
+            try:
+                self._lib.channel_free(handle)
+            except Exception:
+                pass
+
+    def get_state(self, try_to_connect: bool = False):
+        """The channel's ChannelConnectivity state; `try_to_connect` starts connecting."""
+        handle = self._live_handle()
+        state = c_int32()
+        self._lib.check(self._lib.channel_state(handle, byref(state)))
+        if try_to_connect and state.value == 0 and not self._connecting:
+            # plexus_channel_connect with a zero wait drops its attempt if name resolution
+            # has not finished: one helper thread runs a bounded blocking connect instead.
+            self._connecting = True
+            lib = self._lib
+
+            def connect() -> None:
+                try:
+                    lib.channel_connect(handle, _CONNECT_WAIT_MS)
+                finally:
+                    with self._connect_lock:
+                        self._connecting = False
+                        if self._closed:
+                            self._free()
+
+            threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
+        return _common.connectivity(state.value)
+
+    async def wait_for_state_change(self, last_observed_state) -> None:
+        """Returns once the state differs from `last_observed_state` (polled: libplexus has
+        no change notification)."""
+        while self.get_state() == last_observed_state:
+            await asyncio.sleep(0.02)
+
+    async def channel_ready(self) -> None:
+        """Connects if needed and returns once the channel is READY."""
+        state = self.get_state(try_to_connect=True)
+        while state is not _common.ChannelConnectivity.READY:
+            await self.wait_for_state_change(state)
+            state = self.get_state(try_to_connect=True)
+
+    def stats(self) -> dict:
+        """A snapshot of the channel's statistics."""
+        handle = self._live_handle()
+        stats = _ffi.ChannelStats()
+        self._lib.check(self._lib.channel_get_stats(handle, byref(stats)))
+        out = {name: getattr(stats, name) for name, _ in _ffi.ChannelStats._fields_}
+        out["state"] = _common.connectivity(stats.state)
+        return out
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
+        """A callable for a unary-unary method."""
+        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
+        """A callable for a unary-stream (server streaming) method."""
+        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
+        """A callable for a stream-unary (client streaming) method."""
+        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
+        """A callable for a stream-stream (bidirectional streaming) method."""
+        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+
+def insecure_channel(
+    target: str, options=None, compression=None, interceptors=None, **plexus_options
+) -> Channel:
+    """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel."""
+    return Channel(target, options, compression, interceptors, **plexus_options)
