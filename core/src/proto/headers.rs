@@ -3,18 +3,22 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 
 use crate::codec::compress::{ACCEPT_ENCODING, Compression};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status, percent_decode, percent_encode};
 
-pub(crate) const GRPC_STATUS: &str = "grpc-status";
-pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
-pub(crate) const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
-pub(crate) const GRPC_ENCODING: &str = "grpc-encoding";
-pub(crate) const GRPC_ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+// The gRPC header names as `HeaderName`s: inserting a map entry under a `&str` key that is not
+// a standard HTTP header copies the name into a new allocation on every call; a static
+// `HeaderName` costs nothing.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+    HeaderName::from_static("grpc-status-details-bin");
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub(crate) const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+pub(crate) const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
 pub(crate) const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
 /// The `user-agent` we send, per the spec's "grpc-<lang>/<version>" convention.
