@@ -25,6 +25,9 @@
 //!   the current window and the bandwidth it implies is the highest seen, the window becomes
 //!   twice the sample (at most [`BDP_LIMIT`]): the connection window through
 //!   `set_target_window_size`, every stream's through a new SETTINGS_INITIAL_WINDOW_SIZE.
+//!   A sample under a quarter of the window says the link is far from busy: the next probe
+//!   then waits [`BDP_QUIET`] (as C-core spaces its BDP pings), so small calls do not cost a
+//!   PING and its ACK each, which was a third of a small unary call's CPU time.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -84,6 +87,10 @@ const BDP_GROW_AT: f64 = 0.66;
 
 /// A raised window is this many times the sample: grpc-go's `gamma`.
 const BDP_GROWTH: f64 = 2.0;
+
+/// How long probing pauses after a sample under a quarter of the window: a connection that
+/// turns busy waits at most this long before its windows start growing.
+pub(crate) const BDP_QUIET: Duration = Duration::from_millis(100);
 
 /// On a saturated link a sample is at most this many times the real BDP, so bandwidth is
 /// `sample / (rtt * 1.5)`: grpc-go's `bdpEstimator.calculate`.
@@ -298,6 +305,8 @@ pub(crate) struct PingManager {
     // BDP.
     bdp: Option<BdpEstimator>,
     seen_data: u64,
+    /// No probe before this (after a sample far below the window).
+    bdp_quiet_until: Option<Instant>,
     connection_window: u32,
     pending_stream_window: Option<u32>,
 }
@@ -336,6 +345,7 @@ impl PingManager {
             dormant: true,
             bdp,
             seen_data: 0,
+            bdp_quiet_until: None,
             connection_window: windows.connection,
             pending_stream_window: None,
             config,
@@ -375,6 +385,7 @@ impl PingManager {
         if data > from
             && self.in_flight.is_none()
             && self.bdp.as_ref().is_some_and(|b| !b.settled())
+            && self.bdp_quiet_until.is_none_or(|until| now >= until)
         {
             queued |= self.send_ping(now, Some(from));
         }
@@ -438,7 +449,10 @@ impl PingManager {
                 // DATA that followed the ACK in the same batch starts the next probe.
                 self.seen_data = to;
                 let sample = to.saturating_sub(from);
+                let quiet = sample < u64::from(bdp.bdp / 4);
+                self.bdp_quiet_until = quiet.then(|| now + BDP_QUIET);
                 if let Some(window) = bdp.complete(sample, now - in_flight.sent_at) {
+                    self.bdp_quiet_until = None;
                     self.connection_window = self.connection_window.max(window);
                     conn.set_target_window_size(self.connection_window);
                     if conn.set_initial_window_size(window).is_err() {
