@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use plexus::{CallOptions, Channel, Client, Executor, Listener, ProstCodec, SmolExecutor};
+use plexus::{CallOptions, Channel, Client, DefaultExecutor, Executor, Listener, ProstCodec};
 use plexus_interop::messages::{SimpleRequest, SimpleResponse};
 
 use crate::load::{Phase, Recorder, Report, Rpc, Spec, drive};
@@ -35,7 +35,7 @@ pub fn run_client(target: &str, spec: &Spec) -> Result<Report, String> {
         );
         let payload = spec.payload;
         let rpc = spec.rpc;
-        SmolExecutor.spawn(Box::pin(async move {
+        DefaultExecutor.spawn(Box::pin(async move {
             let result = match rpc {
                 Rpc::Unary => unary_worker(&client, &request, payload, &phase).await,
                 Rpc::Streaming => streaming_worker(&client, &request, payload, &phase).await,
@@ -45,7 +45,9 @@ pub fn run_client(target: &str, spec: &Spec) -> Result<Report, String> {
     }
     drop(done_tx);
     let report = drive("plexus", spec, &phase, || {
-        smol::block_on(async {
+        // futures-lite's block_on only parks: this thread leaves the reactor to the pool's
+        // workers, so I/O wakes each task on the worker that then runs it.
+        smol::future::block_on(async {
             let mut records = Vec::with_capacity(spec.concurrency);
             while let Ok(result) = done_rx.recv().await {
                 records.push(result?);
@@ -132,5 +134,12 @@ pub fn serve(listen: &str, max_streams: Option<u32>) -> Result<(), String> {
         .ok_or("the listener has no TCP address")?;
     println!("listening on {addr}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    smol::block_on(server.serve(listener)).map_err(|e| e.to_string())
+    // Accepting runs on the pool too; this thread only waits (see `run_client`).
+    let (done_tx, done_rx) = async_channel::bounded(1);
+    DefaultExecutor.spawn(Box::pin(async move {
+        let _ = done_tx.send(server.serve(listener).await).await;
+    }));
+    smol::future::block_on(done_rx.recv())
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }

@@ -42,8 +42,9 @@
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
 //! connections and calls, reconnects, DNS refreshes, idle checks) goes to an [`Executor`]:
-//! by default [`SmolExecutor`], which starts
-//! `PLEXUS_THREADS` (default: one per core) `plexus-worker-N` threads on first use. Sockets
+//! by default [`DefaultExecutor`], a work-stealing [`ThreadPool`] of `PLEXUS_THREADS`
+//! (default: one per core) `plexus-worker-N` threads started on first use, where a task woken
+//! by another runs next on the same thread ([`SmolExecutor`] runs on smol's instead). Sockets
 //! and timers use `async-io`, whose reactor is driven by whichever thread is blocked on it, or
 //! by its own `async-io` thread. Host-name resolution runs on `blocking`'s thread pool.
 //!
@@ -91,7 +92,7 @@ pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_S
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use metadata::{Metadata, MetadataValue};
 pub use response::Response;
-pub use rt::{Executor, SmolExecutor};
+pub use rt::{DefaultExecutor, Executor, SmolExecutor, ThreadPool};
 pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
 };

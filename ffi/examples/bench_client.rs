@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use core_plexus::{CallOptions, Channel, Executor, SmolExecutor};
+use core_plexus::{CallOptions, Channel, DefaultExecutor, Executor};
 
 const UNARY: &str = "/plexus.peer.Echo/Unary";
 
@@ -34,7 +34,7 @@ fn throughput(channel: Channel, in_flight: usize, secs: f64) {
             count.clone(),
             running.clone(),
         );
-        SmolExecutor.spawn(Box::pin(async move {
+        DefaultExecutor.spawn(Box::pin(async move {
             let req = request();
             while !stop.load(Ordering::Relaxed) {
                 channel
@@ -65,7 +65,8 @@ fn throughput(channel: Channel, in_flight: usize, secs: f64) {
 fn latency(channel: Channel, secs: f64) {
     let req = request();
     let call = || {
-        async_io::block_on(channel.unary(UNARY, req.clone(), CallOptions::new())).expect("call");
+        core_plexus::rt::block_on(channel.unary(UNARY, req.clone(), CallOptions::new()))
+            .expect("call");
     };
     let warm = Instant::now() + Duration::from_millis(500);
     while Instant::now() < warm {

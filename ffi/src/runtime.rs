@@ -2,20 +2,21 @@
 //! every synchronous function uses, shutdown, and fork detection.
 //!
 //! Threads: `PLEXUS_THREADS` (or the count given to `plexus_init`, default one per core)
-//! `plexus-ffi-N` workers run connection drivers and asynchronous operations; each also
-//! drives the `async-io` reactor while it has nothing else to do. Blocking functions run
-//! their call on the calling thread (`async_io::block_on`), so a blocking unary call costs no
-//! extra thread hop.
+//! `plexus-ffi-N` workers (core's [`ThreadPool`]) run connection drivers and asynchronous
+//! operations; each also drives the `async-io` reactor while it has nothing else to do.
+//! Blocking functions run their call on the calling thread, which parks between polls and
+//! leaves the reactor to the workers (core's `rt::block_on`), so a blocking unary call costs
+//! one wake-up of the caller and no hand-over of its connection's task.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock};
 use std::task::Poll;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_io::Timer;
+use core_plexus::ThreadPool;
 use core_plexus::rt::BoxFuture;
 use event_listener::Event;
 
@@ -64,9 +65,7 @@ unsafe extern "C" fn on_fork_child() {
 
 /// The executor pool and what stops it.
 pub(crate) struct Runtime {
-    executor: RwLock<Option<Arc<async_executor::Executor<'static>>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    threads: usize,
+    pool: ThreadPool,
     /// Notified once, at shutdown.
     stop: Event,
 }
@@ -84,14 +83,7 @@ impl core_plexus::Executor for FfiExecutor {
 impl Runtime {
     /// Runs `future` on the pool; after shutdown it is dropped unrun.
     pub(crate) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
-        let executor = self
-            .executor
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(executor) = executor {
-            executor.spawn(future).detach();
-        }
+        self.pool.spawn_future(future);
     }
 
     /// The executor handle channels are built with.
@@ -101,7 +93,7 @@ impl Runtime {
 
     /// Number of worker threads.
     pub(crate) fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
     }
 }
 
@@ -128,10 +120,10 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
         return Err(shut_down());
     }
     if let Some(rt) = RUNTIME.get() {
-        if threads != 0 && threads != rt.threads {
+        if threads != 0 && threads != rt.threads() {
             return Err(Error::wrong_state(format!(
                 "the runtime already runs with {} threads",
-                rt.threads
+                rt.threads()
             )));
         }
         return Ok(rt);
@@ -143,50 +135,19 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
         },
         n => n,
     };
-    let executor = Arc::new(async_executor::Executor::new());
+    let pool = ThreadPool::new(threads, "plexus-ffi").map_err(|err| {
+        Error::new(
+            PLEXUS_ERR_SYSTEM,
+            format!("could not start a worker thread: {err}"),
+        )
+    })?;
     let rt = RUNTIME.get_or_init(|| Runtime {
-        executor: RwLock::new(Some(executor.clone())),
-        workers: Mutex::new(Vec::new()),
-        threads,
+        pool,
         stop: Event::new(),
     });
     // SAFETY: registers a handler that only stores to an atomic; called once, under START.
     unsafe { pthread_atfork(None, None, Some(on_fork_child)) };
-    let mut workers = rt.workers.lock().unwrap_or_else(|e| e.into_inner());
-    for i in 0..threads {
-        let executor = executor.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("plexus-ffi-{i}"))
-            .spawn(move || run_worker(executor, rt));
-        match worker {
-            Ok(handle) => workers.push(handle),
-            Err(err) if workers.is_empty() => {
-                return Err(Error::new(
-                    PLEXUS_ERR_SYSTEM,
-                    format!("could not start a worker thread: {err}"),
-                ));
-            }
-            // Fewer workers than asked is still a working runtime.
-            Err(_) => break,
-        }
-    }
     Ok(rt)
-}
-
-fn run_worker(executor: Arc<async_executor::Executor<'static>>, rt: &'static Runtime) {
-    loop {
-        let stop = rt.stop.listen();
-        if SHUT_DOWN.load(Ordering::Acquire) {
-            return;
-        }
-        // A panicking task must not take the worker down with it.
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            async_io::block_on(executor.run(stop))
-        }));
-        if run.is_ok() {
-            return;
-        }
-    }
 }
 
 fn threads_from_env() -> Result<usize> {
@@ -220,20 +181,9 @@ pub(crate) fn shutdown() -> bool {
     };
     crate::channel::shutdown_all();
     rt.stop.notify(usize::MAX);
-    let me = std::thread::current().id();
-    let workers = std::mem::take(&mut *rt.workers.lock().unwrap_or_else(|e| e.into_inner()));
-    for worker in workers {
-        // A worker cannot join itself (plexus_shutdown from a release callback).
-        if worker.thread().id() != me {
-            let _ = worker.join();
-        }
-    }
-    let executor = rt
-        .executor
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    drop(executor);
+    // Joins the workers (not the calling thread, if it is one: plexus_shutdown from a release
+    // callback) and drops every task left, which completes its operation with SHUTDOWN.
+    rt.pool.shutdown();
     true
 }
 
@@ -293,7 +243,8 @@ pub(crate) fn block_on<F: Future>(
     let mut timer =
         (timeout_ms >= 0).then(|| Timer::after(Duration::from_millis(timeout_ms as u64)));
     let mut fut = pin!(fut);
-    async_io::block_on(poll_fn(|cx| {
+    // Parks between polls and leaves the reactor to the workers (see core's `block_on`).
+    core_plexus::rt::block_on(poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }

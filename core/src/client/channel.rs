@@ -30,7 +30,7 @@ use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
 use crate::proto::headers::{self, CONTENT_TYPE_GRPC};
 use crate::proto::ping::{PingConfig, WindowConfig};
-use crate::rt::{Executor, SmolExecutor};
+use crate::rt::{DefaultExecutor, Executor};
 use crate::status::Status;
 use crate::transport::{Address, Connector, SocketConnector};
 
@@ -235,7 +235,7 @@ impl ChannelBuilder {
     }
 
     /// Runs background work (connection drivers, reconnects, DNS refresh) on `executor`
-    /// (default: [`SmolExecutor`]).
+    /// (default: [`DefaultExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
         self
@@ -295,7 +295,7 @@ impl ChannelBuilder {
         #[cfg(feature = "tls")]
         let connector =
             crate::transport::tls::secure_channel(&mut target, self.tls.as_ref(), connector)?;
-        let executor = self.executor.unwrap_or_else(|| Arc::new(SmolExecutor));
+        let executor = self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor));
         let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
             let weak = weak.clone();
             let env = Arc::new(Env {

@@ -1,8 +1,11 @@
-//! The `Executor` trait and the default executor built on smol's `async-executor`.
+//! The `Executor` trait, the default executor (a process-wide [`ThreadPool`]) and one built on
+//! smol's `async-executor`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+
+use super::pool::ThreadPool;
 
 /// A boxed, sendable future, as handed to [`Executor::spawn`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -25,11 +28,46 @@ impl<E: Executor + ?Sized> Executor for Arc<E> {
 /// Environment variable that sizes the default executor's thread pool.
 pub const THREADS_ENV: &str = "PLEXUS_THREADS";
 
-/// The default executor: one process-wide `async_executor::Executor` (smol's executor) driven
-/// by `PLEXUS_THREADS` threads, or one per available core.
+/// The thread count `PLEXUS_THREADS` asks for, else one per available core.
+fn default_threads() -> usize {
+    std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The default executor of channels and servers: one process-wide [`ThreadPool`] of
+/// `PLEXUS_THREADS` threads (default: one per available core), named `plexus-worker-N`,
+/// started on first use and never stopped.
 ///
-/// Its threads, named `plexus-worker-N`, start on the first spawn and also drive the
-/// `async-io` reactor while idle, so socket readiness costs no extra thread hop.
+/// Its workers drive the `async-io` reactor while idle, and a task woken by another task runs
+/// next on the same thread, so a call's connection driver and handler do not hop between
+/// threads. Spawn your own tasks here too (`DefaultExecutor.spawn(...)`) for the same effect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultExecutor;
+
+impl DefaultExecutor {
+    /// The pool itself.
+    pub fn pool() -> &'static ThreadPool {
+        static POOL: OnceLock<ThreadPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            ThreadPool::new(default_threads(), "plexus-worker")
+                .expect("failed to spawn a plexus worker thread")
+        })
+    }
+}
+
+impl Executor for DefaultExecutor {
+    fn spawn(&self, future: BoxFuture<()>) {
+        DefaultExecutor::pool().spawn_future(future);
+    }
+}
+
+/// smol's executor (`async-executor`) as an [`Executor`]: one process-wide instance driven by
+/// `PLEXUS_THREADS` threads (default: one per core) named `plexus-smol-N`, started on the
+/// first spawn. Every wake-up goes through its global queue (and usually to another thread);
+/// [`DefaultExecutor`] is faster for plexus's task chains. Kept for users who want smol's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolExecutor;
 
@@ -39,14 +77,9 @@ impl SmolExecutor {
         GLOBAL.get_or_init(|| {
             let executor: &'static async_executor::Executor<'static> =
                 Box::leak(Box::new(async_executor::Executor::new()));
-            let threads = std::env::var(THREADS_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            for i in 0..threads {
+            for i in 0..default_threads() {
                 std::thread::Builder::new()
-                    .name(format!("plexus-worker-{i}"))
+                    .name(format!("plexus-smol-{i}"))
                     .spawn(move || {
                         loop {
                             // A panicking task must not take the worker down with it.

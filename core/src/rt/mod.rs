@@ -5,9 +5,11 @@
 
 mod executor;
 pub(crate) mod io;
+mod pool;
 mod timer;
 
-pub use executor::{BoxFuture, Executor, SmolExecutor, THREADS_ENV};
+pub use executor::{BoxFuture, DefaultExecutor, Executor, SmolExecutor, THREADS_ENV};
 pub use io::Compat;
 pub(crate) use io::{ConnectionEvents, FrameTap, Role};
+pub use pool::{ThreadPool, block_on};
 pub(crate) use timer::Deadline;

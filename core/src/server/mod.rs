@@ -34,7 +34,7 @@ pub use crate::proto::ping::{
     DEFAULT_SERVER_KEEPALIVE_TIME, MAX_PING_STRIKES,
 };
 use crate::response::Response;
-use crate::rt::{Compat, Executor, FrameTap, Role, SmolExecutor};
+use crate::rt::{Compat, DefaultExecutor, Executor, FrameTap, Role};
 use crate::status::Status;
 use crate::transport::Io;
 
@@ -290,7 +290,7 @@ impl ServerBuilder {
         self
     }
 
-    /// Runs connections and handlers on `executor` (default: [`SmolExecutor`]).
+    /// Runs connections and handlers on `executor` (default: [`DefaultExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
         self
@@ -346,7 +346,7 @@ impl ServerBuilder {
                 routes: self.routes,
                 services,
                 config: self.config,
-                executor: self.executor.unwrap_or_else(|| Arc::new(SmolExecutor)),
+                executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
                 shutdown: Shutdown::default(),
                 #[cfg(feature = "tls")]
                 tls,

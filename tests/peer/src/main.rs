@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match smol::block_on(serve(&listen, tls)) {
+            match smol::future::block_on(serve(&listen, tls)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("server failed: {err}");

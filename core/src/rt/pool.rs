@@ -1,0 +1,595 @@
+//! [`ThreadPool`]: the default executor, a work-stealing pool in which a task woken on a worker
+//! thread runs on that same thread.
+//!
+//! Why not smol's `async-executor`: it schedules every wake-up through one global queue and
+//! wakes a sleeping worker for it, so a unary call's tasks (connection driver, call, handler)
+//! hop between threads at every step: two or more context switches and futex calls per call.
+//! Here a task woken on a worker goes to the back of that worker's own queue, so the chain
+//! driver → handler → driver runs on one thread, hot in its cache, with no system call. FIFO
+//! order within a worker keeps write coalescing: handlers answering in a burst all run before
+//! the connection driver they wake, which then writes their responses at once. Idle workers
+//! are woken only for a backlog (or for work from outside the pool) and steal half a queue.
+//!
+//! Each worker thread blocks in `async_io::block_on`, so an idle worker drives the `async-io`
+//! reactor: a socket that becomes readable wakes its task on the worker that polled the
+//! reactor, which runs it next.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use async_task::{Runnable, ScheduleInfo, WithInfo};
+use slab::Slab;
+
+use super::executor::{BoxFuture, Executor};
+
+/// Tasks a worker runs in one poll of its loop before it lets `block_on` look at the reactor
+/// (so a busy worker still turns I/O readiness and timers into wake-ups).
+const BATCH: usize = 64;
+/// Tasks waiting in a worker's local queue from which an idle worker is woken to steal.
+const STEAL_BACKLOG: usize = 2;
+/// Every this many tasks a worker looks at the global queue first, so tasks woken from outside
+/// the pool are not starved by busy local queues.
+const GLOBAL_EVERY: u32 = 61;
+
+/// A work-stealing thread pool: runs spawned futures on its worker threads until they finish.
+///
+/// Cheap to clone (a clone is a handle on the same pool). Workers named `<name>-N` start in
+/// [`ThreadPool::new`] and run until [`ThreadPool::shutdown`] (the pool's last handle being
+/// dropped does not stop them, since spawned tasks keep running in the background).
+#[derive(Clone)]
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("threads", &self.shared.locals.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    /// Tasks woken or spawned outside the pool's threads.
+    global: Mutex<VecDeque<Runnable>>,
+    /// Each worker's local queue; other workers steal from it.
+    locals: Box<[Mutex<VecDeque<Runnable>>]>,
+    /// Wakers of workers with nothing to do.
+    sleepers: Mutex<Vec<(usize, Waker)>>,
+    /// Length of `sleepers`, read without the lock on every schedule.
+    idle: AtomicUsize,
+    stopping: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Wakers of every live task, so shutdown can reach the ones waiting on I/O or timers.
+    active: Mutex<Slab<Waker>>,
+}
+
+/// The pool worker this thread is, if it is one.
+struct WorkerContext {
+    shared: Arc<Shared>,
+    index: usize,
+    /// Whether this worker's waker is in `sleepers` (set only by this thread; a notifier
+    /// removes the entry, so a stale `true` only costs a search of the list).
+    asleep: Cell<bool>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Rc<WorkerContext>>> = const { RefCell::new(None) };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This thread's worker context, if the thread is a worker of `shared`'s pool.
+fn current_worker(shared: &Arc<Shared>) -> Option<Rc<WorkerContext>> {
+    // `try_with`: a wake-up during this thread's exit goes the foreign way.
+    WORKER
+        .try_with(|w| {
+            w.borrow()
+                .as_ref()
+                .filter(|w| Arc::ptr_eq(&w.shared, shared))
+                .cloned()
+        })
+        .ok()
+        .flatten()
+}
+
+impl ThreadPool {
+    /// Starts a pool of `threads` workers (at least one) named `<name>-0`, `<name>-1`, ...
+    /// Fails only if not a single thread could be started.
+    pub fn new(threads: usize, name: &str) -> io::Result<ThreadPool> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            global: Mutex::new(VecDeque::new()),
+            locals: (0..threads).map(|_| Mutex::new(VecDeque::new())).collect(),
+            sleepers: Mutex::new(Vec::with_capacity(threads)),
+            idle: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            threads: Mutex::new(Vec::with_capacity(threads)),
+            active: Mutex::new(Slab::new()),
+        });
+        let mut handles = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || run_worker(shared, index));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(err) if handles.is_empty() => return Err(err),
+                // Fewer workers than asked is still a working pool: their queues are only
+                // ever stolen from (no thread owns them).
+                Err(_) => break,
+            }
+        }
+        *lock(&shared.threads) = handles;
+        Ok(ThreadPool { shared })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.shared.locals.len()
+    }
+
+    /// Runs `future` on the pool. After [`shutdown`](Self::shutdown) it is dropped unrun.
+    pub fn spawn_future(&self, future: impl Future<Output = ()> + Send + 'static) {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let schedule = WithInfo(move |runnable: Runnable, info: ScheduleInfo| {
+            shared.schedule(runnable, info.woken_while_running);
+        });
+        let runnable = {
+            let mut active = lock(&self.shared.active);
+            let entry = active.vacant_entry();
+            let registered = Registered {
+                shared: self.shared.clone(),
+                key: entry.key(),
+            };
+            let future = async move {
+                let _registered = registered;
+                future.await
+            };
+            // A panicking task ends there: the panic is caught and dropped with the task.
+            let (runnable, task) = async_task::Builder::new()
+                .propagate_panic(true)
+                .spawn(|()| future, schedule);
+            task.detach();
+            entry.insert(runnable.waker());
+            runnable
+        };
+        runnable.schedule();
+    }
+
+    /// Stops the pool: the workers finish the task they are running and exit, and are joined
+    /// (except the calling thread, if it is one of them); then every task left, queued or
+    /// waiting, is dropped unfinished. Spawning afterwards drops the future. Idempotent.
+    pub fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        for (_, waker) in lock(&shared.sleepers).drain(..) {
+            waker.wake();
+        }
+        shared.idle.store(0, Ordering::SeqCst);
+        let handles = std::mem::take(&mut *lock(&shared.threads));
+        let me = std::thread::current().id();
+        for handle in handles {
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
+        // Waking a waiting task queues it (the pool is stopping), and dropping a queued
+        // Runnable drops its future, whose destructors may wake more: repeat until none is left.
+        let waiting: Vec<Waker> = lock(&shared.active).drain().collect();
+        for waker in waiting {
+            waker.wake();
+        }
+        loop {
+            let mut orphans: Vec<Runnable> = lock(&shared.global).drain(..).collect();
+            for local in shared.locals.iter() {
+                orphans.extend(lock(local).drain(..));
+            }
+            if orphans.is_empty() {
+                break;
+            }
+            drop(orphans);
+        }
+    }
+}
+
+/// Keeps a task's waker in the pool's `active` list while its future exists.
+struct Registered {
+    shared: Arc<Shared>,
+    key: usize,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut active = lock(&self.shared.active);
+        // Shutdown empties the list before it drops the tasks.
+        if active.contains(self.key) {
+            active.remove(self.key);
+        }
+    }
+}
+
+impl Executor for ThreadPool {
+    fn spawn(&self, future: BoxFuture<()>) {
+        self.spawn_future(future);
+    }
+}
+
+impl Shared {
+    /// Where a woken task goes: on one of this pool's workers, to the back of that worker's
+    /// local queue; elsewhere into the global queue, waking an idle worker for it.
+    fn schedule(self: &Arc<Self>, runnable: Runnable, yielded: bool) {
+        if self.stopping.load(Ordering::Acquire) {
+            // Dropping it here could run the task's destructors inside a waker; park it in
+            // the global queue, which shutdown empties.
+            lock(&self.global).push_back(runnable);
+            return;
+        }
+        if let Some(worker) = current_worker(self) {
+            let backlog = {
+                let mut local = lock(&self.locals[worker.index]);
+                local.push_back(runnable);
+                local.len()
+            };
+            // More than this worker can start right away: wake an idle one to steal some.
+            // (Not for a single task: the handoff would cost more than running it here.)
+            if backlog >= STEAL_BACKLOG && !yielded {
+                self.notify_one();
+            }
+            // The worker may be in its reactor wait (this wake-up came from an I/O event it
+            // is processing): make its loop look again. Same thread, so no system call.
+            if worker.asleep.get() {
+                self.wake_worker(worker.index);
+            }
+            return;
+        }
+        lock(&self.global).push_back(runnable);
+        self.notify_one();
+    }
+
+    /// Wakes one idle worker, if there is one.
+    fn notify_one(&self) {
+        if self.idle.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let waker = {
+            let mut sleepers = lock(&self.sleepers);
+            let waker = sleepers.pop().map(|(_, w)| w);
+            self.idle.store(sleepers.len(), Ordering::SeqCst);
+            waker
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Wakes worker `index` if it is idle.
+    fn wake_worker(&self, index: usize) {
+        let waker = {
+            let mut sleepers = lock(&self.sleepers);
+            let at = sleepers.iter().position(|(i, _)| *i == index);
+            let waker = at.map(|at| sleepers.swap_remove(at).1);
+            self.idle.store(sleepers.len(), Ordering::SeqCst);
+            waker
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Takes a task from the global queue, moving a share of the rest into `into`.
+    fn pop_global(&self, into: &Mutex<VecDeque<Runnable>>) -> Option<Runnable> {
+        let mut global = lock(&self.global);
+        let first = global.pop_front()?;
+        let share = (global.len() / self.locals.len()).min(32);
+        if share > 0 {
+            let mut local = lock(into);
+            local.extend(global.drain(..share));
+        }
+        let more = !global.is_empty();
+        drop(global);
+        if more {
+            self.notify_one();
+        }
+        Some(first)
+    }
+
+    /// Steals half of another worker's local queue into worker `me`'s and returns one task.
+    fn steal(&self, me: usize) -> Option<Runnable> {
+        let n = self.locals.len();
+        let start = fastrand::usize(..n);
+        for k in 0..n {
+            let victim = (start + k) % n;
+            if victim == me {
+                continue;
+            }
+            let mut theirs = lock(&self.locals[victim]);
+            let take = theirs.len().div_ceil(2);
+            if take == 0 {
+                continue;
+            }
+            let mut stolen: VecDeque<Runnable> = theirs.drain(..take).collect();
+            drop(theirs);
+            let first = stolen.pop_front();
+            if !stolen.is_empty() {
+                lock(&self.locals[me]).extend(stolen);
+            }
+            return first;
+        }
+        None
+    }
+}
+
+impl WorkerContext {
+    /// The next task to run, by priority: the local queue, the global queue, other workers'
+    /// queues (the global queue first every [`GLOBAL_EVERY`] tasks).
+    fn find_task(&self, tick: u32) -> Option<Runnable> {
+        let shared = &self.shared;
+        let local = &shared.locals[self.index];
+        if tick % GLOBAL_EVERY == 0 {
+            if let Some(task) = shared.pop_global(local) {
+                return Some(task);
+            }
+        }
+        if let Some(task) = lock(local).pop_front() {
+            return Some(task);
+        }
+        shared
+            .pop_global(local)
+            .or_else(|| shared.steal(self.index))
+    }
+
+    /// Puts this worker's waker among the sleepers.
+    fn sleep(&self, waker: &Waker) {
+        let mut sleepers = lock(&self.shared.sleepers);
+        match sleepers.iter_mut().find(|(i, _)| *i == self.index) {
+            Some((_, w)) => w.clone_from(waker),
+            None => sleepers.push((self.index, waker.clone())),
+        }
+        self.shared.idle.store(sleepers.len(), Ordering::SeqCst);
+        self.asleep.set(true);
+    }
+
+    /// Takes this worker off the sleepers (if a notifier has not already).
+    fn wake(&self) {
+        if !self.asleep.replace(false) {
+            return;
+        }
+        let mut sleepers = lock(&self.shared.sleepers);
+        sleepers.retain(|(i, _)| *i != self.index);
+        self.shared.idle.store(sleepers.len(), Ordering::SeqCst);
+    }
+}
+
+/// A worker's loop as a future, so that `async_io::block_on` drives the reactor whenever it
+/// returns `Pending`.
+struct WorkerLoop {
+    worker: Rc<WorkerContext>,
+    tick: u32,
+}
+
+impl Future for WorkerLoop {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let worker = this.worker.clone();
+        worker.wake();
+        for _ in 0..BATCH {
+            if worker.shared.stopping.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            this.tick = this.tick.wrapping_add(1);
+            let task = match worker.find_task(this.tick) {
+                Some(task) => task,
+                None => {
+                    // Idle: register, then look once more, so that a task queued between the
+                    // search and the registration is not left waiting for another wake-up.
+                    worker.sleep(cx.waker());
+                    match worker.find_task(this.tick) {
+                        Some(task) => {
+                            worker.wake();
+                            task
+                        }
+                        None => return Poll::Pending,
+                    }
+                }
+            };
+            task.run();
+        }
+        // A full batch: yield to the reactor, then carry on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn run_worker(shared: Arc<Shared>, index: usize) {
+    let worker = Rc::new(WorkerContext {
+        shared: shared.clone(),
+        index,
+        asleep: Cell::new(false),
+    });
+    WORKER.with(|w| *w.borrow_mut() = Some(worker.clone()));
+    while !shared.stopping.load(Ordering::Acquire) {
+        // Tasks catch their own panics; this guards the loop itself.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            async_io::block_on(WorkerLoop {
+                worker: worker.clone(),
+                tick: 0,
+            })
+        }));
+        if run.is_ok() {
+            break;
+        }
+    }
+    WORKER.with(|w| w.borrow_mut().take());
+}
+
+/// Runs `future` to completion on this thread, parking it between polls.
+///
+/// Unlike `async_io::block_on` (`smol::block_on`), it never drives the `async-io` reactor
+/// itself: the pool's idle workers do. So the I/O event that completes a call wakes the
+/// connection's task on the worker that saw it, which runs it there and wakes this thread
+/// once, instead of this thread taking the event and handing the task to a worker (one thread
+/// hop more per call). The way to make blocking calls on a plexus channel.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    /// Wakes the parked thread.
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        // A wake-up since the poll left the token set: this returns at once.
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn runs_every_task_across_workers() {
+        let pool = ThreadPool::new(3, "pool-test").unwrap();
+        let (tx, rx) = mpsc::channel();
+        for i in 0..1_000 {
+            let tx = tx.clone();
+            let inner = pool.clone();
+            pool.spawn_future(async move {
+                // Half of them spawn a child from inside the pool.
+                if i % 2 == 0 {
+                    inner.spawn_future(async move {
+                        let _ = tx.send(());
+                    });
+                } else {
+                    let _ = tx.send(());
+                }
+            });
+        }
+        for _ in 0..1_000 {
+            rx.recv_timeout(WAIT).expect("every task runs");
+        }
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_task_woken_from_outside_runs() {
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (wake_tx, wake_rx) = async_channel::bounded::<u32>(1);
+        pool.spawn_future(async move {
+            let n = wake_rx.recv().await.unwrap();
+            let _ = tx.send(n);
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        wake_tx.send_blocking(7).unwrap();
+        assert_eq!(rx.recv_timeout(WAIT), Ok(7));
+        pool.shutdown();
+    }
+
+    /// The point of the pool: a task that a worker's task wakes (or spawns) runs on that
+    /// worker. (smol's executor runs about half of them elsewhere.) Not every one, since an
+    /// idle worker may steal in the instant between; nearly all.
+    #[test]
+    fn a_task_woken_on_a_worker_runs_on_that_worker() {
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut same = 0;
+        for _ in 0..100 {
+            let tx = tx.clone();
+            let inner = pool.clone();
+            pool.spawn_future(async move {
+                let parent = std::thread::current().id();
+                inner.spawn_future(async move {
+                    let _ = tx.send(std::thread::current().id() == parent);
+                });
+            });
+            // One chain at a time, so no backlog asks for a second worker.
+            if rx.recv_timeout(WAIT).expect("the child runs") {
+                same += 1;
+            }
+        }
+        pool.shutdown();
+        assert!(
+            same >= 90,
+            "only {same} of 100 children ran on their parent's worker"
+        );
+    }
+
+    #[test]
+    fn a_panicking_task_leaves_its_worker_running() {
+        let pool = ThreadPool::new(1, "pool-test").unwrap();
+        pool.spawn_future(async { panic!("task panic (expected by the test)") });
+        let (tx, rx) = mpsc::channel();
+        pool.spawn_future(async move {
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(WAIT)
+            .expect("the worker survived the panic");
+        pool.shutdown();
+    }
+
+    #[test]
+    fn shutdown_drops_waiting_tasks_and_refuses_new_ones() {
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = mpsc::channel();
+        for _ in 0..10 {
+            let guard = Dropped(dropped.clone());
+            let started = started_tx.clone();
+            pool.spawn_future(async move {
+                let _guard = guard;
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            });
+        }
+        for _ in 0..10 {
+            started_rx.recv_timeout(WAIT).unwrap();
+        }
+        pool.shutdown();
+        assert_eq!(dropped.load(Ordering::SeqCst), 10);
+        let late = Dropped(dropped.clone());
+        pool.spawn_future(async move {
+            let _late = late;
+        });
+        assert_eq!(dropped.load(Ordering::SeqCst), 11, "dropped unrun");
+        assert!(lock(&pool.shared.active).is_empty());
+    }
+}
