@@ -8,7 +8,9 @@
 //! driver → handler → driver runs on one thread, hot in its cache, with no system call. FIFO
 //! order within a worker keeps write coalescing: handlers answering in a burst all run before
 //! the connection driver they wake, which then writes their responses at once. Idle workers
-//! are woken only for a backlog (or for work from outside the pool) and steal half a queue.
+//! are woken only for a backlog (or for work from outside the pool) and steal half a queue;
+//! a monitor thread also wakes one when a worker spends over 5 ms in one poll (a handler
+//! doing blocking work) with tasks queued behind it, so those are not held up.
 //!
 //! Each worker thread blocks in `async_io::block_on`, so an idle worker drives the `async-io`
 //! reactor: a socket that becomes readable wakes its task on the worker that polled the
@@ -20,10 +22,11 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_task::{Runnable, ScheduleInfo, WithInfo};
 use slab::Slab;
@@ -39,6 +42,11 @@ const BATCH: usize = 64;
 /// (p50 0.71x tonic's) while 64 busy streams still spread over both workers; 1 and 2 woke
 /// workers that found nothing (p50 up to 0.96x tonic's, and fewer ping-pongs per second).
 const STEAL_BACKLOG: usize = 4;
+/// A poll longer than this, with tasks queued behind it, gets an idle worker woken to steal
+/// them.
+const STALL: Duration = Duration::from_millis(5);
+/// How often the monitor looks while no worker is inside a poll.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
 /// Every this many tasks a worker looks at the global queue first, so tasks woken from outside
 /// the pool are not starved by busy local queues.
 const GLOBAL_EVERY: u32 = 61;
@@ -74,6 +82,10 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Wakers of every live task, so shutdown can reach the ones waiting on I/O or timers.
     active: Mutex<Slab<Waker>>,
+    /// Per worker: when its current task's poll started (nanoseconds since `epoch`, plus one),
+    /// or 0 between tasks. The monitor reads it to find workers stuck in a long poll.
+    busy_since: Box<[AtomicU64]>,
+    epoch: Instant,
 }
 
 /// The pool worker this thread is, if it is one.
@@ -120,6 +132,8 @@ impl ThreadPool {
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(threads)),
             active: Mutex::new(Slab::new()),
+            busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
         });
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads {
@@ -134,6 +148,14 @@ impl ThreadPool {
                 // ever stolen from (no thread owns them).
                 Err(_) => break,
             }
+        }
+        // Without a monitor a blocked worker's queue waits for its worker; still a pool.
+        let monitor = shared.clone();
+        if let Ok(handle) = std::thread::Builder::new()
+            .name(format!("{name}-monitor"))
+            .spawn(move || run_monitor(&monitor))
+        {
+            handles.push(handle);
         }
         *lock(&shared.threads) = handles;
         Ok(ThreadPool { shared })
@@ -187,6 +209,10 @@ impl ThreadPool {
         shared.idle.store(0, Ordering::SeqCst);
         let handles = std::mem::take(&mut *lock(&shared.threads));
         let me = std::thread::current().id();
+        for handle in &handles {
+            // The monitor sleeps parked.
+            handle.thread().unpark();
+        }
         for handle in handles {
             if handle.thread().id() != me {
                 let _ = handle.join();
@@ -293,6 +319,10 @@ impl Shared {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    fn nanos_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
     /// Takes a task from the global queue, moving a share of the rest into `into`.
@@ -413,11 +443,39 @@ impl Future for WorkerLoop {
                     }
                 }
             };
+            let busy = &worker.shared.busy_since[worker.index];
+            busy.store(worker.shared.nanos_since_epoch() + 1, Ordering::Relaxed);
             task.run();
+            busy.store(0, Ordering::Relaxed);
         }
         // A full batch: yield to the reactor, then carry on.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// The monitor: wakes an idle worker when a worker has been inside one poll for longer than
+/// [`STALL`] with tasks waiting in its queue (a handler doing blocking work, say), so those
+/// tasks are stolen instead of waiting for it. Checks every [`STALL`] while any worker is
+/// busy, every [`IDLE_CHECK`] otherwise.
+fn run_monitor(shared: &Shared) {
+    let mut pause = IDLE_CHECK;
+    while !shared.stopping.load(Ordering::Acquire) {
+        std::thread::park_timeout(pause);
+        let now = shared.nanos_since_epoch();
+        let stall = u64::try_from(STALL.as_nanos()).unwrap_or(u64::MAX);
+        let mut any_busy = false;
+        for (index, busy) in shared.busy_since.iter().enumerate() {
+            let since = busy.load(Ordering::Relaxed);
+            if since == 0 {
+                continue;
+            }
+            any_busy = true;
+            if now.saturating_sub(since - 1) > stall && !lock(&shared.locals[index]).is_empty() {
+                shared.notify_one();
+            }
+        }
+        pause = if any_busy { STALL } else { IDLE_CHECK };
     }
 }
 
@@ -475,11 +533,9 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
-    use std::time::Duration;
-
-    use super::*;
 
     const WAIT: Duration = Duration::from_secs(30);
 
@@ -549,6 +605,27 @@ mod tests {
             same >= 90,
             "only {same} of 100 children ran on their parent's worker"
         );
+    }
+
+    /// A task that blocks its worker does not hold up the tasks queued behind it while
+    /// another worker is idle: the monitor has that worker steal them.
+    #[test]
+    fn a_blocked_worker_queue_is_stolen() {
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        // Both workers asleep first, so neither finds the task by chance on its way to sleep.
+        std::thread::sleep(Duration::from_millis(200));
+        let (tx, rx) = mpsc::channel();
+        let inner = pool.clone();
+        pool.spawn_future(async move {
+            // Queued on this worker, which then blocks for far longer than the stall limit.
+            inner.spawn_future(async move {
+                let _ = tx.send(());
+            });
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        rx.recv_timeout(Duration::from_secs(2))
+            .expect("the queued task ran while its worker was blocked");
+        pool.shutdown();
     }
 
     #[test]
