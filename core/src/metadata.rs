@@ -194,7 +194,8 @@ impl Metadata {
     /// Keeps the application metadata of received headers, dropping the framing and `grpc-`
     /// headers.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Metadata {
-        let mut out = HeaderMap::with_capacity(headers.len());
+        // Allocated on the first entry kept: most calls carry no metadata at all.
+        let mut out = HeaderMap::new();
         for (name, value) in headers {
             let key = name.as_str();
             if key.starts_with("grpc-") || RESERVED.contains(&key) {

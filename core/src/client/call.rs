@@ -138,7 +138,7 @@ impl CallShared {
     /// request was already closed. Whatever was left unsent of the old stream is in `frames`.
     fn replace_stream(&self, mut stream: SendStream<Bytes>, frames: Vec<Bytes>) {
         let mut half = self.half();
-        half.outbox.take_all();
+        half.outbox.clear();
         half.dead = None;
         if half.reset {
             stream.send_reset(h2::Reason::CANCEL);
@@ -340,7 +340,7 @@ impl<T> Sender<T> {
                     },
                     Poll::Ready(Err(status)) if half.replay.is_some() => {
                         // Perhaps refused by the server: everything sent is in the replay.
-                        half.outbox.take_all();
+                        half.outbox.clear();
                         half.dead = Some(status.clone());
                         return Poll::Ready(match framed.take() {
                             Some(msg) if !half.keep(&msg, true) => Err(status),

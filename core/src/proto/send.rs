@@ -1,7 +1,6 @@
 //! Writing framed messages to an h2 stream only as fast as HTTP/2 flow control allows, so a
 //! sender never buffers more than the message in hand.
 
-use std::collections::VecDeque;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -10,10 +9,12 @@ use h2::SendStream;
 use crate::codec::frame::Framed;
 use crate::status::Status;
 
-/// The unsent part of the current message.
+/// The unsent part of the current message: a framed message is at most two buffers, kept in
+/// place (a queue would allocate for every message).
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    chunks: VecDeque<Bytes>,
+    /// The unsent buffers, front first; `chunks[0]` is empty only when both are.
+    chunks: [Option<Bytes>; 2],
     remaining: usize,
 }
 
@@ -27,16 +28,19 @@ impl Outbox {
     pub(crate) fn push(&mut self, msg: Framed) {
         debug_assert!(self.is_empty());
         self.remaining = msg.len();
-        self.chunks.push_back(msg.head);
-        if let Some(tail) = msg.tail {
-            self.chunks.push_back(tail);
-        }
+        self.chunks = [Some(msg.head), msg.tail];
+    }
+
+    /// Drops the unsent chunks.
+    pub(crate) fn clear(&mut self) {
+        self.remaining = 0;
+        self.chunks = [None, None];
     }
 
     /// Takes the unsent chunks, leaving the outbox empty.
-    pub(crate) fn take_all(&mut self) -> VecDeque<Bytes> {
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = Bytes> + use<> {
         self.remaining = 0;
-        std::mem::take(&mut self.chunks)
+        std::mem::take(&mut self.chunks).into_iter().flatten()
     }
 
     /// Writes as much as the stream's window allows; Ready once all is written.
@@ -45,9 +49,10 @@ impl Outbox {
         stream: &mut SendStream<Bytes>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Status>> {
-        while let Some(front) = self.chunks.front_mut() {
+        while let Some(front) = &mut self.chunks[0] {
             if front.is_empty() {
-                self.chunks.pop_front();
+                self.chunks.swap(0, 1);
+                self.chunks[1] = None;
                 continue;
             }
             stream.reserve_capacity(self.remaining);

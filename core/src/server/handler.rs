@@ -317,6 +317,9 @@ impl<T> Stream for RequestStream<T> {
 pub(crate) enum SinkItem {
     Headers(Metadata),
     Message(Framed),
+    /// The headers and the one message of a unary or client-streaming response, in one item
+    /// so the handler does not wait for the driver between them.
+    Single(Metadata, Framed),
 }
 
 /// The untyped core of a [`ResponseSink`].
@@ -453,10 +456,8 @@ async fn respond<C: Codec>(
     let (metadata, message, trailers) = response.into_parts();
     let compression = sink.compression(SendOptions::new());
     let framed = frame_message(codec, &message, sink.max_send, compression)?;
-    sink.push(SinkItem::Headers(metadata)).await?;
-    sink.push(SinkItem::Message(framed)).await?;
     sink.set_trailers(trailers);
-    Ok(())
+    sink.push(SinkItem::Single(metadata, framed)).await
 }
 
 pub(crate) fn unary<C, F, Fut>(codec: C, handler: F) -> ErasedHandler

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use async_io::Async;
 
+use crate::rt::io::Socket;
 use crate::transport::BoxedIo;
 
 /// A bound socket a [`Server`](super::Server) accepts connections on.
@@ -103,12 +104,12 @@ impl Listener {
                 let (stream, _) = l.accept().await?;
                 // gRPC messages are latency-sensitive; Nagle only adds delay.
                 stream.get_ref().set_nodelay(true)?;
-                Ok(Box::new(stream))
+                Ok(Box::new(Socket::new(stream)))
             }
             #[cfg(unix)]
             Kind::Unix(l, _) => {
                 let (stream, _) = l.accept().await?;
-                Ok(Box::new(stream))
+                Ok(Box::new(Socket::new(stream)))
             }
         }
     }

@@ -199,6 +199,13 @@ impl Driver {
                     self.outbox.push(framed);
                     continue;
                 }
+                Poll::Ready(Some(SinkItem::Single(metadata, framed))) => {
+                    if self.stream.is_none() {
+                        self.send_headers(&metadata);
+                    }
+                    self.outbox.push(framed);
+                    continue;
+                }
                 Poll::Ready(None) | Poll::Pending => {}
             }
             if let Some(result) = self.result.take() {

@@ -7,6 +7,7 @@ use async_io::Async;
 
 use super::{Address, BoxedIo, Connector};
 use crate::rt::BoxFuture;
+use crate::rt::io::Socket;
 
 /// The default connector: TCP (with TCP_NODELAY), Unix domain sockets and, on Linux, abstract
 /// Unix sockets.
@@ -22,12 +23,12 @@ impl Connector for SocketConnector {
                     let stream = Async::<TcpStream>::connect(addr).await?;
                     // gRPC messages are latency-sensitive; Nagle only adds delay.
                     stream.get_ref().set_nodelay(true)?;
-                    Ok(Box::new(stream) as BoxedIo)
+                    Ok(Box::new(Socket::new(stream)) as BoxedIo)
                 }
                 #[cfg(unix)]
                 Address::Unix(path) => {
                     let stream = Async::<std::os::unix::net::UnixStream>::connect(&path).await?;
-                    Ok(Box::new(stream) as BoxedIo)
+                    Ok(Box::new(Socket::new(stream)) as BoxedIo)
                 }
                 #[cfg(not(unix))]
                 Address::Unix(_) => Err(io::Error::new(
@@ -53,7 +54,7 @@ async fn connect_abstract(name: Vec<u8>) -> io::Result<BoxedIo> {
 
     let addr = SocketAddr::from_abstract_name(&name)?;
     let stream = blocking::unblock(move || UnixStream::connect_addr(&addr)).await?;
-    Ok(Box::new(Async::new(stream)?) as BoxedIo)
+    Ok(Box::new(Socket::new(Async::new(stream)?)) as BoxedIo)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
