@@ -1,5 +1,6 @@
-//! End-to-end call tests: every scenario runs under two executors (plexus's default
-//! `SmolExecutor` and a `futures_executor::ThreadPool`) and over three transports (in-memory
+//! End-to-end call tests: every scenario runs under three executors (plexus's default
+//! `DefaultExecutor`, smol's via `SmolExecutor`, and a `futures_executor::ThreadPool`) and
+//! over three transports (in-memory
 //! pipes, TCP loopback and Unix domain sockets). Tests are named
 //! `<executor>::<transport>::<scenario>`, and each body has a hard 30 s timeout.
 

@@ -20,8 +20,8 @@ use plexus::rt::BoxFuture;
 use plexus::transport::memory::{self, MemoryConnector};
 use plexus::transport::{Address, BoxedIo, Connector, SocketConnector};
 use plexus::{
-    Channel, ChannelBuilder, Executor, Listener, Server, ServerBuilder, SmolExecutor,
-    StaticResolver,
+    Channel, ChannelBuilder, DefaultExecutor, Executor, Listener, Server, ServerBuilder,
+    SmolExecutor, StaticResolver,
 };
 
 /// Hard limit on one test body; nothing in this file should come anywhere near it.
@@ -30,7 +30,10 @@ pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Which executor runs plexus's background work and blocks the test thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExecKind {
-    /// plexus's default [`SmolExecutor`], test thread blocked with `smol::block_on`.
+    /// plexus's default executor ([`DefaultExecutor`], the work-stealing pool), test thread
+    /// blocked with `plexus::rt::block_on`.
+    Default,
+    /// smol's executor ([`SmolExecutor`]), test thread blocked with `smol::block_on`.
     Smol,
     /// A `futures_executor::ThreadPool`, test thread blocked with `futures_executor::block_on`.
     Pool,
@@ -40,6 +43,7 @@ impl ExecKind {
     /// Runs `fut` to completion on the current thread, the way this executor's users would.
     pub(crate) fn block_on<F: Future>(self, fut: F) -> F::Output {
         match self {
+            ExecKind::Default => plexus::rt::block_on(fut),
             ExecKind::Smol => smol::block_on(fut),
             ExecKind::Pool => futures_executor::block_on(fut),
         }
@@ -77,7 +81,9 @@ impl Executor for PoolExecutor {
 /// `ServerBuilder::executor`, and used for the tests' own tasks.
 #[derive(Debug, Clone)]
 pub(crate) enum TestExecutor {
-    /// The default smol-based executor.
+    /// plexus's default executor.
+    Default(DefaultExecutor),
+    /// smol's executor.
     Smol(SmolExecutor),
     /// A thread pool from `futures-executor`.
     Pool(PoolExecutor),
@@ -86,6 +92,7 @@ pub(crate) enum TestExecutor {
 impl Executor for TestExecutor {
     fn spawn(&self, future: BoxFuture<()>) {
         match self {
+            TestExecutor::Default(e) => e.spawn(future),
             TestExecutor::Smol(e) => e.spawn(future),
             TestExecutor::Pool(e) => e.spawn(future),
         }
@@ -120,6 +127,7 @@ pub(crate) struct Env {
 impl Env {
     fn new(exec: ExecKind, transport: Transport) -> Env {
         let executor = match exec {
+            ExecKind::Default => TestExecutor::Default(DefaultExecutor),
             ExecKind::Smol => TestExecutor::Smol(SmolExecutor),
             ExecKind::Pool => TestExecutor::Pool(PoolExecutor(
                 ThreadPool::builder()
@@ -386,6 +394,7 @@ pub(crate) fn probe<T>() -> (ProbeTx<T>, ProbeRx<T>) {
 #[macro_export]
 macro_rules! matrix {
     ($($scenario:ident),* $(,)?) => {
+        $crate::matrix!(@exec default, $crate::support::ExecKind::Default, [$($scenario),*]);
         $crate::matrix!(@exec smol, $crate::support::ExecKind::Smol, [$($scenario),*]);
         $crate::matrix!(@exec pool, $crate::support::ExecKind::Pool, [$($scenario),*]);
     };
