@@ -439,6 +439,11 @@ impl Future for WorkerLoop {
                             worker.wake();
                             task
                         }
+                        // Shutdown stores `stopping` before it wakes the sleepers under their
+                        // lock: registered after that, this worker must see the flag here.
+                        None if worker.shared.stopping.load(Ordering::SeqCst) => {
+                            return Poll::Ready(());
+                        }
                         None => return Poll::Pending,
                     }
                 }
