@@ -8,8 +8,14 @@ root=$(pwd)
 
 step() { printf "\n==> %s  [%ss]\n" "$*" "$SECONDS"; }
 
+# One clean build per run: incremental compilation state would only double target/debug
+# (1.1 GB) on a machine that never rebuilds.
+export CARGO_INCREMENTAL=0
+
 step "toolchain"
 cargo --version
+# Disk: a full run writes about N GB to target/ (see the README); say what is free up front.
+df -h "$root" | tail -1 | awk '{print "disk free at " $6 ": " $4 " of " $2}'
 if ! command -v python3 >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
 fi
