@@ -14,7 +14,7 @@ export CARGO_INCREMENTAL=0
 
 step "toolchain"
 cargo --version
-# Disk: a full run writes about N GB to target/ (see the README); say what is free up front.
+# Disk: a full run writes about 2.5 GB (target/ and .venv); say what is free up front.
 df -h "$root" | tail -1 | awk '{print "disk free at " $6 ": " $4 " of " $2}'
 if ! command -v python3 >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
