@@ -103,3 +103,19 @@ impl Executor for SmolExecutor {
         SmolExecutor::global().spawn(future).detach();
     }
 }
+
+/// Lets every other task the executor has ready run before this one continues: wakes this task
+/// and returns `Pending` once. On plexus's pool the task goes to the back of its worker's
+/// queue, behind the tasks it just woke or spawned.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}

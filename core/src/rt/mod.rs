@@ -8,6 +8,7 @@ pub(crate) mod io;
 mod pool;
 mod timer;
 
+pub(crate) use executor::yield_now;
 pub use executor::{BoxFuture, DefaultExecutor, Executor, SmolExecutor, THREADS_ENV};
 pub use io::Compat;
 pub(crate) use io::{ConnectionEvents, FrameTap, Role};

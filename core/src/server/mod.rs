@@ -34,7 +34,7 @@ pub use crate::proto::ping::{
     DEFAULT_SERVER_KEEPALIVE_TIME, MAX_PING_STRIKES,
 };
 use crate::response::Response;
-use crate::rt::{Compat, DefaultExecutor, Executor, FrameTap, Role};
+use crate::rt::{Compat, DefaultExecutor, Executor, FrameTap, Role, yield_now};
 use crate::status::Status;
 use crate::transport::Io;
 
@@ -51,6 +51,17 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default SETTINGS_MAX_HEADER_LIST_SIZE: 16 KiB, C-core's hard limit on received metadata.
 /// Bigger request headers get a stream error (h2 answers 431) instead of being buffered.
 pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Streams a connection's task accepts in a row before it yields, so their handlers run and
+/// their responses go out in the next write while later requests are still arriving.
+///
+/// h2 writes only once its reads would block, and a busy client keeps the socket readable, so
+/// without a limit the task accepted every request in reach before any handler ran: responses
+/// left in bursts of ten or more, a round trip late. Measured with 64 unary calls in flight on 2
+/// cores (calls/s, tonic client / plexus client): no limit 52k / 79k; 1: 61k / 92k; 2: 64k /
+/// 106k; 4: 69k-71k / 105k-112k; 6: 68k-71k / 109k; 8: 65k / 112k. tonic's own server gave 67k
+/// / 70k in the same runs.
+const ACCEPT_BATCH: usize = 4;
 
 /// A pause after a failed accept (such as EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -503,6 +514,7 @@ impl Server {
         let mut graceful = std::pin::pin!(inner.shutdown.graceful_started());
         let mut forced = std::pin::pin!(inner.shutdown.forced());
         let mut going_away = false;
+        let mut accepted_in_row = 0;
         loop {
             let next = poll_fn(|cx| {
                 if !going_away && graceful.as_mut().poll(cx).is_ready() {
@@ -517,7 +529,12 @@ impl Server {
                     return Poll::Ready(Next::Accepted(accepted));
                 }
                 let active = usize::from(conn.has_streams());
-                pings.poll(cx, &mut conn, active).map(Next::Pings)
+                let next = pings.poll(cx, &mut conn, active).map(Next::Pings);
+                if next.is_pending() {
+                    // Caught up with the client: the next batch starts afresh.
+                    accepted_in_row = 0;
+                }
+                next
             })
             .await;
             match next {
@@ -529,6 +546,11 @@ impl Server {
                     inner
                         .executor
                         .spawn(Box::pin(stream::serve(server, request, respond)));
+                    accepted_in_row += 1;
+                    if accepted_in_row == ACCEPT_BATCH {
+                        accepted_in_row = 0;
+                        yield_now().await;
+                    }
                 }
                 Next::Accepted(Some(Err(err))) => return Err(Status::from_h2(err)),
                 Next::Accepted(None) => return Ok(()),
