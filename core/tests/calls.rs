@@ -27,6 +27,7 @@ matrix!(
     deadline,
     cancellation,
     concurrent_senders,
+    concurrent_response_senders,
     flow_control,
     message_size_limits,
     handler_panic,
@@ -1034,6 +1035,89 @@ async fn concurrent_senders(env: Env) {
     assert!(
         multi_frame.parse::<u32>().unwrap() >= 20,
         "only {multi_frame} messages spanned several DATA frames"
+    );
+}
+
+const FAN_OUT: &str = "/test.Many/FanOut";
+
+/// The server side of the above: a handler hands clones of its `ResponseSink` to 8 tasks that
+/// send 50 messages each (up to 100 KiB) at once; the client gets all 400 whole and in order
+/// per task. A clone kept past the end of the call fails with CANCELLED instead of waiting.
+async fn concurrent_response_senders(env: Env) {
+    let (late_tx, late_rx) = async_channel::bounded::<Result<(), Status>>(1);
+    let spawner = env.clone();
+    let running = env.serve(Server::builder().server_streaming(
+        FAN_OUT,
+        BytesCodec,
+        move |_req: Request<Bytes>, sink: ResponseSink<Bytes>| {
+            let (env, late_tx) = (spawner.clone(), late_tx.clone());
+            async move {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|task| {
+                        let sink = sink.clone();
+                        env.spawn(async move {
+                            for seq in 0..PER_TASK {
+                                sink.send(tagged_message(task, seq)).await?;
+                                if seq % 8 == task % 8 {
+                                    Timer::after(Duration::from_micros(200)).await;
+                                }
+                            }
+                            Ok::<_, Status>(())
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.join().await?;
+                }
+                // This clone outlives the call: once the call is over, a send must fail.
+                let kept = sink.clone();
+                env.spawn(async move {
+                    let ended = Instant::now() + 10 * SECOND;
+                    let result = loop {
+                        match kept.send(Bytes::from_static(b"late")).await {
+                            Ok(()) if Instant::now() < ended => {
+                                Timer::after(Duration::from_millis(5)).await;
+                            }
+                            other => break other,
+                        }
+                    };
+                    let _ = late_tx.send(result).await;
+                });
+                Ok(())
+            }
+        },
+    ));
+    let channel = running.channel();
+    let mut stream = channel
+        .server_streaming(FAN_OUT, Bytes::new(), CallOptions::new())
+        .await
+        .expect("server streaming");
+    let mut next = vec![0u32; TASKS as usize];
+    let mut count = 0u32;
+    within(20 * SECOND, "400 messages from 8 sender tasks", async {
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) if msg.as_ref() == b"late" => {}
+                Ok(Some(msg)) => {
+                    let (task, seq) =
+                        check_tagged(&msg).unwrap_or_else(|e| panic!("#{count}: {e}"));
+                    assert_eq!(seq, next[task as usize], "task {task} out of order");
+                    next[task as usize] += 1;
+                    count += 1;
+                }
+                Ok(None) => break,
+                Err(status) => panic!("the stream failed: {status}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(count, TASKS * PER_TASK, "messages received");
+    let late = within(15 * SECOND, "a send after the call ended", late_rx.recv())
+        .await
+        .expect("the late sender reports");
+    assert_eq!(
+        err_of(late, "a send after the call ended").code(),
+        Code::Cancelled
     );
 }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use event_listener::Event;
 use futures_util::Stream;
 
+use super::slot::Slot;
 use crate::codec::compress::AcceptSet;
 use crate::codec::frame::{Framed, frame_message};
 use crate::codec::{Codec, Compression, SendOptions};
@@ -325,7 +326,7 @@ pub(crate) enum SinkItem {
 /// The untyped core of a [`ResponseSink`].
 #[derive(Clone, Debug)]
 pub(crate) struct RawSink {
-    pub(crate) items: async_channel::Sender<SinkItem>,
+    pub(crate) items: Arc<Slot>,
     pub(crate) trailers: Arc<Mutex<Metadata>>,
     pub(crate) max_send: usize,
     pub(crate) context: CallContext,
@@ -334,7 +335,7 @@ pub(crate) struct RawSink {
 impl RawSink {
     async fn push(&self, item: SinkItem) -> Result<(), Status> {
         self.items
-            .send(item)
+            .push(item)
             .await
             .map_err(|_| Status::cancelled("the call was cancelled or has ended"))
     }

@@ -5,6 +5,7 @@
 mod handler;
 mod listener;
 mod shutdown;
+mod slot;
 mod stream;
 
 use std::collections::{HashMap, HashSet};

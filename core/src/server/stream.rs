@@ -3,13 +3,11 @@
 
 use std::future::poll_fn;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::CONTENT_TYPE;
@@ -17,6 +15,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::ServerInner;
 use super::handler::{CallCompression, CallContext, RawSink, SinkItem};
+use super::slot::Slot;
 use crate::codec::Compression;
 use crate::codec::compress::{ACCEPT_ENCODING, AcceptSet, SUPPORTED, StreamEncoding};
 use crate::metadata::Metadata;
@@ -27,9 +26,6 @@ use crate::proto::recv::MessageReader;
 use crate::proto::send::Outbox;
 use crate::rt::{BoxFuture, Deadline};
 use crate::status::Status;
-
-/// Messages a handler may queue ahead of the network: one, so `send` is flow-controlled.
-const SINK_DEPTH: usize = 1;
 
 /// Serves one request stream to completion.
 pub(crate) async fn serve(
@@ -96,10 +92,10 @@ pub(crate) async fn serve(
         parts.extensions.get().cloned(),
     );
     let reader = MessageReader::new(body, server.config.max_recv_message_size, encoding);
-    let (items_tx, items) = async_channel::bounded(SINK_DEPTH);
+    let items = Arc::new(Slot::default());
     let trailers = Arc::new(Mutex::new(Metadata::new()));
     let sink = RawSink {
-        items: items_tx,
+        items: items.clone(),
         trailers: trailers.clone(),
         max_send: server.config.max_send_message_size,
         context: context.clone(),
@@ -109,7 +105,7 @@ pub(crate) async fn serve(
         respond: Some(respond),
         stream: None,
         outbox: Outbox::default(),
-        items: Box::pin(items),
+        items,
         handler: Some(handler),
         result: None,
         context,
@@ -145,7 +141,7 @@ struct Driver {
     respond: Option<SendResponse<Bytes>>,
     stream: Option<SendStream<Bytes>>,
     outbox: Outbox,
-    items: Pin<Box<async_channel::Receiver<SinkItem>>>,
+    items: Arc<Slot>,
     handler: Option<BoxFuture<Result<(), Status>>>,
     result: Option<Result<(), Status>>,
     context: CallContext,
@@ -153,6 +149,13 @@ struct Driver {
     trailers: Arc<Mutex<Metadata>>,
     /// The response is complete or the stream is gone; only the handler is still polled.
     done_writing: bool,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Sinks still held elsewhere (a task the handler spawned) fail from now on.
+        self.items.close();
+    }
 }
 
 impl Driver {
@@ -185,28 +188,28 @@ impl Driver {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            match self.items.as_mut().poll_next(cx) {
-                Poll::Ready(Some(SinkItem::Headers(metadata))) => {
+            match self.items.poll_take(cx) {
+                Some(SinkItem::Headers(metadata)) => {
                     if self.stream.is_none() {
                         self.send_headers(&metadata);
                     }
                     continue;
                 }
-                Poll::Ready(Some(SinkItem::Message(framed))) => {
+                Some(SinkItem::Message(framed)) => {
                     if self.stream.is_none() {
                         self.send_headers(&Metadata::new());
                     }
                     self.outbox.push(framed);
                     continue;
                 }
-                Poll::Ready(Some(SinkItem::Single(metadata, framed))) => {
+                Some(SinkItem::Single(metadata, framed)) => {
                     if self.stream.is_none() {
                         self.send_headers(&metadata);
                     }
                     self.outbox.push(framed);
                     continue;
                 }
-                Poll::Ready(None) | Poll::Pending => {}
+                None => {}
             }
             if let Some(result) = self.result.take() {
                 self.finish(result);
@@ -222,7 +225,11 @@ impl Driver {
         let Some(handler) = &mut self.handler else {
             return;
         };
-        match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+        // Items the handler pushes meanwhile are taken after this, without a wake-up.
+        self.items.set_driver_polling(true);
+        let polled = catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx)));
+        self.items.set_driver_polling(false);
+        match polled {
             Ok(Poll::Pending) => return,
             Ok(Poll::Ready(result)) => self.result = Some(result),
             Err(_) => self.result = Some(Err(Status::internal("the handler panicked"))),
