@@ -8,9 +8,11 @@
 //! driver → handler → driver runs on one thread, hot in its cache, with no system call. FIFO
 //! order within a worker keeps write coalescing: handlers answering in a burst all run before
 //! the connection driver they wake, which then writes their responses at once. Idle workers
-//! are woken only for a backlog (or for work from outside the pool) and steal half a queue;
-//! a monitor thread also wakes one when a worker spends over 5 ms in one poll (a handler
-//! doing blocking work) with tasks queued behind it, so those are not held up.
+//! are woken only for a backlog worth the handoff (500 µs of queued work, timed by each
+//! worker's average poll) or for work from outside the pool, and steal half a queue; a monitor
+//! thread also wakes one when a worker has run for 5 ms without running out of work (it is
+//! saturated, or a handler is doing blocking work) with tasks queued, so those are not held
+//! up.
 //!
 //! Each worker thread blocks in `async_io::block_on`, so an idle worker drives the `async-io`
 //! reactor: a socket that becomes readable wakes its task on the worker that polled the
@@ -36,16 +38,24 @@ use super::executor::{BoxFuture, Executor};
 /// Tasks a worker runs in one poll of its loop before it lets `block_on` look at the reactor
 /// (so a busy worker still turns I/O readiness and timers into wake-ups).
 const BATCH: usize = 64;
-/// Tasks waiting in a worker's local queue from which an idle worker is woken to steal.
-/// Waking one costs a system call on each side and moves tasks off a warm cache, so it pays
-/// only for a real backlog: on the benchmarks, 4 kept one-call-at-a-time chains on one thread
-/// (p50 0.71x tonic's) while 64 busy streams still spread over both workers; 1 and 2 woke
-/// workers that found nothing (p50 up to 0.96x tonic's, and fewer ping-pongs per second).
-const STEAL_BACKLOG: usize = 4;
-/// A poll longer than this, with tasks queued behind it, gets an idle worker woken to steal
-/// them.
+/// Work waiting in a worker's local queue (its length times the worker's average poll time)
+/// from which an idle worker is woken to steal, in nanoseconds: 500 µs.
+///
+/// A handoff pays only when the queue would take longer than the other worker needs to wake
+/// (tens of µs on these machines) and start. Short tasks of one connection are better run
+/// where they are: a thief takes h2's connection lock too, and on a machine shared with the
+/// peer it takes a core the peer was using. Measured with 64 ping-pong streams between a plexus
+/// client and server on 2 cores (messages/s): a fixed backlog of 4 tasks (the earlier rule)
+/// 170k-185k; 100 µs 197k-213k; 300 µs 218k-225k; 500 µs 243k-249k; 1 ms 246k-248k; 2 ms
+/// 247k-255k; tonic 182k. Unary calls with 64 in flight did not change, and three clients
+/// with a connection each still spread over both workers. Slow handlers (a poll of 250 µs or
+/// more) are stolen from a backlog of two.
+const STEAL_WORK_NANOS: u64 = 500_000;
+/// A worker that has run this long without running out of work, with tasks queued, gets an
+/// idle worker woken to steal them: it is saturated, or stuck in one long poll (a handler doing
+/// blocking work).
 const STALL: Duration = Duration::from_millis(5);
-/// How often the monitor looks while no worker is inside a poll.
+/// How often the monitor looks while every worker is waiting for work.
 const IDLE_CHECK: Duration = Duration::from_millis(50);
 /// Every this many tasks a worker looks at the global queue first, so tasks woken from outside
 /// the pool are not starved by busy local queues.
@@ -82,9 +92,10 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Wakers of every live task, so shutdown can reach the ones waiting on I/O or timers.
     active: Mutex<Slab<Waker>>,
-    /// Per worker: when its current task's poll started (nanoseconds since `epoch`, plus one),
-    /// or 0 between tasks. The monitor reads it to find workers stuck in a long poll.
-    busy_since: Box<[AtomicU64]>,
+    /// Per worker: since when it has been running without a pause for lack of work
+    /// (nanoseconds since `epoch`, plus one), or 0 while it waits for work. The monitor reads
+    /// it to find saturated workers (or one stuck in a long poll).
+    awake_since: Box<[AtomicU64]>,
     epoch: Instant,
 }
 
@@ -95,6 +106,9 @@ struct WorkerContext {
     /// Whether this worker's waker is in `sleepers` (set only by this thread; a notifier
     /// removes the entry, so a stale `true` only costs a search of the list).
     asleep: Cell<bool>,
+    /// How long one task's poll takes on this worker, in nanoseconds: a moving average over
+    /// about the last eight.
+    avg_poll: Cell<u64>,
 }
 
 thread_local! {
@@ -132,7 +146,7 @@ impl ThreadPool {
             stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(threads)),
             active: Mutex::new(Slab::new()),
-            busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            awake_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
         });
         let mut handles = Vec::with_capacity(threads);
@@ -275,9 +289,10 @@ impl Shared {
                 local.push_back(runnable);
                 local.len()
             };
-            // More than this worker can start right away: wake an idle one to steal some.
-            // (Not for a single task: the handoff would cost more than running it here.)
-            if backlog >= STEAL_BACKLOG && !yielded {
+            // More work queued than this worker gets through in the time another would take to
+            // wake up and start: wake an idle one to steal some. (Never for a single task.)
+            let queued = (backlog as u64).saturating_mul(worker.avg_poll.get());
+            if backlog >= 2 && queued >= STEAL_WORK_NANOS && !yielded {
                 self.notify_one();
             }
             // The worker may be in its reactor wait (this wake-up came from an I/O event it
@@ -422,6 +437,10 @@ impl Future for WorkerLoop {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let worker = this.worker.clone();
+        let awake = &worker.shared.awake_since[worker.index];
+        if worker.asleep.get() || awake.load(Ordering::Relaxed) == 0 {
+            awake.store(worker.shared.nanos_since_epoch() + 1, Ordering::Relaxed);
+        }
         worker.wake();
         for _ in 0..BATCH {
             if worker.shared.stopping.load(Ordering::Acquire) {
@@ -444,14 +463,18 @@ impl Future for WorkerLoop {
                         None if worker.shared.stopping.load(Ordering::SeqCst) => {
                             return Poll::Ready(());
                         }
-                        None => return Poll::Pending,
+                        None => {
+                            awake.store(0, Ordering::Relaxed);
+                            return Poll::Pending;
+                        }
                     }
                 }
             };
-            let busy = &worker.shared.busy_since[worker.index];
-            busy.store(worker.shared.nanos_since_epoch() + 1, Ordering::Relaxed);
+            let started = worker.shared.nanos_since_epoch();
             task.run();
-            busy.store(0, Ordering::Relaxed);
+            let took = worker.shared.nanos_since_epoch().saturating_sub(started);
+            let avg = worker.avg_poll.get();
+            worker.avg_poll.set(avg - avg / 8 + took / 8);
         }
         // A full batch: yield to the reactor, then carry on.
         cx.waker().wake_by_ref();
@@ -459,10 +482,10 @@ impl Future for WorkerLoop {
     }
 }
 
-/// The monitor: wakes an idle worker when a worker has been inside one poll for longer than
-/// [`STALL`] with tasks waiting in its queue (a handler doing blocking work, say), so those
-/// tasks are stolen instead of waiting for it. Checks every [`STALL`] while any worker is
-/// busy, every [`IDLE_CHECK`] otherwise.
+/// The monitor: wakes an idle worker when a worker has run for longer than [`STALL`] without
+/// running out of work and has tasks waiting in its queue (it is saturated, or a handler is
+/// doing blocking work), so those tasks are stolen instead of waiting for it. Checks every
+/// [`STALL`] while any worker is running, every [`IDLE_CHECK`] otherwise.
 fn run_monitor(shared: &Shared) {
     let mut pause = IDLE_CHECK;
     while !shared.stopping.load(Ordering::Acquire) {
@@ -470,8 +493,8 @@ fn run_monitor(shared: &Shared) {
         let now = shared.nanos_since_epoch();
         let stall = u64::try_from(STALL.as_nanos()).unwrap_or(u64::MAX);
         let mut any_busy = false;
-        for (index, busy) in shared.busy_since.iter().enumerate() {
-            let since = busy.load(Ordering::Relaxed);
+        for (index, awake) in shared.awake_since.iter().enumerate() {
+            let since = awake.load(Ordering::Relaxed);
             if since == 0 {
                 continue;
             }
@@ -489,6 +512,7 @@ fn run_worker(shared: Arc<Shared>, index: usize) {
         shared: shared.clone(),
         index,
         asleep: Cell::new(false),
+        avg_poll: Cell::new(0),
     });
     WORKER.with(|w| *w.borrow_mut() = Some(worker.clone()));
     while !shared.stopping.load(Ordering::Acquire) {
@@ -621,6 +645,76 @@ mod tests {
         pool.shutdown();
         let moved = moved.load(Ordering::SeqCst);
         assert!(moved <= 20, "{moved} of 200 hops moved to another thread");
+    }
+
+    /// Runs `tasks` on `pool`, spawned together from inside one worker after `warm_up` tasks
+    /// of the same length ran there one after another; returns on how many distinct threads
+    /// the batch ran and how many of its tasks ran on the spawning thread.
+    fn fan_out(pool: &ThreadPool, warm_up: usize, tasks: usize, each: Duration) -> (usize, usize) {
+        fn busy(each: Duration) {
+            let start = Instant::now();
+            while start.elapsed() < each {
+                std::hint::spin_loop();
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let inner = pool.clone();
+        pool.spawn_future(async move {
+            for _ in 0..warm_up {
+                // Each a task of its own, so the worker times it.
+                let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+                inner.spawn_future(async move {
+                    busy(each);
+                    let _ = done_tx.send(()).await;
+                });
+                let _ = done_rx.recv().await;
+            }
+            for _ in 0..tasks {
+                let tx = tx.clone();
+                inner.spawn_future(async move {
+                    busy(each);
+                    let _ = tx.send(std::thread::current().id());
+                });
+            }
+            drop(tx);
+        });
+        let ran: Vec<_> = (0..tasks).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+        let mut threads = ran.clone();
+        threads.sort_by_key(|t| format!("{t:?}"));
+        threads.dedup();
+        let most = threads
+            .iter()
+            .map(|t| ran.iter().filter(|r| *r == t).count())
+            .max()
+            .unwrap_or(0);
+        (threads.len(), most)
+    }
+
+    /// Queued work worth a handoff is stolen at once: four 1 ms tasks spawned together (the
+    /// worker having timed two before) run on both workers, within less time than the monitor
+    /// needs to notice a saturated worker.
+    #[test]
+    fn slow_tasks_queued_together_spread_over_the_workers() {
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let (threads, _) = fan_out(&pool, 2, 4, Duration::from_millis(1));
+        pool.shutdown();
+        assert_eq!(threads, 2, "the batch of slow tasks stayed on one worker");
+    }
+
+    /// Short tasks stay where they were woken, even many at once: 64 tasks of 5 µs are less
+    /// work than a handoff costs. (With the earlier rule, a backlog of 4 tasks, a woken worker
+    /// stole 4 to 23 of them.)
+    #[test]
+    fn short_tasks_queued_together_stay_on_their_worker() {
+        let pool = ThreadPool::new(2, "pool-test").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, most) = fan_out(&pool, 8, 64, Duration::from_micros(5));
+        pool.shutdown();
+        assert!(
+            most >= 62,
+            "only {most} of 64 short tasks ran on the worker that queued them"
+        );
     }
 
     /// A task that blocks its worker does not hold up the tasks queued behind it while
