@@ -136,6 +136,9 @@ struct State {
     /// wakeup that lands on no one, or on two threads, leaves it above: a harmless extra
     /// wakeup later).
     sleepers: usize,
+    /// A wake-up of a sleeper is put off until the pushing worker has run its queue (see
+    /// [`Cq::push`]).
+    wake_deferred: bool,
 }
 
 impl State {
@@ -173,7 +176,7 @@ impl Cq {
         })
     }
 
-    fn push(&self, event: Event) {
+    fn push(self: &Arc<Self>, event: Event) {
         let mut state = self.lock();
         let was_readable = state.readable();
         state.events.push_back(event);
@@ -183,15 +186,36 @@ impl Cq {
                 fd.signal();
             }
         }
-        let wake = state.sleepers > 0;
-        if wake {
-            state.sleepers -= 1;
+        if state.sleepers == 0 || state.wake_deferred {
+            return;
         }
+        // Pushed by a worker with tasks queued (often the rest of a batch of responses, each
+        // about to push an event): wake the sleeper once, after them.
+        if let Some(rt) = crate::runtime::running() {
+            if rt.local_backlog().is_some_and(|n| n > 0) {
+                state.wake_deferred = true;
+                drop(state);
+                let wake = DeferredWake(self.clone());
+                rt.spawn(async move { drop(wake) });
+                return;
+            }
+        }
+        state.sleepers -= 1;
         // Woken after the unlock, so the waiter does not wake only to block on the lock.
         drop(state);
-        if wake {
-            self.ready.notify_one();
+        self.ready.notify_one();
+    }
+
+    /// Wakes a sleeper for the events pushed since a wake-up was put off.
+    fn wake_deferred(&self) {
+        let mut state = self.lock();
+        state.wake_deferred = false;
+        if state.sleepers == 0 {
+            return;
         }
+        state.sleepers -= 1;
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Takes the oldest event, waiting up to `timeout` (None: no limit).
@@ -282,6 +306,16 @@ impl Cq {
         let raw = fd.raw();
         let _ = self.fd.set(fd);
         Ok(raw)
+    }
+}
+
+/// A wake-up put off until the worker that pushed an event has run its queue: a task at the
+/// back of that queue, which wakes when it runs or when it is dropped unrun (shutdown).
+struct DeferredWake(Arc<Cq>);
+
+impl Drop for DeferredWake {
+    fn drop(&mut self) {
+        self.0.wake_deferred();
     }
 }
 
@@ -552,4 +586,64 @@ pub unsafe extern "C" fn plexus_cq_free(cq: *const plexus_cq) {
         drop(unsafe { plexus_cq::take(cq) });
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn new_cq() -> Arc<Cq> {
+        Arc::new(Cq {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            fd: OnceLock::new(),
+        })
+    }
+
+    /// A burst of completions pushed by a worker that has more tasks queued (so the wake-up of
+    /// the sleeping waiter is put off until they have run) reaches a thread asleep in `next`,
+    /// every event of it.
+    #[test]
+    fn a_burst_of_completions_from_busy_workers_reaches_a_sleeping_waiter() {
+        const N: usize = 500;
+        let rt = crate::runtime::get().expect("runtime");
+        let cq = new_cq();
+        let completions: Vec<Completion> = (0..N)
+            .map(|i| {
+                cq.begin(i as *mut c_void, plexus_op::PLEXUS_OP_UNARY)
+                    .unwrap()
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let waiter = cq.clone();
+        std::thread::spawn(move || {
+            for _ in 0..N {
+                let event = waiter.next(None).expect("an event");
+                let _ = tx.send(event.tag);
+            }
+        });
+        // The waiter is asleep by now; each completion is a task of its own, spawned from a
+        // worker, so the worker pushing one has the rest queued behind it.
+        std::thread::sleep(Duration::from_millis(50));
+        rt.spawn(async move {
+            let rt = crate::runtime::get().expect("runtime");
+            for completion in completions {
+                rt.spawn(async move {
+                    completion.complete(PLEXUS_OK, Outcome::default());
+                });
+            }
+            // Queued behind them all, so even the last push finds a backlog and puts the
+            // wake-up off: only the deferred wake-up can get the waiter going.
+            rt.spawn(async { std::thread::sleep(Duration::from_millis(100)) });
+        });
+        let mut seen = vec![false; N];
+        for _ in 0..N {
+            let tag = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the waiter got every event");
+            seen[tag] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
 }

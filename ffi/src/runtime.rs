@@ -86,6 +86,11 @@ impl Runtime {
         self.pool.spawn_future(future);
     }
 
+    /// How many tasks wait in the calling worker's queue (`None` off the pool's workers).
+    pub(crate) fn local_backlog(&self) -> Option<usize> {
+        self.pool.local_backlog()
+    }
+
     /// The executor handle channels are built with.
     pub(crate) fn executor(&'static self) -> FfiExecutor {
         FfiExecutor(self)
@@ -106,6 +111,15 @@ pub(crate) fn get() -> Result<&'static Runtime> {
         return Ok(rt);
     }
     start(0)
+}
+
+/// The runtime if it is running (never starts it): `None` before the start and after
+/// `plexus_shutdown`.
+pub(crate) fn running() -> Option<&'static Runtime> {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return None;
+    }
+    RUNTIME.get()
 }
 
 fn shut_down() -> Error {

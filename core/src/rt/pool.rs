@@ -180,6 +180,13 @@ impl ThreadPool {
         self.shared.locals.len()
     }
 
+    /// How many tasks wait in the calling thread's queue, if it is one of this pool's workers
+    /// (`None` on any other thread): a task that is about to wake another thread can put the
+    /// wake-up off until the worker has run them, as one wake-up for several results.
+    pub fn local_backlog(&self) -> Option<usize> {
+        current_worker(&self.shared).map(|worker| lock(&self.shared.locals[worker.index]).len())
+    }
+
     /// Runs `future` on the pool. After [`shutdown`](Self::shutdown) it is dropped unrun.
     pub fn spawn_future(&self, future: impl Future<Output = ()> + Send + 'static) {
         if self.shared.stopping.load(Ordering::Acquire) {
