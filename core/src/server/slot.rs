@@ -210,6 +210,11 @@ mod tests {
         }
     }
 
+    /// Polls `future` once with `waker`.
+    fn poll_with<F: Future>(future: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(waker))
+    }
+
     fn item(n: usize) -> SinkItem {
         let mut md = Metadata::new();
         md.append("n", n.to_string().as_str()).unwrap();
@@ -236,12 +241,7 @@ mod tests {
         let mut first = std::pin::pin!(slot.push(item(0)));
         let w0 = Arc::new(Counter::default());
         let waker0 = Waker::from(w0.clone());
-        assert!(
-            first
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker0))
-                .is_ready()
-        );
+        assert!(poll_with(first.as_mut(), &waker0).is_ready());
         slot.set_driver_polling(false);
         assert_eq!(driver.count(), 0);
 
@@ -250,11 +250,7 @@ mod tests {
         let wakers: Vec<_> = counters.iter().map(|c| Waker::from(c.clone())).collect();
         let mut pushes: Vec<_> = (1..4).map(|n| Box::pin(slot.push(item(n)))).collect();
         for (push, waker) in pushes.iter_mut().zip(&wakers) {
-            assert!(
-                push.as_mut()
-                    .poll(&mut Context::from_waker(waker))
-                    .is_pending()
-            );
+            assert!(poll_with(push.as_mut(), waker).is_pending());
         }
         // A newcomer behind them must wait too, even when the slot frees.
         assert_eq!(number(slot.poll_take(&mut dcx).unwrap()), 0);
@@ -263,41 +259,21 @@ mod tests {
         let late = Arc::new(Counter::default());
         let late_waker = Waker::from(late.clone());
         let mut newcomer = Box::pin(slot.push(item(9)));
-        assert!(
-            newcomer
-                .as_mut()
-                .poll(&mut Context::from_waker(&late_waker))
-                .is_pending()
-        );
+        assert!(poll_with(newcomer.as_mut(), &late_waker).is_pending());
 
         // Sender 1 drops without taking its turn: sender 2 gets it.
         drop(pushes.remove(0));
         assert_eq!(counters[1].count(), 1);
-        assert!(
-            pushes[0]
-                .as_mut()
-                .poll(&mut Context::from_waker(&wakers[1]))
-                .is_ready()
-        );
+        assert!(poll_with(pushes[0].as_mut(), &wakers[1]).is_ready());
         assert_eq!(
             driver.count(),
             1,
             "a push outside the driver's poll wakes it"
         );
         assert_eq!(number(slot.poll_take(&mut dcx).unwrap()), 2);
-        assert!(
-            pushes[1]
-                .as_mut()
-                .poll(&mut Context::from_waker(&wakers[2]))
-                .is_ready()
-        );
+        assert!(poll_with(pushes[1].as_mut(), &wakers[2]).is_ready());
         assert_eq!(number(slot.poll_take(&mut dcx).unwrap()), 3);
-        assert!(
-            newcomer
-                .as_mut()
-                .poll(&mut Context::from_waker(&late_waker))
-                .is_ready()
-        );
+        assert!(poll_with(newcomer.as_mut(), &late_waker).is_ready());
         assert_eq!(number(slot.poll_take(&mut dcx).unwrap()), 9);
         assert!(slot.poll_take(&mut dcx).is_none());
     }
@@ -311,12 +287,7 @@ mod tests {
         let waiter = Arc::new(Counter::default());
         let waiter_waker = Waker::from(waiter.clone());
         let mut waiting = Box::pin(slot.push(item(1)));
-        assert!(
-            waiting
-                .as_mut()
-                .poll(&mut Context::from_waker(&waiter_waker))
-                .is_pending()
-        );
+        assert!(poll_with(waiting.as_mut(), &waiter_waker).is_pending());
         slot.close();
         assert_eq!(waiter.count(), 1);
         assert!(matches!(
