@@ -206,16 +206,18 @@ impl Cq {
         self.ready.notify_one();
     }
 
-    /// Wakes a sleeper for the events pushed since a wake-up was put off.
+    /// Wakes the sleepers for the events pushed since a wake-up was put off: one per event
+    /// waiting, as many as the pushes would have woken one by one, so threads sharing the
+    /// queue take a burst in parallel.
     fn wake_deferred(&self) {
         let mut state = self.lock();
         state.wake_deferred = false;
-        if state.sleepers == 0 {
-            return;
-        }
-        state.sleepers -= 1;
+        let wake = state.sleepers.min(state.events.len());
+        state.sleepers -= wake;
         drop(state);
-        self.ready.notify_one();
+        for _ in 0..wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Takes the oldest event, waiting up to `timeout` (None: no limit).
@@ -591,7 +593,7 @@ pub unsafe extern "C" fn plexus_cq_free(cq: *const plexus_cq) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
+    use std::sync::{Barrier, mpsc};
 
     fn new_cq() -> Arc<Cq> {
         Arc::new(Cq {
@@ -601,31 +603,36 @@ mod tests {
         })
     }
 
-    /// A burst of completions pushed by a worker that has more tasks queued (so the wake-up of
-    /// the sleeping waiter is put off until they have run) reaches a thread asleep in `next`,
-    /// every event of it.
-    #[test]
-    fn a_burst_of_completions_from_busy_workers_reaches_a_sleeping_waiter() {
-        const N: usize = 500;
+    /// Has `waiters` threads wait in `next` on a new queue (each takes `per_waiter` events,
+    /// then waits for the others at a barrier, so no thread takes a second share), then
+    /// completes `waiters * per_waiter` operations, each a task of its own spawned from one
+    /// worker: a worker pushing an event has the rest queued behind it, so every wake-up of the
+    /// burst is put off. Fails unless every event reaches a waiter within 10 s.
+    fn burst_from_a_busy_worker(waiters: usize, per_waiter: usize) {
+        let n = waiters * per_waiter;
         let rt = crate::runtime::get().expect("runtime");
         let cq = new_cq();
-        let completions: Vec<Completion> = (0..N)
+        let completions: Vec<Completion> = (0..n)
             .map(|i| {
                 cq.begin(i as *mut c_void, plexus_op::PLEXUS_OP_UNARY)
                     .unwrap()
             })
             .collect();
         let (tx, rx) = mpsc::channel();
-        let waiter = cq.clone();
-        std::thread::spawn(move || {
-            for _ in 0..N {
-                let event = waiter.next(None).expect("an event");
-                let _ = tx.send(event.tag);
-            }
-        });
-        // The waiter is asleep by now; each completion is a task of its own, spawned from a
-        // worker, so the worker pushing one has the rest queued behind it.
-        std::thread::sleep(Duration::from_millis(50));
+        let barrier = Arc::new(Barrier::new(waiters));
+        for _ in 0..waiters {
+            let (waiter, tx, barrier) = (cq.clone(), tx.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_waiter {
+                    let event = waiter.next(None).expect("an event");
+                    let _ = tx.send(event.tag);
+                }
+                barrier.wait();
+            });
+        }
+        while cq.lock().sleepers < waiters {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         rt.spawn(async move {
             let rt = crate::runtime::get().expect("runtime");
             for completion in completions {
@@ -634,16 +641,31 @@ mod tests {
                 });
             }
             // Queued behind them all, so even the last push finds a backlog and puts the
-            // wake-up off: only the deferred wake-up can get the waiter going.
+            // wake-up off: only the deferred wake-up can get the waiters going.
             rt.spawn(async { std::thread::sleep(Duration::from_millis(100)) });
         });
-        let mut seen = vec![false; N];
-        for _ in 0..N {
+        let mut seen = vec![false; n];
+        for _ in 0..n {
             let tag = rx
                 .recv_timeout(Duration::from_secs(10))
-                .expect("the waiter got every event");
+                .expect("the waiters got every event");
             seen[tag] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    /// A burst of completions from a busy worker reaches one thread asleep in `next`, every
+    /// event of it.
+    #[test]
+    fn a_burst_of_completions_from_busy_workers_reaches_a_sleeping_waiter() {
+        burst_from_a_busy_worker(1, 500);
+    }
+
+    /// The put-off wake-up wakes as many sleepers as events came in: four threads asleep on
+    /// one queue each get one of a burst of four (with a single wake-up, three would sleep
+    /// beside three waiting events).
+    #[test]
+    fn a_burst_of_completions_wakes_a_sleeper_per_event() {
+        burst_from_a_busy_worker(4, 1);
     }
 }
