@@ -504,8 +504,8 @@ impl Future for WorkerLoop {
 
 /// The monitor: wakes an idle worker when a worker has run for longer than [`STALL`] without
 /// running out of work while tasks wait in its queue or the global one (it is saturated, or a
-/// handler is doing blocking work), so those tasks are taken by another instead of waiting. Checks every
-/// [`STALL`] while any worker is running, every [`IDLE_CHECK`] otherwise.
+/// handler is doing blocking work), so those tasks are taken by another instead of waiting.
+/// Checks every [`STALL`] while any worker is running, every [`IDLE_CHECK`] otherwise.
 fn run_monitor(shared: &Shared) {
     let mut pause = IDLE_CHECK;
     while !shared.stopping.load(Ordering::Acquire) {
@@ -669,16 +669,18 @@ mod tests {
         assert!(moved <= 20, "{moved} of 200 hops moved to another thread");
     }
 
+    /// Keeps this thread busy (not asleep) for `time`, as a task doing real work would.
+    fn busy(time: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < time {
+            std::hint::spin_loop();
+        }
+    }
+
     /// Runs `tasks` on `pool`, spawned together from inside one worker after `warm_up` tasks
     /// of the same length ran there one after another; returns on how many distinct threads
     /// the batch ran and how many of its tasks ran on the spawning thread.
     fn fan_out(pool: &ThreadPool, warm_up: usize, tasks: usize, each: Duration) -> (usize, usize) {
-        fn busy(each: Duration) {
-            let start = Instant::now();
-            while start.elapsed() < each {
-                std::hint::spin_loop();
-            }
-        }
         let (tx, rx) = mpsc::channel();
         let inner = pool.clone();
         pool.spawn_future(async move {
@@ -751,10 +753,7 @@ mod tests {
             *lock(&chain_on) = Some(std::thread::current().id());
             if Instant::now() < until {
                 let next = pool.clone();
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_micros(5) {
-                    std::hint::spin_loop();
-                }
+                busy(Duration::from_micros(5));
                 pool.spawn_future(async move { busy_chain(next, until, chain_on) });
             }
         }
