@@ -30,8 +30,10 @@
  *
  * THREADS
  *   The library starts its worker pool on first use (or plexus_init): PLEXUS_THREADS threads,
- *   default one per core. Blocking functions run the call on the calling thread; _async
- *   functions run on the workers and put events on a completion queue. Channels, calls,
+ *   default one per core. A worker out of work spins for PLEXUS_SPIN_MICROS microseconds
+ *   (default 100; 0 never), polling for I/O, before it sleeps: that saves a thread wake-up per
+ *   message at the cost of CPU time. Blocking functions run the call on the calling thread;
+ *   _async functions run on the workers and put events on a completion queue. Channels, calls,
  *   queues, statuses and buffers may be used from any thread as each function documents;
  *   option and metadata objects must not be modified by two threads at once. Callbacks
  *   (plexus_bytes_wrap's release) run on any thread and must not call back into plexus.
@@ -289,7 +291,8 @@ const char *plexus_result_name(int32_t result);
 //
 // Returns PLEXUS_OK (also when it already runs with that many threads, or `threads` is 0);
 // PLEXUS_ERR_WRONG_STATE when it already runs with another count;
-// PLEXUS_ERR_INVALID_ARGUMENT when `PLEXUS_THREADS` is not a positive integer;
+// PLEXUS_ERR_INVALID_ARGUMENT when `PLEXUS_THREADS` is not a positive integer or
+// `PLEXUS_SPIN_MICROS` not a whole number;
 // PLEXUS_ERR_SHUTDOWN after `plexus_shutdown`; PLEXUS_ERR_SYSTEM when no thread could start.
 plexus_result plexus_init(uint32_t threads);
 

@@ -72,7 +72,8 @@ pub extern "C" fn plexus_result_name(result: i32) -> *const c_char {
 ///
 /// Returns PLEXUS_OK (also when it already runs with that many threads, or `threads` is 0);
 /// PLEXUS_ERR_WRONG_STATE when it already runs with another count;
-/// PLEXUS_ERR_INVALID_ARGUMENT when `PLEXUS_THREADS` is not a positive integer;
+/// PLEXUS_ERR_INVALID_ARGUMENT when `PLEXUS_THREADS` is not a positive integer or
+/// `PLEXUS_SPIN_MICROS` not a whole number;
 /// PLEXUS_ERR_SHUTDOWN after `plexus_shutdown`; PLEXUS_ERR_SYSTEM when no thread could start.
 #[unsafe(no_mangle)]
 pub extern "C" fn plexus_init(threads: u32) -> plexus_result {

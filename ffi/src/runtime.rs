@@ -3,7 +3,8 @@
 //!
 //! Threads: `PLEXUS_THREADS` (or the count given to `plexus_init`, default one per core)
 //! `plexus-ffi-N` workers (core's [`ThreadPool`]) run connection drivers and asynchronous
-//! operations; each also drives the `async-io` reactor while it has nothing else to do.
+//! operations; each also drives the `async-io` reactor while it has nothing else to do, first
+//! spinning for `PLEXUS_SPIN_MICROS` (default 100) before it sleeps.
 //! Blocking functions run their call on the calling thread, which parks between polls and
 //! leaves the reactor to the workers (core's `rt::block_on`), so a blocking unary call costs
 //! one wake-up of the caller and no hand-over of its connection's task.
@@ -149,7 +150,12 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
         },
         n => n,
     };
-    let pool = ThreadPool::new(threads, "plexus-ffi").map_err(|err| {
+    let spin = match core_plexus::rt::spin_from_env() {
+        Some(Ok(spin)) => spin,
+        Some(Err(text)) => return Err(Error::new(PLEXUS_ERR_INVALID_ARGUMENT, text)),
+        None => core_plexus::rt::DEFAULT_SPIN,
+    };
+    let pool = ThreadPool::with_spin(threads, "plexus-ffi", spin).map_err(|err| {
         Error::new(
             PLEXUS_ERR_SYSTEM,
             format!("could not start a worker thread: {err}"),

@@ -7,6 +7,9 @@
  *    that, as the Python binding does.
  * 3. Two copies of the library in one process, each with its own runtime, work side by
  *    side.
+ * 4. Bad PLEXUS_THREADS or PLEXUS_SPIN_MICROS values fail the runtime's start with
+ *    PLEXUS_ERR_INVALID_ARGUMENT and a message naming the variable; fixed, it starts (tried in
+ *    a child forked before the runtime started, whose runtime starts afresh).
  *
  * PLEXUS_TEST_LIB names the libplexus.so the program is linked against; it is copied to a
  * temporary path so that dlopen loads a second, independent copy. */
@@ -125,6 +128,23 @@ static void child_before_start(void) {
     OK(plexus_shutdown());
 }
 
+static void child_with_bad_environment(void) {
+    setenv("PLEXUS_THREADS", "many", 1);
+    EXPECT(plexus_init(0), PLEXUS_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(plexus_last_error(), "PLEXUS_THREADS") != NULL);
+    setenv("PLEXUS_THREADS", "2", 1);
+    setenv("PLEXUS_SPIN_MICROS", "-5", 1);
+    EXPECT(plexus_init(0), PLEXUS_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(plexus_last_error(), "PLEXUS_SPIN_MICROS") != NULL);
+    const plexus_channel *ch = NULL;
+    EXPECT(plexus_channel_new(test_target(), NULL, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
+    /* No spinning at all still works. */
+    setenv("PLEXUS_SPIN_MICROS", "0", 1);
+    OK(plexus_init(0));
+    call_linked("child with spinning off");
+    OK(plexus_shutdown());
+}
+
 static void child_after_start(void) {
     const plexus_channel *ch = NULL;
     plexus_bytes *b = NULL;
@@ -152,6 +172,8 @@ int main(void) {
     OK(plexus_metadata_append(md, "k", "v"));
     in_child(child_before_start);
     printf("PASS fork before the runtime started: the child works\n");
+    in_child(child_with_bad_environment);
+    printf("PASS bad PLEXUS_THREADS and PLEXUS_SPIN_MICROS: INVALID_ARGUMENT, then it starts\n");
 
     /* Start the runtime, then fork. */
     call_linked("parent");
@@ -171,5 +193,5 @@ int main(void) {
     plexus_metadata_free(md);
     plexus_bytes_free(b);
     OK(plexus_shutdown());
-    return finish_tests("test_fork", 3);
+    return finish_tests("test_fork", 4);
 }

@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use super::pool::ThreadPool;
+use super::pool::{DEFAULT_SPIN, ThreadPool};
 
 /// A boxed, sendable future, as handed to [`Executor::spawn`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -37,9 +38,28 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Environment variable that sets, in microseconds, how long an idle worker of the default
+/// executor spins before it sleeps (0: never; default [`DEFAULT_SPIN`]).
+pub const SPIN_ENV: &str = "PLEXUS_SPIN_MICROS";
+
+/// The spin time `PLEXUS_SPIN_MICROS` asks for, if it is set to a whole number of microseconds.
+pub fn spin_from_env() -> Option<Result<Duration, String>> {
+    let value = std::env::var(SPIN_ENV).ok()?;
+    Some(
+        value
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_micros)
+            .map_err(|_| {
+                format!("{SPIN_ENV} must be a whole number of microseconds, not {value:?}")
+            }),
+    )
+}
+
 /// The default executor of channels and servers: one process-wide [`ThreadPool`] of
 /// `PLEXUS_THREADS` threads (default: one per available core), named `plexus-worker-N`,
-/// started on first use and never stopped.
+/// started on first use and never stopped. Its idle workers spin for `PLEXUS_SPIN_MICROS`
+/// (default [`DEFAULT_SPIN`]; a value that is not a number is ignored) before they sleep.
 ///
 /// Its workers drive the `async-io` reactor while idle, and a task woken by another task runs
 /// next on the same thread, so a call's connection driver and handler do not hop between
@@ -52,7 +72,8 @@ impl DefaultExecutor {
     pub fn pool() -> &'static ThreadPool {
         static POOL: OnceLock<ThreadPool> = OnceLock::new();
         POOL.get_or_init(|| {
-            ThreadPool::new(default_threads(), "plexus-worker")
+            let spin = spin_from_env().and_then(Result::ok).unwrap_or(DEFAULT_SPIN);
+            ThreadPool::with_spin(default_threads(), "plexus-worker", spin)
                 .expect("failed to spawn a plexus worker thread")
         })
     }
