@@ -603,6 +603,7 @@ fn is_fatal_accept_error(err: &io::Error) -> bool {
         io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
     )
 }
+
 #[cfg(test)]
 mod task_size {
     /// A plaintext connection's task stays small: it lives as long as the connection, so its
