@@ -23,8 +23,8 @@ use super::stats::EndpointStats;
 use crate::client::channel::with_deadline;
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{PingConfig, client_io, drive_client, fail};
+use crate::proto::tap::ConnectionEvents;
 use crate::rt::Executor;
-use crate::rt::io::ConnectionEvents;
 use crate::status::Status;
 use crate::transport::{Address, BoxedIo, Connector};
 

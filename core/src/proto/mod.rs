@@ -4,6 +4,7 @@ pub(crate) mod headers;
 pub(crate) mod ping;
 pub(crate) mod recv;
 pub(crate) mod send;
+pub(crate) mod tap;
 
 /// h2's budget for the per-frame overhead of received small DATA frames still buffered unread
 /// (it counts 256 bytes minus the payload per frame under 256 bytes, and closes the connection

@@ -40,8 +40,8 @@ use async_io::Timer;
 use bytes::Bytes;
 
 use crate::client::{DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
-use crate::rt::io::PingPolice;
-use crate::rt::{Compat, ConnectionEvents, FrameTap, Role};
+use crate::proto::tap::{ConnectionEvents, FrameTap, Role};
+use crate::rt::Compat;
 use crate::status::Status;
 use crate::transport::Io;
 
@@ -287,6 +287,65 @@ struct InFlight {
     /// For a BDP probe: the DATA byte count the sample starts from (just before the DATA that
     /// triggered the probe, which grpc-go counts in the sample too).
     bdp_from: Option<u64>,
+}
+
+/// Strike counting for a peer's PINGs (gRPC's keepalive enforcement): a PING sooner than
+/// `min_interval` after the previous one (`idle_interval` while no call is active) is a
+/// strike, unless we sent DATA or HEADERS since that PING, which clears the strikes (a client
+/// answers our data with BDP pings).
+#[derive(Debug)]
+pub(crate) struct PingPolice {
+    pub(crate) min_interval: std::time::Duration,
+    pub(crate) idle_interval: std::time::Duration,
+    pub(crate) max_strikes: u32,
+    strikes: u32,
+    last_ping_at: Option<std::time::Instant>,
+    sent_at_last_ping: u64,
+}
+
+impl PingPolice {
+    /// A policy with no strikes yet.
+    pub(crate) fn new(
+        min_interval: std::time::Duration,
+        idle_interval: std::time::Duration,
+        max_strikes: u32,
+    ) -> PingPolice {
+        PingPolice {
+            min_interval,
+            idle_interval,
+            max_strikes,
+            strikes: 0,
+            last_ping_at: None,
+            sent_at_last_ping: 0,
+        }
+    }
+
+    /// Judges a PING read at `now`, when `sent` DATA/HEADERS frames had been written; true
+    /// once past the strike limit.
+    pub(crate) fn on_ping(
+        &mut self,
+        now: std::time::Instant,
+        sent: u64,
+        calls_active: bool,
+    ) -> bool {
+        let interval = if calls_active {
+            self.min_interval
+        } else {
+            self.idle_interval
+        };
+        if sent != self.sent_at_last_ping {
+            self.strikes = 0;
+        } else if self
+            .last_ping_at
+            .and_then(|last| last.checked_add(interval))
+            .is_some_and(|allowed| now < allowed)
+        {
+            self.strikes += 1;
+        }
+        self.last_ping_at = Some(now);
+        self.sent_at_last_ping = sent;
+        self.strikes > self.max_strikes
+    }
 }
 
 /// Runs keepalive, ping enforcement and BDP for one connection; see the module docs.
@@ -705,5 +764,31 @@ mod tests {
             bdp.complete(1, 100 * MS);
         }
         assert!((bdp.rtt - 0.100).abs() < 1e-3);
+    }
+
+    #[test]
+    fn ping_strikes_follow_wire_order() {
+        use std::time::{Duration, Instant};
+        let minute = Duration::from_secs(60);
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        let now = Instant::now();
+        // Pings each answering data we sent are never strikes, however close together.
+        for sent in 1..10 {
+            assert!(!police.on_ping(now, sent, true));
+        }
+        // Three pings in a row without data in between: two strikes are allowed, the third
+        // goes past the limit.
+        assert!(!police.on_ping(now, 9, true));
+        assert!(!police.on_ping(now, 9, true));
+        assert!(police.on_ping(now, 9, true));
+        // Data clears the strikes; pings spaced by the interval are fine.
+        let mut police = PingPolice::new(minute, 2 * minute, 2);
+        for i in 0..5 {
+            assert!(!police.on_ping(now + minute * i, 0, true));
+        }
+        // With no call open the idle interval applies.
+        assert!(!police.on_ping(now + minute * 5 + minute / 2, 0, false));
+        assert!(!police.on_ping(now + minute * 6, 0, false));
+        assert!(police.on_ping(now + minute * 6 + minute / 2, 0, false));
     }
 }

@@ -1,10 +1,10 @@
-//! The runtime seam: spawning, timers and socket adaptation, so plexus runs on any executor.
+//! The runtime seam: spawning, timers and the socket adapter, so plexus runs on any executor.
 //!
 //! Nothing here starts a tokio runtime. I/O readiness and timers come from `async-io`, whose
 //! reactor runs on whichever thread blocks on it (or on its own `async-io` thread).
 
 mod executor;
-pub(crate) mod io;
+mod io;
 mod pool;
 mod timer;
 
@@ -13,6 +13,5 @@ pub use executor::{
     BoxFuture, DefaultExecutor, Executor, SPIN_ENV, SmolExecutor, THREADS_ENV, spin_from_env,
 };
 pub use io::Compat;
-pub(crate) use io::{ConnectionEvents, FrameTap, Role};
 pub use pool::{DEFAULT_SPIN, ThreadPool, block_on};
 pub(crate) use timer::Deadline;

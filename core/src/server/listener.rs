@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use async_io::Async;
 
-use crate::rt::io::Socket;
 use crate::transport::BoxedIo;
+use crate::transport::Socket;
 
 /// A bound socket a [`Server`](super::Server) accepts connections on.
 #[derive(Debug)]

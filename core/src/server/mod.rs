@@ -34,8 +34,9 @@ pub use crate::proto::ping::{
     ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
     DEFAULT_SERVER_KEEPALIVE_TIME, MAX_PING_STRIKES,
 };
+use crate::proto::tap::{FrameTap, Role};
 use crate::response::Response;
-use crate::rt::{Compat, DefaultExecutor, Executor, FrameTap, Role, yield_now};
+use crate::rt::{Compat, DefaultExecutor, Executor, yield_now};
 use crate::status::Status;
 use crate::transport::Io;
 
@@ -612,7 +613,7 @@ mod task_size {
     fn a_plaintext_connection_task_is_small() {
         let server = super::Server::builder().build().unwrap();
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let io = crate::rt::io::Socket::new(async_io::Async::new(ours).unwrap());
+        let io = crate::transport::Socket::new(async_io::Async::new(ours).unwrap());
         let task = async move {
             let _ = server.serve_connection(io).await;
         };

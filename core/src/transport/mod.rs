@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use rustls_pki_types::CertificateDer;
+pub(crate) use socket::Socket;
 pub use socket::SocketConnector;
 
 use crate::rt::BoxFuture;

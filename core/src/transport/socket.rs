@@ -2,12 +2,13 @@
 
 use std::io;
 use std::net::TcpStream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use async_io::Async;
 
 use super::{Address, BoxedIo, Connector};
 use crate::rt::BoxFuture;
-use crate::rt::io::Socket;
 
 /// The default connector: TCP (with TCP_NODELAY), Unix domain sockets and, on Linux, abstract
 /// Unix sockets.
@@ -63,4 +64,140 @@ async fn connect_abstract(_name: Vec<u8>) -> io::Result<BoxedIo> {
         io::ErrorKind::Unsupported,
         "abstract Unix sockets (unix-abstract:) exist only on Linux",
     ))
+}
+
+/// A connected `async-io` socket (TCP or Unix stream) whose reads make one failed system call
+/// per wait for readiness instead of two.
+///
+/// `Async::poll_read` tries the read, and when it fails with `EAGAIN` asks the reactor whether
+/// the socket became readable. The reactor answers yes whenever it delivered an event since
+/// the task last registered interest, which is also true of the event whose data the task has
+/// already read; so after every wake-up the second read that would block is retried at once and
+/// fails again before interest is registered. h2 reads until a read would block, so that was
+/// two failed `recvfrom` calls per batch of frames received.
+///
+/// Here a read that would block registers interest straight away, consuming any event the
+/// reactor holds. No wake-up can be lost: async-io registers interest as a level-triggered
+/// one-shot `epoll` event, so if data arrived after the failed read the socket is reported
+/// readable at once and the task woken again.
+///
+/// (Waiting for readiness already after a short read, as tokio does, was tried and measured
+/// worse: a gRPC response often arrives in two segments microseconds apart, and a read retried
+/// right away catches the second one without a trip through the reactor.)
+#[derive(Debug)]
+pub(crate) struct Socket<T> {
+    io: async_io::Async<T>,
+}
+
+impl<T> Socket<T> {
+    /// Wraps a socket registered with the reactor.
+    pub(crate) fn new(io: async_io::Async<T>) -> Socket<T> {
+        Socket { io }
+    }
+}
+
+impl<T> futures_io::AsyncRead for Socket<T>
+where
+    for<'a> &'a T: io::Read,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut took_event = false;
+        loop {
+            match io::Read::read(&mut this.io.get_ref(), buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                res => return Poll::Ready(res),
+            }
+            loop {
+                ready!(this.io.poll_readable(cx))?;
+                if took_event {
+                    // Two events in a row: data came in meanwhile; read it.
+                    break;
+                }
+                // The event the reactor held predates the read that just failed: take it and
+                // ask again, which registers interest (Pending) and reports data that came
+                // since.
+                took_event = true;
+            }
+        }
+    }
+}
+
+impl<T: async_io::IoSafe + io::Write> futures_io::AsyncWrite for Socket<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_io::AsyncRead;
+
+    /// Reads racing with writes from another thread: every byte written after a read that
+    /// would block must still wake the reader (a lost wake-up hangs until the timeout).
+    #[test]
+    fn socket_reads_see_data_sent_after_a_read_would_block() {
+        use std::io::Write as _;
+        use std::net::{TcpListener, TcpStream};
+        use std::time::Duration;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        writer.set_nodelay(true).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let mut socket = Socket::new(async_io::Async::new(accepted).unwrap());
+        let (go, wait) = std::sync::mpsc::channel::<u32>();
+        let thread = std::thread::spawn(move || {
+            for round in wait {
+                // Vary when the byte lands: before, during or after the reader's failed read.
+                for _ in 0..(round % 7) * 200 {
+                    std::hint::spin_loop();
+                }
+                writer.write_all(&[round as u8]).unwrap();
+            }
+        });
+        smol::block_on(async {
+            for round in 0..2_000u32 {
+                go.send(round).unwrap();
+                let mut buf = [0u8; 8];
+                let read = std::future::poll_fn(|cx| Pin::new(&mut socket).poll_read(cx, &mut buf));
+                let timeout = async {
+                    async_io::Timer::after(Duration::from_secs(20)).await;
+                    Err(io::Error::other("read not woken"))
+                };
+                // The timeout is polled first, so a read that was never woken cannot pass
+                // when the timer's wake-up polls it again.
+                let n = smol::future::or(timeout, read).await.unwrap();
+                assert_eq!(n, 1, "round {round}");
+                assert_eq!(buf[0], round as u8);
+            }
+        });
+        drop(go);
+        thread.join().unwrap();
+    }
 }
