@@ -14,7 +14,7 @@ use h2::SendStream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 use http::header::CONTENT_TYPE;
 
-use super::channel::{Channel, with_deadline};
+use super::channel::Channel;
 use super::options::CallOptions;
 use super::stats::Counters;
 use super::subchannel::StreamSlot;
@@ -26,6 +26,7 @@ use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
 use crate::proto::recv::MessageReader;
 use crate::proto::send::Outbox;
 use crate::response::Response;
+use crate::rt::with_deadline;
 use crate::rt::{BoxFuture, Deadline};
 use crate::status::{Code, Status};
 

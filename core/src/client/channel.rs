@@ -2,14 +2,12 @@
 //! endpoints' connection pools, tracks connectivity, and closes idle connections.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
-use futures_util::future::{Either, select};
 use h2::SendStream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 use http::{HeaderMap, Method, Request, Uri, Version};
@@ -30,7 +28,7 @@ use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE, Framed};
 use crate::proto::headers::{self, CONTENT_TYPE_GRPC};
 use crate::proto::ping::{PingConfig, WindowConfig};
-use crate::rt::{DefaultExecutor, Executor};
+use crate::rt::{DefaultExecutor, Executor, with_deadline};
 use crate::status::Status;
 use crate::transport::{Address, Connector, SocketConnector};
 
@@ -873,18 +871,3 @@ impl Channel {
 /// Connections tried for one call when each turns out to be going away before the stream
 /// starts (the stream never reached a server, so trying again is safe).
 const MAX_UNSTARTED_ATTEMPTS: usize = 3;
-
-/// Runs `fut` until `deadline`, giving DEADLINE_EXCEEDED when it passes first.
-pub(crate) async fn with_deadline<F: Future>(
-    deadline: Option<Instant>,
-    fut: F,
-) -> Result<F::Output, Status> {
-    let Some(at) = deadline else {
-        return Ok(fut.await);
-    };
-    let fut = std::pin::pin!(fut);
-    match select(fut, async_io::Timer::at(at)).await {
-        Either::Left((out, _)) => Ok(out),
-        Either::Right(_) => Err(Status::deadline_exceeded("deadline exceeded")),
-    }
-}

@@ -4,6 +4,7 @@ mod backoff;
 mod balance;
 mod call;
 mod channel;
+mod connection;
 mod options;
 mod resolve;
 mod state;

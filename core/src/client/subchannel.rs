@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -17,20 +17,14 @@ use event_listener::Event;
 use h2::client::SendRequest;
 
 use super::backoff::Backoff;
+use super::connection::{self, Connection};
 use super::options::ConnConfig;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::EndpointStats;
-use crate::client::channel::with_deadline;
-use crate::proto::DATA_FRAME_BUDGET;
-use crate::proto::ping::{PingConfig, client_io, drive_client, fail};
-use crate::proto::tap::ConnectionEvents;
+use crate::proto::ping::PingConfig;
 use crate::rt::Executor;
 use crate::status::Status;
-use crate::transport::{Address, BoxedIo, Connector};
-
-/// Streams we open before the server's SETTINGS say its limit: RFC 9113 §6.5.2 recommends
-/// servers allow at least 100, and grpc-go and C-core default to it.
-const ASSUMED_MAX_CONCURRENT_STREAMS: usize = 100;
+use crate::transport::{Address, Connector};
 
 /// What a subchannel needs from its channel.
 pub(crate) struct Env {
@@ -67,13 +61,10 @@ struct Pool {
     ping: PingConfig,
 }
 
+/// A connection of the set, by id.
 struct Conn {
     id: u64,
-    send: SendRequest<Bytes>,
-    /// Streams open; an atomic so the connection's driver can read it for keepalive.
-    active: Arc<AtomicUsize>,
-    /// What the frame tap saw on this connection (the peer's GOAWAY among others).
-    events: Arc<ConnectionEvents>,
+    connection: Connection,
     /// GOAWAY received or the connection failed: no new streams.
     draining: bool,
 }
@@ -89,8 +80,7 @@ struct Waiter {
 pub(crate) struct StreamSlot {
     subchannel: Arc<Subchannel>,
     conn_id: u64,
-    send: SendRequest<Bytes>,
-    events: Arc<ConnectionEvents>,
+    connection: Connection,
 }
 
 impl fmt::Debug for StreamSlot {
@@ -105,14 +95,12 @@ impl fmt::Debug for StreamSlot {
 impl StreamSlot {
     /// Whether the server announced, by GOAWAY, that it never processed stream `id`.
     pub(crate) fn unprocessed(&self, id: u32) -> bool {
-        self.events
-            .peer_goaway()
-            .is_some_and(|g| id > g.last_stream_id)
+        self.connection.unprocessed(id)
     }
 
     /// The connection's request handle.
     pub(crate) fn sender(&self) -> SendRequest<Bytes> {
-        self.send.clone()
+        self.connection.sender()
     }
 
     /// Marks the connection as going away: it takes no new streams.
@@ -129,16 +117,19 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         let sub = &self.subchannel;
         let mut pool = sub.lock();
-        if let Some(conn) = pool.conns.iter_mut().find(|c| c.id == self.conn_id) {
-            conn.active.fetch_sub(1, Ordering::Relaxed);
-        }
+        // Counted on the connection itself, which may have left the set meanwhile.
+        self.connection.stream_closed();
         sub.dispatch(&mut pool);
     }
 }
 
 impl Conn {
     fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.connection.active_streams()
+    }
+
+    fn max_streams(&self) -> usize {
+        self.connection.max_streams()
     }
 }
 
@@ -325,13 +316,12 @@ impl Subchannel {
         let conn = pool
             .conns
             .iter_mut()
-            .find(|c| !c.draining && c.active() < c.send.current_max_send_streams())?;
-        conn.active.fetch_add(1, Ordering::Relaxed);
+            .find(|c| !c.draining && c.active() < c.max_streams())?;
+        conn.connection.stream_opened();
         Some(StreamSlot {
             subchannel: self.clone(),
             conn_id: conn.id,
-            send: conn.send.clone(),
-            events: conn.events.clone(),
+            connection: conn.connection.clone(),
         })
     }
 
@@ -362,13 +352,13 @@ impl Subchannel {
             let config = &self.env.config;
             let per_connection = usable
                 .iter()
-                .map(|c| c.send.current_max_send_streams())
+                .map(|c| c.max_streams())
                 .max()
                 .unwrap_or(1)
                 .max(1);
             let free: usize = usable
                 .iter()
-                .map(|c| c.send.current_max_send_streams().saturating_sub(c.active()))
+                .map(|c| c.max_streams().saturating_sub(c.active()))
                 .sum();
             // Enough connections for every waiting call, counting those being opened.
             let short = pool.waiters.len().saturating_sub(free);
@@ -424,31 +414,22 @@ impl Subchannel {
 
     async fn connect(self: Arc<Self>) {
         let mut tries = 0;
-        let (id, active, result) = loop {
+        let (id, result) = loop {
             tries += 1;
             let (ping, id) = {
                 let mut pool = self.lock();
                 pool.next_id += 1;
                 (pool.ping.clone(), pool.next_id)
             };
-            let active = Arc::new(AtomicUsize::new(0));
             let alive = Arc::new(AtomicBool::new(true));
             let ended = Arc::new(Mutex::new(None));
-            let result = open(
-                &self,
-                id,
-                ping,
-                active.clone(),
-                alive.clone(),
-                ended.clone(),
-            )
-            .await;
+            let result = self.open(id, ping, alive.clone(), ended.clone()).await;
             // The driver may have ended already; `alive` is cleared before it reports that.
             let gone = !alive.load(Ordering::Acquire);
-            if let Ok((_, events)) = &result {
+            if let Ok(connection) = &result {
                 // A server that said GOAWAY as the connection opened never saw a call from
                 // us: try once more straight away rather than as a failure.
-                if gone && events.peer_goaway().is_some() && tries < 2 {
+                if gone && connection.peer_goaway().is_some() && tries < 2 {
                     continue;
                 }
             }
@@ -467,18 +448,16 @@ impl Subchannel {
                     )))
                 }
             });
-            break (id, active, result);
+            break (id, result);
         };
         let mut pool = self.lock();
         pool.connecting -= 1;
         match result {
-            Ok((send, events)) => {
+            Ok(connection) => {
                 pool.conns.push(Conn {
                     id,
-                    send,
-                    active,
+                    connection,
                     draining: false,
-                    events,
                 });
                 pool.backoff.reset();
                 pool.retry_at = None;
@@ -516,6 +495,41 @@ impl Subchannel {
         }
     }
 
+    /// Opens connection `id` ([`connection::open`]), spawns its driver and returns once the
+    /// server's SETTINGS (its stream limit above all) are in force, so no call is sent over a
+    /// limit we have not heard yet. The driver puts its error (if any) in `ended`, clears
+    /// `alive` and reports to the subchannel when the connection ends.
+    async fn open(
+        self: &Arc<Self>,
+        id: u64,
+        ping: PingConfig,
+        alive: Arc<AtomicBool>,
+        ended: Arc<Mutex<Option<Status>>>,
+    ) -> Result<Connection, Status> {
+        let (env, address) = (&self.env, &self.address);
+        let started = Instant::now();
+        let (connection, driver) =
+            connection::open(&*env.connector, address, &env.config, ping).await?;
+        let weak = Arc::downgrade(self);
+        let events = driver.events().clone();
+        env.executor.spawn(Box::pin(async move {
+            if let Err(status) = driver.await {
+                *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+            }
+            alive.store(false, Ordering::Release);
+            let too_many_pings = events.peer_goaway().is_some_and(|g| g.is_too_many_pings());
+            if let Some(sub) = weak.upgrade() {
+                if too_many_pings {
+                    sub.slow_down_keepalive();
+                }
+                sub.connection_closed(id);
+            }
+        }));
+        connection::wait_for_settings(&connection, address, started, env.config.connect_timeout)
+            .await?;
+        Ok(connection)
+    }
+
     /// The server said our keepalive pings were too many: double the interval for new
     /// connections, as gRFC A8 asks.
     fn slow_down_keepalive(&self) {
@@ -536,80 +550,4 @@ impl Subchannel {
             self.set_state(ConnectivityState::Idle);
         }
     }
-}
-
-/// Connects to `address`, performs the HTTP/2 handshake, starts the connection's driver on
-/// the executor, and returns once the server's SETTINGS (its stream limit above all) are in
-/// force, so no call is sent over a limit we have not heard yet. The driver puts its error (if
-/// any) in `ended`, clears `alive` and reports to the subchannel when the connection ends.
-async fn open(
-    sub: &Arc<Subchannel>,
-    id: u64,
-    ping: PingConfig,
-    active: Arc<AtomicUsize>,
-    alive: Arc<AtomicBool>,
-    ended: Arc<Mutex<Option<Status>>>,
-) -> Result<(SendRequest<Bytes>, Arc<ConnectionEvents>), Status> {
-    let (env, address) = (&sub.env, &sub.address);
-    let config = &env.config;
-    let timeout = config.connect_timeout;
-    let deadline = Instant::now() + timeout;
-    let timed_out =
-        |what: &str| Status::unavailable(format!("{what} {address}: timed out after {timeout:?}"));
-    let io: BoxedIo = match with_deadline(Some(deadline), env.connector.connect(address)).await {
-        Ok(Ok(io)) => io,
-        Ok(Err(err)) => {
-            return Err(Status::unavailable(format!(
-                "failed to connect to {address}: {err}"
-            )));
-        }
-        Err(_) => return Err(timed_out("failed to connect to")),
-    };
-    let (io, events) = client_io(io);
-    let handshake = h2::client::Builder::new()
-        .initial_window_size(ping.windows.stream)
-        .initial_connection_window_size(ping.windows.connection)
-        .max_frame_size(config.max_frame_size)
-        .data_frame_budget(DATA_FRAME_BUDGET)
-        .enable_push(false)
-        // Should a stream go out before the server's SETTINGS after all, assume its limit is
-        // the common 100 rather than h2's "unlimited".
-        .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
-        .handshake::<_, Bytes>(io);
-    let (send, connection) = match with_deadline(Some(deadline), handshake).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            return Err(Status::unavailable(format!(
-                "HTTP/2 handshake with {address} failed: {e}"
-            )));
-        }
-        Err(_) => return Err(timed_out("HTTP/2 handshake with")),
-    };
-    let weak = Arc::downgrade(sub);
-    let driver_events = events.clone();
-    env.executor.spawn(Box::pin(async move {
-        let calls = move || active.load(Ordering::Relaxed);
-        if let Err(status) = drive_client(connection, ping, driver_events.clone(), calls).await {
-            *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
-        }
-        alive.store(false, Ordering::Release);
-        let too_many_pings = driver_events
-            .peer_goaway()
-            .is_some_and(|g| g.is_too_many_pings());
-        if let Some(sub) = weak.upgrade() {
-            if too_many_pings {
-                sub.slow_down_keepalive();
-            }
-            sub.connection_closed(id);
-        }
-    }));
-    if with_deadline(Some(deadline), events.settings_applied())
-        .await
-        .is_err()
-    {
-        let status = timed_out("no SETTINGS from");
-        fail(&events, &status);
-        return Err(status);
-    }
-    Ok((send, events))
 }

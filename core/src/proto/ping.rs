@@ -29,7 +29,7 @@
 //!   then waits [`BDP_QUIET`] (as C-core spaces its BDP pings), so small calls do not cost a
 //!   PING and its ACK each, which was a third of a small unary call's CPU time.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,10 +40,8 @@ use async_io::Timer;
 use bytes::Bytes;
 
 use crate::client::{DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
-use crate::proto::tap::{ConnectionEvents, FrameTap, Role};
-use crate::rt::Compat;
+use crate::proto::tap::ConnectionEvents;
 use crate::status::Status;
-use crate::transport::Io;
 
 /// Default keepalive timeout: 20 s, gRPC's default for `GRPC_ARG_KEEPALIVE_TIMEOUT_MS`
 /// (`doc/keepalive.md`) and grpc-go's `keepalive.ClientParameters.Timeout`.
@@ -600,62 +598,6 @@ impl PingManager {
     }
 }
 
-/// Wraps a client connection's socket in a [`FrameTap`] and the adapter h2 needs; hand the
-/// first value to `h2::client::Builder::handshake` and the events to [`drive_client`].
-pub(crate) fn client_io<I: Io>(io: I) -> (Compat<FrameTap<I>>, Arc<ConnectionEvents>) {
-    let (tap, events) = FrameTap::new(io, Role::Client);
-    (Compat(tap), events)
-}
-
-/// Drives a client connection built on [`client_io`] until it closes, running keepalive and
-/// BDP on it: the future to spawn in place of awaiting the h2 connection directly.
-///
-/// `active_calls` says how many calls are open on the connection (keepalive without calls is
-/// governed by `keepalive_permit_without_calls`). The h2 builder must use the initial windows
-/// of `config.windows`. Returns `Ok` when the connection ended cleanly; otherwise the status
-/// its calls ended with: UNAVAILABLE "keepalive timed out …" when the peer stopped answering,
-/// or the GOAWAY's reason and debug data when the server closed the connection with one.
-pub(crate) async fn drive_client<T, F>(
-    mut conn: h2::client::Connection<T, Bytes>,
-    config: PingConfig,
-    events: Arc<ConnectionEvents>,
-    active_calls: F,
-) -> Result<(), Status>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    F: Fn() -> usize,
-{
-    let pings = conn.ping_pong();
-    // Policing the peer's PINGs ends in a GOAWAY, which only h2's server API can send.
-    let config = PingConfig {
-        policy: None,
-        ..config
-    };
-    let mut manager = PingManager::new(config, events.clone(), pings);
-    let outcome = poll_fn(|cx| {
-        let polled = Pin::new(&mut conn).poll(cx);
-        events.note_polled(polled.is_ready());
-        if let Poll::Ready(result) = polled {
-            return Poll::Ready(result.map_err(|err| connection_error(err, &events)));
-        }
-        match manager.poll(cx, &mut conn, active_calls()) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Verdict::Dead(status)) => {
-                fail(&events, &status);
-                // Let h2 hit the failure now, so every open stream gets it rather than the
-                // vaguer "broken pipe" a dropped connection leaves behind.
-                let _ = Pin::new(&mut conn).poll(cx);
-                Poll::Ready(Err(status))
-            }
-            // Unreachable: the policy is cleared above.
-            Poll::Ready(Verdict::TooManyPings) => Poll::Pending,
-        }
-    })
-    .await;
-    events.note_polled(true);
-    outcome
-}
-
 /// Makes every later read and write on the tapped connection fail with `status`'s message.
 pub(crate) fn fail(events: &ConnectionEvents, status: &Status) {
     events.fail(io::ErrorKind::TimedOut, status.message().to_string());
@@ -677,19 +619,6 @@ where
         h2::Reason::ENHANCE_YOUR_CALM,
         "closed the connection: too many pings",
     )
-}
-
-/// The status for a client connection that ended with `err`, naming the GOAWAY's debug data
-/// when the peer sent one.
-fn connection_error(err: h2::Error, events: &ConnectionEvents) -> Status {
-    if err.is_go_away() && err.is_remote() {
-        if let Some(goaway) = events.peer_goaway() {
-            if !goaway.debug_data.is_empty() {
-                return Status::from_goaway(goaway.reason, &goaway.debug_data);
-            }
-        }
-    }
-    Status::from_h2(err)
 }
 
 #[cfg(test)]

@@ -14,4 +14,4 @@ pub use executor::{
 };
 pub use io::Compat;
 pub use pool::{DEFAULT_SPIN, ThreadPool, block_on};
-pub(crate) use timer::Deadline;
+pub(crate) use timer::{Deadline, with_deadline};

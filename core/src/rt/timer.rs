@@ -6,6 +6,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::Timer;
+use futures_util::future::{Either, select};
+
+use crate::status::Status;
 
 /// An optional point in time that a call must finish by; pending forever when unset.
 #[derive(Debug)]
@@ -30,5 +33,20 @@ impl Deadline {
             Poll::Ready(_) => Poll::Ready(()),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Runs `fut` until `deadline`, giving DEADLINE_EXCEEDED when it passes first.
+pub(crate) async fn with_deadline<F: Future>(
+    deadline: Option<Instant>,
+    fut: F,
+) -> Result<F::Output, Status> {
+    let Some(at) = deadline else {
+        return Ok(fut.await);
+    };
+    let fut = std::pin::pin!(fut);
+    match select(fut, async_io::Timer::at(at)).await {
+        Either::Left((out, _)) => Ok(out),
+        Either::Right(_) => Err(Status::deadline_exceeded("deadline exceeded")),
     }
 }
