@@ -2,30 +2,39 @@
 
 mod backoff;
 mod balance;
+mod builder;
 mod call;
 mod channel;
 mod connection;
+mod endpoints;
 mod options;
+mod recv;
 mod resolve;
+mod retry;
+mod send;
 mod state;
 mod stats;
 mod subchannel;
 pub(crate) mod target;
+mod typed;
 
 pub use backoff::{
     BackoffConfig, DEFAULT_BACKOFF_JITTER, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_INITIAL_BACKOFF,
     DEFAULT_MAX_BACKOFF,
 };
 pub use balance::{LbPolicy, Picker};
-pub use call::{Client, ResponseFuture, Sender, Streaming};
-pub use channel::{Channel, ChannelBuilder};
+pub use builder::ChannelBuilder;
+pub use channel::Channel;
 pub(crate) use options::check_http2_settings;
 pub use options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW,
 };
+pub use recv::{ResponseFuture, Streaming};
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
+pub use send::Sender;
 pub use state::ConnectivityState;
 pub use stats::{ChannelStats, EndpointStats};
 #[cfg(test)]
 pub(crate) use target::{Target, TargetKind};
+pub use typed::Client;

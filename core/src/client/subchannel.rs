@@ -1,4 +1,4 @@
-//! A subchannel: one endpoint's pool of HTTP/2 connections, its connectivity state, and the
+//! A subchannel: one endpoint's connection pool, its connectivity state, and the
 //! FIFO queue of calls waiting for a stream.
 //!
 //! Calls take a [`StreamSlot`] on the first connection with room under the peer's
@@ -39,11 +39,12 @@ pub(crate) struct Env {
 pub(crate) struct Subchannel {
     address: Address,
     env: Arc<Env>,
-    pool: Mutex<Pool>,
+    set: Mutex<Connections>,
     state: StateCell,
 }
 
-struct Pool {
+/// The endpoint's connection pool and the calls waiting on it, under one lock.
+struct Connections {
     conns: Vec<Conn>,
     /// Connection attempts under way.
     connecting: usize,
@@ -105,21 +106,21 @@ impl StreamSlot {
 
     /// Marks the connection as going away: it takes no new streams.
     pub(crate) fn connection_failed(&self) {
-        let mut pool = self.subchannel.lock();
-        if let Some(conn) = pool.conns.iter_mut().find(|c| c.id == self.conn_id) {
+        let mut set = self.subchannel.lock();
+        if let Some(conn) = set.conns.iter_mut().find(|c| c.id == self.conn_id) {
             conn.draining = true;
         }
-        self.subchannel.maybe_connect(&mut pool);
+        self.subchannel.maybe_connect(&mut set);
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let sub = &self.subchannel;
-        let mut pool = sub.lock();
+        let mut set = sub.lock();
         // Counted on the connection itself, which may have left the set meanwhile.
         self.connection.stream_closed();
-        sub.dispatch(&mut pool);
+        sub.dispatch(&mut set);
     }
 }
 
@@ -165,9 +166,9 @@ struct Queued<'a> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        let mut pool = self.subchannel.lock();
-        pool.waiters.retain(|w| !Arc::ptr_eq(w, &self.waiter));
-        drop(pool);
+        let mut set = self.subchannel.lock();
+        set.waiters.retain(|w| !Arc::ptr_eq(w, &self.waiter));
+        drop(set);
         // A slot granted after the call stopped waiting goes back (and to the next waiter).
         drop(self.waiter.take());
     }
@@ -180,7 +181,7 @@ impl Subchannel {
         Arc::new(Subchannel {
             address,
             env,
-            pool: Mutex::new(Pool {
+            set: Mutex::new(Connections {
                 conns: Vec::new(),
                 connecting: 0,
                 waiters: VecDeque::new(),
@@ -197,8 +198,8 @@ impl Subchannel {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Connections> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn address(&self) -> &Address {
@@ -223,25 +224,25 @@ impl Subchannel {
         wait_for_ready: bool,
     ) -> Result<StreamSlot, Status> {
         let waiter = {
-            let mut pool = self.lock();
-            if pool.shut_down {
+            let mut set = self.lock();
+            if set.shut_down {
                 return Err(Status::unavailable("channel is shut down"));
             }
-            if pool.waiters.is_empty() {
-                if let Some(slot) = self.take_slot(&mut pool) {
+            if set.waiters.is_empty() {
+                if let Some(slot) = self.take_slot(&mut set) {
                     return Ok(slot);
                 }
             }
-            if !wait_for_ready && self.failing_fast(&pool) {
-                return Err(self.failure(&pool));
+            if !wait_for_ready && self.failing_fast(&set) {
+                return Err(self.failure(&set));
             }
             let waiter = Arc::new(Waiter {
                 wait_for_ready,
                 result: Mutex::new(None),
                 ready: Event::new(),
             });
-            pool.waiters.push_back(waiter.clone());
-            self.maybe_connect(&mut pool);
+            set.waiters.push_back(waiter.clone());
+            self.maybe_connect(&mut set);
             waiter
         };
         let queued = Queued {
@@ -253,29 +254,29 @@ impl Subchannel {
 
     /// Starts connecting now, and keeps reconnecting after failures (backoff permitting).
     pub(crate) fn request_connection(self: &Arc<Self>) {
-        let mut pool = self.lock();
-        pool.wanted = true;
-        self.maybe_connect(&mut pool);
+        let mut set = self.lock();
+        set.wanted = true;
+        self.maybe_connect(&mut set);
     }
 
     /// Closes every connection (idle timeout); the next call reconnects.
     pub(crate) fn go_idle(&self) {
-        let mut pool = self.lock();
-        pool.conns.clear();
-        pool.wanted = false;
-        if pool.connecting == 0 {
-            drop(pool);
+        let mut set = self.lock();
+        set.conns.clear();
+        set.wanted = false;
+        if set.connecting == 0 {
+            drop(set);
             self.set_state(ConnectivityState::Idle);
         }
     }
 
     /// Fails waiting calls and closes the connections for good.
     pub(crate) fn shutdown(&self) {
-        let mut pool = self.lock();
-        pool.shut_down = true;
-        pool.conns.clear();
-        let waiters = std::mem::take(&mut pool.waiters);
-        drop(pool);
+        let mut set = self.lock();
+        set.shut_down = true;
+        set.conns.clear();
+        let waiters = std::mem::take(&mut set.waiters);
+        drop(set);
         for w in waiters {
             w.grant(Err(Status::unavailable("channel is shut down")));
         }
@@ -283,12 +284,12 @@ impl Subchannel {
     }
 
     pub(crate) fn stats(&self) -> EndpointStats {
-        let pool = self.lock();
+        let set = self.lock();
         EndpointStats {
             address: self.address.clone(),
             state: self.state.get(),
-            connections: pool.conns.len(),
-            active_streams: pool.conns.iter().map(|c| c.active()).sum(),
+            connections: set.conns.len(),
+            active_streams: set.conns.iter().map(|c| c.active()).sum(),
         }
     }
 
@@ -297,14 +298,14 @@ impl Subchannel {
         self.lock().conns.iter().map(|c| c.active()).sum()
     }
 
-    fn failing_fast(&self, pool: &Pool) -> bool {
-        pool.conns.iter().all(|c| c.draining)
+    fn failing_fast(&self, set: &Connections) -> bool {
+        set.conns.iter().all(|c| c.draining)
             && self.state.get() == ConnectivityState::TransientFailure
-            && pool.retry_at.is_some_and(|at| Instant::now() < at)
+            && set.retry_at.is_some_and(|at| Instant::now() < at)
     }
 
-    fn failure(&self, pool: &Pool) -> Status {
-        let why = pool
+    fn failure(&self, set: &Connections) -> Status {
+        let why = set
             .last_error
             .as_ref()
             .map_or_else(|| "no connection".to_string(), |s| s.message().to_string());
@@ -312,8 +313,8 @@ impl Subchannel {
     }
 
     /// The first connection with room for a stream (packing streams onto few connections).
-    fn take_slot(self: &Arc<Self>, pool: &mut Pool) -> Option<StreamSlot> {
-        let conn = pool
+    fn take_slot(self: &Arc<Self>, set: &mut Connections) -> Option<StreamSlot> {
+        let conn = set
             .conns
             .iter_mut()
             .find(|c| !c.draining && c.active() < c.max_streams())?;
@@ -326,28 +327,28 @@ impl Subchannel {
     }
 
     /// Hands free streams to waiting calls, oldest first.
-    fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
-        while !pool.waiters.is_empty() {
-            let Some(slot) = self.take_slot(pool) else {
+    fn dispatch(self: &Arc<Self>, set: &mut Connections) {
+        while !set.waiters.is_empty() {
+            let Some(slot) = self.take_slot(set) else {
                 break;
             };
-            let waiter = pool.waiters.pop_front().expect("checked non-empty");
+            let waiter = set.waiters.pop_front().expect("checked non-empty");
             waiter.grant(Ok(slot));
         }
-        if !pool.waiters.is_empty() {
-            self.maybe_connect(pool);
+        if !set.waiters.is_empty() {
+            self.maybe_connect(set);
         }
     }
 
-    /// Opens another connection if calls need one and the pool and backoff allow it.
-    fn maybe_connect(self: &Arc<Self>, pool: &mut Pool) {
-        if pool.shut_down {
+    /// Opens another connection if calls need one and the set and backoff allow it.
+    fn maybe_connect(self: &Arc<Self>, set: &mut Connections) {
+        if set.shut_down {
             return;
         }
-        let usable: Vec<&Conn> = pool.conns.iter().filter(|c| !c.draining).collect();
+        let usable: Vec<&Conn> = set.conns.iter().filter(|c| !c.draining).collect();
         let wanted = if usable.is_empty() {
             // The first connection alone: its SETTINGS tell how many streams one carries.
-            usize::from((!pool.waiters.is_empty() || pool.wanted) && pool.connecting == 0)
+            usize::from((!set.waiters.is_empty() || set.wanted) && set.connecting == 0)
         } else {
             let config = &self.env.config;
             let per_connection = usable
@@ -361,13 +362,13 @@ impl Subchannel {
                 .map(|c| c.max_streams().saturating_sub(c.active()))
                 .sum();
             // Enough connections for every waiting call, counting those being opened.
-            let short = pool.waiters.len().saturating_sub(free);
+            let short = set.waiters.len().saturating_sub(free);
             let needed = short
                 .div_ceil(per_connection)
-                .saturating_sub(pool.connecting);
+                .saturating_sub(set.connecting);
             let room = config
                 .max_connections_per_endpoint
-                .saturating_sub(usable.len() + pool.connecting);
+                .saturating_sub(usable.len() + set.connecting);
             if config.multi_connection {
                 needed.min(room)
             } else {
@@ -377,8 +378,8 @@ impl Subchannel {
         if wanted == 0 {
             return;
         }
-        if let Some(at) = pool.retry_at.filter(|at| Instant::now() < *at) {
-            self.schedule_retry(pool, at);
+        if let Some(at) = set.retry_at.filter(|at| Instant::now() < *at) {
+            self.schedule_retry(set, at);
             return;
         }
         // After a failure the state stays TRANSIENT_FAILURE through the next attempts until
@@ -387,7 +388,7 @@ impl Subchannel {
             self.state.set(ConnectivityState::Connecting);
             (self.env.on_state_change)();
         }
-        pool.connecting += wanted;
+        set.connecting += wanted;
         for _ in 0..wanted {
             let sub = self.clone();
             self.env
@@ -396,18 +397,18 @@ impl Subchannel {
         }
     }
 
-    fn schedule_retry(self: &Arc<Self>, pool: &mut Pool, at: Instant) {
-        if pool.retry_scheduled {
+    fn schedule_retry(self: &Arc<Self>, set: &mut Connections, at: Instant) {
+        if set.retry_scheduled {
             return;
         }
-        pool.retry_scheduled = true;
+        set.retry_scheduled = true;
         let weak = Arc::downgrade(self);
         self.env.executor.spawn(Box::pin(async move {
             async_io::Timer::at(at).await;
             if let Some(sub) = weak.upgrade() {
-                let mut pool = sub.lock();
-                pool.retry_scheduled = false;
-                sub.maybe_connect(&mut pool);
+                let mut set = sub.lock();
+                set.retry_scheduled = false;
+                sub.maybe_connect(&mut set);
             }
         }));
     }
@@ -417,9 +418,9 @@ impl Subchannel {
         let (id, result) = loop {
             tries += 1;
             let (ping, id) = {
-                let mut pool = self.lock();
-                pool.next_id += 1;
-                (pool.ping.clone(), pool.next_id)
+                let mut set = self.lock();
+                set.next_id += 1;
+                (set.ping.clone(), set.next_id)
             };
             let alive = Arc::new(AtomicBool::new(true));
             let ended = Arc::new(Mutex::new(None));
@@ -450,41 +451,41 @@ impl Subchannel {
             });
             break (id, result);
         };
-        let mut pool = self.lock();
-        pool.connecting -= 1;
+        let mut set = self.lock();
+        set.connecting -= 1;
         match result {
             Ok(connection) => {
-                pool.conns.push(Conn {
+                set.conns.push(Conn {
                     id,
                     connection,
                     draining: false,
                 });
-                pool.backoff.reset();
-                pool.retry_at = None;
-                pool.last_error = None;
-                self.dispatch(&mut pool);
-                drop(pool);
+                set.backoff.reset();
+                set.retry_at = None;
+                set.last_error = None;
+                self.dispatch(&mut set);
+                drop(set);
                 self.set_state(ConnectivityState::Ready);
             }
             Err(status) => {
-                let delay = pool.backoff.next_delay();
+                let delay = set.backoff.next_delay();
                 let at = Instant::now() + delay;
-                pool.retry_at = Some(at);
-                pool.last_error = Some(status);
-                let usable = pool.conns.iter().any(|c| !c.draining);
+                set.retry_at = Some(at);
+                set.last_error = Some(status);
+                let usable = set.conns.iter().any(|c| !c.draining);
                 if usable {
                     return;
                 }
                 // Calls that won't wait fail now; the others wait for the next attempt.
-                let failure = self.failure(&pool);
-                let (stay, fail): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut pool.waiters)
+                let failure = self.failure(&set);
+                let (stay, fail): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut set.waiters)
                     .into_iter()
                     .partition(|w| w.wait_for_ready);
-                pool.waiters = stay;
-                if !pool.waiters.is_empty() || pool.wanted {
-                    self.schedule_retry(&mut pool, at);
+                set.waiters = stay;
+                if !set.waiters.is_empty() || set.wanted {
+                    self.schedule_retry(&mut set, at);
                 }
-                drop(pool);
+                drop(set);
                 // The state first, so a call that moves on to another endpoint sees this one
                 // failing.
                 self.set_state(ConnectivityState::TransientFailure);
@@ -533,19 +534,19 @@ impl Subchannel {
     /// The server said our keepalive pings were too many: double the interval for new
     /// connections, as gRFC A8 asks.
     fn slow_down_keepalive(&self) {
-        let mut pool = self.lock();
-        if let Some(time) = pool.ping.keepalive_time {
-            pool.ping.keepalive_time = Some(time.saturating_mul(2));
+        let mut set = self.lock();
+        if let Some(time) = set.ping.keepalive_time {
+            set.ping.keepalive_time = Some(time.saturating_mul(2));
         }
     }
 
     fn connection_closed(self: &Arc<Self>, id: u64) {
-        let mut pool = self.lock();
-        pool.conns.retain(|c| c.id != id);
-        let usable = pool.conns.iter().any(|c| !c.draining);
-        self.maybe_connect(&mut pool);
-        let connecting = pool.connecting > 0;
-        drop(pool);
+        let mut set = self.lock();
+        set.conns.retain(|c| c.id != id);
+        let usable = set.conns.iter().any(|c| !c.draining);
+        self.maybe_connect(&mut set);
+        let connecting = set.connecting > 0;
+        drop(set);
         if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
             self.set_state(ConnectivityState::Idle);
         }

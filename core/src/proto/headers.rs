@@ -90,6 +90,48 @@ pub(crate) fn write_encoding(compression: Compression, headers: &mut HeaderMap) 
     headers.insert(GRPC_ACCEPT_ENCODING, ACCEPT_ENCODING);
 }
 
+/// The request head of a gRPC call (RFC 9113 §8.3.1 with gRPC's PROTOCOL-HTTP2.md): POST
+/// `scheme://authority/path` with `content-type`, `te: trailers`, `user-agent`, a
+/// `grpc-timeout` for the time left before `deadline`, the request encoding and the caller's
+/// metadata. INTERNAL for a path that is not `/...` or not a valid URI path.
+pub(crate) fn request(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+    path: &str,
+    user_agent: &HeaderValue,
+    deadline: Option<std::time::Instant>,
+    compression: Compression,
+    metadata: &Metadata,
+) -> Result<http::Request<()>, Status> {
+    if !path.starts_with('/') {
+        return Err(Status::internal(format!(
+            "invalid method path {path:?}: must start with '/'"
+        )));
+    }
+    let uri = http::Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Status::internal(format!("invalid method path {path:?}: {e}")))?;
+    let mut headers = HeaderMap::with_capacity(4 + metadata.len());
+    headers.insert(http::header::CONTENT_TYPE, CONTENT_TYPE_GRPC);
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(http::header::USER_AGENT, user_agent.clone());
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        headers.insert(GRPC_TIMEOUT, encode_timeout(left));
+    }
+    write_encoding(compression, &mut headers);
+    metadata.write_to(&mut headers);
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
 /// Reads the status out of trailers (or a trailers-only response); None without `grpc-status`.
 pub(crate) fn status_from_trailers(trailers: &HeaderMap) -> Option<Status> {
     let raw = trailers.get(GRPC_STATUS)?;

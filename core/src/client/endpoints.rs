@@ -1,0 +1,222 @@
+//! A channel's endpoints: resolving its target (on first use, on failure and on a timer), the
+//! subchannel per address, picking one for a call, and the channel's state from theirs.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use super::channel::ChannelInner;
+use super::resolve::Resolver;
+use super::state::ConnectivityState;
+use super::subchannel::{StreamSlot, Subchannel};
+use crate::rt::Executor;
+use crate::status::Status;
+use crate::transport::Address;
+
+#[derive(Default)]
+/// The resolved endpoints and the state of resolving them.
+pub(super) struct Endpoints {
+    pub(super) list: Arc<Vec<Arc<Subchannel>>>,
+    pub(super) resolved_at: Option<Instant>,
+    pub(super) resolving: bool,
+    pub(super) error: Option<Status>,
+    pub(super) shut_down: bool,
+}
+
+impl ChannelInner {
+    pub(super) fn endpoints(&self) -> MutexGuard<'_, Endpoints> {
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recomputes the channel's state from its endpoints': READY if any is, else CONNECTING,
+    /// else TRANSIENT_FAILURE, else IDLE.
+    pub(super) fn endpoint_state_changed(self: &Arc<Self>) {
+        let _update = self.state_update.lock().unwrap_or_else(|e| e.into_inner());
+        let (list, shut_down) = {
+            let eps = self.endpoints();
+            (eps.list.clone(), eps.shut_down)
+        };
+        if shut_down {
+            return;
+        }
+        let states: Vec<_> = list.iter().map(|s| s.state()).collect();
+        let state = aggregate(&states);
+        if state == ConnectivityState::TransientFailure {
+            // An endpoint failing may mean the addresses changed: refresh them (rate-limited).
+            let stale = self
+                .endpoints()
+                .resolved_at
+                .is_some_and(|at| at.elapsed() >= self.config.resolve_interval);
+            if stale {
+                self.start_resolution();
+            }
+        }
+        if state == ConnectivityState::Ready {
+            self.watch_idle();
+            self.watch_resolution();
+        }
+        self.state.set(state);
+    }
+
+    pub(super) fn start_resolution(self: &Arc<Self>) {
+        {
+            let mut eps = self.endpoints();
+            if eps.resolving || eps.shut_down {
+                return;
+            }
+            eps.resolving = true;
+        }
+        let weak = Arc::downgrade(self);
+        let resolve = self.resolver.resolve();
+        self.env.executor.spawn(Box::pin(async move {
+            let result = resolve.await;
+            if let Some(inner) = weak.upgrade() {
+                inner.resolution_done(result);
+            }
+        }));
+    }
+
+    pub(super) fn resolution_done(self: &Arc<Self>, result: Result<Vec<Address>, Status>) {
+        let mut eps = self.endpoints();
+        eps.resolving = false;
+        eps.resolved_at = Some(Instant::now());
+        let mut gone = Vec::new();
+        match result {
+            Ok(addresses) if !addresses.is_empty() => {
+                eps.error = None;
+                let old = eps.list.clone();
+                let list: Vec<_> = addresses
+                    .into_iter()
+                    .map(|a| {
+                        old.iter()
+                            .find(|s| *s.address() == a)
+                            .cloned()
+                            .unwrap_or_else(|| Subchannel::new(a, self.env.clone()))
+                    })
+                    .collect();
+                gone = old
+                    .iter()
+                    .filter(|s| !list.iter().any(|n| Arc::ptr_eq(n, s)))
+                    .cloned()
+                    .collect();
+                eps.list = Arc::new(list);
+            }
+            Ok(_) => {
+                eps.error = Some(Status::unavailable(format!(
+                    "{} resolved to no addresses",
+                    self.target.authority
+                )))
+            }
+            Err(status) => eps.error = Some(status),
+        }
+        if eps.error.is_some() && eps.list.is_empty() {
+            // Nothing to use: the next call tries again rather than waiting out the refresh.
+            eps.resolved_at = None;
+        }
+        drop(eps);
+        // Endpoints no longer resolved: their calls finish, then their connections close.
+        for sub in gone {
+            sub.shutdown();
+        }
+        self.resolved.notify(usize::MAX);
+        self.endpoint_state_changed();
+    }
+
+    /// The current endpoints, resolving first if there are none yet (and refreshing them in
+    /// the background when they are older than the DNS refresh interval).
+    pub(super) async fn resolved_endpoints(
+        self: &Arc<Self>,
+    ) -> Result<Arc<Vec<Arc<Subchannel>>>, Status> {
+        let mut waited = false;
+        loop {
+            let listener = self.resolved.listen();
+            let (list, error, stale, shut_down) = {
+                let eps = self.endpoints();
+                let stale = eps
+                    .resolved_at
+                    .is_none_or(|at| at.elapsed() >= self.config.resolve_interval);
+                (eps.list.clone(), eps.error.clone(), stale, eps.shut_down)
+            };
+            if shut_down {
+                return Err(Status::unavailable("channel is shut down"));
+            }
+            if stale {
+                self.start_resolution();
+            }
+            if !list.is_empty() {
+                return Ok(list);
+            }
+            if let (true, Some(error)) = (waited, error) {
+                return Err(error);
+            }
+            listener.await;
+            waited = true;
+        }
+    }
+
+    /// Picks an endpoint and takes a stream slot on it. An endpoint that cannot be reached
+    /// is passed over for the next one the policy picks (no stream was started), until every
+    /// endpoint was tried.
+    pub(super) async fn pick(self: &Arc<Self>, wait_for_ready: bool) -> Result<StreamSlot, Status> {
+        let list = self.resolved_endpoints().await?;
+        if self.balancer.connect_all() {
+            for sub in list.iter().filter(|s| s.state() == ConnectivityState::Idle) {
+                sub.request_connection();
+            }
+        }
+        let mut tried = 0;
+        loop {
+            let Some(index) = self.balancer.pick(&list) else {
+                return Err(Status::unavailable("the load balancer picked no endpoint"));
+            };
+            tried += 1;
+            match list[index].acquire(wait_for_ready).await {
+                Err(status) if tried < list.len() && status.code() == crate::Code::Unavailable => {
+                    continue;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Starts the periodic re-resolution if it is not running. It runs until the channel has
+    /// had no call for its idle timeout (an idle channel sends no DNS queries), is shut down,
+    /// or is dropped.
+    pub(super) fn watch_resolution(self: &Arc<Self>) {
+        if self.refresh_watch.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = self.config.resolve_interval;
+        self.env.executor.spawn(Box::pin(async move {
+            loop {
+                async_io::Timer::after(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let (busy, shut_down, due) = {
+                    let eps = inner.endpoints();
+                    let busy = eps.list.iter().any(|s| s.active_streams() > 0);
+                    let due = eps.resolved_at.is_none_or(|at| at.elapsed() >= interval);
+                    (busy, eps.shut_down, due)
+                };
+                let idle = !busy && inner.since_last_call() >= inner.config.idle_timeout;
+                if idle || shut_down {
+                    inner.refresh_watch.store(false, Ordering::Release);
+                    return;
+                }
+                if due {
+                    inner.start_resolution();
+                }
+            }
+        }));
+    }
+}
+
+fn aggregate(states: &[ConnectivityState]) -> ConnectivityState {
+    use ConnectivityState::*;
+    for wanted in [Ready, Connecting, TransientFailure, Idle] {
+        if states.contains(&wanted) {
+            return wanted;
+        }
+    }
+    if states.is_empty() { Idle } else { Shutdown }
+}

@@ -1,0 +1,395 @@
+//! The response side of a call: the state machine from response headers through messages to
+//! trailers and status ([`RawStreaming`]), and its typed faces [`Streaming`] and
+//! [`ResponseFuture`].
+
+use std::fmt;
+use std::future::{Future, IntoFuture, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use h2::client::ResponseFuture as H2ResponseFuture;
+use http::header::CONTENT_TYPE;
+
+use super::call::{CallShared, DecodeFn, Tracker};
+use super::retry::Replay;
+use super::stats::Counters;
+use super::subchannel::StreamSlot;
+
+use crate::codec::compress::StreamEncoding;
+use crate::metadata::Metadata;
+use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
+use crate::proto::recv::MessageReader;
+use crate::response::Response;
+use crate::rt::{BoxFuture, Deadline};
+use crate::status::{Code, Status};
+
+/// A retry's new stream: its response, slot and id.
+pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32);
+
+pub(super) enum RecvState {
+    Headers(H2ResponseFuture),
+    /// Opening a new stream for a stream the server never processed.
+    Retrying(BoxFuture<Result<Reopened, Status>>),
+    Body(MessageReader),
+    Done,
+}
+
+/// The response side of a call, before decoding.
+pub(crate) struct RawStreaming {
+    pub(super) state: RecvState,
+    pub(super) call: Arc<CallShared>,
+    pub(super) deadline: Deadline,
+    pub(super) max_recv: usize,
+    pub(super) initial: Option<Metadata>,
+    pub(super) status: Option<Status>,
+    pub(super) stream_id: u32,
+    /// Whether the last message handed out arrived compressed.
+    pub(super) last_compressed: bool,
+    pub(super) tracker: Option<Tracker>,
+    /// The channel's counters while a retry opens a new stream (the call is counted once).
+    pub(super) retrying: Option<Arc<Counters>>,
+}
+
+impl RawStreaming {
+    /// Ends the call with `status`, cancelling the stream if it is still open.
+    pub(super) fn fail(&mut self, status: Status) {
+        if self.status.is_none() {
+            self.call.cancel();
+            self.finish(status);
+        }
+    }
+
+    /// Ends the call with a failure the peer or the connection caused. RST_STREAM(CANCEL)
+    /// after our deadline passed is the server giving up on that deadline (gRPC servers reset
+    /// expired calls, and its timer may beat ours): DEADLINE_EXCEEDED, as grpc-go reports it.
+    fn peer_failed(&mut self, status: Status) {
+        let expired = self.call.deadline.is_some_and(|at| Instant::now() >= at);
+        if status.code() == Code::Cancelled && expired {
+            let message = format!("deadline exceeded; then {}", status.message());
+            return self.fail(Status::deadline_exceeded(message));
+        }
+        self.fail(status);
+    }
+
+    pub(super) fn finish(&mut self, status: Status) {
+        // The server is done: stop a request stream that is still open.
+        if !self.call.request_closed() {
+            self.call.cancel();
+        }
+        self.state = RecvState::Done;
+        self.call.commit();
+        if let Some(tracker) = self.tracker.take() {
+            tracker.done(status.is_ok());
+        }
+        if let Some(counters) = self.retrying.take() {
+            counters.call_ended(status.is_ok());
+        }
+        self.status = Some(status);
+    }
+
+    fn on_headers(&mut self, response: http::Response<h2::RecvStream>) {
+        // The server has the call: it will not be retried.
+        self.call.commit();
+        let (parts, body) = response.into_parts();
+        if let Some(status) = status_from_trailers(&parts.headers) {
+            // Trailers-only response (or an error page that carries a gRPC status anyway).
+            return self.finish(status);
+        }
+        if parts.status != http::StatusCode::OK {
+            return self.finish(Status::from_http_status(parts.status));
+        }
+        if !is_grpc_content_type(parts.headers.get(CONTENT_TYPE)) {
+            let got = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return self.fail(Status::new(
+                Code::Unknown,
+                format!("invalid content-type in response: {got:?}"),
+            ));
+        }
+        let encoding = StreamEncoding::from_header(parts.headers.get(headers::GRPC_ENCODING));
+        self.initial = Some(Metadata::from_headers(&parts.headers));
+        self.state = RecvState::Body(MessageReader::new(body, self.max_recv, encoding));
+    }
+
+    /// Drives the call until the response headers arrived (or it ended).
+    pub(super) fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let polled = match &mut self.state {
+                RecvState::Headers(fut) => match Pin::new(fut).poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        self.on_headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        self.stream_failed(err);
+                        continue;
+                    }
+                    Poll::Pending => "deadline exceeded waiting for response headers",
+                },
+                RecvState::Retrying(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok((response, slot, id))) => {
+                        if let Some(counters) = self.retrying.take() {
+                            self.tracker = Some(Tracker::new(slot, counters));
+                        }
+                        self.stream_id = id;
+                        self.state = RecvState::Headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Err(status)) => {
+                        self.fail(status);
+                        continue;
+                    }
+                    Poll::Pending => "deadline exceeded retrying the call",
+                },
+                RecvState::Body(_) | RecvState::Done => return Poll::Ready(()),
+            };
+            ready!(self.deadline.poll_expired(cx));
+            self.fail(Status::deadline_exceeded(polled));
+        }
+    }
+
+    /// The stream failed before the response headers. A stream the server never processed
+    /// (RST_STREAM(REFUSED_STREAM), or above the last stream id of its GOAWAY) is retried
+    /// once on a new stream, replaying what was sent, unless the call was committed.
+    fn stream_failed(&mut self, err: h2::Error) {
+        let above_goaway = err.is_go_away()
+            && err.is_remote()
+            && self
+                .tracker
+                .as_ref()
+                .is_some_and(|t| t.slot.unprocessed(self.stream_id));
+        let refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
+        let replay = if refused {
+            self.call.take_replay()
+        } else {
+            None
+        };
+        let Some(Replay { plan, frames, .. }) = replay else {
+            return self.peer_failed(Status::from_h2(err));
+        };
+        // The attempt frees its stream without being counted; the retry is the same call.
+        self.retrying = self.tracker.take().map(Tracker::release);
+        self.state = RecvState::Retrying(super::retry::reopen(plan, frames, self.call.clone()));
+    }
+
+    pub(super) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, Status>> {
+        loop {
+            if let Some(status) = &self.status {
+                return Poll::Ready(if status.is_ok() {
+                    Ok(None)
+                } else {
+                    Err(status.clone())
+                });
+            }
+            ready!(self.poll_headers(cx));
+            let RecvState::Body(reader) = &mut self.state else {
+                continue;
+            };
+            let pending = match reader.poll_message(cx) {
+                Poll::Ready(Ok(Some(msg))) => {
+                    self.last_compressed = reader.last_compressed();
+                    return Poll::Ready(Ok(Some(msg)));
+                }
+                Poll::Ready(Ok(None)) => match reader.poll_trailers(cx) {
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        let status = status_from_trailers(&trailers).unwrap_or_else(|| {
+                            Status::new(Code::Unknown, "server sent trailers without grpc-status")
+                        });
+                        self.finish(status);
+                        false
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        self.finish(Status::new(
+                            Code::Unknown,
+                            "server ended the stream without trailers",
+                        ));
+                        false
+                    }
+                    Poll::Ready(Err(status)) => {
+                        self.peer_failed(status);
+                        false
+                    }
+                    Poll::Pending => true,
+                },
+                Poll::Ready(Err(status)) => {
+                    self.peer_failed(status);
+                    false
+                }
+                Poll::Pending => true,
+            };
+            if pending {
+                ready!(self.deadline.poll_expired(cx));
+                self.fail(Status::deadline_exceeded(
+                    "deadline exceeded waiting for the response",
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for RawStreaming {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.call.cancel();
+        }
+        if let Some(tracker) = self.tracker.take() {
+            tracker.done(false);
+        }
+        if let Some(counters) = self.retrying.take() {
+            counters.call_ended(false);
+        }
+    }
+}
+
+/// The response messages of a call, ending in a [`Status`]. Dropping it before the end
+/// cancels the call (RST_STREAM(CANCEL)).
+pub struct Streaming<T> {
+    pub(super) raw: RawStreaming,
+    pub(super) decode: DecodeFn<T>,
+    /// Set once the error was yielded through [`Stream`], which then ends.
+    pub(super) fused: bool,
+}
+
+impl<T> fmt::Debug for Streaming<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming")
+            .field("status", &self.raw.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Streaming<T> {
+    /// The next message: `Ok(None)` when the call ended with OK, `Err` with any other status.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    /// Polls for the next message; see [`Streaming::message`].
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        match ready!(self.raw.poll_message(cx)) {
+            Ok(Some(bytes)) => match (self.decode)(bytes) {
+                Ok(msg) => Poll::Ready(Ok(Some(msg))),
+                Err(status) => {
+                    self.raw.fail(status.clone());
+                    Poll::Ready(Err(status))
+                }
+            },
+            Ok(None) => Poll::Ready(Ok(None)),
+            Err(status) => Poll::Ready(Err(status)),
+        }
+    }
+
+    /// Whether the last message [`Streaming::message`] returned arrived compressed (its
+    /// Compressed-Flag was set); it was inflated either way.
+    pub fn last_message_compressed(&self) -> bool {
+        self.raw.last_compressed
+    }
+
+    /// The response headers' metadata (empty for a trailers-only response); waits for them.
+    pub async fn initial_metadata(&mut self) -> Result<Metadata, Status> {
+        poll_fn(|cx| self.raw.poll_headers(cx)).await;
+        match (&self.raw.initial, &self.raw.status) {
+            (Some(md), _) => Ok(md.clone()),
+            (None, Some(status)) if !status.is_ok() => Err(status.clone()),
+            (None, _) => Ok(Metadata::new()),
+        }
+    }
+
+    /// The final status, once the call ended.
+    pub fn status(&self) -> Option<&Status> {
+        self.raw.status.as_ref()
+    }
+
+    /// The trailing metadata, once the call ended.
+    pub fn trailers(&self) -> Option<&Metadata> {
+        self.raw.status.as_ref().map(Status::metadata)
+    }
+
+    /// Cancels the call: sends RST_STREAM(CANCEL); later reads give CANCELLED.
+    pub fn cancel(&mut self) {
+        self.raw
+            .fail(Status::cancelled("call cancelled by the client"));
+    }
+}
+
+impl<T> Stream for Streaming<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.fused {
+            return Poll::Ready(None);
+        }
+        match ready!(this.poll_message(cx)) {
+            Ok(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Ok(None) => {
+                this.fused = true;
+                Poll::Ready(None)
+            }
+            Err(status) => {
+                this.fused = true;
+                Poll::Ready(Some(Err(status)))
+            }
+        }
+    }
+}
+
+/// The single response of a client-streaming call; await it after feeding the [`Sender`].
+pub struct ResponseFuture<T> {
+    pub(super) stream: Streaming<T>,
+}
+
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> ResponseFuture<T> {
+    /// Waits for the response.
+    pub async fn response(mut self) -> Result<Response<T>, Status> {
+        read_unary(&mut self.stream).await
+    }
+
+    /// Cancels the call.
+    pub fn cancel(&mut self) {
+        self.stream.cancel();
+    }
+}
+
+impl<T: Send + 'static> IntoFuture for ResponseFuture<T> {
+    type Output = Result<Response<T>, Status>;
+    type IntoFuture = BoxFuture<Result<Response<T>, Status>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.response())
+    }
+}
+
+/// Reads exactly one message and the status: what unary and client-streaming calls return.
+pub(super) async fn read_unary<T>(stream: &mut Streaming<T>) -> Result<Response<T>, Status> {
+    let metadata = stream.initial_metadata().await?;
+    let Some(message) = stream.message().await? else {
+        return Err(Status::internal(
+            "server sent no response message for a unary call",
+        ));
+    };
+    let compressed = stream.last_message_compressed();
+    if stream.message().await?.is_some() {
+        let status =
+            Status::internal("server sent more than one response message for a unary call");
+        stream.raw.fail(status.clone());
+        return Err(status);
+    }
+    let trailers = stream.trailers().cloned().unwrap_or_default();
+    Ok(Response::from_parts(metadata, message, trailers).with_compressed(compressed))
+}

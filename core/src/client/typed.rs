@@ -1,0 +1,144 @@
+//! [`Client`]: a typed client over a channel, encoding and decoding through a codec.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::call::EncodeFn;
+use super::channel::Channel;
+use super::options::CallOptions;
+use super::recv::{RawStreaming, ResponseFuture, Streaming, read_unary};
+use super::send::Sender;
+use super::send::SenderState;
+use crate::codec::frame::frame_message;
+use crate::codec::{Codec, Compression};
+use crate::response::Response;
+use crate::status::Status;
+
+/// A typed client over a [`Channel`]: messages go through the codec `C`.
+pub struct Client<C> {
+    channel: Channel,
+    codec: Arc<C>,
+}
+
+impl<C> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Client {
+            channel: self.channel.clone(),
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Client<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Codec> Client<C> {
+    /// A client that sends on `channel` with `codec`.
+    pub fn new(channel: Channel, codec: C) -> Client<C> {
+        Client {
+            channel,
+            codec: Arc::new(codec),
+        }
+    }
+
+    /// The channel this client uses.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn encoder(&self) -> EncodeFn<C::Encode> {
+        let codec = self.codec.clone();
+        Arc::new(move |msg, max, compression| frame_message(&*codec, msg, max, compression))
+    }
+
+    fn streaming(&self, raw: RawStreaming) -> Streaming<C::Decode> {
+        let codec = self.codec.clone();
+        Streaming {
+            raw,
+            decode: Arc::new(move |bytes| codec.decode(bytes)),
+            fused: false,
+        }
+    }
+
+    fn max_send(&self, options: &CallOptions) -> usize {
+        options
+            .max_send_message_size
+            .unwrap_or(self.channel.config().max_send_message_size)
+    }
+
+    fn compression(&self, options: &CallOptions) -> Compression {
+        options
+            .compression
+            .unwrap_or(self.channel.config().compression)
+    }
+
+    /// A unary call: one request, one response.
+    pub async fn unary(
+        &self,
+        path: &str,
+        message: &C::Encode,
+        options: CallOptions,
+    ) -> Result<Response<C::Decode>, Status> {
+        let framed = frame_message(
+            &*self.codec,
+            message,
+            self.max_send(&options),
+            self.compression(&options),
+        )?;
+        let (_call, raw) = self
+            .channel
+            .start(path, options, Some(framed), true)
+            .await?;
+        read_unary(&mut self.streaming(raw)).await
+    }
+
+    /// A server-streaming call: one request, a stream of responses.
+    pub async fn server_streaming(
+        &self,
+        path: &str,
+        message: &C::Encode,
+        options: CallOptions,
+    ) -> Result<Streaming<C::Decode>, Status> {
+        let framed = frame_message(
+            &*self.codec,
+            message,
+            self.max_send(&options),
+            self.compression(&options),
+        )?;
+        let (_call, raw) = self
+            .channel
+            .start(path, options, Some(framed), true)
+            .await?;
+        Ok(self.streaming(raw))
+    }
+
+    /// A client-streaming call: send requests, then await the one response.
+    pub async fn client_streaming(
+        &self,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<(Sender<C::Encode>, ResponseFuture<C::Decode>), Status> {
+        let (sender, stream) = self.bidi_streaming(path, options).await?;
+        Ok((sender, ResponseFuture { stream }))
+    }
+
+    /// A bidirectional-streaming call: a sender and a receiver that may live on different tasks.
+    pub async fn bidi_streaming(
+        &self,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
+        let compression = self.compression(&options);
+        let (call, raw) = self.channel.start(path, options, None, false).await?;
+        let sender = Sender {
+            state: Arc::new(SenderState { call, compression }),
+            encode: self.encoder(),
+        };
+        Ok((sender, self.streaming(raw)))
+    }
+}
