@@ -18,7 +18,8 @@ import weakref
 from ctypes import byref, c_int32, c_void_p
 
 from .. import _common, _ffi
-from .._channel import _CONNECT_WAIT_MS, _method, open_channel
+from .._channel import CONNECT_WAIT_MS as _CONNECT_WAIT_MS, open_channel
+from .._common import method_path as _method
 from .._common import (
     LazyStatus,
     RpcError,
