@@ -63,21 +63,26 @@ def no_response(initial_metadata: Metadata) -> Status:
     return Status.local(StatusCode.INTERNAL, NO_RESPONSE, initial_metadata)
 
 
+def _no_metadata() -> Metadata:
+    return ()
+
+
 def deserialize(
     deserializer: Deserializer | None,
     data: bytes,
     error: Callable[[Status], BaseException],
-    initial_metadata: Metadata = (),
+    initial_metadata: Callable[[], Metadata] = _no_metadata,
 ) -> Any:
-    """`deserializer(data)` (the bytes themselves without one); a deserializer that raises
-    becomes `error(status)` with grpcio's INTERNAL status for it."""
+    """`deserializer(data)` (the bytes themselves without one). A deserializer that raises
+    becomes `error(status)`, grpcio's INTERNAL status for it carrying `initial_metadata()`
+    (asked for only then: reading a call's status has a cost)."""
     if deserializer is None:
         return data
     try:
         return deserializer(data)
     except Exception as exc:
         status = Status.local(
-            StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}", initial_metadata
+            StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}", initial_metadata()
         )
         raise error(status) from exc
 
