@@ -9,17 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, TypeVar
 
 from . import _ffi
 from ._common import (
     Deserializer,
     Metadata,
     SerializationError,
-    Serializer,
     Status,
     StatusCode,
-    method_path,
 )
 
 _LOG = logging.getLogger("plexus")
@@ -34,7 +32,6 @@ NO_RESPONSE = "the server ended the call without a response message"
 """The details of a unary-response call that ended OK without a message."""
 
 _T = TypeVar("_T")
-_ChannelT = TypeVar("_ChannelT")
 
 
 def describe(kind: str, status: Status) -> str:
@@ -178,21 +175,3 @@ class CallState:
         else:
             _LOG.debug("plexus: request iterator raised", exc_info=exc)
             self._cancel_with(StatusCode.UNKNOWN, ITERATOR_FAILED)
-
-
-class MultiCallableBase(Generic[_ChannelT]):
-    """What every multicallable holds: its channel, method and (de)serializers."""
-
-    __slots__ = ("_channel", "_method", "_serializer", "_deserializer")
-
-    def __init__(
-        self,
-        channel: _ChannelT,
-        method: str | bytes,
-        serializer: Serializer | None,
-        deserializer: Deserializer | None,
-    ) -> None:
-        self._channel = channel
-        self._method = method_path(method)
-        self._serializer = serializer
-        self._deserializer = deserializer

@@ -24,7 +24,6 @@ from . import _common, _ffi, _options
 from ._call_state import (
     CHANNEL_CLOSED,
     CallState,
-    MultiCallableBase,
     describe,
     deserialize,
     library_status,
@@ -37,6 +36,7 @@ from ._common import (
     Deserializer,
     Metadata,
     MetadataArg,
+    MultiCallableBase,
     Request,
     Response,
     RpcError,
@@ -153,7 +153,14 @@ class _CompletedCall(_Finished):
 # --------------------------------------------------------------------------- the channel
 
 
-class Channel:
+class Channel(
+    _common.ChannelMethods[
+        "UnaryUnaryMultiCallable[Any, Any]",
+        "UnaryStreamMultiCallable[Any, Any]",
+        "StreamUnaryMultiCallable[Any, Any]",
+        "StreamStreamMultiCallable[Any, Any]",
+    ]
+):
     """A channel to one target, shaped like grpc.Channel.
 
     Create it with `plexus.insecure_channel(target, options=None, **plexus_options)`.
@@ -178,6 +185,14 @@ class Channel:
         self._subscriptions: list[Callable[[Any], object]] = []
         self._watcher: threading.Thread | None = None
         self._connecting = False
+
+    def _kinds(self) -> tuple[
+        type[UnaryUnaryMultiCallable[Any, Any]],
+        type[UnaryStreamMultiCallable[Any, Any]],
+        type[StreamUnaryMultiCallable[Any, Any]],
+        type[StreamStreamMultiCallable[Any, Any]],
+    ]:
+        return _KINDS
 
     # -- lifetime --
 
@@ -235,49 +250,6 @@ class Channel:
                 self._handle = 0
         except Exception:
             pass
-
-    # -- multicallables --
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> UnaryUnaryMultiCallable[Request, Response]:
-        """A callable for a unary-unary method (`kwargs` such as grpcio's
-        `_registered_method` are accepted and ignored)."""
-        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> UnaryStreamMultiCallable[Request, Response]:
-        """A callable for a unary-stream (server streaming) method."""
-        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> StreamUnaryMultiCallable[Request, Response]:
-        """A callable for a stream-unary (client streaming) method."""
-        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> StreamStreamMultiCallable[Request, Response]:
-        """A callable for a stream-stream (bidirectional streaming) method."""
-        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
 
     # -- plexus extras and connectivity --
 
@@ -1184,6 +1156,14 @@ class _StreamUnaryFuture(_CallFuture):
         stream, local = self._stream, self._local
         if stream is not None and local is not None:
             stream._cancel_with(local.code, local.details)
+
+
+_KINDS = (
+    UnaryUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    StreamStreamMultiCallable,
+)
 
 
 def insecure_channel(

@@ -14,7 +14,7 @@ import importlib
 import math
 from collections.abc import Sequence
 from ctypes import byref, c_char_p, c_int32, c_size_t, c_void_p, string_at
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Generic, NamedTuple, Optional, Tuple, TypeVar, Union
 
 from . import _ffi
 
@@ -527,3 +527,79 @@ def channel_stats(lib: _ffi.Lib, handle: int) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(stats, name) for name in names}
     out["state"] = connectivity(stats.state)
     return out
+
+
+_ChannelT = TypeVar("_ChannelT")
+
+
+class MultiCallableBase(Generic[_ChannelT]):
+    """What every multicallable holds: its channel, method and (de)serializers."""
+
+    __slots__ = ("_channel", "_method", "_serializer", "_deserializer")
+
+    def __init__(
+        self,
+        channel: _ChannelT,
+        method: str | bytes,
+        serializer: Serializer | None,
+        deserializer: Deserializer | None,
+    ) -> None:
+        self._channel = channel
+        self._method = method_path(method)
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+
+_UU = TypeVar("_UU", bound=MultiCallableBase[Any])
+_US = TypeVar("_US", bound=MultiCallableBase[Any])
+_SU = TypeVar("_SU", bound=MultiCallableBase[Any])
+_SS = TypeVar("_SS", bound=MultiCallableBase[Any])
+
+
+class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
+    """grpc.Channel's four multicallable factories, over the channel's own multicallable
+    classes (`_kinds()`: unary-unary, unary-stream, stream-unary, stream-stream). Keyword
+    arguments such as grpcio's `_registered_method` are accepted and ignored."""
+
+    def _kinds(self) -> tuple[type[_UU], type[_US], type[_SU], type[_SS]]:
+        raise NotImplementedError
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _UU:
+        """A callable for a unary-unary method."""
+        return self._kinds()[0](self, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _US:
+        """A callable for a unary-stream (server streaming) method."""
+        return self._kinds()[1](self, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _SU:
+        """A callable for a stream-unary (client streaming) method."""
+        return self._kinds()[2](self, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _SS:
+        """A callable for a stream-stream (bidirectional streaming) method."""
+        return self._kinds()[3](self, method, request_serializer, response_deserializer)

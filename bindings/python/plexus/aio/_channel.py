@@ -23,7 +23,6 @@ from .. import _common, _ffi
 from .._call_state import (
     CHANNEL_CLOSED,
     CallState,
-    MultiCallableBase,
     describe,
     deserialize,
     library_status,
@@ -38,6 +37,7 @@ from .._common import (
     LazyStatus,
     Metadata,
     MetadataArg,
+    MultiCallableBase,
     Request,
     Response,
     RpcError,
@@ -224,14 +224,22 @@ class _Call(CallState):
         loop: asyncio.AbstractEventLoop,
         poller: _Poller,
         timeout: float | None,
+        serializer: Serializer | None,
+        deserializer: Deserializer | None,
     ) -> None:
         self._init_state(channel._lib, timeout)
+        self._serializer = serializer
+        self._deserializer = deserializer
         self._channel = channel
         self._loop = loop
         self._poller = poller
         self._lazy: LazyStatus | None = None
         self._done_callbacks: list[Callable[[Any], object]] | None = None
         self._done: asyncio.Future[None] | None = None  # created when someone waits for the end
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Sets up what this kind of call adds to the state (on the event loop's thread)."""
 
     # -- state --
 
@@ -261,6 +269,11 @@ class _Call(CallState):
         callbacks, self._done_callbacks = self._done_callbacks, None
         if callbacks:
             run_callbacks(callbacks, self)
+
+    def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
+        """Starts the call in the library, with its one request message `req` if it has one;
+        the events come to this call's poller."""
+        raise NotImplementedError
 
     # -- grpc.aio.Call --
 
@@ -336,21 +349,12 @@ class UnaryUnaryCall(_Call):
     """An asyncio unary call: `await call` gives the response. One event on the loop's
     completion queue (plexus_unary_call_async) brings the response and the status."""
 
-    def __init__(
-        self,
-        channel: Channel,
-        loop: asyncio.AbstractEventLoop,
-        poller: _Poller,
-        timeout: float | None,
-        deserializer: Deserializer | None,
-    ) -> None:
-        _Call.__init__(self, channel, loop, poller, timeout)
-        self._deserializer = deserializer
+    def _prepare(self) -> None:
         self._payload: bytes | None = None
-        self._result: asyncio.Future[Any] = loop.create_future()
+        self._result: asyncio.Future[Any] = self._loop.create_future()
         self._result.add_done_callback(self._on_result_done)
 
-    def _start(self, channel_handle: int, method: bytes, req: c_void_p, opts: int | None) -> None:
+    def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
         poller = self._poller
         tag = poller.register(self._on_event)
         out = c_void_p()
@@ -413,21 +417,10 @@ class _StreamingCall(_Call):
     """Calls with a request stream or a response stream: operations are awaited one at a
     time per side, each an asyncio future resolved by its event."""
 
-    def __init__(
-        self,
-        channel: Channel,
-        loop: asyncio.AbstractEventLoop,
-        poller: _Poller,
-        timeout: float | None,
-        serializer: Serializer | None,
-        deserializer: Deserializer | None,
-    ) -> None:
-        _Call.__init__(self, channel, loop, poller, timeout)
-        self._started: asyncio.Future[bool] = loop.create_future()
+    def _prepare(self) -> None:
+        self._started: asyncio.Future[bool] = self._loop.create_future()
         self._recv_lock = asyncio.Lock()
         self._initial: Metadata | None = None
-        self._serializer = serializer
-        self._deserializer = deserializer
         self._writer_task: asyncio.Task[None] | None = None
         self._write_closed = False
 
@@ -696,70 +689,34 @@ class StreamUnaryCall(_StreamingCall):
 # --------------------------------------------------------------------------- multicallables
 
 
-class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response]):
+_AnyCallT = TypeVar("_AnyCallT", bound=_Call)
+_Loop = Tuple[asyncio.AbstractEventLoop, _Poller]
+
+
+class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response, _AnyCallT]):
     __slots__ = ()
+    _kind: type[_AnyCallT]
 
-
-class UnaryUnaryMultiCallable(_MultiCallable[Request, Response]):
-    """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
-
-    __slots__ = ()
-
-    def __call__(
+    def _start(
         self,
-        request: Request,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataArg = None,
-        credentials: object = None,
-        wait_for_ready: bool | None = None,
-        compression: CompressionArg = None,
-    ) -> UnaryUnaryCall:
-        """Starts the call; see the class docstring for what it returns."""
+        loop: _Loop,
+        request: bytes | None,
+        timeout: float | None,
+        metadata: MetadataArg,
+        credentials: object,
+        wait_for_ready: bool | None,
+        compression: CompressionArg,
+    ) -> _AnyCallT:
+        """Starts a call of this method's kind, with its one request (None for a request
+        stream)."""
         channel = self._channel
         lib = channel._lib
-        loop, poller = channel._loop_and_poller()
-        data = serialize(self._serializer, request)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         try:
-            rc = lib.bytes_copy(data, len(data), byref(req))
-            if rc:
-                raise lib.error(rc)
-            call = UnaryUnaryCall(channel, loop, poller, timeout, self._deserializer)
-            call._start(channel._live_handle(), self._method, req, opts)
-        finally:
-            lib.bytes_free(req)
-            free_options(lib, opts)
-        channel._track(call)
-        return call
-
-
-class UnaryStreamMultiCallable(_MultiCallable[Request, Response]):
-    """`callable(request, ...)` returns a call to iterate with `async for`."""
-
-    __slots__ = ()
-
-    def __call__(
-        self,
-        request: Request,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataArg = None,
-        credentials: object = None,
-        wait_for_ready: bool | None = None,
-        compression: CompressionArg = None,
-    ) -> UnaryStreamCall:
-        """Starts the call; see the class docstring for what it returns."""
-        channel = self._channel
-        lib = channel._lib
-        loop, poller = channel._loop_and_poller()
-        data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        req = c_void_p()
-        try:
-            lib.check(lib.bytes_copy(data, len(data), byref(req)))
-            call = UnaryStreamCall(channel, loop, poller, timeout, None, self._deserializer)
+            if request is not None:
+                lib.check(lib.bytes_copy(request, len(request), byref(req)))
+            call = self._kind(channel, *loop, timeout, self._serializer, self._deserializer)
             call._open(channel._live_handle(), self._method, req.value, opts)
         finally:
             lib.bytes_free(req)
@@ -768,9 +725,43 @@ class UnaryStreamMultiCallable(_MultiCallable[Request, Response]):
         return call
 
 
-class _StreamRequestMultiCallable(_MultiCallable[Request, Response], Generic[Request, Response, _CallT]):
+class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT]):
     __slots__ = ()
-    _kind: type[_CallT]
+
+    def __call__(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _AnyCallT:
+        """Starts the call; see the class docstring for what it returns."""
+        loop = self._channel._loop_and_poller()
+        data = serialize(self._serializer, request)
+        return self._start(
+            loop, data, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class UnaryUnaryMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryUnaryCall]):
+    """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
+
+    __slots__ = ()
+    _kind = UnaryUnaryCall
+
+
+class UnaryStreamMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryStreamCall]):
+    """`callable(request, ...)` returns a call to iterate with `async for`."""
+
+    __slots__ = ()
+    _kind = UnaryStreamCall
+
+
+class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT]):
+    __slots__ = ()
 
     def __call__(
         self,
@@ -783,9 +774,7 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response], Generic[Req
         compression: CompressionArg = None,
     ) -> _CallT:
         """Starts the call; see the class docstring for what it returns."""
-        channel = self._channel
-        lib = channel._lib
-        loop, poller = channel._loop_and_poller()
+        loop = self._channel._loop_and_poller()
         if request_iterator is not None and not (
             hasattr(request_iterator, "__aiter__") or hasattr(request_iterator, "__iter__")
         ):
@@ -793,13 +782,7 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response], Generic[Req
                 f"request_iterator must be an iterator or async iterator, not "
                 f"{type(request_iterator).__name__}"
             )
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        try:
-            call = self._kind(channel, loop, poller, timeout, self._serializer, self._deserializer)
-            call._open(channel._live_handle(), self._method, None, opts)
-        finally:
-            free_options(lib, opts)
-        channel._track(call)
+        call = self._start(loop, None, timeout, metadata, credentials, wait_for_ready, compression)
         if request_iterator is not None:
             call._consume(request_iterator)
         return call
@@ -819,10 +802,19 @@ class StreamStreamMultiCallable(
 
     __slots__ = ()
     _kind = StreamStreamCall
+
+
 # --------------------------------------------------------------------------- the channel
 
 
-class Channel:
+class Channel(
+    _common.ChannelMethods[
+        UnaryUnaryMultiCallable[Any, Any],
+        UnaryStreamMultiCallable[Any, Any],
+        StreamUnaryMultiCallable[Any, Any],
+        StreamStreamMultiCallable[Any, Any],
+    ]
+):
     """An asyncio channel to one target, shaped like grpc.aio.Channel.
 
     Create it with `plexus.aio.insecure_channel(target, options=None, **plexus_options)`.
@@ -848,6 +840,14 @@ class Channel:
         self._calls: dict[int, _Call] = {}  # calls in flight, by id; each removes itself at its end
         self._connecting = False
         self._connect_lock = threading.Lock()
+
+    def _kinds(self) -> tuple[
+        type[UnaryUnaryMultiCallable[Any, Any]],
+        type[UnaryStreamMultiCallable[Any, Any]],
+        type[StreamUnaryMultiCallable[Any, Any]],
+        type[StreamStreamMultiCallable[Any, Any]],
+    ]:
+        return _KINDS
 
     def _loop_and_poller(self) -> tuple[asyncio.AbstractEventLoop, _Poller]:
         loop = asyncio.get_running_loop()
@@ -945,45 +945,13 @@ class Channel:
         """A snapshot of the channel's statistics."""
         return _common.channel_stats(self._lib, self._live_handle())
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> UnaryUnaryMultiCallable[Request, Response]:
-        """A callable for a unary-unary method."""
-        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> UnaryStreamMultiCallable[Request, Response]:
-        """A callable for a unary-stream (server streaming) method."""
-        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> StreamUnaryMultiCallable[Request, Response]:
-        """A callable for a stream-unary (client streaming) method."""
-        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Callable[[Request], bytes] | None = None,
-        response_deserializer: Callable[[bytes], Response] | None = None,
-        **kwargs: Any,
-    ) -> StreamStreamMultiCallable[Request, Response]:
-        """A callable for a stream-stream (bidirectional streaming) method."""
-        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+_KINDS = (
+    UnaryUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    StreamStreamMultiCallable,
+)
 
 
 def insecure_channel(
