@@ -21,37 +21,12 @@ from types import TracebackType
 from typing import Any, Callable, Generic, Literal, Optional, Tuple
 
 from . import _common, _ffi, _options
-from ._call_state import (
-    CHANNEL_CLOSED,
-    CallState,
-    describe,
-    deserialize,
-    library_status,
-    local_outcome,
-    no_response,
-    run_callbacks,
-)
-from ._common import (
-    CompressionArg,
-    Deserializer,
-    Metadata,
-    MetadataArg,
-    MultiCallableBase,
-    Request,
-    Response,
-    RpcError,
-    Serializer,
-    Status,
-    StatusCode,
-    StatusView,
-    call_options,
-    closed_channel_error,
-    free_options,
-    read_status,
-    serialize,
-    take_bytes,
-    take_metadata,
-)
+from ._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from ._call_state import local_outcome, no_response, run_callbacks
+from ._common import CompressionArg, Deserializer, Metadata, MetadataArg, MultiCallableBase
+from ._common import Request, Response, RpcError, Serializer, Status, StatusCode, StatusView
+from ._common import call_options, closed_channel_error, free_options, read_status, serialize
+from ._common import take_bytes, take_metadata
 from ._ffi import END_OF_STREAM, ERR_RPC, OK
 from ._options import ChannelOptions
 
@@ -185,14 +160,7 @@ class Channel(
         self._subscriptions: list[Callable[[Any], object]] = []
         self._watcher: threading.Thread | None = None
         self._connecting = False
-
-    def _kinds(self) -> tuple[
-        type[UnaryUnaryMultiCallable[Any, Any]],
-        type[UnaryStreamMultiCallable[Any, Any]],
-        type[StreamUnaryMultiCallable[Any, Any]],
-        type[StreamStreamMultiCallable[Any, Any]],
-    ]:
-        return _KINDS
+        self._kinds = _KINDS
 
     # -- lifetime --
 
@@ -1115,6 +1083,14 @@ class StreamUnaryMultiCallable(_MultiCallable[Request, Response]):
         return future
 
 
+_KINDS = (
+    UnaryUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    StreamStreamMultiCallable,
+)
+
+
 class _StreamUnaryFuture(_CallFuture):
     """A stream-unary future: one thread runs the blocking call and resolves it."""
 
@@ -1156,14 +1132,6 @@ class _StreamUnaryFuture(_CallFuture):
         stream, local = self._stream, self._local
         if stream is not None and local is not None:
             stream._cancel_with(local.code, local.details)
-
-
-_KINDS = (
-    UnaryUnaryMultiCallable,
-    UnaryStreamMultiCallable,
-    StreamUnaryMultiCallable,
-    StreamStreamMultiCallable,
-)
 
 
 def insecure_channel(

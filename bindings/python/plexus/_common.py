@@ -558,11 +558,10 @@ _SS = TypeVar("_SS", bound=MultiCallableBase[Any])
 
 class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
     """grpc.Channel's four multicallable factories, over the channel's own multicallable
-    classes (`_kinds()`: unary-unary, unary-stream, stream-unary, stream-stream). Keyword
+    classes (`_kinds`: unary-unary, unary-stream, stream-unary, stream-stream). Keyword
     arguments such as grpcio's `_registered_method` are accepted and ignored."""
 
-    def _kinds(self) -> tuple[type[_UU], type[_US], type[_SU], type[_SS]]:
-        raise NotImplementedError
+    _kinds: tuple[type[_UU], type[_US], type[_SU], type[_SS]]
 
     def unary_unary(
         self,
@@ -572,7 +571,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         **kwargs: Any,
     ) -> _UU:
         """A callable for a unary-unary method."""
-        return self._kinds()[0](self, method, request_serializer, response_deserializer)
+        return self._kinds[0](self, method, request_serializer, response_deserializer)
 
     def unary_stream(
         self,
@@ -582,7 +581,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         **kwargs: Any,
     ) -> _US:
         """A callable for a unary-stream (server streaming) method."""
-        return self._kinds()[1](self, method, request_serializer, response_deserializer)
+        return self._kinds[1](self, method, request_serializer, response_deserializer)
 
     def stream_unary(
         self,
@@ -592,7 +591,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         **kwargs: Any,
     ) -> _SU:
         """A callable for a stream-unary (client streaming) method."""
-        return self._kinds()[2](self, method, request_serializer, response_deserializer)
+        return self._kinds[2](self, method, request_serializer, response_deserializer)
 
     def stream_stream(
         self,
@@ -602,4 +601,4 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         **kwargs: Any,
     ) -> _SS:
         """A callable for a stream-stream (bidirectional streaming) method."""
-        return self._kinds()[3](self, method, request_serializer, response_deserializer)
+        return self._kinds[3](self, method, request_serializer, response_deserializer)

@@ -20,39 +20,13 @@ from ctypes import byref, c_int32, c_void_p
 from typing import TYPE_CHECKING, Any, Callable, Generic, Tuple, TypeVar, Union
 
 from .. import _common, _ffi
-from .._call_state import (
-    CHANNEL_CLOSED,
-    CallState,
-    describe,
-    deserialize,
-    library_status,
-    local_outcome,
-    no_response,
-    run_callbacks,
-)
+from .._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from .._call_state import local_outcome, no_response, run_callbacks
 from .._channel import CONNECT_WAIT_MS, open_channel
-from .._common import (
-    CompressionArg,
-    Deserializer,
-    LazyStatus,
-    Metadata,
-    MetadataArg,
-    MultiCallableBase,
-    Request,
-    Response,
-    RpcError,
-    Serializer,
-    Status,
-    StatusCode,
-    StatusView,
-    call_options,
-    closed_channel_error,
-    free_options,
-    read_status,
-    serialize,
-    take_bytes,
-    take_metadata,
-)
+from .._common import CompressionArg, Deserializer, LazyStatus, Metadata, MetadataArg
+from .._common import MultiCallableBase, Request, Response, RpcError, Serializer, Status
+from .._common import StatusCode, StatusView, call_options, closed_channel_error, free_options
+from .._common import read_status, serialize, take_bytes, take_metadata
 from .._ffi import END_OF_STREAM, OK
 from .._options import ChannelOptions
 
@@ -840,14 +814,7 @@ class Channel(
         self._calls: dict[int, _Call] = {}  # calls in flight, by id; each removes itself at its end
         self._connecting = False
         self._connect_lock = threading.Lock()
-
-    def _kinds(self) -> tuple[
-        type[UnaryUnaryMultiCallable[Any, Any]],
-        type[UnaryStreamMultiCallable[Any, Any]],
-        type[StreamUnaryMultiCallable[Any, Any]],
-        type[StreamStreamMultiCallable[Any, Any]],
-    ]:
-        return _KINDS
+        self._kinds = _KINDS
 
     def _loop_and_poller(self) -> tuple[asyncio.AbstractEventLoop, _Poller]:
         loop = asyncio.get_running_loop()
