@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Python package's suite: installs bindings/python into the repo's .venv the way users
 # do (pip install ./bindings/python, which builds libplexus with cargo through the package's
-# own PEP 517 backend), installs the pinned test requirements, and runs tests/python against
-# the Rust echo server and a grpcio one. Ends with a short smoke run of the benchmark (its
-# numbers are not checked; run benches/python/bench_unary.py for real figures).
+# own PEP 517 backend), installs the pinned test requirements, type-checks the package with
+# mypy --strict, and runs tests/python against the Rust echo server and a grpcio one. Ends
+# with a short smoke run of the benchmark (its numbers are not checked; run
+# benches/python/bench_unary.py for real figures).
 # Usage: ./scripts/test-python.sh        (scripts/test.sh runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ step "python: pip install ./bindings/python (builds libplexus with cargo)"
 # The tests import the installed package, with the library it carries.
 unset PLEXUS_LIBRARY
 "$py" -c 'import plexus, plexus._ffi as f; print("plexus", plexus.__version__, "library", f.current().path)'
+
+step "python: mypy --strict bindings/python/plexus"
+"$py" -m mypy --strict bindings/python/plexus
 
 step "python: pytest tests/python"
 PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$py" -m pytest tests/python -q

@@ -63,4 +63,5 @@ __all__ = [
 
 def library_version() -> str:
     """The version of the loaded libplexus."""
-    return _ffi.current().version().decode()
+    version: bytes = _ffi.current().version()
+    return version.decode()

@@ -15,93 +15,43 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Iterator
 from ctypes import byref, c_int32, c_void_p
+from types import TracebackType
+from typing import Any, Callable, Generic, Literal, Optional, Tuple
 
 from . import _common, _ffi, _options
-from ._common import (
-    RpcError,
-    Status,
-    StatusCode,
-    call_options,
-    free_options,
-    closed_channel_error,
-    read_status,
-    serialize,
-    take_bytes,
-    take_metadata,
-)
+from ._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from ._call_state import local_outcome, no_response, run_callbacks
+from ._common import CompressionArg, Deserializer, Metadata, MetadataArg, MultiCallableBase
+from ._common import Request, Response, RpcError, Serializer, Status, StatusCode, StatusView
+from ._common import call_options, closed_channel_error, free_options, read_status, serialize
+from ._common import take_bytes, take_metadata
 from ._ffi import END_OF_STREAM, ERR_RPC, OK
+from ._options import ChannelOptions
 
 _LOG = logging.getLogger("plexus")
 
-_LOCAL_CANCEL = "Locally cancelled by application!"
-_ITERATOR_FAILED = "Exception iterating requests!"
-_CHANNEL_CLOSED = "Channel closed!"
-
-
-def _deserialize(deserializer, data: bytes):
-    if deserializer is None:
-        return data
-    try:
-        return deserializer(data)
-    except Exception as exc:
-        raise _InactiveRpcError(
-            Status.local(StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}")
-        ) from exc
-
-
-def _method(method) -> bytes:
-    if isinstance(method, bytes):
-        method = method.decode("utf-8")
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a str like '/package.Service/Method', not {method!r}")
-    if not method.startswith("/") or "\0" in method:
-        raise ValueError(f"method must look like '/package.Service/Method', not {method!r}")
-    return method.encode("utf-8")
-
-
-def _describe(kind: str, status: Status) -> str:
-    return (
-        f"<{kind} of RPC that terminated with:\n"
-        f"\tstatus = {status.code}\n"
-        f'\tdetails = "{status.details}"\n'
-        f'\tdebug_error_string = "{status.debug_error_string()}"\n>'
-    )
+_UnaryResult = Tuple[bytes, int]
+"""A finished blocking unary call: the response bytes and its plexus_status handle."""
 
 
 # --------------------------------------------------------------------------- finished calls
 
 
-class _Finished(_common._CallBase, _common._FutureBase):
+class _Finished(StatusView, _common._CallBase, _common._FutureBase):
     """A call that has ended: grpc.Call and grpc.Future over its Status."""
 
     _status: Status
 
-    def initial_metadata(self):
-        """The response's initial metadata (waits for the response headers)."""
-        return self._status.initial_metadata
-
-    def trailing_metadata(self):
-        """The trailing metadata (waits for the call to end)."""
-        return self._status.trailing_metadata
-
-    def code(self):
-        """The call's status code (waits for the call to end)."""
-        return self._status.code
-
-    def details(self):
-        """The call's status message (waits for the call to end)."""
-        return self._status.details
-
-    def debug_error_string(self) -> str:
-        """A description of the final status, for logs."""
-        return self._status.debug_error_string()
+    def _final_status(self) -> Status:
+        return self._status
 
     def is_active(self) -> bool:
         """Whether the call is still in progress."""
         return False
 
-    def time_remaining(self):
+    def time_remaining(self) -> float | None:
         """Seconds left before the deadline, or None without one."""
         return None
 
@@ -109,7 +59,7 @@ class _Finished(_common._CallBase, _common._FutureBase):
         """Cancels the call if it is still running; returns whether it did."""
         return False
 
-    def add_callback(self, callback) -> bool:
+    def add_callback(self, callback: Callable[[], object]) -> bool:
         """Calls `callback()` when the call ends; False if it already has."""
         return False
 
@@ -125,7 +75,7 @@ class _Finished(_common._CallBase, _common._FutureBase):
         """Whether the call has ended."""
         return True
 
-    def add_done_callback(self, fn) -> None:
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
         """Calls `fn(self)` when the call ends (at once if it has)."""
         fn(self)
 
@@ -138,19 +88,19 @@ class _InactiveRpcError(RpcError, _Finished):
         self._status = status
 
     def __str__(self) -> str:
-        return _describe(type(self).__name__, self._status)
+        return describe(type(self).__name__, self._status)
 
     __repr__ = __str__
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> Any:
         """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
         raise self
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         return self
 
-    def traceback(self, timeout=None):
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
         """The traceback of exception(), or None."""
         return self.__traceback__
 
@@ -158,19 +108,19 @@ class _InactiveRpcError(RpcError, _Finished):
 class _CompletedCall(_Finished):
     """The call object `with_call` returns for a successful unary call."""
 
-    def __init__(self, status: Status, response) -> None:
+    def __init__(self, status: Status, response: Any) -> None:
         self._status = status
         self._response = response
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> Any:
         """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
         return self._response
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         return None
 
-    def traceback(self, timeout=None):
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
         """The traceback of exception(), or None."""
         return None
 
@@ -178,7 +128,14 @@ class _CompletedCall(_Finished):
 # --------------------------------------------------------------------------- the channel
 
 
-class Channel:
+class Channel(
+    _common.ChannelMethods[
+        "UnaryUnaryMultiCallable[Any, Any]",
+        "UnaryStreamMultiCallable[Any, Any]",
+        "StreamUnaryMultiCallable[Any, Any]",
+        "StreamStreamMultiCallable[Any, Any]",
+    ]
+):
     """A channel to one target, shaped like grpc.Channel.
 
     Create it with `plexus.insecure_channel(target, options=None, **plexus_options)`.
@@ -186,17 +143,24 @@ class Channel:
     futures and releases its connections once calls still running in other threads return.
     """
 
-    def __init__(self, target: str, options=None, compression=None, **plexus_options) -> None:
+    def __init__(
+        self,
+        target: str,
+        options: ChannelOptions | None = None,
+        compression: CompressionArg = None,
+        **plexus_options: Any,
+    ) -> None:
         self._lib, self._handle, self._target = open_channel(
             target, options, compression, plexus_options
         )
         self._lock = threading.Lock()
         self._users = 0
         self._closed = False
-        self._calls: weakref.WeakSet = weakref.WeakSet()
-        self._subscriptions: list = []
-        self._watcher = None
+        self._calls: weakref.WeakSet[_LiveCall] = weakref.WeakSet()
+        self._subscriptions: list[Callable[[Any], object]] = []
+        self._watcher: threading.Thread | None = None
         self._connecting = False
+        self._kinds = _KINDS
 
     # -- lifetime --
 
@@ -214,11 +178,11 @@ class Channel:
                 self._free()
 
     def _free(self) -> None:
-        handle, self._handle = self._handle, None
+        handle, self._handle = self._handle, 0
         if handle:
             self._lib.channel_free(handle)
 
-    def _track(self, call) -> None:
+    def _track(self, call: _LiveCall) -> None:
         with self._lock:
             if self._closed:
                 raise closed_channel_error()
@@ -236,13 +200,13 @@ class Channel:
             if self._users == 0:
                 self._free()
         for call in calls:
-            call._cancel_with(StatusCode.CANCELLED, _CHANNEL_CLOSED)
+            call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
         self._subscriptions.clear()
 
     def __enter__(self) -> Channel:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 
@@ -251,44 +215,21 @@ class Channel:
             if not self._closed and self._handle:
                 self._closed = True
                 self._lib.channel_free(self._handle)
-                self._handle = None
+                self._handle = 0
         except Exception:
             pass
 
-    # -- multicallables --
-
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a unary-unary method (`kwargs` such as grpcio's
-        `_registered_method` are accepted and ignored)."""
-        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a unary-stream (server streaming) method."""
-        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a stream-unary (client streaming) method."""
-        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a stream-stream (bidirectional streaming) method."""
-        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
-
     # -- plexus extras and connectivity --
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """A snapshot of the channel's statistics (shared channels report the same)."""
         handle = self._acquire()
         try:
-            stats = _ffi.ChannelStats()
-            self._lib.check(self._lib.channel_get_stats(handle, byref(stats)))
+            return _common.channel_stats(self._lib, handle)
         finally:
             self._release()
-        out = {name: getattr(stats, name) for name, _ in _ffi.ChannelStats._fields_}
-        out["state"] = _common.connectivity(stats.state)
-        return out
 
-    def get_state(self, try_to_connect: bool = False):
+    def get_state(self, try_to_connect: bool = False) -> _common.ChannelConnectivity:
         """The channel's ChannelConnectivity state; `try_to_connect` starts connecting."""
         handle = self._acquire()
         try:
@@ -312,14 +253,14 @@ class Channel:
 
         def connect() -> None:
             try:
-                self._lib.channel_connect(self._handle, _CONNECT_WAIT_MS)
+                self._lib.channel_connect(self._handle, CONNECT_WAIT_MS)
             finally:
                 self._connecting = False
                 self._release()
 
         threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
 
-    def connect(self, timeout=None) -> None:
+    def connect(self, timeout: float | None = None) -> None:
         """Connects now and waits up to `timeout` seconds for READY; raises on failure."""
         ms = -1 if timeout is None else _common.timeout_ms(timeout)
         handle = self._acquire()
@@ -330,7 +271,9 @@ class Channel:
         finally:
             self._release()
 
-    def subscribe(self, callback, try_to_connect: bool = False) -> None:
+    def subscribe(
+        self, callback: Callable[[_common.ChannelConnectivity], object], try_to_connect: bool = False
+    ) -> None:
         """Calls `callback(state)` with the current ChannelConnectivity state and on each
         change, from a watcher thread (as grpcio does)."""
         with self._lock:
@@ -348,13 +291,18 @@ class Channel:
         if try_to_connect:
             self.get_state(try_to_connect=True)
 
-    def unsubscribe(self, callback) -> None:
+    def unsubscribe(self, callback: Callable[[_common.ChannelConnectivity], object]) -> None:
         """Stops calling `callback`."""
         with self._lock:
             self._subscriptions = [c for c in self._subscriptions if c is not callback]
 
 
-def open_channel(target, options, compression, plexus_options):
+def open_channel(
+    target: str | bytes,
+    options: ChannelOptions | None,
+    compression: CompressionArg,
+    plexus_options: dict[str, Any],
+) -> tuple[_ffi.Lib, int, str]:
     """Validates the arguments and creates a plexus_channel: (lib, handle, target)."""
     if isinstance(target, bytes):
         target = target.decode("utf-8")
@@ -379,14 +327,15 @@ def open_channel(target, options, compression, plexus_options):
         lib.channel_options_free(opts)
     if rc:
         raise lib.error(rc, f"cannot create a channel to {target!r}")
-    return lib, out.value, target
+    return lib, _ffi.handle(out), target
 
 
 _WATCH_INTERVAL = 0.05
-_CONNECT_WAIT_MS = 60_000  # longer than plexus's default 20 s connect timeout
+CONNECT_WAIT_MS = 60_000
+"""How long a background connect may wait: longer than plexus's default 20 s connect timeout."""
 
 
-def _watch(ref) -> None:
+def _watch(ref: weakref.ref[Channel]) -> None:
     """Connectivity watcher: polls the state (libplexus has no change callback) and calls
     the subscribers on every change, starting with the current state."""
     last = None
@@ -414,23 +363,34 @@ def _watch(ref) -> None:
 # --------------------------------------------------------------------------- unary-unary
 
 
-class _MultiCallable:
-    __slots__ = ("_channel", "_method", "_serializer", "_deserializer", "_lib")
+class _MultiCallable(MultiCallableBase[Channel], Generic[Request, Response]):
+    __slots__ = ("_lib",)
 
-    def __init__(self, channel: Channel, method, serializer, deserializer) -> None:
-        self._channel = channel
-        self._method = _method(method)
-        self._serializer = serializer
-        self._deserializer = deserializer
+    def __init__(
+        self,
+        channel: Channel,
+        method: str | bytes,
+        serializer: Serializer | None,
+        deserializer: Deserializer | None,
+    ) -> None:
+        MultiCallableBase.__init__(self, channel, method, serializer, deserializer)
         self._lib = channel._lib
 
 
-class UnaryUnaryMultiCallable(_MultiCallable):
+class UnaryUnaryMultiCallable(_MultiCallable[Request, Response]):
     """Calls one unary-unary method: `callable(request, timeout=None, metadata=None, ...)`."""
 
     __slots__ = ()
 
-    def _blocking(self, request, timeout, metadata, credentials, wait_for_ready, compression):
+    def _blocking(
+        self,
+        request: Request,
+        timeout: float | None,
+        metadata: MetadataArg,
+        credentials: object,
+        wait_for_ready: bool | None,
+        compression: CompressionArg,
+    ) -> _UnaryResult:
         lib = self._lib
         data = serialize(self._serializer, request)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
@@ -451,53 +411,54 @@ class UnaryUnaryMultiCallable(_MultiCallable):
             lib.bytes_free(req)
             free_options(lib, opts)
         if rc == OK:
-            return take_bytes(lib, resp.value), st.value
+            return take_bytes(lib, _ffi.handle(resp)), _ffi.handle(st)
         if rc == ERR_RPC:
-            raise _InactiveRpcError(read_status(lib, st.value))
+            raise _InactiveRpcError(read_status(lib, _ffi.handle(st)))
         raise lib.error(rc, "unary call failed")
 
     def __call__(
         self,
-        request,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request: Request,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> Response:
         """Makes the call and returns the response; raises RpcError for a non-OK status."""
         data, status = self._blocking(
             request, timeout, metadata, credentials, wait_for_ready, compression
         )
         self._lib.status_free(status)
-        return _deserialize(self._deserializer, data)
+        response: Response = deserialize(self._deserializer, data, _InactiveRpcError)
+        return response
 
     def with_call(
         self,
-        request,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request: Request,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> tuple[Response, _CompletedCall]:
         """Makes the call and returns `(response, call)`; `call` has the metadata."""
-        data, status = self._blocking(
+        data, handle = self._blocking(
             request, timeout, metadata, credentials, wait_for_ready, compression
         )
-        status = read_status(self._lib, status)
-        response = _deserialize(self._deserializer, data)
+        status = read_status(self._lib, handle)
+        response: Response = deserialize(self._deserializer, data, _InactiveRpcError)
         return response, _CompletedCall(status, response)
 
     def future(
         self,
-        request,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request: Request,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _CallFuture:
         """Starts the call and returns a future (also a grpc.Call) at once."""
         data = serialize(self._serializer, request)
         future = _UnaryFuture(self._channel, self._deserializer, timeout)
@@ -509,6 +470,9 @@ class UnaryUnaryMultiCallable(_MultiCallable):
 
 # --------------------------------------------------------------------------- futures
 
+_EventHandler = Callable[[int, int, int, int, int], None]
+"""What the dispatcher calls with an event's op, result, call, message and status."""
+
 
 class _Dispatcher:
     """One completion queue and the thread that drains it, for one copy of libplexus."""
@@ -517,13 +481,13 @@ class _Dispatcher:
         out = c_void_p()
         lib.check(lib.cq_new(byref(out)))
         self.lib = lib
-        self.cq = out.value
-        self.handlers: dict = {}
+        self.cq = _ffi.handle(out)
+        self.handlers: dict[int, _EventHandler] = {}
         self._tags = itertools.count(1).__next__
         self._thread = threading.Thread(target=self._run, name="plexus-futures", daemon=True)
         self._thread.start()
 
-    def register(self, handler) -> int:
+    def register(self, handler: _EventHandler) -> int:
         """Records `handler` for a new tag and returns the tag."""
         tag = self._tags()
         self.handlers[tag] = handler
@@ -553,7 +517,7 @@ class _Dispatcher:
         self.lib.cq_shutdown(self.cq)
 
 
-_dispatchers: dict = {}
+_dispatchers: dict[int, _Dispatcher] = {}
 _dispatcher_lock = threading.Lock()
 
 
@@ -583,8 +547,8 @@ class _FutureState:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._done = False
-        self._callbacks: list = []
-        self._rpc_callbacks: list = []
+        self._callbacks: list[Callable[[Any], object]] = []
+        self._rpc_callbacks: list[Callable[[], object]] = []
 
     def _resolve(self) -> None:
         """Marks the future done and runs its callbacks, once (never under a call's lock)."""
@@ -600,18 +564,14 @@ class _FutureState:
                 callback()
             except Exception:
                 _LOG.exception("plexus: call callback failed")
-        for fn in callbacks:
-            try:
-                fn(self)
-            except Exception:
-                _LOG.exception("plexus: future done-callback failed")
+        run_callbacks(callbacks, self)
 
-    def _wait(self, timeout) -> None:
+    def _wait(self, timeout: float | None) -> None:
         with self._cond:
             if not self._done and not self._cond.wait_for(lambda: self._done, timeout):
                 raise _common.FutureTimeoutError()
 
-    def add_done_callback(self, fn) -> None:
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
         """Calls `fn(self)` when the call ends (at once if it has)."""
         with self._cond:
             if not self._done:
@@ -619,7 +579,7 @@ class _FutureState:
                 return
         fn(self)
 
-    def add_callback(self, callback) -> bool:
+    def add_callback(self, callback: Callable[[], object]) -> bool:
         """Calls `callback()` when the call ends; False if it already has."""
         with self._cond:
             if not self._done:
@@ -636,144 +596,105 @@ class _FutureState:
         return not self._done
 
 
-class _CallFuture(_FutureState, RpcError, _common._CallBase, _common._FutureBase):
-    """A unary-response call in progress: grpc.Future and grpc.Call; raised as itself
-    (an RpcError) when it fails, as grpcio's rendezvous is."""
+class _LiveCall(
+    CallState, _FutureState, StatusView, RpcError, _common._CallBase, _common._FutureBase
+):
+    """A call in progress: grpc.Call and grpc.Future over the shared call state, raised as
+    itself (an RpcError) when it fails, as grpcio's rendezvous is."""
 
-    def __init__(self, channel: Channel, deserializer, timeout) -> None:
+    _response: Any = None
+
+    def __init__(
+        self, channel: Channel, deserializer: Deserializer | None, timeout: float | None
+    ) -> None:
         _FutureState.__init__(self)
         RpcError.__init__(self)
-        self._channel = channel
-        self._lib = channel._lib
+        self._init_state(channel._lib, timeout)
         self._deserializer = deserializer
-        self._deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        self._status: Status | None = None
-        self._response = None
-        self._error: BaseException | None = None
-        self._cancelled = False  # by cancel(): result() raises FutureCancelledError
-        self._local: Status | None = None  # ended here: by cancel() or the channel's close()
-        self._handle = None  # the plexus_call, once started
-        self._handle_lock = threading.Lock()
 
-    # grpc.Future
-    def cancel(self) -> bool:
-        """Cancels the call if it is still running; returns whether it did."""
-        with self._handle_lock:
-            if self._done or self._local is not None:
-                return False
-            self._cancelled = True
-        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL, force=True)
+    def _failure(self) -> BaseException | None:
+        """What exception() returns once the call has ended."""
+        status = self._status
+        return None if status is not None and status.code is StatusCode.OK else self
 
-    def _cancel_with(self, code, details, force: bool = False) -> bool:
-        with self._handle_lock:
-            if self._done or (self._local is not None and not force):
-                return False
-            self._local = Status.local(code, details)
-            if self._handle:
-                self._lib.call_cancel(self._handle)
-        return True
+    def is_active(self) -> bool:
+        """Whether the call is still in progress."""
+        return not self._ended()
 
-    def cancelled(self) -> bool:
-        """Whether cancel() cancelled the call."""
-        return self._cancelled
-
-    def result(self, timeout=None):
-        """The response, waiting up to `timeout` seconds; raises the RpcError of a failed call."""
-        self._wait(timeout)
-        if self._cancelled:
-            raise _common.FutureCancelledError()
-        if self._error is not None:
-            raise self._error
-        if self._status.code is not StatusCode.OK:
-            raise self
+    def result(self, timeout: float | None = None) -> Any:
+        """The response (None for a streamed one), waiting up to `timeout` seconds; raises
+        the RpcError of a failed call."""
+        error = self.exception(timeout)
+        if error is not None:
+            raise error
         return self._response
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """The RpcError of a failed call (None on success), waiting up to `timeout`."""
         self._wait(timeout)
-        if self._cancelled:
-            raise _common.FutureCancelledError()
-        if self._error is not None:
-            return self._error
-        if self._status.code is not StatusCode.OK:
-            return self
-        return None
+        return self._failure()
 
-    def traceback(self, timeout=None):
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
         """The traceback of exception(), or None."""
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
-    # grpc.Call
-    def _status_now(self) -> Status:
-        self._wait(None)
-        return (
-            self._status
-            if self._status is not None
-            else Status.local(StatusCode.INTERNAL, repr(self._error))
-        )
-
-    def initial_metadata(self):
-        """The response's initial metadata (waits for the response headers)."""
-        return self._status_now().initial_metadata
-
-    def trailing_metadata(self):
-        """The trailing metadata (waits for the call to end)."""
-        return self._status_now().trailing_metadata
-
-    def code(self):
-        """The call's status code (waits for the call to end)."""
-        return self._status_now().code
-
-    def details(self):
-        """The call's status message (waits for the call to end)."""
-        return self._status_now().details
-
-    def debug_error_string(self) -> str:
-        """A description of the final status, for logs."""
-        return self._status_now().debug_error_string()
-
-    def is_active(self) -> bool:
-        """Whether the call is still in progress."""
-        return not self._done
-
-    def time_remaining(self):
-        """Seconds left before the deadline, or None without one."""
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
     def __str__(self) -> str:
-        if not self._done:
+        if not self._ended():
             return f"<{type(self).__name__} of in-flight RPC>"
-        return _describe(type(self).__name__, self._status_now())
+        return describe(type(self).__name__, self._final_status())
 
     __repr__ = __str__
 
-    def _finish(self, status: Status, payload) -> None:
+
+class _CallFuture(_LiveCall):
+    """A unary-response call in progress (grpc.Future and grpc.Call); its outcome is set
+    once, by the dispatcher or worker thread, and `_handle_lock` orders that against
+    cancel() and the call's start."""
+
+    def __init__(
+        self, channel: Channel, deserializer: Deserializer | None, timeout: float | None
+    ) -> None:
+        _LiveCall.__init__(self, channel, deserializer, timeout)
+        self._channel = channel
+        self._error: BaseException | None = None
+        self._handle_lock = threading.Lock()
+
+    def _ended(self) -> bool:
+        return self._done
+
+    def _cancel_with(self, code: StatusCode, details: str, by_user: bool = False) -> bool:
+        with self._handle_lock:
+            return CallState._cancel_with(self, code, details, by_user)
+
+    def _failure(self) -> BaseException | None:
+        if self._cancelled:
+            raise _common.FutureCancelledError()
+        if self._error is not None:
+            return self._error
+        return _LiveCall._failure(self)
+
+    def _final_status(self) -> Status:
+        self._wait(None)
+        if self._status is not None:
+            return self._status
+        return Status.local(StatusCode.INTERNAL, repr(self._error))
+
+    def _finish(self, status: Status, payload: bytes | None) -> None:
         """Records the outcome (on the dispatcher or worker thread) and wakes waiters. After
         a successful cancel() the outcome is the local CANCELLED status, whatever raced it."""
         if self._local is not None:
-            local = self._local
-            status = Status(
-                local.code, local.details, b"", status.initial_metadata, status.trailing_metadata
-            )
+            status = local_outcome(self._local, status)
         elif status.code is StatusCode.OK:
             if payload is None:
-                status = Status.local(
-                    StatusCode.INTERNAL,
-                    "the server ended the call without a response message",
-                    status.initial_metadata,
-                )
+                status = no_response(status.initial_metadata)
             else:
                 try:
-                    self._response = _deserialize(self._deserializer, payload)
-                except RpcError as exc:
+                    self._response = deserialize(self._deserializer, payload, _InactiveRpcError)
+                except _InactiveRpcError as exc:
                     status = exc._status
         self._status = status
-        handle, self._handle = self._handle, None
-        if handle:
-            self._lib.call_free(handle)
+        self._free_handle()
         self._resolve()
 
 
@@ -782,7 +703,14 @@ class _UnaryFuture(_CallFuture):
     brings the response and the status."""
 
     def _start(
-        self, method, data, timeout, metadata, credentials, wait_for_ready, compression
+        self,
+        method: bytes,
+        data: bytes,
+        timeout: float | None,
+        metadata: MetadataArg,
+        credentials: object,
+        wait_for_ready: bool | None,
+        compression: CompressionArg,
     ) -> None:
         lib = self._lib
         channel = self._channel
@@ -802,7 +730,7 @@ class _UnaryFuture(_CallFuture):
                         handle, method, req, opts, dispatcher.cq, tag, byref(out)
                     )
                     if rc == OK:
-                        self._handle = out.value
+                        self._handle = _ffi.handle(out)
             finally:
                 channel._release()
             if rc:
@@ -812,17 +740,10 @@ class _UnaryFuture(_CallFuture):
             lib.bytes_free(req)
             free_options(lib, opts)
 
-    def _on_event(self, op, result, call, message, status) -> None:
+    def _on_event(self, op: int, result: int, call: int, message: int, status: int) -> None:
         lib = self._lib
         payload = take_bytes(lib, message) if message else None
-        if status:
-            final = read_status(lib, status)
-        else:
-            text = lib.result_name(result)
-            final = Status.local(
-                StatusCode.UNAVAILABLE if result == _ffi.ERR_SHUTDOWN else StatusCode.INTERNAL,
-                f"plexus: {text.decode() if text else result}",
-            )
+        final = read_status(lib, status) if status else library_status(lib, result)
         with self._handle_lock:
             pass  # the starting thread has stored the handle
         self._finish(final, payload)
@@ -831,7 +752,7 @@ class _UnaryFuture(_CallFuture):
 # --------------------------------------------------------------------------- streaming
 
 
-class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureBase):
+class _StreamingCall(_LiveCall):
     """A call with streamed responses: an iterator of response messages that is also a
     grpc.Call and grpc.Future, and is raised as itself (an RpcError) when the call fails,
     as grpcio's rendezvous is.
@@ -840,19 +761,16 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
     `trailing_metadata()` wait for the call to end and discard messages not yet read.
     """
 
-    def __init__(self, channel: Channel, deserializer, timeout) -> None:
-        _FutureState.__init__(self)
-        RpcError.__init__(self)
-        self._lib = channel._lib
-        self._deserializer = deserializer
-        self._deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        self._handle = None
+    def __init__(
+        self, channel: Channel, deserializer: Deserializer | None, timeout: float | None
+    ) -> None:
+        _LiveCall.__init__(self, channel, deserializer, timeout)
         self._recv_lock = threading.Lock()
-        self._status: Status | None = None
-        self._initial = None
-        self._local: Status | None = None
+        self._initial: Metadata | None = None
 
-    def _open(self, channel: Channel, method, first, opts) -> None:
+    def _open(
+        self, channel: Channel, method: bytes, first: c_void_p | None, opts: int | None
+    ) -> None:
         """Starts the call (blocking until the stream opens or the call fails)."""
         lib = self._lib
         out = c_void_p()
@@ -868,16 +786,16 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
         finally:
             channel._release()
         if rc == OK:
-            self._handle = out.value
+            self._handle = _ffi.handle(out)
             channel._track(self)
         elif rc == ERR_RPC:
-            self._set_status(read_status(lib, st.value))
+            self._set_status(read_status(lib, _ffi.handle(st)))
             self._resolve()
         else:
             raise lib.error(rc, "could not start the call")
 
     def __del__(self) -> None:
-        handle, self._handle = getattr(self, "_handle", None), None
+        handle, self._handle = getattr(self, "_handle", 0), 0
         if handle:
             try:
                 self._lib.call_free(handle)
@@ -886,56 +804,47 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
 
     # -- iteration --
 
-    def __iter__(self):
+    def __iter__(self) -> _StreamingCall:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         lib = self._lib
         with self._recv_lock:
             if self._status is None:
                 msg = c_void_p()
                 rc = lib.call_recv(self._handle, -1, byref(msg))
                 if rc == OK:
-                    data = take_bytes(lib, msg.value)
-                    return self._decode(data)
+                    return self._decode(take_bytes(lib, _ffi.handle(msg)))
                 if rc != END_OF_STREAM:
                     raise lib.error(rc, "receiving a response failed")
                 self._finish_locked()
-        self._resolve()
-        if self._status.code is StatusCode.OK:
+        status = self._wait_end()
+        if status.code is StatusCode.OK:
             raise StopIteration()
         raise self
 
     next = __next__
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes) -> Any:
         try:
-            return _deserialize(self._deserializer, data)
-        except RpcError as exc:
+            return deserialize(self._deserializer, data, _InactiveRpcError)
+        except _InactiveRpcError as exc:
             self._cancel_with(StatusCode.INTERNAL, exc.details())
             raise
 
     def _finish_locked(self) -> None:
         """Waits for the end of the call and records its status (recv lock held)."""
-        if self._status is not None:
+        if self._status is not None or not self._handle:
             return
         lib = self._lib
-        if self._handle is None:
-            return
         st = c_void_p()
         rc = lib.call_finish(self._handle, -1, byref(st))
         if rc not in (OK, ERR_RPC):
             status = Status.local(StatusCode.UNKNOWN, str(lib.error(rc)))
         else:
-            status = read_status(lib, st.value)
+            status = read_status(lib, _ffi.handle(st))
         if self._local is not None:
-            status = Status(
-                self._local.code,
-                self._local.details,
-                b"",
-                status.initial_metadata or (self._initial or ()),
-                status.trailing_metadata,
-            )
+            status = local_outcome(self._local, status)
         self._set_status(status)
 
     def _set_status(self, status: Status) -> None:
@@ -945,15 +854,16 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
         self._status = status
 
     def _wait_end(self) -> Status:
+        """The final status, waiting for it; resolves the future once it is known."""
         if self._status is None:
             with self._recv_lock:
                 self._finish_locked()
-            self._resolve()
-        return self._status
+        self._resolve()
+        return self._status or _NOT_STARTED
 
-    # -- grpc.Call --
+    _final_status = _wait_end
 
-    def initial_metadata(self):
+    def initial_metadata(self) -> Metadata:
         """The response's initial metadata (waits for the response headers)."""
         if self._initial is not None:
             return self._initial
@@ -969,84 +879,19 @@ class _StreamingCall(_FutureState, RpcError, _common._CallBase, _common._FutureB
                     self._initial = take_metadata(self._lib, md.value)
                     return self._initial
                 self._finish_locked()
-        self._resolve()
-        return self._status.initial_metadata
-
-    def trailing_metadata(self):
-        """The trailing metadata (waits for the call to end)."""
-        return self._wait_end().trailing_metadata
-
-    def code(self):
-        """The call's status code (waits for the call to end)."""
-        return self._wait_end().code
-
-    def details(self):
-        """The call's status message (waits for the call to end)."""
-        return self._wait_end().details
-
-    def debug_error_string(self) -> str:
-        """A description of the final status, for logs."""
-        return self._wait_end().debug_error_string()
-
-    def is_active(self) -> bool:
-        """Whether the call is still in progress."""
-        return self._status is None
-
-    def time_remaining(self):
-        """Seconds left before the deadline, or None without one."""
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def cancel(self) -> bool:
-        """Cancels the call if it is still running; returns whether it did."""
-        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
-
-    def _cancel_with(self, code, details) -> bool:
-        if self._status is not None or self._local is not None:
-            return False
-        self._local = Status.local(code, details)
-        handle = self._handle
-        if handle:
-            self._lib.call_cancel(handle)
-        return True
-
-    # -- grpc.Future --
-
-    def cancelled(self) -> bool:
-        """Whether cancel() cancelled the call."""
-        return self._local is not None and self._local.details == _LOCAL_CANCEL
-
-    def result(self, timeout=None):
-        """Waits up to `timeout` seconds for the end (None); raises a failed call's RpcError."""
-        self._wait(timeout)
-        if self._status.code is not StatusCode.OK:
-            raise self
-        return None
-
-    def exception(self, timeout=None):
-        """The RpcError of a failed call (None on success), waiting up to `timeout`."""
-        self._wait(timeout)
-        return None if self._status.code is StatusCode.OK else self
-
-    def traceback(self, timeout=None):
-        """The traceback of exception(), or None."""
-        error = self.exception(timeout)
-        return None if error is None else error.__traceback__
-
-    def __str__(self) -> str:
-        status = self._status
-        if status is None:
-            return f"<{type(self).__name__} of in-flight RPC>"
-        return _describe(type(self).__name__, status)
-
-    __repr__ = __str__
+        return self._wait_end().initial_metadata
 
 
-def _consume_requests(call, lib, requests, serializer) -> None:
+_NOT_STARTED = Status.local(StatusCode.INTERNAL, "the call was never started")
+
+
+def _consume_requests(
+    call: _StreamingCall, requests: Iterator[Any], serializer: Serializer | None
+) -> None:
     """Sends every request of `requests`, then half-closes; on a failing iterator or
     serializer the call is cancelled with grpcio's status for it. Runs in its own thread
     (stream-stream calls, stream-unary futures) or the caller's (blocking stream-unary)."""
+    lib = call._lib
     handle = call._handle
     try:
         for request in requests:
@@ -1061,54 +906,32 @@ def _consume_requests(call, lib, requests, serializer) -> None:
                 lib.bytes_free(msg)
             if rc != OK:
                 return  # the call ended: its status says why
-    except _common.SerializationError as exc:
-        call._cancel_with(StatusCode.INTERNAL, exc.details())
-        call._request_error = exc
-        return
     except Exception as exc:
-        _LOG.debug("plexus: request iterator raised", exc_info=True)
-        call._cancel_with(StatusCode.UNKNOWN, _ITERATOR_FAILED)
-        call._request_error = exc
+        call._request_failed(exc)
         return
     lib.call_close_send(handle, -1)
 
 
-def _start_consumer(call, lib, requests, serializer) -> None:
-    thread = threading.Thread(
-        target=_consume_requests,
-        args=(call, lib, requests, serializer),
-        name="plexus-requests",
-        daemon=True,
-    )
-    thread.start()
-
-
-class _ResponseIterator(_StreamingCall):
-    """The response iterator of a unary-stream or stream-stream call."""
-
-    _request_error = None
-
-
-class UnaryStreamMultiCallable(_MultiCallable):
+class UnaryStreamMultiCallable(_MultiCallable[Request, Response]):
     """Calls one unary-stream method: returns an iterator of responses (also a grpc.Call)."""
 
     __slots__ = ()
 
     def __call__(
         self,
-        request,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request: Request,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _StreamingCall:
         """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         data = serialize(self._serializer, request)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
-        call = _ResponseIterator(self._channel, self._deserializer, timeout)
+        call = _StreamingCall(self._channel, self._deserializer, timeout)
         try:
             lib.check(lib.bytes_copy(data, len(data), byref(req)))
             call._open(self._channel, self._method, req, opts)
@@ -1118,7 +941,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         return call
 
 
-class StreamStreamMultiCallable(_MultiCallable):
+class StreamStreamMultiCallable(_MultiCallable[Request, Response]):
     """Calls one stream-stream method: `callable(request_iterator, ...)` returns an iterator
     of responses; the requests are consumed by a thread as the server takes them."""
 
@@ -1126,31 +949,36 @@ class StreamStreamMultiCallable(_MultiCallable):
 
     def __call__(
         self,
-        request_iterator,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request_iterator: Iterable[Request],
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _StreamingCall:
         """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         requests = iter(request_iterator)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        call = _ResponseIterator(self._channel, self._deserializer, timeout)
+        call = _StreamingCall(self._channel, self._deserializer, timeout)
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
             free_options(lib, opts)
         if call._handle:
-            _start_consumer(call, lib, requests, self._serializer)
+            threading.Thread(
+                target=_consume_requests,
+                args=(call, requests, self._serializer),
+                name="plexus-requests",
+                daemon=True,
+            ).start()
         return call
 
 
-class _StreamUnaryCall(_ResponseIterator):
+class _StreamUnaryCall(_StreamingCall):
     """A stream-unary call: requests go out, then one response and the status come back."""
 
-    def _response(self):
+    def _read_response(self) -> Any:
         """Reads the single response and the status; returns the response."""
         lib = self._lib
         payload = None
@@ -1159,37 +987,36 @@ class _StreamUnaryCall(_ResponseIterator):
                 msg = c_void_p()
                 rc = lib.call_recv(self._handle, -1, byref(msg))
                 if rc == OK:
-                    payload = take_bytes(lib, msg.value)
+                    payload = take_bytes(lib, _ffi.handle(msg))
                 elif rc != END_OF_STREAM:
                     raise lib.error(rc, "receiving the response failed")
                 self._finish_locked()
-        self._resolve()
-        status = self._status
+        status = self._wait_end()
         if status.code is not StatusCode.OK:
             if isinstance(self._request_error, _common.SerializationError):
                 raise self._request_error
             raise _InactiveRpcError(status)
         if payload is None:
-            raise _InactiveRpcError(
-                Status.local(
-                    StatusCode.INTERNAL,
-                    "the server ended the call without a response message",
-                    status.initial_metadata,
-                )
-            )
-        response = _deserialize(self._deserializer, payload)
-        return response
+            raise _InactiveRpcError(no_response(status.initial_metadata))
+        return deserialize(self._deserializer, payload, _InactiveRpcError)
 
 
-class StreamUnaryMultiCallable(_MultiCallable):
+_StreamUnaryArgs = Tuple[
+    Optional[float], MetadataArg, object, Optional[bool], CompressionArg
+]
+"""A stream-unary call's keyword arguments, in order: timeout, metadata, credentials,
+wait_for_ready, compression."""
+
+
+class StreamUnaryMultiCallable(_MultiCallable[Request, Response]):
     """Calls one stream-unary method: `callable(request_iterator, ...)` returns the response."""
 
     __slots__ = ()
 
-    def _open(self, timeout, metadata, credentials, wait_for_ready, compression):
+    def _open(self, args: _StreamUnaryArgs) -> _StreamUnaryCall:
         lib = self._lib
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        call = _StreamUnaryCall(self._channel, self._deserializer, timeout)
+        opts = call_options(lib, *args)
+        call = _StreamUnaryCall(self._channel, self._deserializer, args[0])
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
@@ -1197,85 +1024,96 @@ class StreamUnaryMultiCallable(_MultiCallable):
         return call
 
     def _blocking(
-        self, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-    ):
+        self, request_iterator: Iterable[Request], args: _StreamUnaryArgs
+    ) -> tuple[Response, _StreamUnaryCall]:
         requests = iter(request_iterator)
-        call = self._open(timeout, metadata, credentials, wait_for_ready, compression)
+        call = self._open(args)
         if call._handle:
-            _consume_requests(call, self._lib, requests, self._serializer)
-        return call._response(), call
+            _consume_requests(call, requests, self._serializer)
+        response: Response = call._read_response()
+        return response, call
 
     def __call__(
         self,
-        request_iterator,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request_iterator: Iterable[Request],
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> Response:
         """Starts the call; see the class docstring for what it returns."""
-        return self._blocking(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )[0]
+        args = (timeout, metadata, credentials, wait_for_ready, compression)
+        return self._blocking(request_iterator, args)[0]
 
     def with_call(
         self,
-        request_iterator,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request_iterator: Iterable[Request],
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> tuple[Response, _CompletedCall]:
         """Makes the call and returns `(response, call)`; `call` has the metadata."""
-        response, call = self._blocking(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
-        return response, _CompletedCall(call._status, response)
+        args = (timeout, metadata, credentials, wait_for_ready, compression)
+        response, call = self._blocking(request_iterator, args)
+        return response, _CompletedCall(call._wait_end(), response)
 
     def future(
         self,
-        request_iterator,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        request_iterator: Iterable[Request],
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _CallFuture:
         """Starts the call and returns a future; one thread runs the call."""
         requests = iter(request_iterator)
+        args = (timeout, metadata, credentials, wait_for_ready, compression)
         future = _StreamUnaryFuture(self._channel, self._deserializer, timeout)
         self._channel._track(future)
         threading.Thread(
             target=future._run,
-            args=(self, requests, timeout, metadata, credentials, wait_for_ready, compression),
+            args=(self, requests, args),
             name="plexus-stream-unary",
             daemon=True,
         ).start()
         return future
 
 
+_KINDS = (
+    UnaryUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    StreamStreamMultiCallable,
+)
+
+
 class _StreamUnaryFuture(_CallFuture):
     """A stream-unary future: one thread runs the blocking call and resolves it."""
 
-    _stream = None
+    _stream: _StreamUnaryCall | None = None
 
     def _run(
-        self, multicallable, requests, timeout, metadata, credentials, wait_for_ready, compression
-    ):
+        self,
+        multicallable: StreamUnaryMultiCallable[Any, Any],
+        requests: Iterator[Any],
+        args: _StreamUnaryArgs,
+    ) -> None:
         status = None
         try:
-            call = multicallable._open(timeout, metadata, credentials, wait_for_ready, compression)
+            call = multicallable._open(args)
             with self._handle_lock:
                 self._stream = call
                 local = self._local
             if local is not None:
                 call._cancel_with(local.code, local.details)
             if call._handle:
-                _consume_requests(call, self._lib, requests, multicallable._serializer)
+                _consume_requests(call, requests, multicallable._serializer)
             try:
-                self._response = call._response()
+                self._response = call._read_response()
             except _common.SerializationError as exc:
                 self._error = exc
             except RpcError:
@@ -1286,28 +1124,22 @@ class _StreamUnaryFuture(_CallFuture):
         if status is None:
             status = Status.local(StatusCode.INTERNAL, repr(self._error))
         if self._local is not None:
-            status = Status(
-                self._local.code,
-                self._local.details,
-                b"",
-                status.initial_metadata,
-                status.trailing_metadata,
-            )
+            status = local_outcome(self._local, status)
         self._status = status
         self._resolve()
 
-    def _cancel_with(self, code, details, force: bool = False) -> bool:
-        with self._handle_lock:
-            if self._done or (self._local is not None and not force):
-                return False
-            self._local = Status.local(code, details)
-            stream = self._stream
-        if stream is not None:
-            stream._cancel_with(code, details)
-        return True
+    def _cancel_handle(self) -> None:
+        stream, local = self._stream, self._local
+        if stream is not None and local is not None:
+            stream._cancel_with(local.code, local.details)
 
 
-def insecure_channel(target: str, options=None, compression=None, **plexus_options) -> Channel:
+def insecure_channel(
+    target: str,
+    options: ChannelOptions | None = None,
+    compression: CompressionArg = None,
+    **plexus_options: Any,
+) -> Channel:
     """A channel to `target` without TLS, shaped like grpc.insecure_channel.
 
     `options` takes grpcio's `[("grpc.keepalive_time_ms", 10000), ...]`; plexus options go

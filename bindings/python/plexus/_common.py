@@ -9,22 +9,27 @@ equivalents and never imports it.
 
 from __future__ import annotations
 
-import collections
 import enum
+import importlib
 import math
+from collections.abc import Sequence
 from ctypes import byref, c_char_p, c_int32, c_size_t, c_void_p, string_at
+from typing import TYPE_CHECKING, Any, Callable, Generic, NamedTuple, Optional, Tuple, TypeVar, Union
 
 from . import _ffi
 
-try:  # grpcio is optional: its types are used when present.
-    import grpc as _grpc
+_grpc: Any
+try:  # grpcio is optional: its types are used when present (typed as Any: no stubs needed).
+    _grpc = importlib.import_module("grpc")
 except ImportError:
     _grpc = None
 
 HAVE_GRPCIO = _grpc is not None
 """Whether grpcio is importable (its exception and enum types are used)."""
 
-if _grpc is not None:
+# The type checker reads the stand-ins below, which have the shape of grpcio's types; at run
+# time grpcio's own types are used when it is importable.
+if not TYPE_CHECKING and _grpc is not None:
     StatusCode = _grpc.StatusCode
     ChannelConnectivity = _grpc.ChannelConnectivity
     Compression = _grpc.Compression
@@ -98,7 +103,11 @@ _COMPRESSION_BY_NAME = {
 }
 
 
-def compression_name(compression) -> bytes | None:
+CompressionArg = Union[Compression, int, str, None]
+"""A compression choice: grpc.Compression, its int value, "gzip", "deflate", "identity", None."""
+
+
+def compression_name(compression: CompressionArg) -> bytes | None:
     """The libplexus name for a grpcio compression value (grpc.Compression, its int, or a
     name: "gzip", "deflate", "identity"); None for None."""
     if compression is None:
@@ -120,12 +129,12 @@ def compression_name(compression) -> bytes | None:
 _STATES = {state.value[0]: state for state in ChannelConnectivity}
 
 
-def status_code(value: int):
+def status_code(value: int) -> StatusCode:
     """The StatusCode member for an integer code (UNKNOWN for a value outside 0..16)."""
     return _CODES.get(value, StatusCode.UNKNOWN)
 
 
-def connectivity(value: int):
+def connectivity(value: int) -> ChannelConnectivity:
     """The ChannelConnectivity member for a plexus connectivity state."""
     return _STATES.get(value, ChannelConnectivity.SHUTDOWN)
 
@@ -138,8 +147,25 @@ class RpcError(_RpcErrorBase):
     """
 
 
-Metadatum = collections.namedtuple("Metadatum", ("key", "value"))
-"""One metadata entry, as grpcio returns them: `key` str, `value` str or bytes (-bin)."""
+class Metadatum(NamedTuple):
+    """One metadata entry, as grpcio returns them: `key` str, `value` str or bytes (-bin)."""
+
+    key: str
+    value: str | bytes
+
+
+Metadata = Tuple[Tuple[str, Union[str, bytes]], ...]
+"""Metadata as calls return it (grpcio's shape): a tuple of Metadatum (key, value) pairs."""
+
+MetadataArg = Optional[Sequence[Tuple[str, Union[str, bytes]]]]
+"""Metadata as calls take it: (key, value) pairs; values of `-bin` keys are bytes."""
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Serializer = Callable[[Any], bytes]
+"""A request_serializer: message to bytes."""
+Deserializer = Callable[[bytes], Any]
+"""A response_deserializer: bytes to message."""
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -149,7 +175,14 @@ class Status:
 
     __slots__ = ("code", "details", "binary_details", "initial_metadata", "trailing_metadata")
 
-    def __init__(self, code, details, binary_details, initial_metadata, trailing_metadata):
+    def __init__(
+        self,
+        code: StatusCode,
+        details: str,
+        binary_details: bytes,
+        initial_metadata: Metadata,
+        trailing_metadata: Metadata,
+    ) -> None:
         self.code = code
         self.details = details
         self.binary_details = binary_details
@@ -157,13 +190,43 @@ class Status:
         self.trailing_metadata = trailing_metadata
 
     @classmethod
-    def local(cls, code, details: str, initial_metadata=()) -> Status:
+    def local(cls, code: StatusCode, details: str, initial_metadata: Metadata = ()) -> Status:
         """A status decided on this side (a cancel, a serializer failure)."""
         return cls(code, details, b"", tuple(initial_metadata), ())
 
     def debug_error_string(self) -> str:
         """A one-line description of the status, for logs."""
         return f"plexus status {self.code.name}: {self.details}"
+
+
+class StatusView:
+    """grpc.Call's status accessors, read from the status `_final_status()` returns (which
+    waits for the end of a call in progress)."""
+
+    __slots__ = ()
+
+    def _final_status(self) -> Status:
+        raise NotImplementedError
+
+    def code(self) -> StatusCode:
+        """The call's status code (waits for the call to end)."""
+        return self._final_status().code
+
+    def details(self) -> str:
+        """The call's status message (waits for the call to end)."""
+        return self._final_status().details
+
+    def initial_metadata(self) -> Metadata:
+        """The response's initial metadata (waits for the response headers)."""
+        return self._final_status().initial_metadata
+
+    def trailing_metadata(self) -> Metadata:
+        """The trailing metadata (waits for the call to end)."""
+        return self._final_status().trailing_metadata
+
+    def debug_error_string(self) -> str:
+        """A description of the final status, for logs."""
+        return self._final_status().debug_error_string()
 
 
 def read_status(lib: _ffi.Lib, handle: int) -> Status:
@@ -177,7 +240,7 @@ def read_status(lib: _ffi.Lib, handle: int) -> Status:
         text = string_at(message, length.value).decode("utf-8", "replace") if length.value else ""
         details = c_void_p()
         lib.status_details(handle, byref(details), byref(length))
-        binary = string_at(details.value, length.value) if length.value else b""
+        binary = string_at(details.value or 0, length.value) if length.value else b""
         md = c_void_p()
         lib.status_initial_metadata(handle, byref(md))
         initial = read_metadata(lib, md.value)
@@ -200,26 +263,26 @@ class LazyStatus:
     def __init__(self, lib: _ffi.Lib, handle: int) -> None:
         self._lib = lib
         self._handle = handle
-        self._status = None
+        self._status: Status | None = None
 
     def get(self) -> Status:
         """The status, read from the library on first use."""
         if self._status is None:
-            handle, self._handle = self._handle, None
+            handle, self._handle = self._handle, 0
             self._status = read_status(self._lib, handle)
         return self._status
 
     def __del__(self) -> None:
         handle = self._handle
         if handle:
-            self._handle = None
+            self._handle = 0
             try:
                 self._lib.status_free(handle)
             except Exception:
                 pass
 
 
-def read_metadata(lib: _ffi.Lib, handle: int | None) -> tuple:
+def read_metadata(lib: _ffi.Lib, handle: int | None) -> Metadata:
     """A metadata list as a tuple of Metadatum (does not free it)."""
     if not handle:
         return ()
@@ -232,14 +295,13 @@ def read_metadata(lib: _ffi.Lib, handle: int | None) -> tuple:
     for index in range(count.value):
         lib.metadata_get_entry(handle, index, byref(entry))
         key = string_at(entry.key, entry.key_len).decode("ascii", "replace")
-        value = string_at(entry.value, entry.value_len) if entry.value_len else b""
-        if not entry.binary:
-            value = value.decode("ascii", "replace")
+        raw = string_at(entry.value, entry.value_len) if entry.value_len else b""
+        value = raw if entry.binary else raw.decode("ascii", "replace")
         out.append(Metadatum(key, value))
     return tuple(out)
 
 
-def take_metadata(lib: _ffi.Lib, handle: int | None) -> tuple:
+def take_metadata(lib: _ffi.Lib, handle: int | None) -> Metadata:
     """Reads an owned metadata list and frees it."""
     try:
         return read_metadata(lib, handle)
@@ -248,11 +310,11 @@ def take_metadata(lib: _ffi.Lib, handle: int | None) -> tuple:
             lib.metadata_free(handle)
 
 
-def _metadata_handle(lib: _ffi.Lib, metadata) -> int:
+def _metadata_handle(lib: _ffi.Lib, metadata: Sequence[Any]) -> int:
     """Builds a plexus_metadata from grpcio-style metadata; the caller frees it."""
     out = c_void_p()
     lib.check(lib.metadata_new(byref(out)))
-    handle = out.value
+    handle = _ffi.handle(out)
     try:
         for item in metadata:
             try:
@@ -297,7 +359,7 @@ def _metadata_handle(lib: _ffi.Lib, metadata) -> int:
     return handle
 
 
-def timeout_ms(timeout) -> int:
+def timeout_ms(timeout: float) -> int:
     """A grpcio timeout in seconds as whole milliseconds (rounded up; never negative)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
@@ -315,7 +377,12 @@ _OPTIONS_CACHE_LIMIT = 256
 
 
 def call_options(
-    lib: _ffi.Lib, timeout, metadata, credentials, wait_for_ready, compression=None
+    lib: _ffi.Lib,
+    timeout: float | None,
+    metadata: MetadataArg,
+    credentials: object,
+    wait_for_ready: bool | None,
+    compression: CompressionArg = None,
 ) -> int | None:
     """A plexus_call_options handle for these grpcio call arguments, or None when all are
     defaults. Release it with `free_options`.
@@ -354,11 +421,17 @@ def free_options(lib: _ffi.Lib, handle: int | None) -> None:
         lib.call_options_free(handle)
 
 
-def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready, compression) -> int:
+def _new_options(
+    lib: _ffi.Lib,
+    timeout: float | None,
+    metadata: MetadataArg,
+    wait_for_ready: bool | None,
+    compression: CompressionArg,
+) -> int:
     name = compression_name(compression)
     out = c_void_p()
     lib.check(lib.call_options_new(byref(out)))
-    handle = out.value
+    handle = _ffi.handle(out)
     try:
         if timeout is not None:
             ms = timeout_ms(timeout)
@@ -380,7 +453,7 @@ def _new_options(lib: _ffi.Lib, timeout, metadata, wait_for_ready, compression) 
     return handle
 
 
-class SerializationError(RpcError, TypeError):
+class SerializationError(StatusView, RpcError, TypeError):
     """A request_serializer raised or returned something other than bytes.
 
     Also a TypeError; as an RpcError its code is INTERNAL, as in grpcio.
@@ -388,30 +461,17 @@ class SerializationError(RpcError, TypeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self._details = message
+        self._status = Status.local(StatusCode.INTERNAL, message)
 
-    def code(self):
-        """The call's status code (waits for the call to end)."""
-        return StatusCode.INTERNAL
-
-    def details(self) -> str:
-        """The call's status message (waits for the call to end)."""
-        return self._details
-
-    def initial_metadata(self) -> tuple:
-        """The response's initial metadata (waits for the response headers)."""
-        return ()
-
-    def trailing_metadata(self) -> tuple:
-        """The trailing metadata (waits for the call to end)."""
-        return ()
+    def _final_status(self) -> Status:
+        return self._status
 
     def debug_error_string(self) -> str:
-        """A description of the final status, for logs."""
-        return self._details
+        """A description of the failure, for logs."""
+        return self._status.details
 
 
-def serialize(serializer, message) -> bytes:
+def serialize(serializer: Serializer | None, message: Any) -> bytes:
     """The request's bytes: `serializer(message)`, or the message itself without one."""
     if serializer is not None:
         try:
@@ -438,7 +498,7 @@ def take_bytes(lib: _ffi.Lib, handle: int) -> bytes:
     ptr = c_void_p()
     length = c_size_t()
     lib.bytes_data(handle, byref(ptr), byref(length))
-    data = string_at(ptr.value, length.value) if length.value else b""
+    data = string_at(ptr.value or 0, length.value) if length.value else b""
     lib.bytes_free(handle)
     return data
 
@@ -446,3 +506,99 @@ def take_bytes(lib: _ffi.Lib, handle: int) -> bytes:
 def closed_channel_error() -> ValueError:
     """What calls on a closed channel raise (grpcio's text)."""
     return ValueError("Cannot invoke RPC on closed channel!")
+
+
+def method_path(method: str | bytes) -> bytes:
+    """A method name ('/package.Service/Method') checked and encoded for the library."""
+    if isinstance(method, bytes):
+        method = method.decode("utf-8")
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str like '/package.Service/Method', not {method!r}")
+    if not method.startswith("/") or "\0" in method:
+        raise ValueError(f"method must look like '/package.Service/Method', not {method!r}")
+    return method.encode("utf-8")
+
+
+def channel_stats(lib: _ffi.Lib, handle: int) -> dict[str, Any]:
+    """A snapshot of a channel's statistics, with `state` as a ChannelConnectivity."""
+    stats = _ffi.ChannelStats()
+    lib.check(lib.channel_get_stats(handle, byref(stats)))
+    names = [field[0] for field in _ffi.ChannelStats._fields_]
+    out: dict[str, Any] = {name: getattr(stats, name) for name in names}
+    out["state"] = connectivity(stats.state)
+    return out
+
+
+_ChannelT = TypeVar("_ChannelT")
+
+
+class MultiCallableBase(Generic[_ChannelT]):
+    """What every multicallable holds: its channel, method and (de)serializers."""
+
+    __slots__ = ("_channel", "_method", "_serializer", "_deserializer")
+
+    def __init__(
+        self,
+        channel: _ChannelT,
+        method: str | bytes,
+        serializer: Serializer | None,
+        deserializer: Deserializer | None,
+    ) -> None:
+        self._channel = channel
+        self._method = method_path(method)
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+
+_UU = TypeVar("_UU", bound=MultiCallableBase[Any])
+_US = TypeVar("_US", bound=MultiCallableBase[Any])
+_SU = TypeVar("_SU", bound=MultiCallableBase[Any])
+_SS = TypeVar("_SS", bound=MultiCallableBase[Any])
+
+
+class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
+    """grpc.Channel's four multicallable factories, over the channel's own multicallable
+    classes (`_kinds`: unary-unary, unary-stream, stream-unary, stream-stream). Keyword
+    arguments such as grpcio's `_registered_method` are accepted and ignored."""
+
+    _kinds: tuple[type[_UU], type[_US], type[_SU], type[_SS]]
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _UU:
+        """A callable for a unary-unary method."""
+        return self._kinds[0](self, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _US:
+        """A callable for a unary-stream (server streaming) method."""
+        return self._kinds[1](self, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _SU:
+        """A callable for a stream-unary (client streaming) method."""
+        return self._kinds[2](self, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        **kwargs: Any,
+    ) -> _SS:
+        """A callable for a stream-stream (bidirectional streaming) method."""
+        return self._kinds[3](self, method, request_serializer, response_deserializer)

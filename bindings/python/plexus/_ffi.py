@@ -28,6 +28,7 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
+from typing import TYPE_CHECKING, Any
 
 LIBRARY_ENV = "PLEXUS_LIBRARY"
 """Environment variable naming a prebuilt libplexus to load instead of the packaged one."""
@@ -222,8 +223,8 @@ class Lib:
         self.generation = generation
         self.dll = dll
         # Call options holding only a timeout, shared by every call (see _common).
-        self.timeout_options: dict = {}
-        self.shared_options: set = set()
+        self.timeout_options: dict[float, int] = {}
+        self.shared_options: set[int] = set()
         for name, (restype, argtypes) in _SIGNATURES.items():
             try:
                 fn = getattr(dll, name)
@@ -237,9 +238,14 @@ class Lib:
             short = name[len("plexus_") :]
             setattr(self, "c_" + short if short == "last_error" else short, fn)
 
+    if TYPE_CHECKING:
+        # The C functions are attributes set from _SIGNATURES above; ctypes decides their
+        # argument and result types at run time.
+        def __getattr__(self, name: str) -> Any: ...
+
     def last_error(self) -> str:
         """The text of the calling thread's last failure in this copy."""
-        raw = self.c_last_error()
+        raw: bytes | None = self.c_last_error()
         return raw.decode("utf-8", "replace") if raw else ""
 
     def error(self, rc: int, what: str = "") -> Exception:
@@ -253,14 +259,19 @@ class Lib:
             return ForkedError(f"{_FORKED_TEXT} ({text})", rc)
         if rc == ERR_SYSTEM:
             return OSError(text)
-        name = self.result_name(rc)
-        name = name.decode() if name else str(rc)
+        raw: bytes | None = self.result_name(rc)
+        name = raw.decode() if raw else str(rc)
         return PlexusError(f"{name}: {text}" if text else name, rc)
 
     def check(self, rc: int, what: str = "") -> None:
         """Raises for a result other than OK."""
         if rc != OK:
             raise self.error(rc, what)
+
+
+def handle(out: c_void_p) -> int:
+    """The handle a call wrote to an output parameter, as an int (0 for NULL)."""
+    return out.value or 0
 
 
 def _library_path() -> str:

@@ -7,7 +7,9 @@ plexus_channel_options handle. Durations are seconds (float) in the keywords, as
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from ctypes import byref, c_void_p
+from typing import Any, Callable, Optional, Tuple
 
 from . import _ffi
 from ._common import compression_name
@@ -48,7 +50,7 @@ _BACKOFF_DEFAULTS = {
 }
 
 
-def _int(key: str, value, minimum: int = 0) -> int:
+def _int(key: str, value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"channel option {key!r} must be an int, not {type(value).__name__}")
     if value < minimum:
@@ -56,7 +58,7 @@ def _int(key: str, value, minimum: int = 0) -> int:
     return value
 
 
-def _bool(key: str, value) -> bool:
+def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -64,7 +66,7 @@ def _bool(key: str, value) -> bool:
     raise TypeError(f"channel option {key!r} must be a bool (or 0/1), not {value!r}")
 
 
-def _str(key: str, value) -> str:
+def _str(key: str, value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if not isinstance(value, str):
@@ -72,7 +74,7 @@ def _str(key: str, value) -> str:
     return value
 
 
-def _seconds(key: str, value, allow_zero: bool = True) -> float:
+def _seconds(key: str, value: Any, allow_zero: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"channel option {key!r} must be seconds, not {type(value).__name__}")
     if value != value or value < 0 or (value == 0 and not allow_zero):
@@ -82,37 +84,42 @@ def _seconds(key: str, value, allow_zero: bool = True) -> float:
     return float(value)
 
 
-def _ms(key: str, value) -> float:
+def _ms(key: str, value: Any) -> float:
     """A grpc.*_ms value as seconds."""
     return _int(key, value) / 1000.0
 
 
-def _grpc_unlimited_size(key: str, value):
+def _grpc_unlimited_size(key: str, value: Any) -> int | None:
     value = _int(key, value, minimum=-1)
     return None if value == -1 else value
 
 
-def _grpc_keepalive_time(key: str, value):
+def _grpc_keepalive_time(key: str, value: Any) -> float:
     ms = _int(key, value)
     return 0.0 if ms >= _INT_MAX else ms / 1000.0
 
 
-def _grpc_idle(key: str, value):
+def _grpc_idle(key: str, value: Any) -> float | None:
     ms = _int(key, value)
     if ms == 0 or ms >= _INT_MAX:
         return None  # grpc: 0 or INT_MAX disables the idle timeout; plexus's cap is large
     return ms / 1000.0
 
 
-def _ignored_int(key: str, value):
+def _ignored_int(key: str, value: Any) -> object:
     _int(key, value)
     return _IGNORE
 
 
 _IGNORE = object()
 
+ChannelOptions = Iterable[Tuple[str, Any]]
+"""grpcio's channel arguments: `[("grpc.keepalive_time_ms", 10000), ...]`."""
+
+_Converter = Callable[[str, Any], Any]
+
 #: grpcio channel arguments plexus understands: key -> (plexus setting, converter).
-GRPC_KEYS = {
+GRPC_KEYS: dict[str, Tuple[Optional[str], _Converter]] = {
     "grpc.keepalive_time_ms": ("keepalive_time", _grpc_keepalive_time),
     "grpc.keepalive_timeout_ms": ("keepalive_timeout", _ms),
     "grpc.keepalive_permit_without_calls": ("keepalive_permit_without_calls", _bool),
@@ -136,9 +143,9 @@ GRPC_KEYS = {
 }
 
 
-def collect(options, keywords: dict) -> dict:
+def collect(options: ChannelOptions | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
     """Validates grpcio-style `options` and plexus `keywords` into one settings dict."""
-    settings: dict = {}
+    settings: dict[str, Any] = {}
     if options is not None:
         if isinstance(options, (str, bytes, dict)):
             raise TypeError("options must be a sequence of (key, value) pairs")
@@ -177,11 +184,11 @@ def collect(options, keywords: dict) -> dict:
     return settings
 
 
-def build(lib: _ffi.Lib, settings: dict) -> int:
+def build(lib: _ffi.Lib, settings: Mapping[str, Any]) -> int:
     """A plexus_channel_options handle holding `settings`; the caller frees it."""
     out = c_void_p()
     lib.check(lib.channel_options_new(byref(out)))
-    handle = out.value
+    handle = _ffi.handle(out)
     try:
         _apply(lib, handle, settings)
     except BaseException:
@@ -190,7 +197,7 @@ def build(lib: _ffi.Lib, settings: dict) -> int:
     return handle
 
 
-def _apply(lib: _ffi.Lib, h: int, s: dict) -> None:
+def _apply(lib: _ffi.Lib, h: int, s: Mapping[str, Any]) -> None:
     def check(rc: int, name: str) -> None:
         if rc:
             raise lib.error(rc, f"channel option {name}={s.get(name)!r}")
@@ -287,8 +294,10 @@ def _apply(lib: _ffi.Lib, h: int, s: dict) -> None:
             raise ValueError("channel option 'lb_policy' contains a NUL character")
         check(lib.channel_options_set_lb_policy(h, policy.encode("utf-8")), "lb_policy")
     if s.get("compression") is not None:
-        name = compression_name(s["compression"])
-        check(lib.channel_options_set_compression(h, name), "compression")
+        check(
+            lib.channel_options_set_compression(h, compression_name(s["compression"])),
+            "compression",
+        )
     if "user_agent" in s:
         agent = _str("user_agent", s["user_agent"])
         if "\0" in agent:

@@ -10,42 +10,33 @@ is started per call, or at all: the library's own worker pool does the I/O.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import threading
-import time
 import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from ctypes import byref, c_int32, c_void_p
+from typing import TYPE_CHECKING, Any, Callable, Generic, Tuple, TypeVar, Union
 
 from .. import _common, _ffi
-from .._channel import _CONNECT_WAIT_MS, _method, open_channel
-from .._common import (
-    LazyStatus,
-    RpcError,
-    Status,
-    StatusCode,
-    call_options,
-    free_options,
-    closed_channel_error,
-    read_status,
-    serialize,
-    take_bytes,
-    take_metadata,
-)
+from .._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from .._call_state import local_outcome, no_response, run_callbacks
+from .._channel import CONNECT_WAIT_MS, open_channel
+from .._common import CompressionArg, Deserializer, LazyStatus, Metadata, MetadataArg
+from .._common import MultiCallableBase, Request, Response, RpcError, Serializer, Status
+from .._common import StatusCode, StatusView, call_options, closed_channel_error, free_options
+from .._common import read_status, serialize, take_bytes, take_metadata
 from .._ffi import END_OF_STREAM, OK
+from .._options import ChannelOptions
 
 _LOG = logging.getLogger("plexus.aio")
 
-_LOCAL_CANCEL = "Locally cancelled by application!"
-_ITERATOR_FAILED = "Exception iterating requests!"
-_CHANNEL_CLOSED = "Channel closed!"
+_grpc_aio: Any = importlib.import_module("grpc.aio") if _common.HAVE_GRPCIO else None
 
-if _common._grpc is not None:
-    import grpc.aio as _grpc_aio
-
-    EOF = _grpc_aio.EOF
-    _AioRpcErrorBase = _grpc_aio.AioRpcError
-else:
+# The type checker reads the stand-ins; at run time grpc.aio's own EOF and AioRpcError base
+# are used when grpcio is importable.
+if TYPE_CHECKING or _grpc_aio is None:
 
     class _EOFType:
         """The end of a response stream, as `read()` returns it (grpc.aio.EOF)."""
@@ -57,16 +48,22 @@ else:
             return False
 
     EOF = _EOFType()
-    _AioRpcErrorBase = None
+
+    _AioRpcErrorBase = RpcError
+else:
+    EOF = _grpc_aio.EOF
+
+    class _AioRpcErrorBase(_grpc_aio.AioRpcError, RpcError):
+        """grpc.aio.AioRpcError and plexus.RpcError at once."""
 
 
-class AioRpcError(*((_AioRpcErrorBase, RpcError) if _AioRpcErrorBase else (RpcError,))):
+class AioRpcError(StatusView, _AioRpcErrorBase):
     """An asyncio call that ended with a status other than OK (grpc.aio.AioRpcError when
     grpcio is importable)."""
 
     def __init__(self, status: Status) -> None:
-        if _AioRpcErrorBase is not None:
-            _AioRpcErrorBase.__init__(
+        if _grpc_aio is not None:
+            _grpc_aio.AioRpcError.__init__(
                 self,
                 status.code,
                 status.initial_metadata,
@@ -78,37 +75,20 @@ class AioRpcError(*((_AioRpcErrorBase, RpcError) if _AioRpcErrorBase else (RpcEr
             RpcError.__init__(self, status.details)
         self._plexus_status = status
 
-    def code(self):
-        """The call's status code (waits for the call to end)."""
-        return self._plexus_status.code
-
-    def details(self):
-        """The call's status message (waits for the call to end)."""
-        return self._plexus_status.details
-
-    def initial_metadata(self):
-        """The response's initial metadata (waits for the response headers)."""
-        return self._plexus_status.initial_metadata
-
-    def trailing_metadata(self):
-        """The trailing metadata (waits for the call to end)."""
-        return self._plexus_status.trailing_metadata
-
-    def debug_error_string(self) -> str:
-        """A description of the final status, for logs."""
-        return self._plexus_status.debug_error_string()
+    def _final_status(self) -> Status:
+        return self._plexus_status
 
     def __str__(self) -> str:
-        s = self._plexus_status
-        return (
-            f"<AioRpcError of RPC that terminated with:\n\tstatus = {s.code}\n"
-            f'\tdetails = "{s.details}"\n\tdebug_error_string = "{s.debug_error_string()}"\n>'
-        )
+        return describe("AioRpcError", self._plexus_status)
 
     __repr__ = __str__
 
 
 # --------------------------------------------------------------------------- the poller
+
+_Event = Tuple[int, int, int, int, int]
+"""A finished operation: its result, call, message, status and metadata handles."""
+_Handler = Callable[[int, int, int, int, int], None]
 
 
 class _Poller:
@@ -119,21 +99,21 @@ class _Poller:
         lib.check(lib.cq_new(byref(out)))
         self.lib = lib
         self.loop = loop
-        self.cq = out.value
+        self.cq = _ffi.handle(out)
         fd = c_int32()
         rc = lib.cq_fd(self.cq, byref(fd))
         if rc:
             lib.cq_free(self.cq)
             raise lib.error(rc, "no file descriptor for the completion queue")
         self.fd = fd.value
-        self.handlers: dict = {}
+        self.handlers: dict[int, _Handler] = {}
         self.register = self._register
         self._tags = itertools.count(1).__next__
         self._event = _ffi.Event()
         self._event_ref = byref(self._event)
         loop.add_reader(self.fd, self._drain)
 
-    def _register(self, handler) -> int:
+    def _register(self, handler: _Handler) -> int:
         tag = self._tags()
         self.handlers[tag] = handler
         return tag
@@ -163,7 +143,7 @@ class _Poller:
         self.lib.cq_shutdown(self.cq)
 
     def __del__(self) -> None:
-        cq, self.cq = getattr(self, "cq", None), None
+        cq, self.cq = getattr(self, "cq", 0), 0
         if cq:
             try:
                 if not self.loop.is_closed():
@@ -176,7 +156,7 @@ class _Poller:
                 pass
 
 
-def _free_event(lib, call, message, status, metadata) -> None:
+def _free_event(lib: _ffi.Lib, call: int, message: int, status: int, metadata: int) -> None:
     """Frees what an event nobody waits for any more carries."""
     if call:
         lib.call_free(call)
@@ -188,126 +168,96 @@ def _free_event(lib, call, message, status, metadata) -> None:
         lib.metadata_free(metadata)
 
 
-_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _poller_for(lib: _ffi.Lib, loop) -> _Poller:
+def _poller_for(lib: _ffi.Lib, loop: asyncio.AbstractEventLoop) -> _Poller:
     found = _pollers.get(loop)
     if found is None or found.lib is not lib:
         found = _pollers[loop] = _Poller(lib, loop)
     return found
 
 
+def _library_status(lib: _ffi.Lib, result: int) -> Status:
+    return library_status(lib, result, lib.last_error())
+
+
 # --------------------------------------------------------------------------- calls
 
 
-class _Call:
-    """What every asyncio call has: grpc.aio.Call's methods over its status."""
+class _Call(CallState):
+    """What every asyncio call has: grpc.aio.Call's methods over the shared call state,
+    waiting on the event loop. A successful call's status stays unread in the library
+    (`_lazy`) until someone asks for it."""
 
-    __slots__ = (
-        "_lib",
-        "_loop",
-        "_poller",
-        "_handle",
-        "_status",
-        "_lazy",
-        "_local",
-        "_deadline",
-        "_done_callbacks",
-        "_done",
-        "_channel",
-        "_user_cancelled",
-        "__weakref__",
-    )
-
-    def __init__(self, channel, loop, poller, timeout) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        loop: asyncio.AbstractEventLoop,
+        poller: _Poller,
+        timeout: float | None,
+        serializer: Serializer | None,
+        deserializer: Deserializer | None,
+    ) -> None:
+        self._init_state(channel._lib, timeout)
+        self._serializer = serializer
+        self._deserializer = deserializer
         self._channel = channel
-        self._lib = channel._lib
         self._loop = loop
         self._poller = poller
-        self._handle = None
-        self._status: Status | None = None
         self._lazy: LazyStatus | None = None
-        self._local: Status | None = None
-        self._user_cancelled = False  # cancel(), or the awaiting task was cancelled
-        self._deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        self._done_callbacks = None
-        self._done = None  # created when someone waits for the end
+        self._done_callbacks: list[Callable[[Any], object]] | None = None
+        self._done: asyncio.Future[None] | None = None  # created when someone waits for the end
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Sets up what this kind of call adds to the state (on the event loop's thread)."""
 
     # -- state --
+
+    def _ended(self) -> bool:
+        return self._status is not None or self._lazy is not None
 
     def _status_now(self) -> Status:
         status = self._status
         if status is None:
+            if self._lazy is None:
+                return _NOT_ENDED
             status = self._status = self._lazy.get()
         return status
 
     def _end(self, status: Status | None, lazy: LazyStatus | None = None) -> None:
         """Records the final status (given, or read lazily from `lazy`) and runs callbacks."""
         if self._local is not None:
-            base = status or (lazy.get() if lazy is not None else None)
-            status = Status(
-                self._local.code,
-                self._local.details,
-                b"",
-                base.initial_metadata if base else (),
-                base.trailing_metadata if base else (),
-            )
+            status = local_outcome(self._local, status or (lazy.get() if lazy else None))
             lazy = None
         self._status = status
         self._lazy = lazy
-        handle, self._handle = self._handle, None
-        if handle:
-            self._lib.call_free(handle)
+        self._free_handle()
         self._channel._calls.pop(id(self), None)
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
         callbacks, self._done_callbacks = self._done_callbacks, None
         if callbacks:
-            for callback in callbacks:
-                try:
-                    callback(self)
-                except Exception:
-                    _LOG.exception("plexus.aio: done callback failed")
+            run_callbacks(callbacks, self)
 
-    def _finished(self) -> bool:
-        return self._status is not None or self._lazy is not None
+    def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
+        """Starts the call in the library, with its one request message `req` if it has one;
+        the events come to this call's poller."""
+        raise NotImplementedError
 
     # -- grpc.aio.Call --
 
     def done(self) -> bool:
         """Whether the call has ended."""
-        return self._finished()
+        return self._ended()
 
-    def cancelled(self) -> bool:
-        """Whether cancel() cancelled the call."""
-        return self._user_cancelled
-
-    def cancel(self) -> bool:
-        """Cancels the call if it is still running; returns whether it did."""
-        if self._finished() or self._local is not None:
-            return False
-        self._user_cancelled = True
-        return self._cancel_with(StatusCode.CANCELLED, _LOCAL_CANCEL)
-
-    def _cancel_with(self, code, details) -> bool:
-        if self._finished() or self._local is not None:
-            return False
-        self._local = Status.local(code, details)
-        if self._handle:
-            self._lib.call_cancel(self._handle)
-        return True
-
-    def time_remaining(self):
-        """Seconds left before the deadline, or None without one."""
-        if self._deadline is None:
-            return None
-        return max(0.0, self._deadline - time.monotonic())
-
-    def add_done_callback(self, callback) -> None:
+    def add_done_callback(self, callback: Callable[[Any], object]) -> None:
         """Calls `fn(self)` when the call ends (at once if it has)."""
-        if self._finished():
+        if self._ended():
             callback(self)
             return
         if self._done_callbacks is None:
@@ -318,34 +268,38 @@ class _Call:
         """Waits until the call has its response headers (or has ended)."""
         await self.initial_metadata()
 
-    async def code(self):
+    async def initial_metadata(self) -> Metadata:
+        """The response's initial metadata (waits for the response headers)."""
+        return (await self._final()).initial_metadata
+
+    async def code(self) -> StatusCode:
         """The call's status code (waits for the call to end)."""
-        await self._wait_end()
-        return self._status_now().code
+        return (await self._final()).code
 
-    async def details(self):
+    async def details(self) -> str:
         """The call's status message (waits for the call to end)."""
-        await self._wait_end()
-        return self._status_now().details
+        return (await self._final()).details
 
-    async def trailing_metadata(self):
+    async def trailing_metadata(self) -> Metadata:
         """The trailing metadata (waits for the call to end)."""
-        await self._wait_end()
-        return self._status_now().trailing_metadata
+        return (await self._final()).trailing_metadata
 
     async def debug_error_string(self) -> str:
         """A description of the final status, for logs."""
+        return (await self._final()).debug_error_string()
+
+    async def _final(self) -> Status:
         await self._wait_end()
-        return self._status_now().debug_error_string()
+        return self._status_now()
 
     async def _wait_end(self) -> None:
-        if not self._finished():
+        if not self._ended():
             await asyncio.shield(self._end_future())
 
-    def _end_future(self) -> asyncio.Future:
+    def _end_future(self) -> asyncio.Future[None]:
         if self._done is None:
             self._done = self._loop.create_future()
-            if self._finished():
+            if self._ended():
                 self._done.set_result(None)
         return self._done
 
@@ -353,7 +307,7 @@ class _Call:
         return AioRpcError(self._status_now())
 
     def __repr__(self) -> str:
-        if not self._finished():
+        if not self._ended():
             return f"<{type(self).__name__} of in-flight RPC>"
         s = self._status_now()
         return (
@@ -362,20 +316,19 @@ class _Call:
         )
 
 
+_NOT_ENDED = Status.local(StatusCode.INTERNAL, "the call has not ended")
+
+
 class UnaryUnaryCall(_Call):
     """An asyncio unary call: `await call` gives the response. One event on the loop's
     completion queue (plexus_unary_call_async) brings the response and the status."""
 
-    __slots__ = ("_result", "_deserializer", "_payload")
-
-    def __init__(self, channel, loop, poller, timeout, deserializer) -> None:
-        _Call.__init__(self, channel, loop, poller, timeout)
-        self._deserializer = deserializer
-        self._payload = None
-        self._result = loop.create_future()
+    def _prepare(self) -> None:
+        self._payload: bytes | None = None
+        self._result: asyncio.Future[Any] = self._loop.create_future()
         self._result.add_done_callback(self._on_result_done)
 
-    def _start(self, channel_handle, method, req, opts) -> None:
+    def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
         poller = self._poller
         tag = poller.register(self._on_event)
         out = c_void_p()
@@ -385,46 +338,33 @@ class UnaryUnaryCall(_Call):
         if rc:
             poller.handlers.pop(tag, None)
             raise self._lib.error(rc, "could not start the call")
-        self._handle = out.value
+        self._handle = _ffi.handle(out)
 
-    def _on_result_done(self, fut) -> None:
+    def _on_result_done(self, fut: asyncio.Future[Any]) -> None:
         # The awaiting task was cancelled: cancel the RPC too (grpc.aio does).
-        if fut.cancelled() and not self._finished():
+        if fut.cancelled() and not self._ended():
             self.cancel()
 
-    def _on_event(self, result, call, message, status, metadata) -> None:
+    def _on_event(self, result: int, call: int, message: int, status: int, metadata: int) -> None:
         if message:
             self._payload = take_bytes(self._lib, message)
         self._complete(result, status)
 
-    def _complete(self, result, status_handle) -> None:
+    def _complete(self, result: int, status_handle: int) -> None:
         lib = self._lib
         fut = self._result
         fut.remove_done_callback(self._on_result_done)
         if result == OK and self._local is None:
             lazy = LazyStatus(lib, status_handle)
             payload = self._payload
-            if payload is None:
-                status = Status.local(
-                    StatusCode.INTERNAL,
-                    "the server ended the call without a response message",
-                    lazy.get().initial_metadata,
-                )
-                self._end(status)
-                if not fut.done():
-                    fut.set_exception(self._error())
-                return
-            deserializer = self._deserializer
             try:
-                response = payload if deserializer is None else deserializer(payload)
-            except Exception as exc:
-                self._end(
-                    Status.local(
-                        StatusCode.INTERNAL,
-                        f"Exception deserializing response: {exc!r}",
-                        lazy.get().initial_metadata,
-                    )
+                if payload is None:
+                    raise AioRpcError(no_response(lazy.get().initial_metadata))
+                response = deserialize(
+                    self._deserializer, payload, AioRpcError, lambda: lazy.get().initial_metadata
                 )
+            except AioRpcError as exc:
+                self._end(exc._plexus_status)
                 if not fut.done():
                     fut.set_exception(self._error())
                 return
@@ -443,61 +383,30 @@ class UnaryUnaryCall(_Call):
             else:
                 fut.set_exception(self._error())
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._result.__await__()
-
-    async def initial_metadata(self):
-        """The response's initial metadata (waits for the response headers)."""
-        await self._wait_end()
-        return self._status_now().initial_metadata
-
-
-def _library_status(lib, result) -> Status:
-    """The status for an operation the library itself failed (no gRPC status)."""
-    name = lib.result_name(result)
-    text = name.decode() if name else str(result)
-    code = StatusCode.UNAVAILABLE if result == _ffi.ERR_SHUTDOWN else StatusCode.INTERNAL
-    return Status.local(code, f"plexus: {text}: {lib.last_error()}")
 
 
 class _StreamingCall(_Call):
     """Calls with a request stream or a response stream: operations are awaited one at a
     time per side, each an asyncio future resolved by its event."""
 
-    __slots__ = (
-        "_started",
-        "_recv_lock",
-        "_initial",
-        "_deserializer",
-        "_serializer",
-        "_writer_task",
-        "_write_closed",
-        "_request_error",
-        "_reading",
-        "_finishing",
-    )
-
-    def __init__(self, channel, loop, poller, timeout, serializer, deserializer) -> None:
-        _Call.__init__(self, channel, loop, poller, timeout)
-        self._started = loop.create_future()
+    def _prepare(self) -> None:
+        self._started: asyncio.Future[bool] = self._loop.create_future()
         self._recv_lock = asyncio.Lock()
-        self._initial = None
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._writer_task = None
+        self._initial: Metadata | None = None
+        self._writer_task: asyncio.Task[None] | None = None
         self._write_closed = False
-        self._request_error = None
-        self._finishing = None
 
     # -- plumbing --
 
-    def _submit(self, start, *args) -> asyncio.Future:
+    def _submit(self, start: Callable[..., int], *args: Any) -> asyncio.Future[_Event]:
         """Starts one asynchronous operation; the future gets its event's fields."""
         poller = self._poller
-        fut = self._loop.create_future()
+        fut: asyncio.Future[_Event] = self._loop.create_future()
         lib = self._lib
 
-        def handler(result, call, message, status, metadata):
+        def handler(result: int, call: int, message: int, status: int, metadata: int) -> None:
             if fut.cancelled():
                 _free_event(lib, call, message, status, metadata)
             else:
@@ -510,7 +419,7 @@ class _StreamingCall(_Call):
             raise lib.error(rc)
         return fut
 
-    def _open(self, channel_handle, method, req, opts) -> None:
+    def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
         lib = self._lib
         if req is None:
             fut = self._submit(lib.call_start_async, channel_handle, method, opts)
@@ -520,7 +429,7 @@ class _StreamingCall(_Call):
             )
         fut.add_done_callback(self._on_start)
 
-    def _on_start(self, fut) -> None:
+    def _on_start(self, fut: asyncio.Future[_Event]) -> None:
         if fut.cancelled():
             return
         result, call, _message, status, _md = fut.result()
@@ -538,11 +447,11 @@ class _StreamingCall(_Call):
 
     async def _finish(self) -> None:
         """Reads the status (discarding unread messages); the recv lock is held."""
-        if self._finished():
+        if self._ended():
             return
         fut = self._submit(self._lib.call_finish_async, self._handle)
         result, _call, _message, status, _md = await asyncio.shield(fut)
-        if self._finished():
+        if self._ended():
             if status:
                 self._lib.status_free(status)
             return
@@ -554,7 +463,7 @@ class _StreamingCall(_Call):
             self._end(read_status(self._lib, status))
 
     async def _wait_end(self) -> None:
-        if self._finished():
+        if self._ended():
             return
         if not await self._wait_started():
             return
@@ -563,13 +472,13 @@ class _StreamingCall(_Call):
 
     # -- reading --
 
-    async def read(self):
+    async def read(self) -> Any:
         """The next response message, or EOF once the stream ended with OK; raises
         AioRpcError when the call failed."""
         if not await self._wait_started():
             raise self._error()
         async with self._recv_lock:
-            if not self._finished():
+            if not self._ended():
                 fut = self._submit(self._lib.call_recv_async, self._handle)
                 try:
                     result, _call, message, _status, _md = await fut
@@ -578,16 +487,12 @@ class _StreamingCall(_Call):
                     raise
                 if result == OK:
                     data = take_bytes(self._lib, message)
-                    if self._deserializer is None:
-                        return data
                     try:
-                        return self._deserializer(data)
-                    except Exception as exc:
-                        self._cancel_with(
-                            StatusCode.INTERNAL, f"Exception deserializing response: {exc!r}"
-                        )
+                        return deserialize(self._deserializer, data, AioRpcError)
+                    except AioRpcError as exc:
+                        self._cancel_with(StatusCode.INTERNAL, exc.details())
                         await self._finish()
-                        raise self._error() from exc
+                        raise self._error() from exc.__cause__
                 if result != END_OF_STREAM:
                     self._end(_library_status(self._lib, result))
                 else:
@@ -598,17 +503,17 @@ class _StreamingCall(_Call):
             raise asyncio.CancelledError()
         raise self._error()
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _iterate(self):
+    async def _iterate(self) -> AsyncIterator[Any]:
         while True:
             message = await self.read()
             if message is EOF:
                 return
             yield message
 
-    async def initial_metadata(self):
+    async def initial_metadata(self) -> Metadata:
         """The response's initial metadata (waits for the response headers)."""
         if self._initial is not None:
             return self._initial
@@ -617,7 +522,7 @@ class _StreamingCall(_Call):
         async with self._recv_lock:
             if self._initial is not None:
                 return self._initial
-            if self._finished():
+            if self._ended():
                 return self._status_now().initial_metadata
             fut = self._submit(self._lib.call_initial_metadata_async, self._handle)
             result, _call, _message, status, metadata = await asyncio.shield(fut)
@@ -631,7 +536,7 @@ class _StreamingCall(_Call):
 
     # -- writing --
 
-    async def write(self, request) -> None:
+    async def write(self, request: Any) -> None:
         """Sends one request; raises AioRpcError if the call already ended."""
         if self._writer_task is not None and asyncio.current_task() is not self._writer_task:
             raise asyncio.InvalidStateError(
@@ -641,7 +546,7 @@ class _StreamingCall(_Call):
         if self._write_closed:
             raise asyncio.InvalidStateError("write() after done_writing()")
         data = serialize(self._serializer, request)
-        if not await self._wait_started() or self._finished():
+        if not await self._wait_started() or self._ended():
             self._raise_ended()
         lib = self._lib
         msg = c_void_p()
@@ -662,47 +567,44 @@ class _StreamingCall(_Call):
         if self._write_closed:
             return
         self._write_closed = True
-        if not await self._wait_started() or self._finished():
+        if not await self._wait_started() or self._ended():
             return
         fut = self._submit(self._lib.call_close_send_async, self._handle)
         result, _call, _message, status, _md = await asyncio.shield(fut)
         if status:
             self._lib.status_free(status)
 
-    def _raise_ended(self):
+    def _raise_ended(self) -> None:
         """Raises for an operation on a call that has ended."""
         if self._status_now().code is StatusCode.OK:
             raise asyncio.InvalidStateError("the call has ended")
         raise self._error()
 
-    def _consume(self, request_iterator) -> None:
+    def _consume(self, request_iterator: RequestIterator) -> None:
         self._writer_task = self._loop.create_task(self._write_all(request_iterator))
 
-    async def _write_all(self, requests) -> None:
+    async def _write_all(self, requests: RequestIterator) -> None:
         try:
-            if hasattr(requests, "__aiter__"):
+            if isinstance(requests, AsyncIterable):
                 async for request in requests:
-                    if self._finished() or self._local is not None:
+                    if self._ended() or self._local is not None:
                         return
                     await self.write(request)
             else:
                 for request in requests:
-                    if self._finished() or self._local is not None:
+                    if self._ended() or self._local is not None:
                         return
                     await self.write(request)
             await self.done_writing()
-        except RpcError as exc:
-            if isinstance(exc, _common.SerializationError):
-                self._request_error = exc
-                self._cancel_with(StatusCode.INTERNAL, exc.details())
-            # otherwise the call ended: its status says why
+        except _common.SerializationError as exc:
+            self._request_failed(exc)
+        except RpcError:
+            pass  # the call ended: its status says why
         except asyncio.CancelledError:
             self.cancel()
             raise
         except Exception as exc:
-            _LOG.debug("plexus.aio: request iterator raised", exc_info=True)
-            self._request_error = exc
-            self._cancel_with(StatusCode.UNKNOWN, _ITERATOR_FAILED)
+            self._request_failed(exc)
 
     def cancel(self) -> bool:
         """Cancels the call if it is still running; returns whether it did."""
@@ -715,29 +617,29 @@ class _StreamingCall(_Call):
         return cancelled
 
 
+RequestIterator = Union[Iterable[Any], AsyncIterable[Any]]
+"""The requests of a client-streaming call: an iterator or an async iterator."""
+
+_CallT = TypeVar("_CallT", bound=_StreamingCall)
+
+
 class UnaryStreamCall(_StreamingCall):
     """An asyncio unary-stream call: `async for response in call`, or `await call.read()`."""
-
-    __slots__ = ()
 
 
 class StreamStreamCall(_StreamingCall):
     """An asyncio stream-stream call: `write()`/`done_writing()` (or a request iterator)
     and `read()`/`async for`."""
 
-    __slots__ = ()
-
 
 class StreamUnaryCall(_StreamingCall):
     """An asyncio stream-unary call: `write()`/`done_writing()` (or a request iterator),
     then `await call` for the response."""
 
-    __slots__ = ("_response",)
-
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._await_response().__await__()
 
-    async def _await_response(self):
+    async def _await_response(self) -> Any:
         if not await self._wait_started():
             raise self._error()
         if self._writer_task is not None:
@@ -748,13 +650,7 @@ class StreamUnaryCall(_StreamingCall):
                 raise
         message = await self.read()
         if message is EOF:
-            raise AioRpcError(
-                Status.local(
-                    StatusCode.INTERNAL,
-                    "the server ended the call without a response message",
-                    self._status_now().initial_metadata,
-                )
-            )
+            raise AioRpcError(no_response(self._status_now().initial_metadata))
         await self._wait_end()
         status = self._status_now()
         if status.code is not StatusCode.OK:
@@ -767,76 +663,34 @@ class StreamUnaryCall(_StreamingCall):
 # --------------------------------------------------------------------------- multicallables
 
 
-class _MultiCallable:
-    __slots__ = ("_channel", "_method", "_serializer", "_deserializer")
-
-    def __init__(self, channel, method, serializer, deserializer) -> None:
-        self._channel = channel
-        self._method = _method(method)
-        self._serializer = serializer
-        self._deserializer = deserializer
+_AnyCallT = TypeVar("_AnyCallT", bound=_Call)
+_Loop = Tuple[asyncio.AbstractEventLoop, _Poller]
 
 
-class UnaryUnaryMultiCallable(_MultiCallable):
-    """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
-
+class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response, _AnyCallT]):
     __slots__ = ()
+    _kind: type[_AnyCallT]
 
-    def __call__(
+    def _start(
         self,
-        request,
-        *,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ) -> UnaryUnaryCall:
-        """Starts the call; see the class docstring for what it returns."""
+        loop: _Loop,
+        request: bytes | None,
+        timeout: float | None,
+        metadata: MetadataArg,
+        credentials: object,
+        wait_for_ready: bool | None,
+        compression: CompressionArg,
+    ) -> _AnyCallT:
+        """Starts a call of this method's kind, with its one request (None for a request
+        stream)."""
         channel = self._channel
         lib = channel._lib
-        loop, poller = channel._loop_and_poller()
-        data = serialize(self._serializer, request)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         try:
-            rc = lib.bytes_copy(data, len(data), byref(req))
-            if rc:
-                raise lib.error(rc)
-            call = UnaryUnaryCall(channel, loop, poller, timeout, self._deserializer)
-            call._start(channel._live_handle(), self._method, req, opts)
-        finally:
-            lib.bytes_free(req)
-            free_options(lib, opts)
-        channel._track(call)
-        return call
-
-
-class UnaryStreamMultiCallable(_MultiCallable):
-    """`callable(request, ...)` returns a call to iterate with `async for`."""
-
-    __slots__ = ()
-
-    def __call__(
-        self,
-        request,
-        *,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ) -> UnaryStreamCall:
-        """Starts the call; see the class docstring for what it returns."""
-        channel = self._channel
-        lib = channel._lib
-        loop, poller = channel._loop_and_poller()
-        data = serialize(self._serializer, request)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        req = c_void_p()
-        try:
-            lib.check(lib.bytes_copy(data, len(data), byref(req)))
-            call = UnaryStreamCall(channel, loop, poller, timeout, None, self._deserializer)
+            if request is not None:
+                lib.check(lib.bytes_copy(request, len(request), byref(req)))
+            call = self._kind(channel, *loop, timeout, self._serializer, self._deserializer)
             call._open(channel._live_handle(), self._method, req.value, opts)
         finally:
             lib.bytes_free(req)
@@ -845,24 +699,56 @@ class UnaryStreamMultiCallable(_MultiCallable):
         return call
 
 
-class _StreamRequestMultiCallable(_MultiCallable):
+class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT]):
     __slots__ = ()
-    _kind: type
 
     def __call__(
         self,
-        request_iterator=None,
+        request: Request,
         *,
-        timeout=None,
-        metadata=None,
-        credentials=None,
-        wait_for_ready=None,
-        compression=None,
-    ):
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _AnyCallT:
         """Starts the call; see the class docstring for what it returns."""
-        channel = self._channel
-        lib = channel._lib
-        loop, poller = channel._loop_and_poller()
+        loop = self._channel._loop_and_poller()
+        data = serialize(self._serializer, request)
+        return self._start(
+            loop, data, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class UnaryUnaryMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryUnaryCall]):
+    """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
+
+    __slots__ = ()
+    _kind = UnaryUnaryCall
+
+
+class UnaryStreamMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryStreamCall]):
+    """`callable(request, ...)` returns a call to iterate with `async for`."""
+
+    __slots__ = ()
+    _kind = UnaryStreamCall
+
+
+class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT]):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request_iterator: RequestIterator | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataArg = None,
+        credentials: object = None,
+        wait_for_ready: bool | None = None,
+        compression: CompressionArg = None,
+    ) -> _CallT:
+        """Starts the call; see the class docstring for what it returns."""
+        loop = self._channel._loop_and_poller()
         if request_iterator is not None and not (
             hasattr(request_iterator, "__aiter__") or hasattr(request_iterator, "__iter__")
         ):
@@ -870,26 +756,22 @@ class _StreamRequestMultiCallable(_MultiCallable):
                 f"request_iterator must be an iterator or async iterator, not "
                 f"{type(request_iterator).__name__}"
             )
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
-        try:
-            call = self._kind(channel, loop, poller, timeout, self._serializer, self._deserializer)
-            call._open(channel._live_handle(), self._method, None, opts)
-        finally:
-            free_options(lib, opts)
-        channel._track(call)
+        call = self._start(loop, None, timeout, metadata, credentials, wait_for_ready, compression)
         if request_iterator is not None:
             call._consume(request_iterator)
         return call
 
 
-class StreamUnaryMultiCallable(_StreamRequestMultiCallable):
+class StreamUnaryMultiCallable(_StreamRequestMultiCallable[Request, Response, StreamUnaryCall]):
     """`callable(request_iterator=None, ...)` returns a call to write to and await."""
 
     __slots__ = ()
     _kind = StreamUnaryCall
 
 
-class StreamStreamMultiCallable(_StreamRequestMultiCallable):
+class StreamStreamMultiCallable(
+    _StreamRequestMultiCallable[Request, Response, StreamStreamCall]
+):
     """`callable(request_iterator=None, ...)` returns a call to write to and read from."""
 
     __slots__ = ()
@@ -899,7 +781,14 @@ class StreamStreamMultiCallable(_StreamRequestMultiCallable):
 # --------------------------------------------------------------------------- the channel
 
 
-class Channel:
+class Channel(
+    _common.ChannelMethods[
+        UnaryUnaryMultiCallable[Any, Any],
+        UnaryStreamMultiCallable[Any, Any],
+        StreamUnaryMultiCallable[Any, Any],
+        StreamStreamMultiCallable[Any, Any],
+    ]
+):
     """An asyncio channel to one target, shaped like grpc.aio.Channel.
 
     Create it with `plexus.aio.insecure_channel(target, options=None, **plexus_options)`.
@@ -907,7 +796,12 @@ class Channel:
     may be used from several loops (one at a time per call)."""
 
     def __init__(
-        self, target: str, options=None, compression=None, interceptors=None, **plexus_options
+        self,
+        target: str,
+        options: ChannelOptions | None = None,
+        compression: CompressionArg = None,
+        interceptors: Iterable[object] | None = None,
+        **plexus_options: Any,
     ) -> None:
         if interceptors:
             raise ValueError("plexus.aio channels do not support interceptors")
@@ -915,66 +809,68 @@ class Channel:
             target, options, compression, plexus_options
         )
         self._closed = False
-        self._loop = None
-        self._poller = None
-        self._calls: dict = {}  # calls in flight, by id; each removes itself at its end
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: _Poller | None = None
+        self._calls: dict[int, _Call] = {}  # calls in flight, by id; each removes itself at its end
         self._connecting = False
         self._connect_lock = threading.Lock()
+        self._kinds = _KINDS
 
-    def _loop_and_poller(self):
+    def _loop_and_poller(self) -> tuple[asyncio.AbstractEventLoop, _Poller]:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._poller = _poller_for(self._lib, loop)
+        poller = self._poller
+        if loop is not self._loop or poller is None:
+            poller = self._poller = _poller_for(self._lib, loop)
             self._loop = loop
-        return loop, self._poller
+        return loop, poller
 
     def _live_handle(self) -> int:
         if self._closed:
             raise closed_channel_error()
         return self._handle
 
-    def _track(self, call) -> None:
-        if not call._finished():
+    def _track(self, call: _Call) -> None:
+        if not call._ended():
             self._calls[id(call)] = call
 
-    async def close(self, grace=None) -> None:
+    async def close(self, grace: float | None = None) -> None:
         """Closes the channel. With `grace` (seconds), calls in progress get that long to
         finish; then (or at once) they are cancelled. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        calls = [c for c in list(self._calls.values()) if not c._finished()]
+        calls = [c for c in list(self._calls.values()) if not c._ended()]
         if grace and calls:
             waits = [asyncio.shield(c._end_future()) for c in calls]
             await asyncio.wait(waits, timeout=grace)
         for call in calls:
-            call._cancel_with(StatusCode.CANCELLED, _CHANNEL_CLOSED)
+            call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
         with self._connect_lock:
             # A connect thread still using the handle frees it when it returns.
             if not self._connecting:
                 self._free()
 
     def _free(self) -> None:
-        handle, self._handle = self._handle, None
+        handle, self._handle = self._handle, 0
         if handle:
             self._lib.channel_free(handle)
 
     async def __aenter__(self) -> Channel:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close(None)
 
     def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
+        handle = getattr(self, "_handle", 0)
         if handle:
-            self._handle = None
+            self._handle = 0
             try:
                 self._lib.channel_free(handle)
             except Exception:
                 pass
 
-    def get_state(self, try_to_connect: bool = False):
+    def get_state(self, try_to_connect: bool = False) -> _common.ChannelConnectivity:
         """The channel's ChannelConnectivity state; `try_to_connect` starts connecting."""
         handle = self._live_handle()
         state = c_int32()
@@ -987,7 +883,7 @@ class Channel:
 
             def connect() -> None:
                 try:
-                    lib.channel_connect(handle, _CONNECT_WAIT_MS)
+                    lib.channel_connect(handle, CONNECT_WAIT_MS)
                 finally:
                     with self._connect_lock:
                         self._connecting = False
@@ -997,7 +893,9 @@ class Channel:
             threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
         return _common.connectivity(state.value)
 
-    async def wait_for_state_change(self, last_observed_state) -> None:
+    async def wait_for_state_change(
+        self, last_observed_state: _common.ChannelConnectivity
+    ) -> None:
         """Returns once the state differs from `last_observed_state` (polled: libplexus has
         no change notification)."""
         while self.get_state() == last_observed_state:
@@ -1010,34 +908,25 @@ class Channel:
             await self.wait_for_state_change(state)
             state = self.get_state(try_to_connect=True)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """A snapshot of the channel's statistics."""
-        handle = self._live_handle()
-        stats = _ffi.ChannelStats()
-        self._lib.check(self._lib.channel_get_stats(handle, byref(stats)))
-        out = {name: getattr(stats, name) for name, _ in _ffi.ChannelStats._fields_}
-        out["state"] = _common.connectivity(stats.state)
-        return out
+        return _common.channel_stats(self._lib, self._live_handle())
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a unary-unary method."""
-        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a unary-stream (server streaming) method."""
-        return UnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a stream-unary (client streaming) method."""
-        return StreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
-
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None, **kwargs):
-        """A callable for a stream-stream (bidirectional streaming) method."""
-        return StreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+_KINDS = (
+    UnaryUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    StreamStreamMultiCallable,
+)
 
 
 def insecure_channel(
-    target: str, options=None, compression=None, interceptors=None, **plexus_options
+    target: str,
+    options: ChannelOptions | None = None,
+    compression: CompressionArg = None,
+    interceptors: Iterable[object] | None = None,
+    **plexus_options: Any,
 ) -> Channel:
     """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel."""
     return Channel(target, options, compression, interceptors, **plexus_options)
