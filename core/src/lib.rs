@@ -85,8 +85,9 @@ mod status;
 pub mod transport;
 
 pub use client::{
-    BackoffConfig, CallOptions, Channel, ChannelBuilder, ChannelStats, Client, ConnectivityState,
-    EndpointStats, LbPolicy, Picker, Resolver, ResponseFuture, Sender, StaticResolver, Streaming,
+    BackoffConfig, CallOptions, Channel, ChannelBuilder, ChannelSettings, ChannelStats, Client,
+    ConnectivityState, EndpointStats, LbPolicy, Picker, Resolver, ResponseFuture, Sender,
+    StaticResolver, Streaming,
 };
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};

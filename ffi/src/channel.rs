@@ -68,7 +68,9 @@ pub(crate) fn shutdown_all() {
 fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
     let rt = runtime::get()?;
     let build = || -> Result<Arc<SharedChannel>> {
-        let builder = options.apply(Channel::builder(target).executor(rt.executor()));
+        let builder = Channel::builder(target)
+            .settings(options.settings.clone())
+            .executor(rt.executor());
         let channel = builder.build().map_err(|s| Error::from_setting(&s))?;
         Ok(Arc::new(SharedChannel { channel }))
     };

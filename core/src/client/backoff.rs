@@ -12,7 +12,7 @@ pub const DEFAULT_BACKOFF_JITTER: f64 = 0.2;
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(120);
 
 /// Backoff settings; the defaults are the spec's.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct BackoffConfig {
     /// Delay after the first failure.
     pub initial: Duration,

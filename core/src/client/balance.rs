@@ -48,6 +48,29 @@ impl fmt::Debug for LbPolicy {
     }
 }
 
+/// Custom pickers compare by identity: the same `Arc` is the same policy.
+impl PartialEq for LbPolicy {
+    fn eq(&self, other: &LbPolicy) -> bool {
+        match (self, other) {
+            (LbPolicy::PickFirst, LbPolicy::PickFirst)
+            | (LbPolicy::RoundRobin, LbPolicy::RoundRobin) => true,
+            (LbPolicy::Custom(a), LbPolicy::Custom(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for LbPolicy {}
+
+impl std::hash::Hash for LbPolicy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        if let LbPolicy::Custom(picker) = self {
+            Arc::as_ptr(picker).cast::<()>().hash(state);
+        }
+    }
+}
+
 impl LbPolicy {
     /// The policy named in gRPC service config terms: `pick_first` or `round_robin`.
     pub fn from_name(name: &str) -> Option<LbPolicy> {

@@ -201,7 +201,7 @@ impl Channel {
             &inner.target.scheme,
             &inner.target.authority,
             path,
-            &http::HeaderValue::from_str(&inner.config.user_agent).expect("checked in build"),
+            &inner.config.user_agent,
             options.deadline,
             options.compression.unwrap_or(inner.config.compression),
             &options.metadata,

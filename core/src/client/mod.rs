@@ -12,6 +12,7 @@ mod recv;
 mod resolve;
 mod retry;
 mod send;
+mod settings;
 mod state;
 mod stats;
 mod subchannel;
@@ -33,6 +34,7 @@ pub use options::{
 pub use recv::{ResponseFuture, Streaming};
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
 pub use send::Sender;
+pub use settings::ChannelSettings;
 pub use state::ConnectivityState;
 pub use stats::{ChannelStats, EndpointStats};
 #[cfg(test)]

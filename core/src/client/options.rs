@@ -105,10 +105,10 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * DEFAULT_STREAM_WINDOW;
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
 
 /// Largest window HTTP/2 allows (RFC 9113 §6.9.1).
-const MAX_WINDOW: u32 = (1 << 31) - 1;
+pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// Frame sizes HTTP/2 allows (RFC 9113 §6.5.2).
-const FRAME_SIZES: std::ops::RangeInclusive<u32> = 16_384..=16_777_215;
+pub(crate) const FRAME_SIZES: std::ops::RangeInclusive<u32> = 16_384..=16_777_215;
 
 /// Checks window and frame settings shared by channels and servers; INVALID_ARGUMENT names
 /// the setting that is out of range.

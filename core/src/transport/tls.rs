@@ -43,12 +43,12 @@ const ALPN_H2: &[u8] = b"h2";
 
 /// One or more X.509 certificates (PEM, possibly a bundle, or one DER certificate), checked
 /// when the channel or server that uses them is built.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Certificate {
     source: Source,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Source {
     Pem(Arc<[u8]>),
     Der(Arc<[u8]>),
@@ -105,7 +105,7 @@ impl Certificate {
 
 /// A certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1), PEM-encoded:
 /// what a server presents, or a client for mutual TLS. The key never shows in `Debug`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     chain: Certificate,
     key: Arc<[u8]>,
@@ -167,6 +167,33 @@ pub struct ClientTlsConfig {
     server_name: Option<String>,
     identity: Option<Identity>,
     rustls: Option<Arc<ClientConfig>>,
+}
+
+/// Compares what the settings say; a raw rustls config compares by identity (the same `Arc`).
+impl PartialEq for ClientTlsConfig {
+    fn eq(&self, other: &ClientTlsConfig) -> bool {
+        self.ca == other.ca
+            && self.native_roots == other.native_roots
+            && self.server_name == other.server_name
+            && self.identity == other.identity
+            && match (&self.rustls, &other.rustls) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for ClientTlsConfig {}
+
+impl std::hash::Hash for ClientTlsConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ca.hash(state);
+        self.native_roots.hash(state);
+        self.server_name.hash(state);
+        self.identity.hash(state);
+        self.rustls.as_ref().map(Arc::as_ptr).hash(state);
+    }
 }
 
 impl ClientTlsConfig {

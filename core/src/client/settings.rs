@@ -1,0 +1,280 @@
+//! [`ChannelSettings`]: every setting of a channel, as one value.
+//!
+//! The Rust [`ChannelBuilder`](super::ChannelBuilder) wraps one, the C ABI's channel options
+//! box one (their setters write its fields), and the Python package's grpcio-style options map
+//! onto those setters. Adding a setting means a field here, its check in
+//! [`ChannelSettings::check_values`] if it has one, and a setter per surface.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use super::backoff::BackoffConfig;
+use super::balance::LbPolicy;
+use super::options::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
+    DEFAULT_MAX_FRAME_SIZE, FRAME_SIZES, MAX_WINDOW,
+};
+use super::resolve::DEFAULT_DNS_REFRESH_INTERVAL;
+use crate::codec::Compression;
+use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
+use crate::proto::headers;
+use crate::proto::ping::{DEFAULT_KEEPALIVE_TIMEOUT, WindowConfig};
+use crate::status::Status;
+
+/// Every setting of a channel, as one comparable value. Start from
+/// [`ChannelSettings::default`], set fields, and hand it to
+/// [`ChannelBuilder::settings`](super::ChannelBuilder::settings); checked when the channel is
+/// built. Two channels with equal settings and targets may share connections (the C ABI does).
+///
+/// Objects that are not settings (the executor, connector and resolver) stay on the builder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ChannelSettings {
+    /// Largest message a call accepts, in bytes (default 4 MiB); larger ones fail the call with
+    /// RESOURCE_EXHAUSTED.
+    pub max_receive_message_size: usize,
+    /// Largest message a call sends, in bytes (default unlimited).
+    pub max_send_message_size: usize,
+    /// Compression of request messages on calls that do not set their own (default none).
+    pub compression: Compression,
+    /// Initial HTTP/2 stream window; set, it pins the windows (see
+    /// [`ChannelBuilder::initial_stream_window_size`](super::ChannelBuilder::initial_stream_window_size)).
+    pub initial_stream_window_size: Option<u32>,
+    /// Initial HTTP/2 connection window; set, it pins the windows.
+    pub initial_connection_window_size: Option<u32>,
+    /// Whether windows grow from bandwidth-delay-product estimates (default: yes unless a
+    /// window is set).
+    pub adaptive_window: Option<bool>,
+    /// Keepalive PING after this long without a frame from the server (default off).
+    pub keepalive_time: Option<Duration>,
+    /// How long a keepalive PING may go unanswered (default 20 s).
+    pub keepalive_timeout: Duration,
+    /// Whether keepalive PINGs go out while no call is open (default false).
+    pub keepalive_permit_without_calls: bool,
+    /// Largest HTTP/2 frame accepted (default 16 KiB).
+    pub max_frame_size: u32,
+    /// Time allowed to connect and finish the HTTP/2 handshake (default 20 s).
+    pub connect_timeout: Duration,
+    /// Open another connection when every one is at the server's MAX_CONCURRENT_STREAMS
+    /// (default true); off, calls queue for a free stream.
+    pub multiple_connections: bool,
+    /// Cap on connections per endpoint (default 16).
+    pub max_connections_per_endpoint: usize,
+    /// Reconnect backoff (default gRPC's).
+    pub backoff: BackoffConfig,
+    /// Connections close after this long without calls (default 30 min).
+    pub idle_timeout: Duration,
+    /// How often the target is resolved again while the channel has connections (default
+    /// 30 s).
+    pub resolve_interval: Duration,
+    /// The load-balancing policy (default pick_first).
+    pub lb_policy: LbPolicy,
+    /// An application name put before plexus's own in the `user-agent` header.
+    pub user_agent: Option<String>,
+    /// TLS settings; `None` uses TLS only for `https://` targets.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::transport::tls::ClientTlsConfig>,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> ChannelSettings {
+        ChannelSettings {
+            max_receive_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
+            max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+            compression: Compression::Identity,
+            initial_stream_window_size: None,
+            initial_connection_window_size: None,
+            adaptive_window: None,
+            keepalive_time: None,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_permit_without_calls: false,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            multiple_connections: true,
+            max_connections_per_endpoint: DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
+            backoff: BackoffConfig::default(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
+            lb_policy: LbPolicy::default(),
+            user_agent: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+}
+
+impl ChannelSettings {
+    /// Checks every field on its own (ranges, non-zero durations, a printable user agent):
+    /// INVALID_ARGUMENT naming the first field out of range. The C ABI runs it in each setter,
+    /// so a bad value fails where it is set.
+    pub fn check_values(&self) -> Result<(), Status> {
+        let window = |name: &str, value: Option<u32>| match value {
+            Some(v) if v == 0 || v > MAX_WINDOW => Err(Status::invalid_argument(format!(
+                "{name} {v} must be between 1 and {MAX_WINDOW}"
+            ))),
+            _ => Ok(()),
+        };
+        window("initial stream window", self.initial_stream_window_size)?;
+        window(
+            "initial connection window",
+            self.initial_connection_window_size,
+        )?;
+        if !FRAME_SIZES.contains(&self.max_frame_size) {
+            return Err(Status::invalid_argument(format!(
+                "max frame size {} must be between {} and {} (RFC 9113 §6.5.2)",
+                self.max_frame_size,
+                FRAME_SIZES.start(),
+                FRAME_SIZES.end()
+            )));
+        }
+        let positive = [
+            (
+                "keepalive time",
+                self.keepalive_time.unwrap_or(Duration::MAX),
+            ),
+            ("keepalive timeout", self.keepalive_timeout),
+            ("connect timeout", self.connect_timeout),
+            ("idle timeout", self.idle_timeout),
+            ("resolve interval", self.resolve_interval),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(Status::invalid_argument(format!(
+                    "{name} must be above zero"
+                )));
+            }
+        }
+        if self.max_connections_per_endpoint == 0 {
+            return Err(Status::invalid_argument(
+                "max connections per endpoint must be at least 1",
+            ));
+        }
+        self.backoff.check()?;
+        let printable = |s: &str| s.bytes().all(|b| (0x20..=0x7e).contains(&b));
+        if !self.user_agent.as_deref().is_none_or(printable) {
+            return Err(Status::invalid_argument(
+                "user agent must be printable ASCII",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings as a whole: [`check_values`](Self::check_values), then the rules
+    /// between fields (the connection window is at least the stream window).
+    pub fn check(&self) -> Result<(), Status> {
+        self.check_values()?;
+        let windows = self.windows();
+        if windows.connection < windows.stream {
+            return Err(Status::invalid_argument(format!(
+                "initial connection window {} must be at least the stream window {}",
+                windows.connection, windows.stream
+            )));
+        }
+        Ok(())
+    }
+
+    /// The flow-control windows these settings resolve to.
+    pub(crate) fn windows(&self) -> WindowConfig {
+        WindowConfig::resolve(
+            self.initial_stream_window_size,
+            self.initial_connection_window_size,
+            self.adaptive_window,
+        )
+    }
+
+    /// The whole `user-agent` header value.
+    pub(crate) fn user_agent_header(&self) -> String {
+        match &self.user_agent {
+            Some(prefix) => format!("{prefix} {}", headers::USER_AGENT),
+            None => headers::USER_AGENT.to_string(),
+        }
+    }
+}
+
+impl PartialEq for BackoffConfig {
+    /// Compares the multiplier and jitter bit for bit, so that equality is an equivalence
+    /// (settings are compared and hashed to share connections).
+    fn eq(&self, other: &BackoffConfig) -> bool {
+        self.initial == other.initial
+            && self.max == other.max
+            && self.multiplier.to_bits() == other.multiplier.to_bits()
+            && self.jitter.to_bits() == other.jitter.to_bits()
+    }
+}
+
+impl Eq for BackoffConfig {}
+
+impl Hash for BackoffConfig {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.initial.hash(state);
+        self.max.hash(state);
+        self.multiplier.to_bits().hash(state);
+        self.jitter.to_bits().hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+
+    fn hash(settings: &ChannelSettings) -> u64 {
+        let mut h = DefaultHasher::new();
+        settings.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn equal_settings_hash_alike_and_a_changed_field_differs() {
+        let a = ChannelSettings::default();
+        let mut b = ChannelSettings::default();
+        assert_eq!(a, b);
+        assert_eq!(hash(&a), hash(&b));
+        b.backoff.jitter = 0.1;
+        assert_ne!(a, b);
+        let c = ChannelSettings {
+            lb_policy: LbPolicy::RoundRobin,
+            ..ChannelSettings::default()
+        };
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        type Change = fn(&mut ChannelSettings);
+        let cases: [(Change, &str); 7] = [
+            (|s| s.max_frame_size = 1000, "max frame size"),
+            (
+                |s| s.initial_stream_window_size = Some(0),
+                "initial stream window",
+            ),
+            (
+                |s| s.keepalive_timeout = Duration::ZERO,
+                "keepalive timeout",
+            ),
+            (|s| s.connect_timeout = Duration::ZERO, "connect timeout"),
+            (|s| s.max_connections_per_endpoint = 0, "max connections"),
+            (|s| s.backoff.multiplier = 0.5, "backoff"),
+            (|s| s.user_agent = Some("tab\there".into()), "user agent"),
+        ];
+        for (change, name) in cases {
+            let mut settings = ChannelSettings::default();
+            change(&mut settings);
+            let err = settings.check_values().unwrap_err();
+            assert!(err.message().contains(name), "{name}: {err:?}");
+        }
+        assert!(ChannelSettings::default().check().is_ok());
+    }
+
+    #[test]
+    fn windows_are_checked_together_only_as_a_whole() {
+        let settings = ChannelSettings {
+            initial_stream_window_size: Some(1 << 20),
+            initial_connection_window_size: Some(1 << 16),
+            ..ChannelSettings::default()
+        };
+        assert!(settings.check_values().is_ok());
+        let err = settings.check().unwrap_err();
+        assert!(err.message().contains("connection window"), "{err:?}");
+    }
+}
