@@ -305,6 +305,15 @@ impl Status {
         Status::unavailable(format!("transport error: {err}")).with_source(err)
     }
 
+    /// Keeps `err` as the error behind this status: the `io::Error` itself when h2 failed on
+    /// the socket, else the `h2::Error`.
+    pub(crate) fn with_h2_source(self, err: h2::Error) -> Status {
+        match err.is_io() {
+            true => self.with_source(err.into_io().expect("is_io was checked")),
+            false => self.with_source(err),
+        }
+    }
+
     /// Keeps `source` as the error behind this status.
     pub(crate) fn with_source(
         mut self,
