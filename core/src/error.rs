@@ -57,7 +57,13 @@ impl Error {
     }
 
     /// An invalid setting or argument.
-    #[cfg_attr(not(test), expect(dead_code, reason = "builders move to Error next"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "ServerBuilder::build and ChannelBuilder::build still fail with a Status"
+        )
+    )]
     pub(crate) fn config(message: impl Into<String>) -> Error {
         Error::new(Kind::Config, message, None)
     }
@@ -207,6 +213,15 @@ mod tests {
         let h2 = Status::from(Error::from_h2(h2::Error::from(h2::Reason::REFUSED_STREAM)));
         assert_eq!(h2.code(), Code::Unavailable);
         assert!(StdError::source(&h2).unwrap().is::<h2::Error>());
+    }
+
+    #[test]
+    fn errors_cross_threads_and_box_into_std_errors() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Error>();
+        send_sync::<Status>();
+        let boxed: Box<dyn StdError + Send + Sync> = Box::new(Error::timeout("late"));
+        assert_eq!(boxed.to_string(), "late");
     }
 
     #[test]

@@ -363,7 +363,7 @@ impl From<Error> for Status {
         };
         let code = match source.downcast_ref::<h2::Error>() {
             Some(h2) => h2_code(h2).0,
-            _ => code_for(kind),
+            None => code_for(kind),
         };
         let mut status = Status::new(code, message);
         status.extra.get_or_insert_with(Box::default).source = Some(Arc::from(source));
