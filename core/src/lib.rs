@@ -39,6 +39,15 @@
 //! and inflating stops as soon as it is passed, so a zip bomb fails early with
 //! RESOURCE_EXHAUSTED.
 //!
+//! # Errors
+//! A call ends with a [`Status`]: a gRPC code, a message, details and trailing metadata. A
+//! status made from a local failure keeps that failure (an `io::Error`, an `h2::Error`) as its
+//! [`source`](std::error::Error::source). Serving ([`Server::serve`],
+//! [`Server::serve_connection`]) fails with an [`Error`] instead, which says what kind of
+//! failure it was (`is_io`, `is_tls`, `is_protocol`, `is_timeout`, `is_config`) and keeps its
+//! cause; it converts into a `Status`, so `?` works in code that returns one. Which gRPC code
+//! an I/O or HTTP/2 error becomes is decided in one place, next to `Status`.
+//!
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
 //! connections and calls, reconnects, DNS refreshes, idle checks) goes to an [`Executor`]:
@@ -74,6 +83,7 @@
 
 pub mod client;
 pub mod codec;
+mod error;
 pub mod metadata;
 #[cfg(test)]
 mod proptests;
@@ -91,6 +101,7 @@ pub use client::{
 };
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
+pub use error::Error;
 pub use metadata::{Metadata, MetadataValue};
 pub use response::Response;
 pub use rt::{DefaultExecutor, Executor, SmolExecutor, ThreadPool};

@@ -4,9 +4,11 @@
 //! reasons) to gRPC codes lives in this file, so the rest of the crate never guesses a code.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::error::{Error, Kind};
 use crate::metadata::Metadata;
 
 /// A gRPC status code, as listed in the gRPC spec (`doc/statuscodes.md`).
@@ -119,18 +121,25 @@ impl fmt::Display for Code {
 }
 
 /// The status a call ended with: code, human-readable message, binary details and trailers.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// A status made from a local failure (an I/O or HTTP/2 error) keeps that error as its
+/// [`source`](std::error::Error::source). Equality compares code, message, details and
+/// metadata, not the source.
+#[derive(Clone)]
 pub struct Status {
     code: Code,
     message: String,
-    /// Details and metadata are rare and large; boxing them keeps `Result<T, Status>` small.
+    /// Details, metadata and the source are rare and large; boxing them keeps
+    /// `Result<T, Status>` small.
     extra: Option<Box<Extra>>,
 }
 
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 struct Extra {
     details: Bytes,
     metadata: Metadata,
+    /// Shared so `Status` stays `Clone` (h2's and io's errors are not).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// What `metadata()` returns for a status without any.
@@ -270,25 +279,15 @@ impl Status {
         Status::new(code, format!("{what}: {reason:?}"))
     }
 
-    /// Maps an error from h2 to the status the caller sees.
+    /// Maps an error from h2 to the status the caller sees, keeping the error as the source
+    /// (the `io::Error` itself when h2 failed on the socket).
     pub(crate) fn from_h2(err: h2::Error) -> Status {
         if err.is_io() {
             let io = err.into_io().expect("is_io was checked");
-            return Status::from_io(&io);
+            return Status::from_io(io);
         }
-        if err.is_go_away() {
-            // A GOAWAY that ended this stream: the connection is going away, so retrying on a
-            // new one may succeed.
-            let reason = err.reason().unwrap_or(h2::Reason::NO_ERROR);
-            return Status::unavailable(format!("connection closed by GOAWAY ({reason:?})"));
-        }
-        if let Some(reason) = err.reason() {
-            if err.is_reset() || err.is_remote() {
-                return Status::from_reason(reason, "stream reset by peer");
-            }
-            return Status::from_reason(reason, "HTTP/2 error");
-        }
-        Status::internal(format!("HTTP/2 error: {err}"))
+        let (code, message) = h2_code(&err);
+        Status::new(code, message).with_source(err)
     }
 
     /// The status for calls on a connection the peer closed with GOAWAY carrying debug data
@@ -300,11 +299,96 @@ impl Status {
         ))
     }
 
-    /// Maps an I/O error on the connection: the peer is gone or unreachable.
-    pub(crate) fn from_io(err: &std::io::Error) -> Status {
-        Status::unavailable(format!("transport error: {err}"))
+    /// Maps an I/O error on the connection: the peer is gone or unreachable. The error stays
+    /// as the source.
+    pub(crate) fn from_io(err: std::io::Error) -> Status {
+        Status::unavailable(format!("transport error: {err}")).with_source(err)
+    }
+
+    /// Keeps `err` as the error behind this status: the `io::Error` itself when h2 failed on
+    /// the socket, else the `h2::Error`.
+    pub(crate) fn with_h2_source(self, err: h2::Error) -> Status {
+        match err.is_io() {
+            true => self.with_source(err.into_io().expect("is_io was checked")),
+            false => self.with_source(err),
+        }
+    }
+
+    /// Keeps `source` as the error behind this status.
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Status {
+        self.extra.get_or_insert_with(Box::default).source = Some(Arc::new(source));
+        self
     }
 }
+
+/// The code and message for an h2 error that is not an I/O error.
+fn h2_code(err: &h2::Error) -> (Code, String) {
+    if err.is_go_away() {
+        // A GOAWAY that ended this stream: the connection is going away, so retrying on a
+        // new one may succeed.
+        let reason = err.reason().unwrap_or(h2::Reason::NO_ERROR);
+        return (
+            Code::Unavailable,
+            format!("connection closed by GOAWAY ({reason:?})"),
+        );
+    }
+    if let Some(reason) = err.reason() {
+        let what = if err.is_reset() || err.is_remote() {
+            "stream reset by peer"
+        } else {
+            "HTTP/2 error"
+        };
+        let status = Status::from_reason(reason, what);
+        return (status.code, status.message);
+    }
+    (Code::Internal, format!("HTTP/2 error: {err}"))
+}
+
+/// An [`Error`] becomes the status a caller sees: a status it wraps comes back as it was; an
+/// h2 error is mapped as [`Status::from_h2`] maps it; otherwise invalid settings are
+/// INVALID_ARGUMENT and every transport failure is UNAVAILABLE. The cause stays the source.
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let kind = err.kind();
+        let (message, source) = err.into_parts();
+        let Some(source) = source else {
+            return Status::new(code_for(kind), message);
+        };
+        let source = match source.downcast::<Status>() {
+            Ok(status) => return *status,
+            Err(source) => source,
+        };
+        let code = match source.downcast_ref::<h2::Error>() {
+            Some(h2) => h2_code(h2).0,
+            None => code_for(kind),
+        };
+        let mut status = Status::new(code, message);
+        status.extra.get_or_insert_with(Box::default).source = Some(Arc::from(source));
+        status
+    }
+}
+
+/// The code for an [`Error`] of `kind` whose cause has no code of its own.
+fn code_for(kind: Kind) -> Code {
+    match kind {
+        Kind::Config => Code::InvalidArgument,
+        Kind::Io | Kind::Tls | Kind::Protocol | Kind::Timeout => Code::Unavailable,
+    }
+}
+
+impl PartialEq for Status {
+    fn eq(&self, other: &Status) -> bool {
+        self.code == other.code
+            && self.message == other.message
+            && self.details() == other.details()
+            && self.metadata() == other.metadata()
+    }
+}
+
+impl Eq for Status {}
 
 impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -315,6 +399,9 @@ impl fmt::Debug for Status {
         }
         if !self.metadata().is_empty() {
             d.field("metadata", self.metadata());
+        }
+        if let Some(source) = self.extra.as_ref().and_then(|e| e.source.as_ref()) {
+            d.field("source", source);
         }
         d.finish()
     }
@@ -330,7 +417,13 @@ impl fmt::Display for Status {
     }
 }
 
-impl std::error::Error for Status {}
+impl std::error::Error for Status {
+    /// The local error this status was made from (an `io::Error`, an `h2::Error`), if any.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let source = self.extra.as_ref()?.source.as_ref()?;
+        Some(&**source)
+    }
+}
 
 /// Percent-encodes a status message for `grpc-message`: bytes outside 0x20..=0x7E, and `%`
 /// itself, become `%XX` (spec: `doc/PROTOCOL-HTTP2.md`, "Status-Message").
@@ -377,8 +470,103 @@ pub(crate) fn percent_decode(raw: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::error::Error as _;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
     use super::*;
+
+    /// A socket whose writes succeed and whose reads fail with "reset by test".
+    struct ResetOnRead;
+
+    impl futures_io::AsyncRead for ResetOnRead {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let err = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by test");
+            Poll::Ready(Err(err))
+        }
+    }
+
+    impl futures_io::AsyncWrite for ResetOnRead {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An h2 error caused by the socket (h2 makes those only itself): a client connection
+    /// whose first read fails.
+    pub(crate) fn h2_io_error() -> h2::Error {
+        smol::block_on(async {
+            let (_send, conn) = h2::client::handshake(crate::rt::Compat(ResetOnRead))
+                .await
+                .expect("the handshake only writes");
+            conn.await.expect_err("the read fails")
+        })
+    }
+
+    #[test]
+    fn io_errors_stay_the_source() {
+        let status = Status::from_io(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "peer left",
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "transport error: peer left");
+        let io = status.source().unwrap().downcast_ref::<std::io::Error>();
+        assert_eq!(io.unwrap().kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn h2_errors_stay_the_source() {
+        let err = h2_io_error();
+        assert!(err.is_io());
+        let status = Status::from_h2(err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("reset by test"), "{status}");
+        let io = status.source().unwrap().downcast_ref::<std::io::Error>();
+        assert_eq!(io.unwrap().kind(), std::io::ErrorKind::ConnectionReset);
+
+        let status = Status::from_h2(h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let h2 = status.source().unwrap().downcast_ref::<h2::Error>();
+        assert_eq!(h2.unwrap().reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn a_source_changes_neither_equality_nor_clone() {
+        let plain = Status::unavailable("transport error: peer left");
+        let sourced = Status::from_io(std::io::Error::other("peer left"));
+        assert_eq!(plain, sourced);
+        assert!(sourced.clone().source().is_some());
+        assert!(plain.source().is_none());
+        assert!(format!("{sourced:?}").contains("source"));
+        assert_eq!(
+            plain.with_details(Bytes::new()),
+            Status::new(Code::Unavailable, "transport error: peer left")
+        );
+    }
+
+    #[test]
+    fn a_status_stays_small() {
+        // Code, message and one pointer: the rare fields, the source among them, are boxed.
+        assert!(std::mem::size_of::<Status>() <= 5 * std::mem::size_of::<usize>());
+    }
 
     #[test]
     fn percent_round_trip() {

@@ -502,8 +502,60 @@ fn plaintext_client_against_a_tls_server_fails_cleanly() {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let status = say(&channel, "x").await.unwrap_err();
+        // Not h2's reading of the TLS alert as an oversized frame (FRAME_SIZE_ERROR).
+        expect_failure(
+            say(&channel, "x").await,
+            Code::Unavailable,
+            &[
+                &server.addr.to_string(),
+                "the server seems to speak TLS",
+                "use an https:// target or ChannelBuilder::tls",
+            ],
+        );
+    });
+}
+
+#[test]
+fn serve_connection_tells_a_failed_tls_handshake_from_a_timeout() {
+    use std::error::Error as _;
+    let server = echo().tls(server_tls()).build().unwrap();
+    run(async {
+        let listener = Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
+        let addr = listener.get_ref().local_addr().unwrap();
+        let mut client = Async::<TcpStream>::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // A plaintext HTTP/2 client: its preface is no ClientHello.
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let err = server.serve_connection(accepted).await.unwrap_err();
+        assert!(err.is_tls(), "{err:?}");
+        assert!(
+            !err.is_io() && !err.is_timeout() && !err.is_protocol(),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+        assert!(err.source().unwrap().is::<Status>(), "{err:?}");
+        let status = Status::from(err);
         assert_eq!(status.code(), Code::Unavailable, "{status}");
+
+        // A client that says nothing: the handshake timeout's error.
+        let timeout = Duration::from_millis(100);
+        let server = echo()
+            .tls(server_tls())
+            .handshake_timeout(timeout)
+            .build()
+            .unwrap();
+        let _silent = Async::<TcpStream>::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let err = server.serve_connection(accepted).await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(
+            err.to_string().contains("TLS handshake not finished"),
+            "{err}"
+        );
+        assert_eq!(Status::from(err).code(), Code::Unavailable);
     });
 }
 

@@ -20,7 +20,7 @@ use h2::client::SendRequest;
 use super::options::ConnConfig;
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{PingConfig, PingManager, Verdict, fail};
-use crate::proto::tap::{ConnectionEvents, FrameTap, PeerGoAway, Role};
+use crate::proto::tap::{ConnectionEvents, FrameTap, PEER_SPEAKS_TLS, PeerGoAway, Role};
 use crate::rt::{Compat, with_deadline};
 use crate::status::Status;
 use crate::transport::{Address, BoxedIo, Connector};
@@ -83,8 +83,9 @@ impl Connection {
 /// the [`PingManager`] (keepalive and BDP). Spawn it; dropping it closes the connection.
 ///
 /// Resolves to `Ok` when the connection ended cleanly; otherwise to the status its calls ended
-/// with: UNAVAILABLE "keepalive timed out …" when the peer stopped answering, or the GOAWAY's
-/// reason and debug data when the server closed the connection with one.
+/// with: UNAVAILABLE "keepalive timed out …" when the peer stopped answering, UNAVAILABLE "the
+/// server seems to speak TLS …" when it answered in TLS, or the GOAWAY's reason and debug data
+/// when the server closed the connection with one.
 #[must_use = "a connection does nothing unless its driver is spawned"]
 pub(crate) struct Driver {
     conn: h2::client::Connection<Tapped, Bytes>,
@@ -157,9 +158,8 @@ pub(crate) async fn open(
     let io: BoxedIo = match with_deadline(Some(deadline), connector.connect(address)).await {
         Ok(Ok(io)) => io,
         Ok(Err(err)) => {
-            return Err(Status::unavailable(format!(
-                "failed to connect to {address}: {err}"
-            )));
+            let status = Status::unavailable(format!("failed to connect to {address}: {err}"));
+            return Err(status.with_source(err));
         }
         Err(_) => return Err(timed_out("failed to connect to", address, timeout)),
     };
@@ -176,10 +176,13 @@ pub(crate) async fn open(
         .handshake::<_, Bytes>(Compat(tap));
     let (send, mut conn) = match with_deadline(Some(deadline), handshake).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            return Err(Status::unavailable(format!(
-                "HTTP/2 handshake with {address} failed: {e}"
-            )));
+        Ok(Err(err)) if events.peer_speaks_tls() => {
+            let why = format!("HTTP/2 handshake with {address} failed: {PEER_SPEAKS_TLS}");
+            return Err(Status::unavailable(why).with_h2_source(err));
+        }
+        Ok(Err(err)) => {
+            let why = format!("HTTP/2 handshake with {address} failed: {err}");
+            return Err(Status::unavailable(why).with_h2_source(err));
         }
         Err(_) => return Err(timed_out("HTTP/2 handshake with", address, timeout)),
     };
@@ -229,13 +232,16 @@ fn timed_out(what: &str, address: &Address, timeout: Duration) -> Status {
     Status::unavailable(format!("{what} {address}: timed out after {timeout:?}"))
 }
 
-/// The status for a client connection that ended with `err`, naming the GOAWAY's debug data
-/// when the peer sent one.
+/// The status for a client connection that ended with `err`: a server that answered in TLS is
+/// named as such, and a GOAWAY's debug data is quoted when the peer sent some.
 fn connection_error(err: h2::Error, events: &ConnectionEvents) -> Status {
+    if events.peer_speaks_tls() {
+        return Status::unavailable(PEER_SPEAKS_TLS).with_h2_source(err);
+    }
     if err.is_go_away() && err.is_remote() {
         if let Some(goaway) = events.peer_goaway() {
             if !goaway.debug_data.is_empty() {
-                return Status::from_goaway(goaway.reason, &goaway.debug_data);
+                return Status::from_goaway(goaway.reason, &goaway.debug_data).with_h2_source(err);
             }
         }
     }

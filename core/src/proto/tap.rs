@@ -36,6 +36,40 @@ pub(crate) mod kind {
 /// The ACK flag of SETTINGS and PING frames (RFC 9113 §6.5, §6.7).
 const FLAG_ACK: u8 = 0x1;
 
+/// What a client connection fails with when the server answers in TLS.
+pub(crate) const PEER_SPEAKS_TLS: &str =
+    "the server seems to speak TLS; use an https:// target or ChannelBuilder::tls";
+
+/// Bytes of a TLS record header that tell it from an HTTP/2 frame header: content type,
+/// then the protocol version's two bytes (RFC 8446 §5.1).
+const TLS_SNIFF_LEN: usize = 3;
+
+/// Whether the first bytes a server sent start a TLS record: an alert (21) or a handshake
+/// (22) with version 3.0 to 3.4 (SSL 3.0 to TLS 1.3; TLS 1.3 records say 3.3). As an HTTP/2
+/// frame header those bytes would declare a frame of over 1.3 MB, and a server's first frame
+/// is a SETTINGS frame (RFC 9113 §3.4), a few dozen bytes.
+fn looks_like_tls(b: &[u8; TLS_SNIFF_LEN]) -> bool {
+    matches!(b[0], 21 | 22) && b[1] == 3 && b[2] <= 4
+}
+
+/// The first bytes read on a client connection, kept until there are enough for
+/// [`looks_like_tls`].
+#[derive(Debug, Default)]
+struct TlsSniff {
+    seen: [u8; TLS_SNIFF_LEN],
+    len: usize,
+}
+
+impl TlsSniff {
+    /// Takes the next bytes read; `Some` once the verdict is in.
+    fn feed(&mut self, buf: &[u8]) -> Option<bool> {
+        let n = buf.len().min(TLS_SNIFF_LEN - self.len);
+        self.seen[self.len..self.len + n].copy_from_slice(&buf[..n]);
+        self.len += n;
+        (self.len == TLS_SNIFF_LEN).then(|| looks_like_tls(&self.seen))
+    }
+}
+
 /// GOAWAY debug data kept from the peer; longer data is cut. gRPC's own strings
 /// ("too_many_pings", "max_age") are far shorter.
 const MAX_GOAWAY_DEBUG: usize = 256;
@@ -211,6 +245,8 @@ pub(crate) struct ConnectionEvents {
     police: Mutex<Option<PingPolice>>,
     calls_active: AtomicBool,
     too_many_pings: AtomicBool,
+    /// The server answered a client in TLS (see [`PEER_SPEAKS_TLS`]).
+    peer_speaks_tls: AtomicBool,
 }
 
 impl ConnectionEvents {
@@ -300,6 +336,11 @@ impl ConnectionEvents {
         self.calls_active.store(active, Ordering::Release);
     }
 
+    /// Whether the server answered this client in TLS: its first bytes were a TLS record.
+    pub(crate) fn peer_speaks_tls(&self) -> bool {
+        self.peer_speaks_tls.load(Ordering::Acquire)
+    }
+
     /// Whether the peer went past the PING strike limit.
     pub(crate) fn too_many_pings(&self) -> bool {
         self.too_many_pings.load(Ordering::Acquire)
@@ -381,8 +422,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`ConnectionEvents`]. h2 answers PINGs itself and keeps frame-level events private; this is
 /// how keepalive, ping enforcement and BDP estimation see them.
 ///
-/// Reads and writes pass straight through; only frame headers are parsed. Two requests change
-/// the bytes: [`ConnectionEvents::fail`] turns every later read and write into an error, and
+/// Reads and writes pass straight through; only frame headers are parsed. On a client, a
+/// server that answers in TLS fails the connection with [`PEER_SPEAKS_TLS`] before h2 reads
+/// the record as a frame. Two requests change the bytes: [`ConnectionEvents::fail`] turns
+/// every later read and write into an error, and
 /// [`ConnectionEvents::arm_goaway_debug`] makes the tap hold h2's next GOAWAY frame until it is
 /// complete and write it out again with the debug data added (see [`goaway`], the one place
 /// that edits h2's output). Held bytes are owed to the socket: every write, flush and close
@@ -397,6 +440,8 @@ pub(crate) struct FrameTap<T> {
     rewrite: Option<GoAwayRewrite>,
     owed: Vec<u8>,
     owed_from: usize,
+    /// On a client, the server's first bytes until they show whether it speaks TLS.
+    sniff: Option<TlsSniff>,
 }
 
 impl<T> FrameTap<T> {
@@ -412,6 +457,7 @@ impl<T> FrameTap<T> {
             rewrite: None,
             owed: Vec::new(),
             owed_from: 0,
+            sniff: (role == Role::Client).then(TlsSniff::default),
         };
         (tap, events)
     }
@@ -506,6 +552,24 @@ impl<T: futures_io::AsyncRead + Unpin> futures_io::AsyncRead for FrameTap<T> {
             return Poll::Ready(Err(err));
         }
         let n = ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if let Some(sniff) = &mut self.sniff {
+            let verdict = if n == 0 {
+                Some(false)
+            } else {
+                sniff.feed(&buf[..n])
+            };
+            match verdict {
+                Some(true) => {
+                    self.sniff = None;
+                    self.events.peer_speaks_tls.store(true, Ordering::Release);
+                    let why = PEER_SPEAKS_TLS.to_string();
+                    self.events.fail(io::ErrorKind::InvalidData, why);
+                    return Poll::Ready(Err(self.events.failure().expect("just failed")));
+                }
+                Some(false) => self.sniff = None,
+                None => {}
+            }
+        }
         self.scan_read(&buf[..n]);
         Poll::Ready(Ok(n))
     }
@@ -781,6 +845,47 @@ pub(crate) mod tests {
         assert_eq!(tap.inner.written, wire);
         assert_eq!(events.data_or_headers_sent(), 2);
         assert_eq!(events.pings_sent(), 1);
+    }
+
+    #[test]
+    fn a_client_fails_on_a_server_that_answers_in_tls() {
+        // A TLS alert record (content type 21, version 3.3, fatal decode_error) and the start
+        // of a handshake record (22, version 3.1).
+        for record in [&[21u8, 3, 3, 0, 2, 2, 50][..], &[22, 3, 1, 0, 90, 2]] {
+            let mut io = Stingy::new(1);
+            io.to_read = record.to_vec();
+            let (mut tap, events) = FrameTap::new(io, Role::Client);
+            let mut buf = [0u8; 64];
+            let err = loop {
+                match block(|cx| Pin::new(&mut tap).poll_read(cx, &mut buf)) {
+                    Ok(n) => assert!(n > 0, "the tap let the record through"),
+                    Err(err) => break err,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert_eq!(err.to_string(), PEER_SPEAKS_TLS);
+            assert!(events.peer_speaks_tls());
+            let err = block(|cx| Pin::new(&mut tap).poll_write(cx, b"x")).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+    }
+
+    #[test]
+    fn http2_from_a_server_is_not_taken_for_tls() {
+        // A server's first frame, SETTINGS, passes untouched, even read a byte at a time.
+        let mut wire = frame(kind::SETTINGS, 0, 0, &[0; 36]);
+        wire.extend(frame(kind::PING, 0, 0, &[0; 8]));
+        let mut io = Stingy::new(1);
+        io.to_read = wire.clone();
+        let (mut tap, events) = FrameTap::new(io, Role::Client);
+        assert_eq!(read_all(&mut tap), wire);
+        assert!(!events.peer_speaks_tls());
+        // A server reads a client's preface, never a TLS record: no sniffing there.
+        let mut io = Stingy::new(64);
+        io.to_read = vec![22, 3, 1, 0, 90];
+        let (mut tap, events) = FrameTap::new(io, Role::Server);
+        assert_eq!(read_all(&mut tap).len(), 5);
+        assert!(!events.peer_speaks_tls());
     }
 
     #[test]

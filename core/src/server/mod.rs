@@ -28,6 +28,7 @@ use self::shutdown::Shutdown;
 use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::codec::{Codec, Compression};
+use crate::error::{Error, Kind};
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
 pub use crate::proto::ping::{
@@ -399,8 +400,9 @@ impl Server {
     }
 
     /// Accepts connections on `listener` until [`Server::shutdown`]; each connection is served
-    /// on the executor.
-    pub async fn serve(&self, listener: Listener) -> io::Result<()> {
+    /// on the executor. Passing accept errors (such as running out of file descriptors) are
+    /// waited out; one that will not pass ends serving with an I/O [`Error`].
+    pub async fn serve(&self, listener: Listener) -> Result<(), Error> {
         let shutdown = &self.inner.shutdown;
         // Counted like a connection, so `shutdown` returns only after the listener is closed.
         let _active = shutdown.track();
@@ -411,7 +413,7 @@ impl Server {
                 Either::Left((Ok(io), _)) => self.spawn_connection(io),
                 Either::Left((Err(err), _)) => {
                     if is_fatal_accept_error(&err) {
-                        return Err(err);
+                        return Err(Error::from(err));
                     }
                     async_io::Timer::after(ACCEPT_ERROR_BACKOFF).await;
                 }
@@ -421,8 +423,10 @@ impl Server {
     }
 
     /// Serves every connection `incoming` yields (an in-memory listener, say) until it ends or
-    /// the server shuts down.
-    pub async fn serve_incoming<S, I>(&self, incoming: S)
+    /// the server shuts down. Errors it yields are skipped, as [`serve`](Self::serve) skips
+    /// accept errors, unless they will not pass (`InvalidInput`, `Unsupported`): those end
+    /// serving with an I/O [`Error`].
+    pub async fn serve_incoming<S, I>(&self, incoming: S) -> Result<(), Error>
     where
         S: Stream<Item = io::Result<I>> + Unpin,
         I: Io,
@@ -433,8 +437,12 @@ impl Server {
             let stop = std::pin::pin!(self.inner.shutdown.graceful_started());
             match select(incoming.next(), stop).await {
                 Either::Left((Some(Ok(io)), _)) => self.spawn_connection(io),
-                Either::Left((Some(Err(_)), _)) => continue,
-                Either::Left((None, _)) | Either::Right(_) => return,
+                Either::Left((Some(Err(err)), _)) => {
+                    if is_fatal_accept_error(&err) {
+                        return Err(Error::from(err));
+                    }
+                }
+                Either::Left((None, _)) | Either::Right(_) => return Ok(()),
             }
         }
     }
@@ -448,13 +456,14 @@ impl Server {
 
     /// Serves one HTTP/2 connection on `io` until the client leaves or the server shuts down.
     ///
-    /// With a TLS config the TLS handshake comes first; one that fails or outlasts the
-    /// handshake timeout gives UNAVAILABLE back here. The connection's keepalive, ping
-    /// policing and adaptive windows run in the same task, between polls of the connection. A
-    /// client that stops answering keepalive PINGs gets an UNAVAILABLE error back here; one
-    /// that pings too often gets GOAWAY ENHANCE_YOUR_CALM and a RESOURCE_EXHAUSTED error back
-    /// here.
-    pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Status> {
+    /// With a TLS config the TLS handshake comes first; one that fails gives a TLS [`Error`]
+    /// back here, one that outlasts the handshake timeout a timeout. The connection's
+    /// keepalive, ping policing and adaptive windows run in the same task, between polls of
+    /// the connection. A client that stops answering keepalive PINGs gives a timeout (its
+    /// status UNAVAILABLE); one that pings too often gets GOAWAY ENHANCE_YOUR_CALM and gives a
+    /// protocol error (its status RESOURCE_EXHAUSTED). A connection that ends by shutdown or
+    /// by the client leaving gives `Ok`.
+    pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Error> {
         // A timeout too large for the clock (Duration::MAX) means none.
         let deadline = Instant::now().checked_add(self.inner.config.handshake_timeout);
         #[cfg(feature = "tls")]
@@ -468,9 +477,11 @@ impl Server {
             let expired = std::pin::pin!(deadline.map_or_else(Timer::never, Timer::at));
             let stop = std::pin::pin!(inner.shutdown.forced());
             let (io, peer) = match select(select(handshake, expired), stop).await {
-                Either::Left((Either::Left((accepted, _)), _)) => accepted?,
+                Either::Left((Either::Left((accepted, _)), _)) => {
+                    accepted.map_err(|status| Error::from_status(Kind::Tls, status))?
+                }
                 Either::Left((Either::Right(_), _)) => {
-                    return Err(Status::unavailable(format!(
+                    return Err(Error::timeout(format!(
                         "TLS handshake not finished within {timeout:?}"
                     )));
                 }
@@ -488,7 +499,7 @@ impl Server {
         io: I,
         peer: Option<crate::transport::PeerCertificates>,
         deadline: Option<Instant>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         let inner = &self.inner;
         let _active = inner.shutdown.track();
         let c = &inner.config;
@@ -505,10 +516,10 @@ impl Server {
         let timeout = deadline.map_or_else(Timer::never, Timer::at);
         let mut conn = match select(std::pin::pin!(handshake), select(stop, timeout)).await {
             Either::Left((Ok(conn), _)) => conn,
-            Either::Left((Err(err), _)) => return Err(Status::from_h2(err)),
+            Either::Left((Err(err), _)) => return Err(Error::from_h2(err)),
             Either::Right((Either::Left(_), _)) => return Ok(()),
             Either::Right((Either::Right(_), _)) => {
-                return Err(Status::unavailable(format!(
+                return Err(Error::timeout(format!(
                     "no HTTP/2 preface within the handshake timeout ({:?})",
                     c.handshake_timeout
                 )));
@@ -556,7 +567,7 @@ impl Server {
                         yield_now().await;
                     }
                 }
-                Next::Accepted(Some(Err(err))) => return Err(Status::from_h2(err)),
+                Next::Accepted(Some(Err(err))) => return Err(Error::from_h2(err)),
                 Next::Accepted(None) => return Ok(()),
                 Next::Forced => {
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
@@ -566,13 +577,13 @@ impl Server {
                     ping::fail(&events, &status);
                     // One more poll hands the failure to every open stream; then drop.
                     let _ = poll_fn(|cx| Poll::Ready(conn.poll_closed(cx))).await;
-                    return Err(status);
+                    return Err(Error::from_status(Kind::Timeout, status));
                 }
                 Next::Pings(Verdict::TooManyPings) => {
                     let status = ping::goaway_too_many_pings(&mut conn, &events);
                     let closed = std::pin::pin!(poll_fn(|cx| conn.poll_closed(cx)));
                     let _ = select(closed, async_io::Timer::after(ping::GOAWAY_FLUSH_GRACE)).await;
-                    return Err(status);
+                    return Err(Error::from_status(Kind::Protocol, status));
                 }
             }
         }

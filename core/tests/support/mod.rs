@@ -177,7 +177,7 @@ impl Env {
                 connector = Some(conn);
                 let s = server.clone();
                 self.executor.spawn(Box::pin(async move {
-                    s.serve_incoming(listener).await;
+                    let _ = s.serve_incoming(listener).await;
                 }));
                 "http://in-memory.test:50051".to_string()
             }
