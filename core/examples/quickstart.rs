@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use plexus::{
     CallOptions, Channel, Listener, Metadata, ProstCodec, Request, RequestStream, Response,
-    ResponseSink, Server, Status,
+    ResponseSink, Server,
 };
 
 /// A greeting request.
@@ -31,7 +31,7 @@ fn reply(message: String) -> HelloReply {
     HelloReply { message }
 }
 
-fn server() -> Result<Server, Status> {
+fn server() -> Result<Server, plexus::Error> {
     Server::builder()
         .unary("/quickstart.Greeter/SayHello", ServerCodec::new(), |req: Request<HelloRequest>| async move {
             let mut response = Response::new(reply(format!("hello, {}", req.message().name)));

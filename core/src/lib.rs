@@ -103,10 +103,12 @@ pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_S
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use error::Error;
 pub use metadata::{Metadata, MetadataValue};
+pub use proto::http2::Http2Settings;
 pub use response::Response;
 pub use rt::{DefaultExecutor, Executor, SmolExecutor, ThreadPool};
 pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
+    ServerSettings,
 };
 pub use status::{Code, Status};
 #[cfg(feature = "tls")]

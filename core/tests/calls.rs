@@ -101,8 +101,8 @@ async fn collect<T>(stream: &mut Streaming<T>) -> Result<Vec<T>, Status> {
     Ok(out)
 }
 
-fn err_of<T: std::fmt::Debug>(result: Result<T, Status>, what: &str) -> Status {
-    match result {
+fn err_of<T: std::fmt::Debug, E: Into<Status>>(result: Result<T, E>, what: &str) -> Status {
+    match result.map_err(Into::into) {
         Ok(v) => {
             let shown: String = format!("{v:?}").chars().take(300).collect();
             panic!("{what}: expected an error status, got Ok({shown})")

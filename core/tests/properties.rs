@@ -123,7 +123,8 @@ proptest! {
         prop_assert_eq!(iterated, want);
     }
 
-    /// Any string as a channel target gives a channel or INVALID_ARGUMENT naming the target.
+    /// Any string as a channel target gives a channel or a configuration error that converts to
+    /// INVALID_ARGUMENT naming the target.
     #[test]
     fn channel_targets_parse_or_are_invalid_argument(
         target in prop_oneof![
@@ -133,7 +134,9 @@ proptest! {
     ) {
         match Channel::new(&target) {
             Ok(channel) => channel.shutdown(),
-            Err(status) => {
+            Err(err) => {
+                prop_assert!(err.is_config(), "{}", err);
+                let status = plexus::Status::from(err);
                 prop_assert_eq!(status.code(), Code::InvalidArgument, "{}", status);
                 let prefix = format!("invalid target {target:?}: ");
                 prop_assert!(status.message().starts_with(&prefix), "{}", status);

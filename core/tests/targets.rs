@@ -336,7 +336,9 @@ fn malformed_targets_fail_at_build() {
         "https://example.com/path",
         "unix-abstract:",
     ] {
-        let status = Channel::new(target).unwrap_err();
+        let err = Channel::new(target).unwrap_err();
+        assert!(err.is_config(), "{target}: {err}");
+        let status = plexus::Status::from(err);
         assert_eq!(status.code(), Code::InvalidArgument, "{target}: {status}");
         assert!(status.message().contains(target), "{target}: {status}");
     }

@@ -311,7 +311,9 @@ fn https_target_without_config_trusts_system_roots_only() {
                 &["TLS handshake failed", "unknown issuer"],
             ),
             // A machine without a CA bundle says so when the channel is built.
-            Err(status) => {
+            Err(err) => {
+                assert!(err.is_config(), "{err}");
+                let status = plexus::Status::from(err);
                 assert_eq!(status.code(), Code::InvalidArgument, "{status}");
                 assert!(status.message().contains("no system root certificates"));
             }
@@ -823,6 +825,7 @@ fn bad_certificates_and_keys_are_clear_errors_at_build() {
     let err = Server::builder()
         .tls(ServerTlsConfig::new(garbage))
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("server certificate"), "{err}");
@@ -832,6 +835,7 @@ fn bad_certificates_and_keys_are_clear_errors_at_build() {
     let err = Server::builder()
         .tls(ServerTlsConfig::new(mismatched))
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
@@ -842,6 +846,7 @@ fn bad_certificates_and_keys_are_clear_errors_at_build() {
     let err = Channel::builder("localhost:1")
         .tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem("nope")))
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("CA certificate"), "{err}");
@@ -849,6 +854,7 @@ fn bad_certificates_and_keys_are_clear_errors_at_build() {
     let err = Channel::builder("http://localhost:1")
         .tls(client_tls())
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("plaintext"), "{err}");
@@ -856,12 +862,14 @@ fn bad_certificates_and_keys_are_clear_errors_at_build() {
     let err = Channel::builder("localhost:1")
         .tls(client_tls().server_name("not a name"))
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let err = Server::builder()
         .handshake_timeout(Duration::ZERO)
         .build()
+        .map_err(plexus::Status::from)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }

@@ -71,7 +71,9 @@ fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
         let builder = Channel::builder(target)
             .settings(options.settings.clone())
             .executor(rt.executor());
-        let channel = builder.build().map_err(|s| Error::from_setting(&s))?;
+        let channel = builder
+            .build()
+            .map_err(|e| Error::from_setting(&core_plexus::Status::from(e)))?;
         Ok(Arc::new(SharedChannel { channel }))
     };
     registry(|r| {

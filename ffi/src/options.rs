@@ -204,7 +204,7 @@ pub unsafe extern "C" fn plexus_channel_options_set_initial_stream_window_size(
             // SAFETY: the caller passes a live object or NULL (checked).
             unsafe {
                 set(options, |o| {
-                    o.initial_stream_window_size = Some(bytes);
+                    o.http2.initial_stream_window_size = Some(bytes);
                     Ok(())
                 })
             }
@@ -231,7 +231,7 @@ pub unsafe extern "C" fn plexus_channel_options_set_initial_connection_window_si
             // SAFETY: the caller passes a live object or NULL (checked).
             unsafe {
                 set(options, |o| {
-                    o.initial_connection_window_size = Some(bytes);
+                    o.http2.initial_connection_window_size = Some(bytes);
                     Ok(())
                 })
             }
@@ -255,7 +255,7 @@ pub unsafe extern "C" fn plexus_channel_options_set_adaptive_window(
         // SAFETY: the caller passes a live object or NULL (checked).
         unsafe {
             set(options, |o| {
-                o.adaptive_window = Some(adaptive);
+                o.http2.adaptive_window = Some(adaptive);
                 Ok(())
             })
         }
@@ -350,7 +350,7 @@ pub unsafe extern "C" fn plexus_channel_options_set_max_frame_size(
         // SAFETY: the caller passes a live object or NULL (checked).
         unsafe {
             set(options, |o| {
-                o.max_frame_size = bytes;
+                o.http2.max_frame_size = bytes;
                 Ok(())
             })
         }
@@ -1001,21 +1001,25 @@ pub unsafe extern "C" fn plexus_call_options_set_max_send_message_size(
 
 #[cfg(test)]
 mod tests {
-    /// Every field of core's `ChannelSettings` has a `plexus_channel_options_set_*`: adding a
-    /// setting without a C setter fails.
+    /// Every field of core's `ChannelSettings` (and of its `Http2Settings`) has a
+    /// `plexus_channel_options_set_*`: adding a setting without a C setter fails.
     #[test]
     fn every_channel_setting_has_a_c_setter() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let core = std::fs::read_to_string(dir.join("../core/src/client/settings.rs")).unwrap();
-        let ours = std::fs::read_to_string(dir.join("src/options.rs")).unwrap();
-        let fields = &core[core.find("pub struct ChannelSettings {").unwrap()..];
-        let fields = &fields[..fields.find("\n}\n").unwrap()];
-        let settings: Vec<&str> = fields
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("pub "))
-            .filter_map(|l| l.split_once(':').map(|(name, _)| name))
-            .filter(|name| !name.contains(' '))
-            .collect();
+        let read = |path: &str| std::fs::read_to_string(dir.join(path)).unwrap();
+        let ours = read("src/options.rs");
+        let fields = |source: &str, name: &str| -> Vec<String> {
+            let body = &source[source.find(&format!("pub struct {name} {{")).unwrap()..];
+            let body = &body[..body.find("\n}\n").unwrap()];
+            body.lines()
+                .filter_map(|l| l.trim().strip_prefix("pub "))
+                .filter_map(|l| l.split_once(':').map(|(field, _)| field.to_string()))
+                .filter(|field| !field.contains(' '))
+                .collect()
+        };
+        let mut settings = fields(&read("../core/src/client/settings.rs"), "ChannelSettings");
+        settings.retain(|f| f != "http2");
+        settings.extend(fields(&read("../core/src/proto/http2.rs"), "Http2Settings"));
         assert!(settings.len() >= 15, "found {settings:?}");
         let missing: Vec<_> = settings
             .iter()

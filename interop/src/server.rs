@@ -31,7 +31,7 @@ pub const SERVER_ID: &str = "plexus-interop";
 const CACHE_CONTROL: &str = "public, max-age=60";
 
 /// Builds the server with both services routed.
-pub fn build() -> Result<Server, Status> {
+pub fn build() -> Result<Server, plexus::Error> {
     builder().build()
 }
 

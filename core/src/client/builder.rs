@@ -19,6 +19,7 @@ use super::stats::Counters;
 use super::subchannel::Env;
 use super::target::Target;
 use crate::codec::Compression;
+use crate::error::{Error, Kind};
 use crate::proto::ping::PingConfig;
 use crate::rt::{DefaultExecutor, Executor};
 use crate::status::Status;
@@ -58,10 +59,10 @@ impl ChannelConfig {
                     keepalive_time: settings.keepalive_time,
                     keepalive_timeout: settings.keepalive_timeout,
                     keepalive_permit_without_calls: settings.keepalive_permit_without_calls,
-                    windows: settings.windows(),
+                    windows: settings.http2.windows(),
                     policy: None,
                 },
-                max_frame_size: settings.max_frame_size,
+                max_frame_size: settings.http2.max_frame_size,
                 connect_timeout: settings.connect_timeout,
                 multi_connection: settings.multiple_connections,
                 max_connections_per_endpoint: settings.max_connections_per_endpoint,
@@ -140,21 +141,21 @@ impl ChannelBuilder {
     /// keeps [`DEFAULT_STREAM_WINDOW`](crate::client::DEFAULT_STREAM_WINDOW) or
     /// [`DEFAULT_CONNECTION_WINDOW`](crate::client::DEFAULT_CONNECTION_WINDOW)).
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
-        self.settings.initial_stream_window_size = Some(bytes);
+        self.settings.http2.initial_stream_window_size = Some(bytes);
         self
     }
 
     /// Initial HTTP/2 connection window; pins the windows like
     /// [`initial_stream_window_size`](Self::initial_stream_window_size).
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
-        self.settings.initial_connection_window_size = Some(bytes);
+        self.settings.http2.initial_connection_window_size = Some(bytes);
         self
     }
 
     /// Whether windows grow from bandwidth-delay-product estimates, as grpc-go's do (default:
     /// yes unless a window size is set; `true` with sizes set grows from them).
     pub fn adaptive_window(mut self, adaptive: bool) -> Self {
-        self.settings.adaptive_window = Some(adaptive);
+        self.settings.http2.adaptive_window = Some(adaptive);
         self
     }
 
@@ -180,7 +181,7 @@ impl ChannelBuilder {
 
     /// Largest HTTP/2 frame we accept (default 16 KiB).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
-        self.settings.max_frame_size = bytes;
+        self.settings.http2.max_frame_size = bytes;
         self
     }
 
@@ -267,8 +268,15 @@ impl ChannelBuilder {
         self
     }
 
-    /// Validates the target and settings and builds the channel; nothing connects yet.
-    pub fn build(self) -> Result<Channel, Status> {
+    /// Validates the target and settings and builds the channel; nothing connects yet. A bad
+    /// target or setting is a configuration error ([`Error::is_config`]) whose source is the
+    /// INVALID_ARGUMENT status naming it.
+    pub fn build(self) -> Result<Channel, Error> {
+        self.try_build()
+            .map_err(|status| Error::from_status(Kind::Config, status))
+    }
+
+    fn try_build(self) -> Result<Channel, Status> {
         #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "TLS may adjust it"))]
         let mut target = Target::parse(&self.target)?;
         let config = ChannelConfig::new(&self.settings)?;

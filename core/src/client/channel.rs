@@ -101,7 +101,7 @@ impl ChannelInner {
 
 impl Channel {
     /// A channel with default settings; fails on a malformed target.
-    pub fn new(target: &str) -> Result<Channel, Status> {
+    pub fn new(target: &str) -> Result<Channel, crate::Error> {
         Channel::builder(target).build()
     }
 

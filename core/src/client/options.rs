@@ -104,38 +104,25 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * DEFAULT_STREAM_WINDOW;
 /// Default max HTTP/2 frame size: 16 KiB, the RFC 9113 initial value.
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
 
-/// Largest window HTTP/2 allows (RFC 9113 §6.9.1).
-pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;
-
-/// Frame sizes HTTP/2 allows (RFC 9113 §6.5.2).
-pub(crate) const FRAME_SIZES: std::ops::RangeInclusive<u32> = 16_384..=16_777_215;
-
-/// Checks window and frame settings shared by channels and servers; INVALID_ARGUMENT names
-/// the setting that is out of range.
-pub(crate) fn check_http2_settings(
-    stream_window: u32,
-    connection_window: u32,
-    max_frame_size: u32,
-) -> Result<(), Status> {
-    if stream_window == 0 || stream_window > MAX_WINDOW {
+/// Checks that the resolved connection window is at least the stream window.
+pub(crate) fn check_windows(windows: crate::proto::ping::WindowConfig) -> Result<(), Status> {
+    if windows.connection < windows.stream {
         return Err(Status::invalid_argument(format!(
-            "initial stream window {stream_window} must be between 1 and {MAX_WINDOW}"
-        )));
-    }
-    if connection_window < stream_window || connection_window > MAX_WINDOW {
-        return Err(Status::invalid_argument(format!(
-            "initial connection window {connection_window} must be at least the stream window \
-             {stream_window} and at most {MAX_WINDOW}"
-        )));
-    }
-    if !FRAME_SIZES.contains(&max_frame_size) {
-        return Err(Status::invalid_argument(format!(
-            "max frame size {max_frame_size} must be between {} and {} (RFC 9113 §6.5.2)",
-            FRAME_SIZES.start(),
-            FRAME_SIZES.end()
+            "initial connection window {} must be at least the stream window {}",
+            windows.connection, windows.stream
         )));
     }
     Ok(())
+}
+
+/// Checks that each named duration is above zero.
+pub(crate) fn check_positive(durations: &[(&str, Duration)]) -> Result<(), Status> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((name, _)) => Err(Status::invalid_argument(format!(
+            "{name} must be above zero"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Default cap on connections per endpoint when calls outgrow the server's

@@ -12,13 +12,14 @@ use super::backoff::BackoffConfig;
 use super::balance::LbPolicy;
 use super::options::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
-    DEFAULT_MAX_FRAME_SIZE, FRAME_SIZES, MAX_WINDOW,
+    check_positive,
 };
 use super::resolve::DEFAULT_DNS_REFRESH_INTERVAL;
 use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::proto::headers;
-use crate::proto::ping::{DEFAULT_KEEPALIVE_TIMEOUT, WindowConfig};
+use crate::proto::http2::Http2Settings;
+use crate::proto::ping::DEFAULT_KEEPALIVE_TIMEOUT;
 use crate::status::Status;
 
 /// Every setting of a channel, as one comparable value. Start from
@@ -37,22 +38,14 @@ pub struct ChannelSettings {
     pub max_send_message_size: usize,
     /// Compression of request messages on calls that do not set their own (default none).
     pub compression: Compression,
-    /// Initial HTTP/2 stream window; set, it pins the windows (see
-    /// [`ChannelBuilder::initial_stream_window_size`](super::ChannelBuilder::initial_stream_window_size)).
-    pub initial_stream_window_size: Option<u32>,
-    /// Initial HTTP/2 connection window; set, it pins the windows.
-    pub initial_connection_window_size: Option<u32>,
-    /// Whether windows grow from bandwidth-delay-product estimates (default: yes unless a
-    /// window is set).
-    pub adaptive_window: Option<bool>,
+    /// HTTP/2 flow-control windows and frame size.
+    pub http2: Http2Settings,
     /// Keepalive PING after this long without a frame from the server (default off).
     pub keepalive_time: Option<Duration>,
     /// How long a keepalive PING may go unanswered (default 20 s).
     pub keepalive_timeout: Duration,
     /// Whether keepalive PINGs go out while no call is open (default false).
     pub keepalive_permit_without_calls: bool,
-    /// Largest HTTP/2 frame accepted (default 16 KiB).
-    pub max_frame_size: u32,
     /// Time allowed to connect and finish the HTTP/2 handshake (default 20 s).
     pub connect_timeout: Duration,
     /// Open another connection when every one is at the server's MAX_CONCURRENT_STREAMS
@@ -82,13 +75,10 @@ impl Default for ChannelSettings {
             max_receive_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
             max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
             compression: Compression::Identity,
-            initial_stream_window_size: None,
-            initial_connection_window_size: None,
-            adaptive_window: None,
+            http2: Http2Settings::default(),
             keepalive_time: None,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             keepalive_permit_without_calls: false,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             multiple_connections: true,
             max_connections_per_endpoint: DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
@@ -108,26 +98,8 @@ impl ChannelSettings {
     /// INVALID_ARGUMENT naming the first field out of range. The C ABI runs it in each setter,
     /// so a bad value fails where it is set.
     pub fn check_values(&self) -> Result<(), Status> {
-        let window = |name: &str, value: Option<u32>| match value {
-            Some(v) if v == 0 || v > MAX_WINDOW => Err(Status::invalid_argument(format!(
-                "{name} {v} must be between 1 and {MAX_WINDOW}"
-            ))),
-            _ => Ok(()),
-        };
-        window("initial stream window", self.initial_stream_window_size)?;
-        window(
-            "initial connection window",
-            self.initial_connection_window_size,
-        )?;
-        if !FRAME_SIZES.contains(&self.max_frame_size) {
-            return Err(Status::invalid_argument(format!(
-                "max frame size {} must be between {} and {} (RFC 9113 §6.5.2)",
-                self.max_frame_size,
-                FRAME_SIZES.start(),
-                FRAME_SIZES.end()
-            )));
-        }
-        let positive = [
+        self.http2.check_values()?;
+        check_positive(&[
             (
                 "keepalive time",
                 self.keepalive_time.unwrap_or(Duration::MAX),
@@ -136,14 +108,7 @@ impl ChannelSettings {
             ("connect timeout", self.connect_timeout),
             ("idle timeout", self.idle_timeout),
             ("resolve interval", self.resolve_interval),
-        ];
-        for (name, value) in positive {
-            if value.is_zero() {
-                return Err(Status::invalid_argument(format!(
-                    "{name} must be above zero"
-                )));
-            }
-        }
+        ])?;
         if self.max_connections_per_endpoint == 0 {
             return Err(Status::invalid_argument(
                 "max connections per endpoint must be at least 1",
@@ -163,23 +128,7 @@ impl ChannelSettings {
     /// between fields (the connection window is at least the stream window).
     pub fn check(&self) -> Result<(), Status> {
         self.check_values()?;
-        let windows = self.windows();
-        if windows.connection < windows.stream {
-            return Err(Status::invalid_argument(format!(
-                "initial connection window {} must be at least the stream window {}",
-                windows.connection, windows.stream
-            )));
-        }
-        Ok(())
-    }
-
-    /// The flow-control windows these settings resolve to.
-    pub(crate) fn windows(&self) -> WindowConfig {
-        WindowConfig::resolve(
-            self.initial_stream_window_size,
-            self.initial_connection_window_size,
-            self.adaptive_window,
-        )
+        self.http2.check()
     }
 
     /// The whole `user-agent` header value.
@@ -243,9 +192,9 @@ mod tests {
     fn checks_name_the_field() {
         type Change = fn(&mut ChannelSettings);
         let cases: [(Change, &str); 7] = [
-            (|s| s.max_frame_size = 1000, "max frame size"),
+            (|s| s.http2.max_frame_size = 1000, "max frame size"),
             (
-                |s| s.initial_stream_window_size = Some(0),
+                |s| s.http2.initial_stream_window_size = Some(0),
                 "initial stream window",
             ),
             (
@@ -269,8 +218,11 @@ mod tests {
     #[test]
     fn windows_are_checked_together_only_as_a_whole() {
         let settings = ChannelSettings {
-            initial_stream_window_size: Some(1 << 20),
-            initial_connection_window_size: Some(1 << 16),
+            http2: Http2Settings {
+                initial_stream_window_size: Some(1 << 20),
+                initial_connection_window_size: Some(1 << 16),
+                ..Http2Settings::default()
+            },
             ..ChannelSettings::default()
         };
         assert!(settings.check_values().is_ok());

@@ -224,8 +224,8 @@ impl Decoder {
         // Reuse the previous gathered message's allocation when nothing refers to it any more
         // and it is not much larger than needed (`try_reclaim` never allocates): a stream of
         // large messages then reuses one buffer instead of having the allocator map and fault
-        // in fresh pages for each (measured: ~256 page faults per MiB with glibc's malloc).
-        // A message the caller still holds keeps its own buffer, as before.
+        // in fresh pages for each (about 256 page faults per MiB with glibc's malloc). A
+        // message the caller still holds keeps its own buffer.
         let reusable =
             self.gather.try_reclaim(len) && self.gather.capacity() <= len.saturating_mul(2);
         if !reusable {

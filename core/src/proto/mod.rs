@@ -1,6 +1,7 @@
 //! Pieces of the gRPC-over-HTTP/2 protocol shared by client and server.
 
 pub(crate) mod headers;
+pub(crate) mod http2;
 pub(crate) mod ping;
 pub(crate) mod recv;
 pub(crate) mod send;

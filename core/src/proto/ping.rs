@@ -166,20 +166,6 @@ pub(crate) struct PingConfig {
     pub policy: Option<PingPolicy>,
 }
 
-impl PingConfig {
-    /// gRPC's client defaults: no keepalive, a 20 s timeout once enabled, no pings without
-    /// calls, adaptive windows, no policing of the server's PINGs.
-    pub(crate) fn client() -> PingConfig {
-        PingConfig {
-            keepalive_time: None,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-            keepalive_permit_without_calls: false,
-            windows: WindowConfig::resolve(None, None, None),
-            policy: None,
-        }
-    }
-}
-
 /// Why the manager wants the connection closed.
 #[derive(Debug)]
 pub(crate) enum Verdict {

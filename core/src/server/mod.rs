@@ -4,6 +4,7 @@
 
 mod handler;
 mod listener;
+mod settings;
 mod shutdown;
 mod slot;
 mod stream;
@@ -22,15 +23,14 @@ use futures_util::{Stream, StreamExt};
 
 pub use handler::{CallContext, Request, RequestStream, ResponseSink};
 pub use listener::Listener;
+pub use settings::ServerSettings;
 
 use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
-use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_http2_settings};
-use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::codec::{Codec, Compression};
 use crate::error::{Error, Kind};
 use crate::proto::DATA_FRAME_BUDGET;
-use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict, WindowConfig};
+use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict};
 pub use crate::proto::ping::{
     ADAPTIVE_START_WINDOW, BDP_LIMIT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL,
     DEFAULT_SERVER_KEEPALIVE_TIME, MAX_PING_STRIKES,
@@ -60,80 +60,35 @@ pub const DEFAULT_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 ///
 /// h2 writes only once its reads would block, and a busy client keeps the socket readable, so
 /// without a limit the task accepted every request in reach before any handler ran: responses
-/// left in bursts of ten or more, a round trip late. Measured with 64 unary calls in flight on 2
-/// cores (calls/s, tonic client / plexus client): no limit 52k / 79k; 1: 61k / 92k; 2: 64k /
-/// 106k; 4: 69k-71k / 105k-112k; 6: 68k-71k / 109k; 8: 65k / 112k. tonic's own server gave 67k
-/// / 70k in the same runs.
+/// left in bursts of ten or more, a round trip late. 4 was the best of 1 to 8 in the benchmark
+/// matrix's unary case with 64 calls in flight, for both the tonic and the plexus client.
 const ACCEPT_BATCH: usize = 4;
 
 /// A pause after a failed accept (such as EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A server's settings checked and resolved for use.
 #[derive(Debug, Clone)]
 struct ServerConfig {
-    max_concurrent_streams: u32,
-    /// Windows as the user set them; resolved by [`WindowConfig::resolve`] in `build`.
-    stream_window: Option<u32>,
-    connection_window: Option<u32>,
-    adaptive_window: Option<bool>,
-    max_frame_size: u32,
-    max_recv_message_size: usize,
-    max_send_message_size: usize,
-    /// Compression of response messages unless a handler says otherwise.
-    response_compression: Compression,
-    keepalive_time: Duration,
-    keepalive_timeout: Duration,
-    min_ping_interval: Duration,
-    permit_pings_without_calls: bool,
-    handshake_timeout: Duration,
-    max_header_list_size: u32,
-    /// What `build` makes of the settings above.
+    settings: ServerSettings,
+    /// Keepalive, windows and ping policing, from the settings.
     pings: PingConfig,
 }
 
 /// Collects routes and settings for a [`Server`].
+#[derive(Default)]
 pub struct ServerBuilder {
     routes: HashMap<String, ErasedHandler>,
-    config: ServerConfig,
+    settings: ServerSettings,
     executor: Option<Arc<dyn Executor>>,
-    #[cfg(feature = "tls")]
-    tls: Option<crate::transport::tls::ServerTlsConfig>,
 }
 
 impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBuilder")
             .field("routes", &self.routes.keys().collect::<Vec<_>>())
-            .field("config", &self.config)
+            .field("settings", &self.settings)
             .finish()
-    }
-}
-
-impl Default for ServerBuilder {
-    fn default() -> Self {
-        ServerBuilder {
-            routes: HashMap::new(),
-            config: ServerConfig {
-                max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-                stream_window: None,
-                connection_window: None,
-                adaptive_window: None,
-                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-                max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
-                max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
-                response_compression: Compression::Identity,
-                keepalive_time: DEFAULT_SERVER_KEEPALIVE_TIME,
-                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-                min_ping_interval: DEFAULT_MIN_PING_INTERVAL,
-                permit_pings_without_calls: false,
-                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
-                pings: PingConfig::client(),
-            },
-            executor: None,
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
     }
 }
 
@@ -189,7 +144,7 @@ impl ServerBuilder {
 
     /// SETTINGS_MAX_CONCURRENT_STREAMS per connection (default 100).
     pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
-        self.config.max_concurrent_streams = streams;
+        self.settings.max_concurrent_streams = streams;
         self
     }
 
@@ -197,14 +152,14 @@ impl ServerBuilder {
     /// [`adaptive_window`](Self::adaptive_window)); setting this pins them, as in grpc-go, and
     /// the connection window then defaults to 16 MiB.
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
-        self.config.stream_window = Some(bytes);
+        self.settings.http2.initial_stream_window_size = Some(bytes);
         self
     }
 
     /// Initial HTTP/2 connection window. Setting it pins the windows, as in grpc-go; the
     /// stream window then defaults to 1 MiB.
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
-        self.config.connection_window = Some(bytes);
+        self.settings.http2.initial_connection_window_size = Some(bytes);
         self
     }
 
@@ -214,7 +169,7 @@ impl ServerBuilder {
     /// window size is set; `false` pins the windows (1 MiB per stream and 16 MiB per
     /// connection unless set), `true` with explicit sizes grows from them.
     pub fn adaptive_window(mut self, adaptive: bool) -> Self {
-        self.config.adaptive_window = Some(adaptive);
+        self.settings.http2.adaptive_window = Some(adaptive);
         self
     }
 
@@ -222,14 +177,14 @@ impl ServerBuilder {
     /// gRPC's server default), whether or not calls are active; see
     /// [`keepalive_timeout`](Self::keepalive_timeout). `Duration::MAX` turns it off.
     pub fn keepalive_time(mut self, time: Duration) -> Self {
-        self.config.keepalive_time = time;
+        self.settings.keepalive_time = time;
         self
     }
 
     /// Closes a connection when nothing arrives within `timeout` of a keepalive PING
     /// (default 20 s); its calls fail and their handlers see the connection gone.
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
-        self.config.keepalive_timeout = timeout;
+        self.settings.keepalive_timeout = timeout;
         self
     }
 
@@ -238,7 +193,7 @@ impl ServerBuilder {
     /// sending DATA or HEADERS clears the strikes; past [`MAX_PING_STRIKES`] the server sends
     /// GOAWAY ENHANCE_YOUR_CALM with debug data `too_many_pings` and closes the connection.
     pub fn keepalive_min_ping_interval(mut self, interval: Duration) -> Self {
-        self.config.min_ping_interval = interval;
+        self.settings.keepalive_min_ping_interval = interval;
         self
     }
 
@@ -246,13 +201,13 @@ impl ServerBuilder {
     /// while no call is active (default false: then any two PINGs less than two hours apart
     /// count as a strike, as in grpc-go).
     pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
-        self.config.permit_pings_without_calls = permit;
+        self.settings.keepalive_permit_without_calls = permit;
         self
     }
 
     /// Largest HTTP/2 frame we accept (default 16 KiB).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
-        self.config.max_frame_size = bytes;
+        self.settings.http2.max_frame_size = bytes;
         self
     }
 
@@ -260,26 +215,26 @@ impl ServerBuilder {
     /// (with a [TLS config](Self::tls)) and send the HTTP/2 preface before it is closed
     /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`], 20 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.config.handshake_timeout = timeout;
+        self.settings.handshake_timeout = timeout;
         self
     }
 
     /// Largest request header block (metadata included) we accept, as
     /// SETTINGS_MAX_HEADER_LIST_SIZE (default [`DEFAULT_MAX_HEADER_LIST_SIZE`], 16 KiB).
     pub fn max_header_list_size(mut self, bytes: u32) -> Self {
-        self.config.max_header_list_size = bytes;
+        self.settings.max_header_list_size = bytes;
         self
     }
 
     /// Max size of a received message (default 4 MiB).
     pub fn max_receive_message_size(mut self, bytes: usize) -> Self {
-        self.config.max_recv_message_size = bytes;
+        self.settings.max_receive_message_size = bytes;
         self
     }
 
     /// Max size of a sent message (default unlimited).
     pub fn max_send_message_size(mut self, bytes: usize) -> Self {
-        self.config.max_send_message_size = bytes;
+        self.settings.max_send_message_size = bytes;
         self
     }
 
@@ -288,7 +243,7 @@ impl ServerBuilder {
     /// client's certificates through [`CallContext::peer_certificates`].
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: crate::transport::tls::ServerTlsConfig) -> Self {
-        self.tls = Some(config);
+        self.settings.tls = Some(config);
         self
     }
 
@@ -300,8 +255,19 @@ impl ServerBuilder {
     /// plexus accepts `identity`, `deflate` and `gzip`, and answers any other `grpc-encoding`
     /// with UNIMPLEMENTED.
     pub fn response_compression(mut self, compression: Compression) -> Self {
-        self.config.response_compression = compression;
+        self.settings.response_compression = compression;
         self
+    }
+
+    /// Replaces every setting with `settings` (routes and the executor stay).
+    pub fn settings(mut self, settings: ServerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The settings so far.
+    pub fn current_settings(&self) -> &ServerSettings {
+        &self.settings
     }
 
     /// Runs connections and handlers on `executor` (default: [`DefaultExecutor`]).
@@ -310,33 +276,27 @@ impl ServerBuilder {
         self
     }
 
-    /// Checks the settings and builds the server.
-    pub fn build(mut self) -> Result<Server, Status> {
-        let c = &mut self.config;
-        let windows =
-            WindowConfig::resolve(c.stream_window, c.connection_window, c.adaptive_window);
-        check_http2_settings(windows.stream, windows.connection, c.max_frame_size)?;
-        if c.keepalive_time.is_zero() || c.keepalive_timeout.is_zero() {
-            return Err(Status::invalid_argument(
-                "keepalive time and timeout must be greater than zero",
-            ));
-        }
-        if c.handshake_timeout.is_zero() {
-            return Err(Status::invalid_argument(
-                "handshake timeout must be greater than zero",
-            ));
-        }
+    /// Checks the settings and routes and builds the server. A bad one is a configuration
+    /// error ([`Error::is_config`]) whose source is the INVALID_ARGUMENT status naming it.
+    pub fn build(self) -> Result<Server, Error> {
+        self.try_build()
+            .map_err(|status| Error::from_status(Kind::Config, status))
+    }
+
+    fn try_build(self) -> Result<Server, Status> {
+        let settings = self.settings;
+        settings.check()?;
         #[cfg(feature = "tls")]
-        let tls = self.tls.as_ref().map(|t| t.acceptor()).transpose()?;
-        c.pings = PingConfig {
-            keepalive_time: Some(c.keepalive_time),
-            keepalive_timeout: c.keepalive_timeout,
+        let tls = settings.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let pings = PingConfig {
+            keepalive_time: Some(settings.keepalive_time),
+            keepalive_timeout: settings.keepalive_timeout,
             // A server watches every connection, busy or idle, as grpc-go's does.
             keepalive_permit_without_calls: true,
-            windows,
+            windows: settings.http2.windows(),
             policy: Some(PingPolicy {
-                min_interval: c.min_ping_interval,
-                permit_without_calls: c.permit_pings_without_calls,
+                min_interval: settings.keepalive_min_ping_interval,
+                permit_without_calls: settings.keepalive_permit_without_calls,
             }),
         };
         for path in self.routes.keys() {
@@ -359,7 +319,7 @@ impl ServerBuilder {
             inner: Arc::new(ServerInner {
                 routes: self.routes,
                 services,
-                config: self.config,
+                config: ServerConfig { settings, pings },
                 executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
                 shutdown: Shutdown::default(),
                 #[cfg(feature = "tls")]
@@ -465,12 +425,12 @@ impl Server {
     /// by the client leaving gives `Ok`.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Error> {
         // A timeout too large for the clock (Duration::MAX) means none.
-        let deadline = Instant::now().checked_add(self.inner.config.handshake_timeout);
+        let deadline = Instant::now().checked_add(self.inner.config.settings.handshake_timeout);
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.inner.tls {
             let inner = &self.inner;
             let _active = inner.shutdown.track();
-            let timeout = inner.config.handshake_timeout;
+            let timeout = inner.config.settings.handshake_timeout;
             // The handshake and the TLS connection are boxed: held inline, rustls's state made
             // every connection's task, plaintext ones too, 13 KiB instead of 4 KiB.
             let handshake = Box::pin(crate::transport::tls::accept(acceptor, io));
@@ -505,11 +465,11 @@ impl Server {
         let c = &inner.config;
         let (io, events) = FrameTap::new(io, Role::Server);
         let handshake = h2::server::Builder::new()
-            .max_concurrent_streams(c.max_concurrent_streams)
+            .max_concurrent_streams(c.settings.max_concurrent_streams)
             .initial_window_size(c.pings.windows.stream)
             .initial_connection_window_size(c.pings.windows.connection)
-            .max_frame_size(c.max_frame_size)
-            .max_header_list_size(c.max_header_list_size)
+            .max_frame_size(c.settings.http2.max_frame_size)
+            .max_header_list_size(c.settings.max_header_list_size)
             .data_frame_budget(DATA_FRAME_BUDGET)
             .handshake::<_, bytes::Bytes>(Compat(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
@@ -521,7 +481,7 @@ impl Server {
             Either::Right((Either::Right(_), _)) => {
                 return Err(Error::timeout(format!(
                     "no HTTP/2 preface within the handshake timeout ({:?})",
-                    c.handshake_timeout
+                    c.settings.handshake_timeout
                 )));
             }
         };

@@ -82,7 +82,7 @@ pub(crate) async fn serve(
         accepted: AcceptSet::from_headers(
             parts.headers.get_all(headers::GRPC_ACCEPT_ENCODING).iter(),
         ),
-        response_default: server.config.response_compression,
+        response_default: server.config.settings.response_compression,
     };
     let context = CallContext::new(
         path.to_string(),
@@ -91,13 +91,17 @@ pub(crate) async fn serve(
         compression,
         parts.extensions.get().cloned(),
     );
-    let reader = MessageReader::new(body, server.config.max_recv_message_size, encoding);
+    let reader = MessageReader::new(
+        body,
+        server.config.settings.max_receive_message_size,
+        encoding,
+    );
     let items = Arc::new(Slot::default());
     let trailers = Arc::new(Mutex::new(Metadata::new()));
     let sink = RawSink {
         items: items.clone(),
         trailers: trailers.clone(),
-        max_send: server.config.max_send_message_size,
+        max_send: server.config.settings.max_send_message_size,
         context: context.clone(),
     };
     let handler = handler(context.clone(), reader, sink);

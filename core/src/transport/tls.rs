@@ -169,18 +169,23 @@ pub struct ClientTlsConfig {
     rustls: Option<Arc<ClientConfig>>,
 }
 
-/// Compares what the settings say; a raw rustls config compares by identity (the same `Arc`).
+/// A raw rustls config compares by identity (the same `Arc`): it cannot be compared by value.
+fn same_config<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Compares what the settings say (see [`same_config`] for a raw rustls config).
 impl PartialEq for ClientTlsConfig {
     fn eq(&self, other: &ClientTlsConfig) -> bool {
         self.ca == other.ca
             && self.native_roots == other.native_roots
             && self.server_name == other.server_name
             && self.identity == other.identity
-            && match (&self.rustls, &other.rustls) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
+            && same_config(&self.rustls, &other.rustls)
     }
 }
 
@@ -289,6 +294,27 @@ pub struct ServerTlsConfig {
     client_ca: Vec<Certificate>,
     client_auth_optional: bool,
     rustls: Option<Arc<ServerConfig>>,
+}
+
+/// Compares what the settings say (see [`same_config`] for a raw rustls config).
+impl PartialEq for ServerTlsConfig {
+    fn eq(&self, other: &ServerTlsConfig) -> bool {
+        self.identity == other.identity
+            && self.client_ca == other.client_ca
+            && self.client_auth_optional == other.client_auth_optional
+            && same_config(&self.rustls, &other.rustls)
+    }
+}
+
+impl Eq for ServerTlsConfig {}
+
+impl std::hash::Hash for ServerTlsConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity.hash(state);
+        self.client_ca.hash(state);
+        self.client_auth_optional.hash(state);
+        self.rustls.as_ref().map(Arc::as_ptr).hash(state);
+    }
 }
 
 impl ServerTlsConfig {
