@@ -7,14 +7,16 @@
 //! arrange its own death. Hogs must never outlive the run, on any exit path:
 //! - a normal return, an error or a panic drops the [`Hogs`] guard, which kills and reaps them;
 //! - Ctrl-C reaches them directly, since they stay in the bench's process group;
-//! - if the bench dies any other way (SIGKILL, abort), the kernel sends each hog SIGKILL
-//!   (`PR_SET_PDEATHSIG`, Linux), and every hog also checks its parent between slices of
-//!   work and leaves once it has changed.
+//! - if the bench dies any other way (SIGKILL, SIGTERM, abort), the kernel sends each hog
+//!   SIGKILL (`PR_SET_PDEATHSIG`, Linux, armed both before the hog's exec and by the hog
+//!   itself), and every hog also checks its parent between slices of work and leaves once it
+//!   has changed.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::args::Args;
+use crate::sys::die_with_parent;
 
 /// Running hog processes; dropping the guard kills and reaps every one of them.
 #[derive(Debug)]
@@ -39,7 +41,7 @@ impl Hogs {
         };
         for _ in 0..n {
             // On an error, `hogs` is dropped here and kills the ones already started.
-            let child = Command::new(program)
+            let child = die_with_parent(&mut Command::new(program))
                 .args(["spin", "--parent", &parent])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -91,7 +93,7 @@ pub fn spin_main(raw: &[String]) -> Result<(), String> {
         Some(_) => args.parsed("parent", 0u32)?,
         None => std::os::unix::process::parent_id(),
     };
-    die_with_parent();
+    arm_parent_death();
     let mut x: u64 = 1;
     // Checked after arming the signal: a parent that died before it is caught here.
     while std::os::unix::process::parent_id() == parent {
@@ -107,7 +109,7 @@ pub fn spin_main(raw: &[String]) -> Result<(), String> {
 
 /// Asks the kernel to SIGKILL this process when its parent dies.
 #[cfg(target_os = "linux")]
-fn die_with_parent() {
+fn arm_parent_death() {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -116,4 +118,4 @@ fn die_with_parent() {
 
 /// Elsewhere the parent check in the loop is the only way out.
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent() {}
+fn arm_parent_death() {}

@@ -21,7 +21,7 @@ use crate::args::Args;
 use crate::chart;
 use crate::hogs::Hogs;
 use crate::load::Rpc;
-use crate::sys::process_cpu_time;
+use crate::sys::{die_with_parent, process_cpu_time};
 
 /// One benchmark case.
 #[derive(Debug, Clone, Copy)]
@@ -432,7 +432,7 @@ fn start_server(name: &str, peer: &Peer) -> Result<Server, String> {
     let Peer::Ready { program, args, env } = peer else {
         return Err("not available".into());
     };
-    let mut child = Command::new(program)
+    let mut child = die_with_parent(&mut Command::new(program))
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .envs(env.iter().cloned())
@@ -482,7 +482,7 @@ fn run_client(
         return Err("not available".into());
     };
     let server_cpu_before = process_cpu_time(server.child.id());
-    let mut child = Command::new(program)
+    let mut child = die_with_parent(&mut Command::new(program))
         .args(args)
         .args(["--target", &server.addr, "--rpc", case.rpc.name()])
         .args(["--concurrency", &case.concurrency.to_string()])
