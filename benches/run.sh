@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs the benchmark matrix: servers {plexus, tonic, grpcio} x clients {plexus, plexus-c,
-# plexus-py, tonic, grpcio} x the five cases, alternating rounds, medians; writes
-# benches/results/latest.{json,md,svg}. Installs what it needs: grpcio into the repo's .venv,
-# the release build of plexus-bench (and of libplexus, when the C ABI is in the checkout).
+# Runs the benchmark matrix: servers {plexus, plexus-smol, tonic, grpcio} x clients {plexus,
+# plexus-smol, plexus-c, plexus-py, tonic, grpcio} x the five cases, alternating rounds,
+# medians; writes benches/results/latest.{json,md,svg} (latest-loadN.* with --load N, N CPU
+# hogs beside each pair). plexus-smol is plexus with everything on SmolExecutor. Installs what
+# it needs: grpcio into the repo's .venv, the release build of plexus-bench (and of libplexus,
+# when the C ABI is in the checkout).
 #
 # Usage: benches/run.sh [--debug] [plexus-bench matrix flags...]
-#   benches/run.sh --update-readme          the full run (about 20 minutes on 2 cores)
+#   benches/run.sh --update-readme          the full run (about 30 minutes on 2 cores)
+#   benches/run.sh --load 2 --update-readme the same beside two CPU hogs
 #   benches/run.sh --duration 1 --rounds 1  a quick look
 #   benches/run.sh --debug --smoke --out DIR  what scripts/test-bench.sh runs
 set -euo pipefail

@@ -3,13 +3,15 @@
 //! them beside grpcio (Python) in one run.
 //!
 //! ```text
-//!  plexus-bench matrix ──spawns──► servers: plexus-bench server --impl plexus|tonic,
+//!  plexus-bench matrix ──spawns──► servers: plexus-bench server --impl plexus|tonic
+//!        │                                  [--executor smol],
 //!        │                                  python benches/python/bench_peer.py server
-//!        └──per cell──► clients: plexus-bench client --impl plexus|tonic --json,
-//!                                 python bench_peer.py client --impl grpcio|plexus --json,
+//!        ├──per cell──► --load N CPU hogs: plexus-bench spin (killed after the cell)
+//!        └──per cell──► clients: plexus-bench client --impl plexus|tonic [--executor smol]
+//!                                 --json, python bench_peer.py client --impl grpcio|plexus --json,
 //!                                 the C client (benches/c) once the C ABI is merged
 //!        reads each client's one-line JSON report; medians of the rounds go to
-//!        benches/results/latest.{json,md,svg}
+//!        benches/results/latest.{json,md,svg} (latest-loadN.* under --load N)
 //! ```
 //!
 //! Every client and server runs in its own process, so no two runtimes share threads, and
@@ -19,6 +21,7 @@
 
 pub mod args;
 pub mod chart;
+pub mod hogs;
 pub mod load;
 pub mod matrix;
 pub mod memory;

@@ -1,10 +1,12 @@
 //! `plexus-bench matrix`: every server × every client × every case, in alternating rounds,
-//! each client in a fresh process; medians to `latest.json`, `latest.md` and `latest.svg`.
+//! each client in a fresh process; medians to `latest.json`, `latest.md` and `latest.svg`
+//! (`latest-loadN.*` when `--load N` runs N CPU hogs beside each pair).
 //!
 //! Order: for each case, `rounds` rounds; each round runs every (server, client) pair, and
 //! every other round runs them in reverse order (A B C … C B A …), so slow drift in the
 //! machine's load hits every pair alike. All servers stay up for the whole run; an idle one
-//! costs nothing.
+//! costs nothing. The hogs of `--load` start before each pair's client and are killed when it
+//! has finished, so they load the client's warm-up and measuring window and nothing else.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -17,8 +19,9 @@ use serde_json::{Value, json};
 
 use crate::args::Args;
 use crate::chart;
+use crate::hogs::Hogs;
 use crate::load::Rpc;
-use crate::sys::process_cpu_time;
+use crate::sys::{die_with_parent, process_cpu_time};
 
 /// One benchmark case.
 #[derive(Debug, Clone, Copy)]
@@ -82,22 +85,39 @@ pub const CASES: [Case; 5] = [
     },
 ];
 
-/// Servers, in table order.
-pub const SERVERS: [&str; 3] = ["plexus", "tonic", "grpcio"];
-/// Clients, in table order: plexus in Rust, through the C ABI and from Python; the peers.
-pub const CLIENTS: [&str; 5] = ["plexus", "plexus-c", "plexus-py", "tonic", "grpcio"];
+/// Servers, in table order: plexus on its default executor and on `SmolExecutor`; the peers.
+pub const SERVERS: [&str; 4] = ["plexus", "plexus-smol", "tonic", "grpcio"];
+/// Clients, in table order: plexus in Rust (default executor, then `SmolExecutor`), through
+/// the C ABI and from Python; the peers.
+pub const CLIENTS: [&str; 6] = [
+    "plexus",
+    "plexus-smol",
+    "plexus-c",
+    "plexus-py",
+    "tonic",
+    "grpcio",
+];
 
-const USAGE: &str = "plexus-bench matrix [--servers plexus,tonic,grpcio]
-    [--clients plexus,plexus-c,plexus-py,tonic,grpcio] [--cases unary-1,unary-64,...]
-    [--rounds 3] [--duration 3] [--warmup 1] [--out benches/results] [--root REPO]
-    [--python PATH] [--update-readme] [--smoke]
+const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grpcio]
+    [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio]
+    [--cases unary-1,unary-64,unary-4k-64,stream-64,stream-1m] [--rounds 3] [--duration 3]
+    [--warmup 1] [--load 0] [--out benches/results] [--root REPO] [--python PATH]
+    [--update-readme] [--smoke]
 
 Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
-seconds (after `--warmup`) per cell, each client in its own process. Writes latest.json,
-latest.md and latest.svg into --out; --update-readme also rewrites the README's table between
-<!-- bench:begin --> and <!-- bench:end -->. --smoke: one round of 0.15 s cells (the test
-command's check that the harness still runs). Clients or servers that are not available are
-skipped with the reason in the results.";
+seconds (after `--warmup`) per cell, each client in its own process. plexus-smol is the
+plexus server or Rust client with everything (channel or server, and the client's call
+loops) on SmolExecutor instead of plexus's own pool.
+
+--load N starts N CPU hogs (`plexus-bench spin`, one busy loop each) before each pair's
+client and kills them after it; the results record N.
+
+Writes latest.json, latest.md and latest.svg into --out (latest-loadN.* under --load N, so
+idle and loaded tables sit side by side); --update-readme also rewrites the README's table
+between <!-- bench:begin --> and <!-- bench:end --> (idle) or <!-- bench-load:begin --> and
+<!-- bench-load:end --> (--load N). --smoke: one round of 0.15 s cells, the test command's
+check that the harness still runs; its figures mean nothing and are not checked. Clients or
+servers that are not available are skipped with the reason in the results.";
 
 /// Settings of one matrix run.
 #[derive(Debug, Clone)]
@@ -113,6 +133,24 @@ struct Settings {
     clients: Vec<String>,
     update_readme: bool,
     smoke: bool,
+    /// CPU hogs beside each pair.
+    load: usize,
+}
+
+impl Settings {
+    /// File name of the outputs without extension: `latest`, or `latest-loadN` under load.
+    fn stem(&self) -> String {
+        output_stem(self.load)
+    }
+}
+
+/// `latest` for an idle run, `latest-loadN` for a run with N hogs.
+pub fn output_stem(load: usize) -> String {
+    if load == 0 {
+        "latest".into()
+    } else {
+        format!("latest-load{load}")
+    }
 }
 
 /// Entry point of `plexus-bench matrix`.
@@ -125,6 +163,7 @@ pub fn main(raw: &[String]) -> Result<(), String> {
         raw,
         &[
             "servers", "clients", "cases", "rounds", "duration", "warmup", "out", "root", "python",
+            "load",
         ],
         &["update-readme", "smoke"],
     )?;
@@ -169,13 +208,24 @@ pub fn main(raw: &[String]) -> Result<(), String> {
         clients,
         update_readme: args.switch("update-readme"),
         smoke,
+        load: args.parsed("load", 0usize)?,
         root,
     };
     if settings.rounds == 0 || settings.duration <= 0.0 || settings.warmup < 0.0 {
         return Err("--rounds and --duration must be positive, --warmup not negative".into());
     }
+    if settings.load > MAX_LOAD {
+        return Err(format!(
+            "--load {} is more hogs than makes sense (at most {MAX_LOAD})",
+            settings.load
+        ));
+    }
     run(&settings)
 }
+
+/// The most CPU hogs `--load` starts: far beyond any useful contention, and a typo like
+/// `--load 200` should not fork-bomb the machine.
+const MAX_LOAD: usize = 64;
 
 /// The repository root: two levels above this crate's manifest, where it was built.
 fn default_root() -> PathBuf {
@@ -231,6 +281,7 @@ impl Env {
     fn server(&self, name: &str) -> Peer {
         match name {
             "plexus" => self.rust(&["server", "--impl", "plexus"]),
+            "plexus-smol" => self.rust(&["server", "--impl", "plexus", "--executor", "smol"]),
             "tonic" => self.rust(&["server", "--impl", "tonic"]),
             "grpcio" => match &self.grpcio {
                 Ok(()) => self.python(&["server"], &[]),
@@ -243,6 +294,7 @@ impl Env {
     fn client(&self, name: &str, root: &Path) -> Peer {
         match name {
             "plexus" => self.rust(&["client", "--impl", "plexus"]),
+            "plexus-smol" => self.rust(&["client", "--impl", "plexus", "--executor", "smol"]),
             "tonic" => self.rust(&["client", "--impl", "tonic"]),
             "grpcio" => match &self.grpcio {
                 Ok(()) => self.python(&["client", "--impl", "grpcio"], &[]),
@@ -380,7 +432,7 @@ fn start_server(name: &str, peer: &Peer) -> Result<Server, String> {
     let Peer::Ready { program, args, env } = peer else {
         return Err("not available".into());
     };
-    let mut child = Command::new(program)
+    let mut child = die_with_parent(&mut Command::new(program))
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .envs(env.iter().cloned())
@@ -430,7 +482,7 @@ fn run_client(
         return Err("not available".into());
     };
     let server_cpu_before = process_cpu_time(server.child.id());
-    let mut child = Command::new(program)
+    let mut child = die_with_parent(&mut Command::new(program))
         .args(args)
         .args(["--target", &server.addr, "--rpc", case.rpc.name()])
         .args(["--concurrency", &case.concurrency.to_string()])
@@ -496,6 +548,23 @@ fn run_client(
         let used = after.since(&before).total().as_secs_f64();
         report["server_cpu_us_per_call"] = json!(used * 1e6 / total as f64);
     }
+    Ok(report)
+}
+
+/// Runs one cell with `settings.load` CPU hogs beside it; they are killed before this returns
+/// (or unwinds), and the cell fails if one of them died early.
+fn run_loaded(
+    peer: &Peer,
+    server: &mut Server,
+    case: &Case,
+    settings: &Settings,
+) -> Result<Value, String> {
+    if settings.load == 0 {
+        return run_client(peer, server, case, settings);
+    }
+    let mut hogs = Hogs::start(settings.load)?;
+    let report = run_client(peer, server, case, settings)?;
+    hogs.check()?;
     Ok(report)
 }
 
@@ -584,6 +653,15 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
         .flat_map(|s| (0..clients.len()).map(move |c| (s, c)))
         .collect();
     let total_cells = settings.cases.len() * settings.rounds * pairs.len();
+    if settings.smoke {
+        println!("{}", chart::SMOKE_NOTE);
+    }
+    if settings.load > 0 {
+        println!(
+            "load: {} CPU hog(s) (plexus-bench spin) beside each pair",
+            settings.load
+        );
+    }
     println!(
         "{} cases x {} pairs x {} rounds = {total_cells} cells of {} s (+{} s warm-up)",
         settings.cases.len(),
@@ -607,7 +685,7 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
                 done += 1;
                 let (client_name, peer) = &clients[ki];
                 let server = &mut servers[si];
-                let outcome = run_client(peer, server, case, settings);
+                let outcome = run_loaded(peer, server, case, settings);
                 let line = match &outcome {
                     Ok(r) => format!(
                         "{:>9.0} calls/s  p50 {:>8.1} µs  p99 {:>9.1} µs  {:>8.1} MiB/s",
@@ -619,7 +697,7 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
                     Err(why) => format!("FAILED: {why}"),
                 };
                 println!(
-                    "[{done:>3}/{total_cells}] {:<12} round {} {:>9} -> {:<7} {line}",
+                    "[{done:>3}/{total_cells}] {:<12} round {} {:>11} -> {:<11} {line}",
                     case.name,
                     round + 1,
                     client_name,
@@ -671,6 +749,7 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
             "duration_s": settings.duration,
             "warmup_s": settings.warmup,
             "smoke": settings.smoke,
+            "load": settings.load,
         },
         "cases": settings.cases.iter().map(|c| json!({
             "name": c.name, "label": c.label, "rpc": c.rpc.name(),
@@ -687,8 +766,9 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
     let results = chart::with_targets(results);
     write_outputs(settings, &results)?;
     println!(
-        "\nmatrix done in {elapsed:.0} s; wrote {}/latest.{{json,md,svg}}",
-        settings.out.display()
+        "\nmatrix done in {elapsed:.0} s; wrote {}/{}.{{json,md,svg}}",
+        settings.out.display(),
+        settings.stem()
     );
     print!("{}", chart::targets_markdown(&results));
     if !failures.is_empty() {
@@ -708,18 +788,23 @@ fn write_outputs(settings: &Settings, results: &Value) -> Result<(), String> {
         let path = out.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     };
+    let stem = settings.stem();
     write(
-        "latest.json",
+        &format!("{stem}.json"),
         serde_json::to_string_pretty(results).map_err(|e| e.to_string())? + "\n",
     )?;
-    write("latest.md", chart::markdown(results))?;
-    write("latest.svg", chart::svg(results))?;
+    write(&format!("{stem}.md"), chart::markdown(results))?;
+    write(&format!("{stem}.svg"), chart::svg(results))?;
     if settings.update_readme {
         let readme = settings.root.join("README.md");
         let text =
             std::fs::read_to_string(&readme).map_err(|e| format!("{}: {e}", readme.display()))?;
-        let updated = chart::replace_readme_section(&text, &chart::readme_section(results))
-            .ok_or("README.md has no <!-- bench:begin --> ... <!-- bench:end --> section")?;
+        let markers = chart::readme_markers(settings.load);
+        let updated =
+            chart::replace_readme_section(&text, &chart::readme_section(results), markers)
+                .ok_or_else(|| {
+                    format!("README.md has no {} ... {} section", markers.0, markers.1)
+                })?;
         std::fs::write(&readme, updated).map_err(|e| format!("{}: {e}", readme.display()))?;
     }
     Ok(())
@@ -764,6 +849,19 @@ mod tests {
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn the_load_names_the_outputs_and_is_checked() {
+        assert_eq!(output_stem(0), "latest");
+        assert_eq!(output_stem(2), "latest-load2");
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = main(&args(&["--load", "x"])).unwrap_err();
+        assert!(err.contains("--load"), "{err}");
+        let err = main(&args(&["--load", "65"])).unwrap_err();
+        assert!(err.contains("--load 65"), "{err}");
+        let err = main(&args(&["--servers", "plexus-tokio"])).unwrap_err();
+        assert!(err.contains("unknown server"), "{err}");
     }
 
     #[test]

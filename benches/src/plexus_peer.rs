@@ -1,11 +1,13 @@
 //! The plexus side: a load-generating client on a plexus [`Channel`] and the BenchmarkService
-//! server of `plexus-interop`.
+//! server of `plexus-interop`, each on plexus's default executor or on [`SmolExecutor`].
 
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use plexus::{CallOptions, Channel, Client, DefaultExecutor, Executor, Listener, ProstCodec};
+use plexus::{
+    CallOptions, Channel, Client, DefaultExecutor, Executor, Listener, ProstCodec, SmolExecutor,
+};
 use plexus_interop::messages::{SimpleRequest, SimpleResponse};
 
 use crate::load::{Phase, Recorder, Report, Rpc, Spec, drive};
@@ -13,10 +15,53 @@ use crate::{STREAMING_PATH, UNARY_PATH, bench_request, check_response};
 
 type BenchClient = Client<ProstCodec<SimpleRequest, SimpleResponse>>;
 
+/// Which executor a plexus client or server runs everything on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// [`DefaultExecutor`], plexus's own work-stealing pool.
+    #[default]
+    Default,
+    /// [`SmolExecutor`], smol's `async-executor`.
+    Smol,
+}
+
+impl ExecutorKind {
+    /// Parses `default` or `smol`.
+    pub fn parse(s: &str) -> Result<ExecutorKind, String> {
+        match s {
+            "default" => Ok(ExecutorKind::Default),
+            "smol" => Ok(ExecutorKind::Smol),
+            other => Err(format!("--executor must be default or smol, not {other:?}")),
+        }
+    }
+
+    /// The client's name in reports: `plexus` or `plexus-smol`, as in the matrix.
+    pub fn client_name(self) -> &'static str {
+        match self {
+            ExecutorKind::Default => "plexus",
+            ExecutorKind::Smol => "plexus-smol",
+        }
+    }
+
+    fn spawn(self, future: plexus::rt::BoxFuture<()>) {
+        match self {
+            ExecutorKind::Default => DefaultExecutor.spawn(future),
+            ExecutorKind::Smol => SmolExecutor.spawn(future),
+        }
+    }
+}
+
 /// Runs one load run against `target` (`host:port`) with a plexus channel: every worker shares
-/// the one channel, as an application would.
-pub fn run_client(target: &str, spec: &Spec) -> Result<Report, String> {
-    let channel = Channel::new(&format!("http://{target}")).map_err(|e| e.to_string())?;
+/// the one channel, as an application would. With [`ExecutorKind::Smol`] the channel's
+/// connection tasks and the workers that make the calls both run on [`SmolExecutor`], so
+/// nothing of the default pool is started.
+pub fn run_client(target: &str, spec: &Spec, executor: ExecutorKind) -> Result<Report, String> {
+    let builder = Channel::builder(&format!("http://{target}"));
+    let builder = match executor {
+        ExecutorKind::Default => builder.executor(DefaultExecutor),
+        ExecutorKind::Smol => builder.executor(SmolExecutor),
+    };
+    let channel = builder.build().map_err(|e| e.to_string())?;
     let client: BenchClient = channel.typed(ProstCodec::new());
     let request = bench_request(spec.payload);
     // Connect before the clock starts.
@@ -35,7 +80,7 @@ pub fn run_client(target: &str, spec: &Spec) -> Result<Report, String> {
         );
         let payload = spec.payload;
         let rpc = spec.rpc;
-        DefaultExecutor.spawn(Box::pin(async move {
+        executor.spawn(Box::pin(async move {
             let result = match rpc {
                 Rpc::Unary => unary_worker(&client, &request, payload, &phase).await,
                 Rpc::Streaming => streaming_worker(&client, &request, payload, &phase).await,
@@ -44,9 +89,10 @@ pub fn run_client(target: &str, spec: &Spec) -> Result<Report, String> {
         }));
     }
     drop(done_tx);
-    let report = drive("plexus", spec, &phase, || {
-        // futures-lite's block_on only parks: this thread leaves the reactor to the pool's
-        // workers, so I/O wakes each task on the worker that then runs it.
+    let report = drive(executor.client_name(), spec, &phase, || {
+        // futures-lite's block_on only parks: this thread leaves the reactor to the executor's
+        // threads (both executors drive it while idle), so I/O wakes each task on the thread
+        // that then runs it.
         smol::future::block_on(async {
             let mut records = Vec::with_capacity(spec.concurrency);
             while let Ok(result) = done_rx.recv().await {
@@ -122,8 +168,12 @@ async fn streaming_worker(
 /// Serves the BenchmarkService (and the interop TestService beside it) on `listen` until the
 /// process is killed; prints `listening on ADDR` once bound. `max_streams` overrides the
 /// server's MAX_CONCURRENT_STREAMS (the memory probe opens more than the default 100).
-pub fn serve(listen: &str, max_streams: Option<u32>) -> Result<(), String> {
-    let mut builder = plexus_interop::server::builder();
+/// Connections, handlers and the accept loop all run on `executor`.
+pub fn serve(listen: &str, max_streams: Option<u32>, executor: ExecutorKind) -> Result<(), String> {
+    let mut builder = match executor {
+        ExecutorKind::Default => plexus_interop::server::builder().executor(DefaultExecutor),
+        ExecutorKind::Smol => plexus_interop::server::builder().executor(SmolExecutor),
+    };
     if let Some(n) = max_streams {
         builder = builder.max_concurrent_streams(n);
     }
@@ -134,9 +184,9 @@ pub fn serve(listen: &str, max_streams: Option<u32>) -> Result<(), String> {
         .ok_or("the listener has no TCP address")?;
     println!("listening on {addr}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    // Accepting runs on the pool too; this thread only waits (see `run_client`).
+    // Accepting runs on the executor too; this thread only waits (see `run_client`).
     let (done_tx, done_rx) = async_channel::bounded(1);
-    DefaultExecutor.spawn(Box::pin(async move {
+    executor.spawn(Box::pin(async move {
         let _ = done_tx.send(server.serve(listener).await).await;
     }));
     smol::future::block_on(done_rx.recv())

@@ -67,6 +67,25 @@ pub fn process_cpu_time(pid: u32) -> Option<CpuTime> {
     })
 }
 
+/// Makes the process `command` starts receive SIGKILL when this one dies (Linux
+/// `PR_SET_PDEATHSIG`), so a bench that is killed leaves no server or client behind. Spawn
+/// from a thread that outlives the child: the signal follows the spawning thread's exit.
+pub fn die_with_parent(command: &mut std::process::Command) -> &mut std::process::Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
+        // calls are allowed; prctl is a plain system call and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    command
+}
+
 /// Resident set size of this process in bytes (VmRSS of /proc/self/status).
 pub fn rss_bytes() -> Option<u64> {
     rss_of("self")

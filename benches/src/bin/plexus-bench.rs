@@ -1,11 +1,14 @@
 //! `plexus-bench`: the benchmark harness's one binary.
 //!
 //! ```text
-//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] --rpc unary|streaming
-//!                     --concurrency N --payload BYTES --duration S --warmup S [--json]
-//! plexus-bench server [--impl plexus|tonic] --listen ADDR [--max-streams N]
+//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol]
+//!                     --rpc unary|streaming --concurrency N --payload BYTES --duration S
+//!                     --warmup S [--json]
+//! plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
+//!                     [--max-streams N]
 //! plexus-bench matrix [options]          (see `plexus-bench matrix --help`)
 //! plexus-bench memory [--impl plexus|tonic] [--channels N] [--streams N]
+//! plexus-bench spin [--parent PID]       (one CPU hog of `matrix --load N`)
 //! ```
 
 use std::process::ExitCode;
@@ -13,14 +16,22 @@ use std::time::Duration;
 
 use plexus_benches::args::Args;
 use plexus_benches::load::{Rpc, Spec};
-use plexus_benches::{matrix, memory, plexus_peer, tonic_peer};
+use plexus_benches::plexus_peer::ExecutorKind;
+use plexus_benches::{hogs, matrix, memory, plexus_peer, tonic_peer};
 
 const USAGE: &str = "usage:
-  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--rpc unary|streaming]
-                      [--concurrency N] [--payload BYTES] [--duration S] [--warmup S] [--json]
-  plexus-bench server [--impl plexus|tonic] --listen ADDR [--max-streams N]
+  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol]
+                      [--rpc unary|streaming] [--concurrency N] [--payload BYTES]
+                      [--duration S] [--warmup S] [--json]
+  plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
+                      [--max-streams N]
   plexus-bench matrix [--help for its options]
-  plexus-bench memory [--impl plexus|tonic] [--channels N] [--streams N] [--json]";
+  plexus-bench memory [--impl plexus|tonic] [--channels N] [--streams N] [--json]
+  plexus-bench spin [--parent PID]
+
+--executor (plexus only): default runs the channel or server and the client's call loops on
+plexus's own pool, smol on SmolExecutor (smol's async-executor). spin burns one core until
+the process PID (default: its parent) is gone; `matrix --load N` runs N of them.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +44,7 @@ fn main() -> ExitCode {
         "server" => server(rest),
         "matrix" => matrix::main(rest),
         "memory" => memory::main(rest),
+        "spin" => hogs::spin_main(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -64,6 +76,7 @@ fn client(raw: &[String]) -> Result<(), String> {
             "payload",
             "duration",
             "warmup",
+            "executor",
         ],
         &["json"],
     )?;
@@ -78,10 +91,11 @@ fn client(raw: &[String]) -> Result<(), String> {
     if spec.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
-    let report = match args.get("impl").unwrap_or("plexus") {
-        "plexus" => plexus_peer::run_client(target, &spec)?,
-        "tonic" => tonic_peer::run_client(target, &spec)?,
-        other => return Err(format!("--impl must be plexus or tonic, not {other:?}")),
+    let report = match (args.get("impl").unwrap_or("plexus"), executor(&args)?) {
+        ("plexus", kind) => plexus_peer::run_client(target, &spec, kind.unwrap_or_default())?,
+        ("tonic", None) => tonic_peer::run_client(target, &spec)?,
+        ("tonic", Some(_)) => return Err("--executor is for --impl plexus only".into()),
+        (other, _) => return Err(format!("--impl must be plexus or tonic, not {other:?}")),
     };
     if args.switch("json") {
         println!("{}", report.to_json());
@@ -92,7 +106,7 @@ fn client(raw: &[String]) -> Result<(), String> {
 }
 
 fn server(raw: &[String]) -> Result<(), String> {
-    let args = Args::parse(raw, &["impl", "listen", "max-streams"], &[])?;
+    let args = Args::parse(raw, &["impl", "listen", "max-streams", "executor"], &[])?;
     let listen = args.get("listen").unwrap_or("127.0.0.1:0");
     // The memory probe opens a thousand connections to one server.
     plexus_benches::sys::raise_fd_limit(65_536);
@@ -100,9 +114,15 @@ fn server(raw: &[String]) -> Result<(), String> {
         None => None,
         Some(_) => Some(args.parsed("max-streams", 0u32)?),
     };
-    match args.get("impl").unwrap_or("plexus") {
-        "plexus" => plexus_peer::serve(listen, max_streams),
-        "tonic" => tonic_peer::serve(listen, max_streams),
-        other => Err(format!("--impl must be plexus or tonic, not {other:?}")),
+    match (args.get("impl").unwrap_or("plexus"), executor(&args)?) {
+        ("plexus", kind) => plexus_peer::serve(listen, max_streams, kind.unwrap_or_default()),
+        ("tonic", None) => tonic_peer::serve(listen, max_streams),
+        ("tonic", Some(_)) => Err("--executor is for --impl plexus only".into()),
+        (other, _) => Err(format!("--impl must be plexus or tonic, not {other:?}")),
     }
+}
+
+/// The `--executor` flag, if given.
+fn executor(args: &Args) -> Result<Option<ExecutorKind>, String> {
+    args.get("executor").map(ExecutorKind::parse).transpose()
 }
