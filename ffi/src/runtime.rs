@@ -2,9 +2,10 @@
 //! every synchronous function uses, shutdown, and fork detection.
 //!
 //! Threads: `PLEXUS_THREADS` (or the count given to `plexus_init`, default one per core)
-//! `plexus-ffi-N` workers (core's [`ThreadPool`]) run connection drivers and asynchronous
-//! operations; each also drives the `async-io` reactor while it has nothing else to do, first
-//! spinning for `PLEXUS_SPIN_MICROS` (default 100) before it sleeps.
+//! `plexus-ffi-N` workers (core's [`ThreadPool`], built from [`RuntimeSettings`]) run
+//! connection drivers and asynchronous operations; each also drives the `async-io` reactor
+//! while it has nothing else to do, first spinning for `PLEXUS_SPIN_MICROS` (default 100)
+//! before it sleeps, unless the machine has more runnable threads than cores.
 //! Blocking functions run their call on the calling thread, which parks between polls and
 //! leaves the reactor to the workers (core's `rt::block_on`), so a blocking unary call costs
 //! one wake-up of the caller and no hand-over of its connection's task.
@@ -17,16 +18,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_io::Timer;
-use core_plexus::ThreadPool;
-use core_plexus::rt::BoxFuture;
+use core_plexus::rt::{BoxFuture, RuntimeSettings, ThreadPool};
 use event_listener::Event;
 
 use crate::error::{
     Error, PLEXUS_ERR_INVALID_ARGUMENT, PLEXUS_ERR_SHUTDOWN, PLEXUS_ERR_SYSTEM, Result,
 };
-
-/// Environment variable that sizes the thread pool (as in the Rust crate).
-pub(crate) const THREADS_ENV: &str = core_plexus::rt::THREADS_ENV;
 
 /// Text of the error every call returns in a forked child.
 pub(crate) const FORKED_MESSAGE: &str = "this process is a fork of the process that started \
@@ -143,19 +140,15 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
         }
         return Ok(rt);
     }
-    let threads = match threads {
-        0 => match REQUESTED_THREADS.load(Ordering::Relaxed) {
-            0 => threads_from_env()?,
-            n => n,
-        },
-        n => n,
-    };
-    let spin = match core_plexus::rt::spin_from_env() {
-        Some(Ok(spin)) => spin,
-        Some(Err(text)) => return Err(Error::new(PLEXUS_ERR_INVALID_ARGUMENT, text)),
-        None => core_plexus::rt::DEFAULT_SPIN,
-    };
-    let pool = ThreadPool::with_spin(threads, "plexus-ffi", spin).map_err(|err| {
+    // A variable that does not parse fails the start (the Rust crate only reports it): a C
+    // host sees the error code and the variable's name in the message.
+    let mut settings = RuntimeSettings::from_env()
+        .map_err(|err| Error::new(PLEXUS_ERR_INVALID_ARGUMENT, err.to_string()))?;
+    match (threads, REQUESTED_THREADS.load(Ordering::Relaxed)) {
+        (0, 0) => {}
+        (0, n) | (n, _) => settings.threads = n,
+    }
+    let pool = ThreadPool::new(&settings, "plexus-ffi").map_err(|err| {
         Error::new(
             PLEXUS_ERR_SYSTEM,
             format!("could not start a worker thread: {err}"),
@@ -168,19 +161,6 @@ pub(crate) fn start(threads: usize) -> Result<&'static Runtime> {
     // SAFETY: registers a handler that only stores to an atomic; called once, under START.
     unsafe { pthread_atfork(None, None, Some(on_fork_child)) };
     Ok(rt)
-}
-
-fn threads_from_env() -> Result<usize> {
-    match std::env::var(THREADS_ENV) {
-        Ok(value) => match value.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(Error::new(
-                PLEXUS_ERR_INVALID_ARGUMENT,
-                format!("{THREADS_ENV} must be a positive integer, not {value:?}"),
-            )),
-        },
-        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }
 }
 
 /// Records the thread count for a runtime that has not started yet.
@@ -303,3 +283,4 @@ pub(crate) async fn until_cancelled<F: Future>(
 pub(crate) fn timeout_arg(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))
 }
+
