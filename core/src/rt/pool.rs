@@ -792,8 +792,10 @@ impl Future for WorkerLoop {
 }
 
 /// Scans of the monitor in a row that find every worker idle before it parks without a
-/// timeout: 10 (50 ms), so a process between bursts of calls does not pay an unpark per burst.
-const IDLE_SCANS_BEFORE_PARK: u32 = 10;
+/// timeout: two (5 ms apart), so a busy process, whose workers are idle at many single scans,
+/// does not pay an unpark each time, and a timer firing in an idle one costs the monitor two
+/// wake-ups.
+const IDLE_SCANS_BEFORE_PARK: u32 = 2;
 
 /// The monitor: wakes an idle worker when a worker has run for longer than [`STALL`] without
 /// running out of work while tasks wait in its queue or the global one (it is saturated, or a
