@@ -169,7 +169,9 @@ impl Load {
     }
 }
 
-/// The machine's runnable threads, from `/proc/loadavg` ("0.50 0.40 0.30 3/210 4242": 3).
+/// The machine's runnable threads (the caller included), from `/proc/loadavg` ("0.50 0.40
+/// 0.30 3/210 4242": 3).
+#[cfg(unix)]
 fn runnable_threads(file: &File) -> Option<usize> {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 128];
@@ -177,6 +179,12 @@ fn runnable_threads(file: &File) -> Option<usize> {
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     let field = text.split_ascii_whitespace().nth(3)?;
     field.split('/').next()?.parse().ok()
+}
+
+/// No `/proc/loadavg` to read here.
+#[cfg(not(unix))]
+fn runnable_threads(_file: &File) -> Option<usize> {
+    None
 }
 
 struct Shared {
