@@ -334,6 +334,14 @@ impl Completion {
     /// Puts the operation's event on the queue.
     pub(crate) fn complete(mut self, result: plexus_result, outcome: Outcome) {
         self.done = true;
+        // Shutdown closes the channels before it drops the operations' tasks, so an operation
+        // it cuts off may end first with the error that closing caused: it ended because of
+        // the shutdown, and says so, as one whose task was dropped does.
+        let result = if result != PLEXUS_OK && crate::runtime::is_shut_down() {
+            PLEXUS_ERR_SHUTDOWN
+        } else {
+            result
+        };
         self.cq.push(Event {
             tag: self.tag,
             op: self.op,

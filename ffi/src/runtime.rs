@@ -40,6 +40,11 @@ static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static START: Mutex<()> = Mutex::new(());
 
+/// Whether `plexus_shutdown` has run (or is running).
+pub(crate) fn is_shut_down() -> bool {
+    SHUT_DOWN.load(Ordering::Acquire)
+}
+
 /// Whether this process is a fork of one that had started the runtime.
 pub(crate) fn forked() -> bool {
     FORKED.load(Ordering::Relaxed)
@@ -304,6 +309,7 @@ mod tests {
 
     use crate::bytes::{plexus_bytes, plexus_bytes_copy, plexus_bytes_free};
     use crate::channel::{plexus_channel, plexus_channel_free, plexus_channel_new};
+    use crate::cq::{plexus_cq, plexus_cq_free, plexus_cq_new, plexus_cq_next, plexus_event};
     use crate::error::{PLEXUS_ERR_SHUTDOWN, PLEXUS_OK};
     use crate::status::{plexus_status, plexus_status_free};
     use crate::unary::plexus_unary;
@@ -313,9 +319,11 @@ mod tests {
     const CHILD: &str = "runtime::tests::blocked_calls_then_shutdown";
     const ROUNDS: usize = 24;
     const CALLS: usize = 4;
+    const ASYNC_CALLS: usize = 4;
 
     /// Every call blocked in `plexus_unary` when `plexus_shutdown` runs returns
-    /// PLEXUS_ERR_SHUTDOWN, never the transport error of its connection being closed under it.
+    /// PLEXUS_ERR_SHUTDOWN, and every `plexus_unary_async` in flight completes with it: never
+    /// with the transport error of its connection being closed under it.
     /// Shutdown is final for a process, so each round is a child process (this test binary,
     /// running the ignored test below); the rounds shut down at different points after the
     /// calls reached the server, to meet the race wherever it is.
@@ -377,6 +385,26 @@ mod tests {
         let rc = unsafe { plexus_channel_new(target.as_ptr().cast(), ptr::null(), &mut channel) };
         assert_eq!(rc, PLEXUS_OK);
         let channel = channel as usize;
+        let mut cq: *const plexus_cq = ptr::null();
+        // SAFETY: a writable out-parameter.
+        assert_eq!(unsafe { plexus_cq_new(&mut cq) }, PLEXUS_OK);
+        for i in 0..ASYNC_CALLS {
+            let mut request: *mut plexus_bytes = ptr::null_mut();
+            // SAFETY: live handles, a NUL-terminated method, a writable out-parameter.
+            unsafe {
+                assert_eq!(plexus_bytes_copy(b"x".as_ptr(), 1, &mut request), PLEXUS_OK);
+                let rc = crate::unary::plexus_unary_async(
+                    channel as *const plexus_channel,
+                    c"/t.T/Hold".as_ptr(),
+                    request,
+                    ptr::null(),
+                    cq,
+                    i as *mut std::ffi::c_void,
+                );
+                assert_eq!(rc, PLEXUS_OK);
+                plexus_bytes_free(request);
+            }
+        }
         let (done_tx, done_rx) = mpsc::channel();
         for _ in 0..CALLS {
             let done_tx = done_tx.clone();
@@ -407,7 +435,7 @@ mod tests {
                 let _ = done_tx.send((rc, text.to_string_lossy().into_owned()));
             });
         }
-        for _ in 0..CALLS {
+        for _ in 0..CALLS + ASYNC_CALLS {
             arrived_rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("the calls reach the server");
@@ -425,6 +453,27 @@ mod tests {
                 .expect("every blocked call returns");
             assert_eq!(rc, PLEXUS_ERR_SHUTDOWN, "round {round}: {text}");
         }
+        for _ in 0..ASYNC_CALLS {
+            let mut event = std::mem::MaybeUninit::<plexus_event>::uninit();
+            // SAFETY: a live queue and a writable event.
+            assert_eq!(
+                unsafe { plexus_cq_next(cq, 60_000, event.as_mut_ptr()) },
+                PLEXUS_OK
+            );
+            // SAFETY: written by plexus_cq_next, which returned PLEXUS_OK.
+            let event = unsafe { event.assume_init() };
+            assert_eq!(
+                event.result, PLEXUS_ERR_SHUTDOWN,
+                "round {round}: async call"
+            );
+            // SAFETY: the event's objects are the caller's, freed once.
+            unsafe {
+                plexus_bytes_free(event.message);
+                plexus_status_free(event.status);
+            }
+        }
+        // SAFETY: the queue is live and freed once.
+        unsafe { plexus_cq_free(cq) };
         // SAFETY: the handle is live and freed once.
         unsafe { plexus_channel_free(channel as *const plexus_channel) };
     }
