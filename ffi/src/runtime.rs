@@ -456,10 +456,8 @@ mod tests {
         for _ in 0..ASYNC_CALLS {
             let mut event = std::mem::MaybeUninit::<plexus_event>::uninit();
             // SAFETY: a live queue and a writable event.
-            assert_eq!(
-                unsafe { plexus_cq_next(cq, 60_000, event.as_mut_ptr()) },
-                PLEXUS_OK
-            );
+            let rc = unsafe { plexus_cq_next(cq, 60_000, event.as_mut_ptr()) };
+            assert_eq!(rc, PLEXUS_OK);
             // SAFETY: written by plexus_cq_next, which returned PLEXUS_OK.
             let event = unsafe { event.assume_init() };
             assert_eq!(
