@@ -51,11 +51,16 @@
 //! # Threads
 //! plexus never starts a tokio runtime. Background work (connection drivers, server
 //! connections and calls, reconnects, DNS refreshes, idle checks) goes to an [`Executor`]:
-//! by default [`DefaultExecutor`], a work-stealing [`ThreadPool`] of `PLEXUS_THREADS`
-//! (default: one per core) `plexus-worker-N` threads started on first use, where a task woken
-//! by another runs next on the same thread ([`SmolExecutor`] runs on smol's instead). Sockets
-//! and timers use `async-io`, whose reactor is driven by whichever thread is blocked on it, or
-//! by its own `async-io` thread. Host-name resolution runs on `blocking`'s thread pool.
+//! by default [`DefaultExecutor`], a work-stealing [`rt::ThreadPool`] of `PLEXUS_THREADS`
+//! (default: one per core) `plexus-worker-N` threads and a `plexus-worker-monitor` thread,
+//! started on first use, where a task woken by another runs next on the same thread
+//! ([`SmolExecutor`] runs on smol's instead). A worker out of work spins for
+//! `PLEXUS_SPIN_MICROS` (default 100) before it sleeps, unless the machine has more runnable
+//! threads than cores; the monitor parks while every worker is idle, so an idle process gets
+//! no wake-ups from the pool. [`rt::RuntimeSettings`] is the one type that tunes the pool.
+//! Sockets and timers use `async-io`, whose reactor is driven by whichever thread is blocked on
+//! it (an idle worker), or by its own `async-io` thread. Host-name resolution runs on
+//! `blocking`'s thread pool.
 //!
 //! # Example
 //! ```no_run
@@ -105,7 +110,7 @@ pub use error::Error;
 pub use metadata::{Metadata, MetadataValue};
 pub use proto::http2::Http2Settings;
 pub use response::Response;
-pub use rt::{DefaultExecutor, Executor, SmolExecutor, ThreadPool};
+pub use rt::{DefaultExecutor, Executor, SmolExecutor};
 pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
     ServerSettings,

@@ -585,14 +585,13 @@ fn failed_connect_gives_transient_failure_and_calls_fail_fast() {
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert_eq!(channel.state(), TransientFailure);
         assert_eq!(channel.stats().endpoints[0].state, TransientFailure);
+        // Without wait_for_ready or a deadline, a call that waited for the connection would
+        // never end: failing at all is failing fast.
         for i in 0..5 {
-            let started = Instant::now();
-            let err = call(&channel, WORK, i)
+            let err = within(5 * SECOND, "a fail-fast call", call(&channel, WORK, i))
                 .await
                 .expect_err("no server to answer");
-            let took = started.elapsed();
             assert_eq!(err.code(), Code::Unavailable, "call {i}: {err:?}");
-            assert!(took < 100 * MS, "call {i} took {took:?} to fail");
             Timer::after(30 * MS).await;
         }
         let stats = channel.stats();
@@ -616,24 +615,19 @@ fn wait_for_ready_call_waits_for_a_late_server() {
                 .unary(
                     WORK,
                     tag(1),
-                    CallOptions::new().wait_for_ready(true).timeout(2 * SECOND),
+                    CallOptions::new().wait_for_ready(true).timeout(20 * SECOND),
                 )
                 .await;
             (reply, started.elapsed())
         };
         let meanwhile = async {
             // While the server is down, a call that does not wait fails fast.
+            // (Without a deadline, failing at all is failing fast.)
             Timer::after(150 * MS).await;
-            let t = Instant::now();
-            let err = call(&channel, WORK, 2)
+            let err = within(5 * SECOND, "a fail-fast call", call(&channel, WORK, 2))
                 .await
                 .expect_err("the server is not up yet");
             assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-            assert!(
-                t.elapsed() < 100 * MS,
-                "fail-fast call took {:?}",
-                t.elapsed()
-            );
             Timer::after(300 * MS - started.elapsed().min(300 * MS)).await;
             let listener = rebind(addr).await;
             Backend::on(listener, "late", Duration::ZERO, |b| b)
@@ -644,7 +638,6 @@ fn wait_for_ready_call_waits_for_a_late_server() {
             took >= 300 * MS,
             "answered after {took:?}, before the server started"
         );
-        assert!(took < 2 * SECOND, "{took:?}");
         assert_eq!(backend.load.finished(), 1);
         assert_eq!(channel.state(), Ready);
     });
@@ -666,8 +659,9 @@ fn wait_for_ready_without_a_server_ends_at_the_deadline() {
             .expect_err("no server");
         let took = started.elapsed();
         assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        // Not before the deadline (a loaded machine may end it later; `run` catches a hang).
         assert!(
-            took >= 290 * MS && took < 600 * MS,
+            took >= 290 * MS,
             "failed after {took:?}, deadline was 300 ms"
         );
         let stats = channel.stats();
@@ -1099,8 +1093,10 @@ fn idle_timeout_closes_connections_and_the_next_call_reconnects() {
         assert_eq!(who(&call(&channel, WORK, 0).await), "idle");
         assert_eq!(channel.state(), Ready);
         assert_eq!(channel.stats().connections(), 1);
-        Timer::after(800 * MS).await;
-        assert_eq!(channel.state(), Idle, "{:?}", channel.stats());
+        eventually(10 * SECOND, "the unused channel goes idle", || {
+            channel.state() == Idle
+        })
+        .await;
         assert_eq!(channel.stats().connections(), 0);
         eventually(SECOND, "the idle connection's socket closed", || {
             tally.open() == 0
@@ -1110,25 +1106,29 @@ fn idle_timeout_closes_connections_and_the_next_call_reconnects() {
         assert_eq!(channel.state(), Ready);
         assert_eq!(tally.connects(), 2, "the call after idling reconnected");
         assert_eq!(channel.stats().connections(), 1);
-        // A channel in use does not go idle.
-        for i in 0..8 {
-            Timer::after(100 * MS).await;
+        // A channel in use does not go idle: calls 50 ms apart (a sixth of the idle timeout,
+        // so a loaded machine has room) over twice the timeout keep the connection.
+        for i in 0..12 {
+            Timer::after(50 * MS).await;
             assert_eq!(who(&call(&channel, WORK, i).await), "idle");
         }
-        assert_eq!(
-            tally.connects(),
-            2,
-            "calls every 100 ms keep the connection"
-        );
-        // Nor does one with a call in flight longer than the idle timeout.
-        let long = call(&channel, LONG, 9);
+        assert_eq!(tally.connects(), 2, "calls every 50 ms keep the connection");
+        // Nor does one with a call in flight for longer than the idle timeout (a held call,
+        // so it is still in flight however late the check runs).
+        let held = call(&channel, HOLD, 9);
         let watch = async {
+            eventually(10 * SECOND, "the held call reaches its handler", || {
+                backend.load.active() == 1
+            })
+            .await;
             Timer::after(600 * MS).await;
             (channel.state(), channel.stats().connections())
         };
-        let (reply, during) = join(long, watch).await;
-        assert_eq!(who(&reply), "idle");
-        assert_eq!(during, (Ready, 1), "600 ms into a 700 ms call");
+        let during = match select(pin!(held), pin!(watch)).await {
+            Either::Right((during, _held)) => during,
+            Either::Left((reply, _)) => panic!("the held call ended: {reply:?}"),
+        };
+        assert_eq!(during, (Ready, 1), "600 ms into a held call");
         assert_eq!(tally.connects(), 2);
     });
 }

@@ -34,6 +34,14 @@ fn run<F: Future>(limit: Duration, fut: F) -> F::Output {
     })
 }
 
+/// Waits until `cond` holds, looking every 5 ms: a wait for a state, not a judgement on how long
+/// it took (the test's own limit catches a hang).
+async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        Timer::after(5 * MS).await;
+    }
+}
+
 // ===== A proxy that delays, black-holes and reads frames =====
 
 /// What one direction of a proxied connection carried.
@@ -333,9 +341,7 @@ fn client_keepalive_fails_calls_when_the_server_goes_silent() {
         assert_eq!(first.as_ref(), b"hello");
 
         // While the server answers, the idle call's keepalive PINGs keep the connection up.
-        Timer::after(700 * MS).await;
-        let pings = proxy.to_server().pings;
-        assert!(pings >= 2, "only {pings} keepalive pings");
+        until(|| proxy.to_server().pings >= 2).await;
         assert_eq!(channel.state(), ConnectivityState::Ready);
 
         proxy.blackhole();
@@ -347,11 +353,10 @@ fn client_keepalive_fails_calls_when_the_server_goes_silent() {
             status.message().contains("keepalive timed out"),
             "{status:?}"
         );
-        // A PING goes out at most 200 ms after the last frame; 300 ms later the call fails.
-        assert!(
-            took >= 250 * MS && took <= 1500 * MS,
-            "detected after {took:?}"
-        );
+        // A PING goes out at most 200 ms after the last frame; 300 ms later the call fails,
+        // and not before (no upper bound: a loaded machine may take longer to notice, and the
+        // test's limit catches a hang).
+        assert!(took >= 250 * MS, "detected after {took:?}");
         assert_eq!(channel.stats().calls_failed, 1);
         // The dead connection leaves the pool: the channel is no longer READY.
         if channel.state() == ConnectivityState::Ready {
@@ -385,7 +390,6 @@ fn client_keepalive_without_calls_only_when_permitted() {
         // An idle connection is checked too: the channel notices and leaves READY.
         let next = eager.wait_for_state_change(ConnectivityState::Ready).await;
         assert_ne!(next, ConnectivityState::Ready);
-        assert!(silent.elapsed() <= 1500 * MS, "took {:?}", silent.elapsed());
 
         // Without calls and without permission, no PING goes out, so nothing is noticed.
         Timer::at(silent + 1200 * MS).await;
@@ -406,18 +410,15 @@ fn server_keepalive_closes_connections_to_silent_clients() {
         let client = raw_client(proxy.addr).await;
 
         // The client's h2 answers the server's keepalive PINGs: the connection stays.
-        Timer::after(700 * MS).await;
+        until(|| proxy.to_client().pings >= 2).await;
         assert!(proxy.upstream_closed().is_none());
-        assert!(proxy.to_client().pings >= 2, "{:?}", proxy.to_client());
 
         proxy.blackhole();
         let silent = Instant::now();
         let closed = proxy.wait_upstream_closed().await;
         let took = closed - silent;
-        assert!(
-            took >= 250 * MS && took <= 1500 * MS,
-            "closed after {took:?}"
-        );
+        // Not before the timeout; no upper bound (the test's limit catches a hang).
+        assert!(took >= 250 * MS, "closed after {took:?}");
         drop(client);
     });
 }

@@ -334,6 +334,14 @@ impl Completion {
     /// Puts the operation's event on the queue.
     pub(crate) fn complete(mut self, result: plexus_result, outcome: Outcome) {
         self.done = true;
+        // Shutdown closes the channels before it drops the operations' tasks, so an operation
+        // it cuts off may end first with the error that closing caused: it ended because of
+        // the shutdown, and says so, as one whose task was dropped does.
+        let result = if result != PLEXUS_OK && crate::runtime::is_shut_down() {
+            PLEXUS_ERR_SHUTDOWN
+        } else {
+            result
+        };
         self.cq.push(Event {
             tag: self.tag,
             op: self.op,
@@ -607,7 +615,8 @@ mod tests {
     /// then waits for the others at a barrier, so no thread takes a second share), then
     /// completes `waiters * per_waiter` operations, each a task of its own spawned from one
     /// worker: a worker pushing an event has the rest queued behind it, so every wake-up of the
-    /// burst is put off. Fails unless every event reaches a waiter within 10 s.
+    /// burst is put off. Fails unless every event reaches a waiter (waiting at most 60 s, a bound
+    /// for a hang, not a speed).
     fn burst_from_a_busy_worker(waiters: usize, per_waiter: usize) {
         let n = waiters * per_waiter;
         let rt = crate::runtime::get().expect("runtime");
@@ -647,7 +656,7 @@ mod tests {
         let mut seen = vec![false; n];
         for _ in 0..n {
             let tag = rx
-                .recv_timeout(Duration::from_secs(10))
+                .recv_timeout(Duration::from_secs(60))
                 .expect("the waiters got every event");
             seen[tag] = true;
         }

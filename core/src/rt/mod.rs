@@ -10,8 +10,8 @@ mod timer;
 
 pub(crate) use executor::yield_now;
 pub use executor::{
-    BoxFuture, DefaultExecutor, Executor, SPIN_ENV, SmolExecutor, THREADS_ENV, spin_from_env,
+    BoxFuture, DefaultExecutor, Executor, RuntimeSettings, RuntimeSettingsError, SmolExecutor,
 };
 pub use io::Compat;
-pub use pool::{DEFAULT_SPIN, ThreadPool, block_on};
+pub use pool::{ThreadPool, block_on};
 pub(crate) use timer::{Deadline, with_deadline};
