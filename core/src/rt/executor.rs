@@ -50,11 +50,10 @@ impl RuntimeSettings {
     pub const SPIN_ENV: &'static str = "PLEXUS_SPIN_MICROS";
     /// The default spin time.
     ///
-    /// A thread wake-up costs 40 µs or more on virtual machines (two C processes bouncing
-    /// 40 bytes over loopback TCP: 83-88 µs a round trip with blocking reads, 6.5 µs spinning).
-    /// Measured on 2 idle cores, plexus client and server, unary calls with 1 in flight: spin
-    /// 0, 20, 50 and 100 µs gave 11k, 28-31k, 44-46k and 45-46k calls/s; ping-pong with 64
-    /// streams 275-287k, 276k, 294-306k and 387-414k messages/s.
+    /// A thread wake-up costs tens of µs on virtual machines, more than a loopback round trip
+    /// between two spinning processes. On 2 idle cores 100 µs was the shortest spin that
+    /// caught nearly every reply to a call in flight and every ping-pong message; shorter
+    /// spins caught fewer (the figures are in the README's benchmark section).
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
     /// The settings in `PLEXUS_THREADS` and `PLEXUS_SPIN_MICROS`, defaults for those unset.

@@ -59,12 +59,11 @@ const BATCH: usize = 64;
 /// A handoff pays only when the queue would take longer than the other worker needs to wake
 /// (tens of µs on these machines) and start. Short tasks of one connection are better run
 /// where they are: a thief takes h2's connection lock too, and on a machine shared with the
-/// peer it takes a core the peer was using. Measured with 64 ping-pong streams between a plexus
-/// client and server on 2 cores (messages/s): a fixed backlog of 4 tasks 170k-185k; 100 µs
-/// 197k-213k; 300 µs 218k-225k; 500 µs 243k-249k; 1 ms 246k-248k; 2 ms 247k-255k; tonic 182k.
-/// Unary calls with 64 in flight did not change, and three clients with a connection each
-/// still spread over both workers. Slow handlers (a poll of 250 µs or more) are stolen from a
-/// backlog of two.
+/// peer it takes a core the peer was using. In the benchmark's ping-pong case (64 streams, 2
+/// cores) each step from a fixed backlog of 4 tasks up to 500 µs of work raised throughput and
+/// longer thresholds added nothing; unary calls did not change, and three clients with a
+/// connection each still spread over both workers. Slow handlers (a poll of 250 µs or more)
+/// are stolen from a backlog of two.
 const STEAL_WORK_NANOS: u64 = 500_000;
 /// A worker that has run this long without running out of work, with tasks queued, gets an
 /// idle worker woken to steal them: it is saturated, or stuck in one long poll (a handler doing
@@ -495,8 +494,8 @@ impl Shared {
         // A worker that is running looks at the global queue between its own tasks (and the
         // monitor wakes another if it stays saturated): wake one only when all are asleep.
         // Spreading a host's calls over every worker made them fight over each connection's
-        // lock (C client through the ABI, 64 calls in flight: 0.82x the Rust client's calls/s
-        // with both workers picking up submissions, 0.9-1.2x with one).
+        // lock: the C client through the ABI lost about a fifth of its calls with both workers
+        // picking up submissions.
         if self.idle.load(Ordering::SeqCst) == self.locals.len() {
             self.notify_one();
         }
