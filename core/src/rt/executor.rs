@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
-use super::pool::ThreadPool;
+use super::thread_pool::ThreadPool;
 
 /// A boxed, sendable future, as handed to [`Executor::spawn`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

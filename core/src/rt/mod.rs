@@ -5,7 +5,7 @@
 
 mod executor;
 mod io;
-mod pool;
+mod thread_pool;
 mod timer;
 
 pub(crate) use executor::yield_now;
@@ -13,5 +13,5 @@ pub use executor::{
     BoxFuture, DefaultExecutor, Executor, RuntimeSettings, RuntimeSettingsError, SmolExecutor,
 };
 pub use io::Compat;
-pub use pool::{ThreadPool, block_on};
+pub use thread_pool::{ThreadPool, block_on};
 pub(crate) use timer::{Deadline, with_deadline};
