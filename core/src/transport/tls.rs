@@ -169,39 +169,53 @@ pub struct ClientTlsConfig {
     rustls: Option<Arc<ClientConfig>>,
 }
 
-/// A raw rustls config compares by identity (the same `Arc`): it cannot be compared by value.
-fn same_config<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
+/// What a TLS config is compared and hashed by: its settings, and a raw rustls config by
+/// identity (the same `Arc`), since rustls configs cannot be compared by value.
+macro_rules! eq_and_hash_by_key {
+    ($type:ty) => {
+        impl PartialEq for $type {
+            fn eq(&self, other: &$type) -> bool {
+                self.key() == other.key()
+            }
+        }
+
+        impl Eq for $type {}
+
+        impl std::hash::Hash for $type {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.key().hash(state);
+            }
+        }
+    };
 }
 
-/// Compares what the settings say (see [`same_config`] for a raw rustls config).
-impl PartialEq for ClientTlsConfig {
-    fn eq(&self, other: &ClientTlsConfig) -> bool {
-        self.ca == other.ca
-            && self.native_roots == other.native_roots
-            && self.server_name == other.server_name
-            && self.identity == other.identity
-            && same_config(&self.rustls, &other.rustls)
-    }
-}
-
-impl Eq for ClientTlsConfig {}
-
-impl std::hash::Hash for ClientTlsConfig {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.ca.hash(state);
-        self.native_roots.hash(state);
-        self.server_name.hash(state);
-        self.identity.hash(state);
-        self.rustls.as_ref().map(Arc::as_ptr).hash(state);
-    }
-}
+eq_and_hash_by_key!(ClientTlsConfig);
+eq_and_hash_by_key!(ServerTlsConfig);
 
 impl ClientTlsConfig {
+    /// What equality and hashing look at.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a tuple of the fields, used only here"
+    )]
+    fn key(
+        &self,
+    ) -> (
+        &[Certificate],
+        Option<bool>,
+        Option<&str>,
+        Option<&Identity>,
+        Option<*const ClientConfig>,
+    ) {
+        (
+            &self.ca,
+            self.native_roots,
+            self.server_name.as_deref(),
+            self.identity.as_ref(),
+            self.rustls.as_ref().map(Arc::as_ptr),
+        )
+    }
+
     /// Trusts the system's root certificates (see [`native_roots`](Self::native_roots)), no
     /// client certificate, and verifies the target's host name.
     pub fn new() -> ClientTlsConfig {
@@ -296,28 +310,24 @@ pub struct ServerTlsConfig {
     rustls: Option<Arc<ServerConfig>>,
 }
 
-/// Compares what the settings say (see [`same_config`] for a raw rustls config).
-impl PartialEq for ServerTlsConfig {
-    fn eq(&self, other: &ServerTlsConfig) -> bool {
-        self.identity == other.identity
-            && self.client_ca == other.client_ca
-            && self.client_auth_optional == other.client_auth_optional
-            && same_config(&self.rustls, &other.rustls)
-    }
-}
-
-impl Eq for ServerTlsConfig {}
-
-impl std::hash::Hash for ServerTlsConfig {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.identity.hash(state);
-        self.client_ca.hash(state);
-        self.client_auth_optional.hash(state);
-        self.rustls.as_ref().map(Arc::as_ptr).hash(state);
-    }
-}
-
 impl ServerTlsConfig {
+    /// What equality and hashing look at.
+    fn key(
+        &self,
+    ) -> (
+        Option<&Identity>,
+        &[Certificate],
+        bool,
+        Option<*const ServerConfig>,
+    ) {
+        (
+            self.identity.as_ref(),
+            &self.client_ca,
+            self.client_auth_optional,
+            self.rustls.as_ref().map(Arc::as_ptr),
+        )
+    }
+
     /// Presents `identity` to clients; asks for no client certificate.
     pub fn new(identity: Identity) -> ServerTlsConfig {
         ServerTlsConfig {
