@@ -430,11 +430,7 @@ pub fn markdown(results: &Value) -> String {
                     .iter()
                     .find(|r| r["client"] == client.as_str() && r["case"] == case.as_str())
                     .and_then(|r| r["ratio"].as_f64());
-                let _ = write!(
-                    row,
-                    " {} |",
-                    r.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
-                );
+                let _ = write!(row, " {} |", ratio_cell(r));
             }
             s.push_str(&row);
             s.push('\n');
@@ -491,11 +487,7 @@ fn executor_markdown(results: &Value) -> String {
                 .iter()
                 .find(|r| r["case"] == case.as_str() && r["comparison"] == *key)
                 .and_then(|r| r["ratio"].as_f64());
-            let _ = write!(
-                row,
-                " {} |",
-                r.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
-            );
+            let _ = write!(row, " {} |", ratio_cell(r));
         }
         s.push_str(&row);
         s.push('\n');
@@ -699,6 +691,11 @@ pub fn svg(results: &Value) -> String {
          viewBox=\"0 0 {WIDTH} {height}\" font-family=\"sans-serif\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
     )
+}
+
+/// A ratio as a table cell: `1.23×`, or a dash when it could not be computed.
+fn ratio_cell(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "–".into(), |r| format!("{r:.2}×"))
 }
 
 #[cfg(test)]

@@ -30,7 +30,6 @@ pub use options::{
     CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW,
 };
-pub(crate) use options::{check_positive, check_windows};
 pub use recv::{ResponseFuture, Streaming};
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
 pub use send::Sender;

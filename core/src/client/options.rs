@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use crate::codec::Compression;
 use crate::metadata::Metadata;
-use crate::status::Status;
 
 /// Options for one call: deadline, metadata, message size limits and compression.
 #[derive(Debug, Clone, Default)]
@@ -103,27 +102,6 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 16 * DEFAULT_STREAM_WINDOW;
 
 /// Default max HTTP/2 frame size: 16 KiB, the RFC 9113 initial value.
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
-
-/// Checks that the resolved connection window is at least the stream window.
-pub(crate) fn check_windows(windows: crate::proto::ping::WindowConfig) -> Result<(), Status> {
-    if windows.connection < windows.stream {
-        return Err(Status::invalid_argument(format!(
-            "initial connection window {} must be at least the stream window {}",
-            windows.connection, windows.stream
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that each named duration is above zero.
-pub(crate) fn check_positive(durations: &[(&str, Duration)]) -> Result<(), Status> {
-    match durations.iter().find(|(_, d)| d.is_zero()) {
-        Some((name, _)) => Err(Status::invalid_argument(format!(
-            "{name} must be above zero"
-        ))),
-        None => Ok(()),
-    }
-}
 
 /// Default cap on connections per endpoint when calls outgrow the server's
 /// MAX_CONCURRENT_STREAMS: enough for 16× the usual 100-stream limit.

@@ -12,13 +12,12 @@ use super::backoff::BackoffConfig;
 use super::balance::LbPolicy;
 use super::options::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
-    check_positive,
 };
 use super::resolve::DEFAULT_DNS_REFRESH_INTERVAL;
 use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::proto::headers;
-use crate::proto::http2::Http2Settings;
+use crate::proto::http2::{Http2Settings, check_positive};
 use crate::proto::ping::DEFAULT_KEEPALIVE_TIMEOUT;
 use crate::status::Status;
 

@@ -1,7 +1,10 @@
 //! [`Http2Settings`]: the HTTP/2 connection settings a channel and a server both have (flow
-//! control windows and the frame size), and the checks of their ranges.
+//! control windows and the frame size), and the checks of their ranges shared by both sides'
+//! settings.
 
-use crate::client::{DEFAULT_MAX_FRAME_SIZE, check_windows};
+use std::time::Duration;
+
+use crate::client::DEFAULT_MAX_FRAME_SIZE;
 use crate::proto::ping::WindowConfig;
 use crate::status::Status;
 
@@ -63,7 +66,14 @@ impl Http2Settings {
     /// Checks the fields and that the connection window is at least the stream window.
     pub fn check(&self) -> Result<(), Status> {
         self.check_values()?;
-        check_windows(self.windows())
+        let windows = self.windows();
+        if windows.connection < windows.stream {
+            return Err(Status::invalid_argument(format!(
+                "initial connection window {} must be at least the stream window {}",
+                windows.connection, windows.stream
+            )));
+        }
+        Ok(())
     }
 
     /// The windows these settings resolve to.
@@ -83,5 +93,15 @@ fn check_window(name: &str, value: Option<u32>) -> Result<(), Status> {
             "{name} {v} must be between 1 and {MAX_WINDOW}"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Checks that each named duration of a settings value is above zero.
+pub(crate) fn check_positive(durations: &[(&str, Duration)]) -> Result<(), Status> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((name, _)) => Err(Status::invalid_argument(format!(
+            "{name} must be above zero"
+        ))),
+        None => Ok(()),
     }
 }

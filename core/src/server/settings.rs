@@ -8,10 +8,9 @@ use std::time::Duration;
 use super::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_HEADER_LIST_SIZE,
 };
-use crate::client::check_positive;
 use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
-use crate::proto::http2::Http2Settings;
+use crate::proto::http2::{Http2Settings, check_positive};
 use crate::proto::ping::{
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MIN_PING_INTERVAL, DEFAULT_SERVER_KEEPALIVE_TIME,
 };
