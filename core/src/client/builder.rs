@@ -284,6 +284,7 @@ impl ChannelBuilder {
         let connector = self.connector.unwrap_or_else(|| Arc::new(SocketConnector));
         #[cfg(feature = "tls")]
         let connector = crate::transport::tls::secure_channel(
+            &self.target,
             &mut target,
             self.settings.tls.as_ref(),
             connector,

@@ -443,10 +443,12 @@ fn native_roots() -> Result<&'static RootCertStore, String> {
     loaded.as_ref().map_err(Clone::clone)
 }
 
-/// Makes `target` secure when it asks for TLS (`https://`) or `config` is given: wraps
-/// `connector` in a TLS connector and sets `:scheme` to https (and `:authority` to an
-/// overriding server name). Returns `connector` unchanged for plaintext targets.
+/// Makes `target` (parsed from `text`) secure when it asks for TLS (`https://`) or `config`
+/// is given: wraps `connector` in a TLS connector and sets `:scheme` to https (and
+/// `:authority` to an overriding server name). Returns `connector` unchanged for plaintext
+/// targets.
 pub(crate) fn secure_channel(
+    text: &str,
     target: &mut Target,
     config: Option<&ClientTlsConfig>,
     connector: Arc<dyn Connector>,
@@ -463,16 +465,21 @@ pub(crate) fn secure_channel(
     }
     let default_config = ClientTlsConfig::new();
     let config = config.unwrap_or(&default_config);
-    let name = match &config.server_name {
+    let server_name = match &config.server_name {
         Some(name) => {
             target.authority = name
                 .parse::<Authority>()
                 .map_err(|_| invalid(format!("invalid server name {name:?}")))?;
-            name.as_str()
+            server_name(name).map_err(invalid)?
         }
-        None => target.authority.host(),
+        // The name comes from the target, so the target is what is wrong.
+        None => server_name(target.authority.host()).map_err(|why| {
+            Status::invalid_argument(format!(
+                "invalid target {text:?}: TLS verifies the server by its name, and {why} \
+                 (set a server name in the TLS config to override it)"
+            ))
+        })?,
     };
-    let server_name = server_name(name).map_err(invalid)?;
     target.scheme = Scheme::HTTPS;
     let rustls = config.build().map_err(invalid)?;
     Ok(Arc::new(TlsConnect {
@@ -814,10 +821,10 @@ mod tests {
     }
 
     fn secured(target: &str, config: Option<&ClientTlsConfig>) -> Target {
-        let mut target = Target::parse(target).unwrap();
+        let mut parsed = Target::parse(target).unwrap();
         let connector = Arc::new(super::super::SocketConnector);
-        secure_channel(&mut target, config, connector).unwrap();
-        target
+        secure_channel(target, &mut parsed, config, connector).unwrap();
+        parsed
     }
 
     #[test]
@@ -844,6 +851,7 @@ mod tests {
     fn http_target_with_tls_config_is_refused() {
         let mut target = Target::parse("http://localhost:1").unwrap();
         let err = secure_channel(
+            "http://localhost:1",
             &mut target,
             Some(&ClientTlsConfig::new()),
             Arc::new(super::super::SocketConnector),
@@ -851,5 +859,24 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.message().contains("plaintext"), "{err}");
+    }
+
+    #[test]
+    fn a_target_that_names_no_certificate_name_is_an_invalid_target() {
+        // Found by the property test: `0` is a URI host but neither a DNS name nor an IP.
+        let mut target = Target::parse("https://0").unwrap();
+        let err = secure_channel(
+            "https://0",
+            &mut target,
+            None,
+            Arc::new(super::super::SocketConnector),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), crate::Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("invalid target \"https://0\": "),
+            "{err}"
+        );
     }
 }
