@@ -90,6 +90,7 @@ pub mod client;
 pub mod codec;
 mod error;
 pub mod metadata;
+pub mod method;
 #[cfg(test)]
 mod proptests;
 mod proto;
@@ -100,21 +101,47 @@ mod status;
 pub mod transport;
 
 pub use client::{
-    BackoffConfig, CallOptions, Channel, ChannelBuilder, ChannelSettings, ChannelStats, Client,
-    ConnectivityState, EndpointStats, LbPolicy, Picker, Resolver, ResponseFuture, Sender,
-    StaticResolver, Streaming,
+    BackoffConfig, CallDefaults, CallOptions, Channel, ChannelBuilder, ChannelSettings,
+    ChannelStats, Client, ConnectivityState, EndpointStats, LbPolicy, Picker, Resolver,
+    ResponseFuture, Sender, StaticResolver, Streaming,
 };
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use error::Error;
 pub use metadata::{Metadata, MetadataValue};
+pub use method::{MethodDescriptor, MethodKind};
 pub use proto::http2::Http2Settings;
 pub use response::Response;
 pub use rt::{DefaultExecutor, Executor, SmolExecutor};
 pub use server::{
     CallContext, Listener, Request, RequestStream, ResponseSink, Server, ServerBuilder,
-    ServerSettings,
+    ServerSettings, Service,
 };
 pub use status::{Code, Status};
+
+/// prost, re-exported so code from `plexus-build` needs no dependency but plexus.
+pub use prost;
+/// prost's well-known types (`google.protobuf.Timestamp`, ...), which `plexus-build` maps
+/// imports of `google/protobuf/*.proto` to.
+pub use prost_types;
+
+/// Includes the Rust code `plexus-build` generated for a protobuf package (`"routeguide"`,
+/// `"grpc.testing"`; `"_"` for files without a package) from `OUT_DIR`.
+#[macro_export]
+macro_rules! include_proto {
+    ($package:tt) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
+
+/// The bytes of a file descriptor set that `plexus-build` wrote to `OUT_DIR` with
+/// `file_descriptor_set_name(name)` (an encoded `google.protobuf.FileDescriptorSet`, for
+/// server reflection).
+#[macro_export]
+macro_rules! include_file_descriptor_set {
+    ($name:tt) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bin"))
+    };
+}
 #[cfg(feature = "tls")]
 pub use transport::tls::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

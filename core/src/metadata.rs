@@ -163,6 +163,17 @@ impl Metadata {
         }
     }
 
+    /// Adds the values of every key of `defaults` that this set does not have.
+    pub(crate) fn fill_from(&mut self, defaults: &Metadata) {
+        for name in defaults.headers.keys() {
+            if !self.headers.contains_key(name) {
+                for value in defaults.headers.get_all(name) {
+                    self.headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+
     /// The distinct keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.headers.keys().map(|k| k.as_str())

@@ -27,8 +27,9 @@ pub use balance::{LbPolicy, Picker};
 pub use builder::ChannelBuilder;
 pub use channel::Channel;
 pub use options::{
-    CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_STREAM_WINDOW,
+    CallDefaults, CallOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT, DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_STREAM_WINDOW,
 };
 pub use recv::{ResponseFuture, Streaming};
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};

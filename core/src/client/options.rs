@@ -13,7 +13,8 @@ pub struct CallOptions {
     pub(crate) metadata: Metadata,
     pub(crate) max_recv_message_size: Option<usize>,
     pub(crate) max_send_message_size: Option<usize>,
-    pub(crate) wait_for_ready: bool,
+    /// Unset: fail fast (unless a client's defaults say otherwise).
+    pub(crate) wait_for_ready: Option<bool>,
 }
 
 impl CallOptions {
@@ -63,7 +64,7 @@ impl CallOptions {
     /// Waits for the channel to become READY (up to the deadline) instead of failing fast with
     /// UNAVAILABLE while it is in TRANSIENT_FAILURE.
     pub fn wait_for_ready(mut self, wait: bool) -> CallOptions {
-        self.wait_for_ready = wait;
+        self.wait_for_ready = Some(wait);
         self
     }
 
@@ -86,6 +87,77 @@ impl CallOptions {
     /// The call's deadline, if any.
     pub fn get_deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+}
+
+/// Defaults for every call a client makes, under what each call's [`CallOptions`] set: a
+/// generated client (`FooClient::with_defaults`) or a [`Client`](crate::Client) holds them.
+/// Anything a call sets itself wins; what neither sets comes from the channel.
+#[derive(Debug, Clone, Default)]
+pub struct CallDefaults {
+    timeout: Option<Duration>,
+    compression: Option<Compression>,
+    metadata: Metadata,
+    max_recv_message_size: Option<usize>,
+    max_send_message_size: Option<usize>,
+    wait_for_ready: Option<bool>,
+}
+
+impl CallDefaults {
+    /// No defaults: calls get only what their options and the channel say.
+    pub fn new() -> CallDefaults {
+        CallDefaults::default()
+    }
+
+    /// Gives every call without a deadline one of now + `timeout` when it starts.
+    pub fn timeout(mut self, timeout: Duration) -> CallDefaults {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Compresses requests with `compression` unless the call says otherwise.
+    pub fn compression(mut self, compression: Compression) -> CallDefaults {
+        self.compression = Some(compression);
+        self
+    }
+
+    /// Sends these entries with every call, except keys the call's own metadata has.
+    pub fn metadata(mut self, metadata: Metadata) -> CallDefaults {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The max received message size for calls that do not set one.
+    pub fn max_receive_message_size(mut self, bytes: usize) -> CallDefaults {
+        self.max_recv_message_size = Some(bytes);
+        self
+    }
+
+    /// The max sent message size for calls that do not set one.
+    pub fn max_send_message_size(mut self, bytes: usize) -> CallDefaults {
+        self.max_send_message_size = Some(bytes);
+        self
+    }
+
+    /// Whether calls wait for the channel to become READY, unless a call sets it.
+    pub fn wait_for_ready(mut self, wait: bool) -> CallDefaults {
+        self.wait_for_ready = Some(wait);
+        self
+    }
+
+    /// `options` with every field it leaves unset filled from these defaults.
+    pub fn apply(&self, mut options: CallOptions) -> CallOptions {
+        if let (None, Some(timeout)) = (options.deadline, self.timeout) {
+            options = options.timeout(timeout);
+        }
+        options.compression = options.compression.or(self.compression);
+        options.max_recv_message_size =
+            options.max_recv_message_size.or(self.max_recv_message_size);
+        options.max_send_message_size =
+            options.max_send_message_size.or(self.max_send_message_size);
+        options.wait_for_ready = options.wait_for_ready.or(self.wait_for_ready);
+        options.metadata.fill_from(&self.metadata);
+        options
     }
 }
 
@@ -121,4 +193,53 @@ pub(crate) struct ConnConfig {
     pub(crate) multi_connection: bool,
     pub(crate) max_connections_per_endpoint: usize,
     pub(crate) backoff: super::backoff::BackoffConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_only_what_the_call_leaves_unset() {
+        let mut md = Metadata::new();
+        md.append("x-tenant", "default").unwrap();
+        md.append("x-team", "core").unwrap();
+        let defaults = CallDefaults::new()
+            .timeout(Duration::from_secs(60))
+            .compression(Compression::Gzip)
+            .max_receive_message_size(10)
+            .max_send_message_size(20)
+            .wait_for_ready(true)
+            .metadata(md);
+
+        let empty = defaults.apply(CallOptions::new());
+        assert!(empty.deadline.is_some());
+        assert_eq!(empty.compression, Some(Compression::Gzip));
+        assert_eq!(empty.max_recv_message_size, Some(10));
+        assert_eq!(empty.max_send_message_size, Some(20));
+        assert_eq!(empty.wait_for_ready, Some(true));
+        assert_eq!(empty.metadata.get("x-tenant"), Some("default"));
+
+        let soon = Instant::now() + Duration::from_secs(1);
+        let mut own = Metadata::new();
+        own.append("x-tenant", "mine").unwrap();
+        let set = defaults.apply(
+            CallOptions::new()
+                .deadline(soon)
+                .compression(Compression::Identity)
+                .max_receive_message_size(1)
+                .max_send_message_size(2)
+                .wait_for_ready(false)
+                .metadata(own),
+        );
+        assert_eq!(set.deadline, Some(soon));
+        assert_eq!(set.compression, Some(Compression::Identity));
+        assert_eq!(
+            (set.max_recv_message_size, set.max_send_message_size),
+            (Some(1), Some(2))
+        );
+        assert_eq!(set.wait_for_ready, Some(false));
+        assert_eq!(set.metadata.get_all("x-tenant"), vec!["mine"]);
+        assert_eq!(set.metadata.get("x-team"), Some("core"));
+    }
 }

@@ -180,7 +180,11 @@ impl Channel {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let slot = with_deadline(deadline, self.inner.pick(options.wait_for_ready)).await??;
+            let slot = with_deadline(
+                deadline,
+                self.inner.pick(options.wait_for_ready.unwrap_or(false)),
+            )
+            .await??;
             let ready = with_deadline(deadline, slot.sender().ready()).await?;
             let mut send = match ready {
                 Ok(send) => send,

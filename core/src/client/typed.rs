@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::call::EncodeFn;
 use super::channel::Channel;
-use super::options::CallOptions;
+use super::options::{CallDefaults, CallOptions};
 use super::recv::{RawStreaming, ResponseFuture, Streaming, read_unary};
 use super::send::Sender;
 use super::send::SenderState;
@@ -18,6 +18,8 @@ use crate::status::Status;
 pub struct Client<C> {
     channel: Channel,
     codec: Arc<C>,
+    /// Filled into every call's options; `None` for none (no allocation for the common case).
+    defaults: Option<Arc<CallDefaults>>,
 }
 
 impl<C> Clone for Client<C> {
@@ -25,6 +27,7 @@ impl<C> Clone for Client<C> {
         Client {
             channel: self.channel.clone(),
             codec: self.codec.clone(),
+            defaults: self.defaults.clone(),
         }
     }
 }
@@ -43,12 +46,39 @@ impl<C: Codec> Client<C> {
         Client {
             channel,
             codec: Arc::new(codec),
+            defaults: None,
+        }
+    }
+
+    /// A client whose calls take `defaults` for what their own options leave unset (a
+    /// `CallDefaults`, or an `Arc` of one to share it between clients without copying).
+    pub fn with_defaults(
+        channel: Channel,
+        codec: C,
+        defaults: impl Into<Arc<CallDefaults>>,
+    ) -> Client<C> {
+        Client {
+            channel,
+            codec: Arc::new(codec),
+            defaults: Some(defaults.into()),
         }
     }
 
     /// The channel this client uses.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The call defaults, if any were given.
+    pub fn defaults(&self) -> Option<&CallDefaults> {
+        self.defaults.as_deref()
+    }
+
+    fn options(&self, options: CallOptions) -> CallOptions {
+        match &self.defaults {
+            Some(defaults) => defaults.apply(options),
+            None => options,
+        }
     }
 
     fn encoder(&self) -> EncodeFn<C::Encode> {
@@ -84,6 +114,7 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Response<C::Decode>, Status> {
+        let options = self.options(options);
         let framed = frame_message(
             &*self.codec,
             message,
@@ -104,6 +135,7 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Streaming<C::Decode>, Status> {
+        let options = self.options(options);
         let framed = frame_message(
             &*self.codec,
             message,
@@ -133,6 +165,7 @@ impl<C: Codec> Client<C> {
         path: &str,
         options: CallOptions,
     ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
+        let options = self.options(options);
         let compression = self.compression(&options);
         let (call, raw) = self.channel.start(path, options, None, false).await?;
         let sender = Sender {

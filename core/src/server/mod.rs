@@ -4,6 +4,7 @@
 
 mod handler;
 mod listener;
+mod service;
 mod settings;
 mod shutdown;
 mod slot;
@@ -23,6 +24,7 @@ use futures_util::{Stream, StreamExt};
 
 pub use handler::{CallContext, Request, RequestStream, ResponseSink};
 pub use listener::Listener;
+pub use service::Service;
 pub use settings::ServerSettings;
 
 use self::handler::ErasedHandler;
@@ -79,6 +81,8 @@ struct ServerConfig {
 #[derive(Default)]
 pub struct ServerBuilder {
     routes: HashMap<String, ErasedHandler>,
+    /// A path routed twice, which `build` refuses.
+    duplicate: Option<String>,
     settings: ServerSettings,
     executor: Option<Arc<dyn Executor>>,
 }
@@ -94,8 +98,15 @@ impl fmt::Debug for ServerBuilder {
 
 impl ServerBuilder {
     fn route(mut self, path: &str, handler: ErasedHandler) -> Self {
-        self.routes.insert(path.to_string(), handler);
+        if self.routes.insert(path.to_string(), handler).is_some() {
+            self.duplicate.get_or_insert_with(|| path.to_string());
+        }
         self
+    }
+
+    /// Routes every method of `service` (a generated `FooServer`, or any [`Service`]).
+    pub fn add_service<S: Service>(self, service: S) -> Self {
+        service.register(self)
     }
 
     /// Routes `path` to a unary handler. `codec` encodes responses and decodes requests
@@ -299,6 +310,11 @@ impl ServerBuilder {
                 permit_without_calls: settings.keepalive_permit_without_calls,
             }),
         };
+        if let Some(path) = &self.duplicate {
+            return Err(Status::invalid_argument(format!(
+                "route {path:?} is registered twice"
+            )));
+        }
         for path in self.routes.keys() {
             let valid = path.starts_with('/')
                 && path[1..]
@@ -590,5 +606,27 @@ mod task_size {
         };
         let size = std::mem::size_of_val(&task);
         assert!(size <= 6 * 1024, "a connection's task takes {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BytesCodec;
+
+    #[test]
+    fn a_route_registered_twice_is_a_config_error() {
+        let echo =
+            |req: Request<bytes::Bytes>| async move { Ok(Response::new(req.into_message())) };
+        let err = Server::builder()
+            .unary("/a.B/C", BytesCodec, echo)
+            .unary("/a.B/C", BytesCodec, echo)
+            .build()
+            .unwrap_err();
+        assert!(err.is_config(), "{err}");
+        assert!(
+            err.to_string().contains("\"/a.B/C\" is registered twice"),
+            "{err}"
+        );
     }
 }
