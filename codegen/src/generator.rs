@@ -8,6 +8,17 @@ use std::fmt::Write as _;
 
 use prost_build::{Comments, Method, Service, ServiceGenerator};
 
+/// Names a generated client has before its rpcs: an rpc of the same name gets `_rpc` added
+/// to its client method.
+const CLIENT_OWN_METHODS: &[&str] = &[
+    "new",
+    "with_defaults",
+    "channel",
+    "defaults",
+    "clone",
+    "fmt",
+];
+
 /// Which halves to generate and where plexus is.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -51,6 +62,9 @@ struct MethodModel<'a> {
     path: String,
     /// `GET_FEATURE`, the descriptor constant.
     constant: String,
+    /// The client's method: the rpc's snake_case name, or `{name}_rpc` where that is taken
+    /// by the client's own methods (`new`, `channel`, ...).
+    client_name: String,
     /// The request and response types as seen from inside the generated modules.
     input: String,
     output: String,
@@ -71,8 +85,14 @@ impl<'a> ServiceModel<'a> {
                 if constant == "SERVICE_NAME" {
                     constant.push_str("_METHOD");
                 }
+                let client_name = if CLIENT_OWN_METHODS.contains(&method.name.as_str()) {
+                    format!("{}_rpc", method.name)
+                } else {
+                    method.name.clone()
+                };
                 MethodModel {
                     method,
+                    client_name,
                     path: format!("/{full_name}/{}", method.proto_name),
                     constant,
                     input: from_child_module(&method.input_type),
@@ -145,24 +165,6 @@ pub mod {snake}_client {{
                 &format!("Calls the `{full}` service over a plexus channel.")
             ),
         );
-        if !self.methods.is_empty() {
-            let _ = write!(
-                buf,
-                r#"
-        fn typed<Req, Resp>(&self) -> {p}::Client<{p}::ProstCodec<Req, Resp>>
-        where
-            Req: {p}::prost::Message + Send + 'static,
-            Resp: {p}::prost::Message + Default + Send + 'static,
-        {{
-            {p}::Client::with_defaults(
-                self.channel.clone(),
-                {p}::ProstCodec::new(),
-                ::std::sync::Arc::clone(&self.defaults),
-            )
-        }}
-"#
-            );
-        }
         for m in &self.methods {
             self.client_method(m, buf);
         }
@@ -173,7 +175,7 @@ pub mod {snake}_client {{
         let p = self.plexus;
         let (input, output, path) = (&m.input, &m.output, &m.path);
         let docs = doc_comment(&m.method.comments, &format!("Calls `{path}`."));
-        let name = &m.method.name;
+        let name = &m.client_name;
         let (args, result, body) = match (m.method.client_streaming, m.method.server_streaming) {
             (false, false) => (
                 format!("request: &{input}, "),
@@ -204,7 +206,13 @@ pub mod {snake}_client {{
             &self,
             {args}options: {p}::CallOptions,
         ) -> ::std::result::Result<{result}, {p}::Status> {{
-            self.typed::<{input}, {output}>().{body}.await
+            {p}::Client::with_defaults(
+                self.channel.clone(),
+                {p}::ProstCodec::<{input}, {output}>::new(),
+                ::std::sync::Arc::clone(&self.defaults),
+            )
+            .{body}
+            .await
         }}
 "#
         );

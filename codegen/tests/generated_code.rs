@@ -146,6 +146,12 @@ impl keywords_server::Keywords for Keywords {
     async fn self_(&self, request: Request<Match>) -> Result<Response<Match>, Status> {
         Ok(Response::new(request.into_message()))
     }
+
+    async fn channel(&self, request: Request<Match>) -> Result<Response<Match>, Status> {
+        let mut m = request.into_message();
+        m.r#type = "channel".into();
+        Ok(Response::new(m))
+    }
 }
 
 struct Nothing;
@@ -304,6 +310,8 @@ fn clients_call_servers_of_every_kind() {
                 .message(),
             &m
         );
+        let renamed = keywords.channel_rpc(&m, CallOptions::new()).await.unwrap();
+        assert_eq!(renamed.message().r#type, "channel");
         let (sender, all) = keywords.r#match(CallOptions::new()).await.unwrap();
         sender.send(m.clone()).await.unwrap();
         sender.send(m.clone()).await.unwrap();

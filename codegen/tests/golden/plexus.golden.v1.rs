@@ -167,17 +167,6 @@ pub mod atlas_client {
         pub fn defaults(&self) -> &::plexus::CallDefaults {
             &self.defaults
         }
-        fn typed<Req, Resp>(&self) -> ::plexus::Client<::plexus::ProstCodec<Req, Resp>>
-        where
-            Req: ::plexus::prost::Message + Send + 'static,
-            Resp: ::plexus::prost::Message + Default + Send + 'static,
-        {
-            ::plexus::Client::with_defaults(
-                self.channel.clone(),
-                ::plexus::ProstCodec::new(),
-                ::std::sync::Arc::clone(&self.defaults),
-            )
-        }
         /// One point in, one feature out.
         pub async fn get_feature(
             &self,
@@ -187,7 +176,11 @@ pub mod atlas_client {
             ::plexus::Response<super::Feature>,
             ::plexus::Status,
         > {
-            self.typed::<super::Point, super::Feature>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Point, super::Feature>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .unary("/plexus.golden.v1.Atlas/GetFeature", request, options)
                 .await
         }
@@ -200,7 +193,11 @@ pub mod atlas_client {
             ::plexus::Streaming<super::Feature>,
             ::plexus::Status,
         > {
-            self.typed::<super::Point, super::Feature>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Point, super::Feature>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .server_streaming(
                     "/plexus.golden.v1.Atlas/ListFeatures",
                     request,
@@ -219,7 +216,14 @@ pub mod atlas_client {
             ),
             ::plexus::Status,
         > {
-            self.typed::<super::Point, super::super::super::common::Id>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<
+                        super::Point,
+                        super::super::super::common::Id,
+                    >::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .client_streaming("/plexus.golden.v1.Atlas/RecordRoute", options)
                 .await
         }
@@ -231,7 +235,11 @@ pub mod atlas_client {
             (::plexus::Sender<super::Point>, ::plexus::Streaming<super::Feature>),
             ::plexus::Status,
         > {
-            self.typed::<super::Point, super::Feature>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Point, super::Feature>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .bidi_streaming("/plexus.golden.v1.Atlas/RouteChat", options)
                 .await
         }
@@ -241,7 +249,11 @@ pub mod atlas_client {
             request: &(),
             options: ::plexus::CallOptions,
         ) -> ::std::result::Result<::plexus::Response<()>, ::plexus::Status> {
-            self.typed::<(), ()>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<(), ()>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .unary("/plexus.golden.v1.Atlas/Ping", request, options)
                 .await
         }
@@ -516,24 +528,17 @@ pub mod keywords_client {
         pub fn defaults(&self) -> &::plexus::CallDefaults {
             &self.defaults
         }
-        fn typed<Req, Resp>(&self) -> ::plexus::Client<::plexus::ProstCodec<Req, Resp>>
-        where
-            Req: ::plexus::prost::Message + Send + 'static,
-            Resp: ::plexus::prost::Message + Default + Send + 'static,
-        {
-            ::plexus::Client::with_defaults(
-                self.channel.clone(),
-                ::plexus::ProstCodec::new(),
-                ::std::sync::Arc::clone(&self.defaults),
-            )
-        }
         /// Calls `/plexus.golden.v1.Keywords/Type`.
         pub async fn r#type(
             &self,
             request: &super::Match,
             options: ::plexus::CallOptions,
         ) -> ::std::result::Result<::plexus::Response<super::Match>, ::plexus::Status> {
-            self.typed::<super::Match, super::Match>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .unary("/plexus.golden.v1.Keywords/Type", request, options)
                 .await
         }
@@ -545,7 +550,11 @@ pub mod keywords_client {
             (::plexus::Sender<super::Match>, ::plexus::ResponseFuture<super::Match>),
             ::plexus::Status,
         > {
-            self.typed::<super::Match, super::Match>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .client_streaming("/plexus.golden.v1.Keywords/Match", options)
                 .await
         }
@@ -555,7 +564,11 @@ pub mod keywords_client {
             request: &super::Match,
             options: ::plexus::CallOptions,
         ) -> ::std::result::Result<::plexus::Streaming<super::Match>, ::plexus::Status> {
-            self.typed::<super::Match, super::Match>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .server_streaming("/plexus.golden.v1.Keywords/Async", request, options)
                 .await
         }
@@ -565,8 +578,26 @@ pub mod keywords_client {
             request: &super::Match,
             options: ::plexus::CallOptions,
         ) -> ::std::result::Result<::plexus::Response<super::Match>, ::plexus::Status> {
-            self.typed::<super::Match, super::Match>()
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
                 .unary("/plexus.golden.v1.Keywords/Self", request, options)
+                .await
+        }
+        /// Taken by the client's own methods: the client calls it `channel_rpc`.
+        pub async fn channel_rpc(
+            &self,
+            request: &super::Match,
+            options: ::plexus::CallOptions,
+        ) -> ::std::result::Result<::plexus::Response<super::Match>, ::plexus::Status> {
+            ::plexus::Client::with_defaults(
+                    self.channel.clone(),
+                    ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                    ::std::sync::Arc::clone(&self.defaults),
+                )
+                .unary("/plexus.golden.v1.Keywords/Channel", request, options)
                 .await
         }
     }
@@ -594,6 +625,11 @@ pub mod keywords_server {
     /// `/plexus.golden.v1.Keywords/Self`, a unary method.
     pub const SELF_: ::plexus::MethodDescriptor = ::plexus::MethodDescriptor::new(
         "/plexus.golden.v1.Keywords/Self",
+        ::plexus::MethodKind::Unary,
+    );
+    /// `/plexus.golden.v1.Keywords/Channel`, a unary method.
+    pub const CHANNEL: ::plexus::MethodDescriptor = ::plexus::MethodDescriptor::new(
+        "/plexus.golden.v1.Keywords/Channel",
         ::plexus::MethodKind::Unary,
     );
     /// Names that are Rust keywords.
@@ -628,6 +664,16 @@ pub mod keywords_server {
         > + Send;
         /// Handles `/plexus.golden.v1.Keywords/Self`.
         fn self_(
+            &self,
+            request: ::plexus::Request<super::Match>,
+        ) -> impl ::std::future::Future<
+            Output = ::std::result::Result<
+                ::plexus::Response<super::Match>,
+                ::plexus::Status,
+            >,
+        > + Send;
+        /// Taken by the client's own methods: the client calls it `channel_rpc`.
+        fn channel(
             &self,
             request: ::plexus::Request<super::Match>,
         ) -> impl ::std::future::Future<
@@ -680,6 +726,17 @@ pub mod keywords_server {
         > + Send {
             T::self_(self, request)
         }
+        fn channel(
+            &self,
+            request: ::plexus::Request<super::Match>,
+        ) -> impl ::std::future::Future<
+            Output = ::std::result::Result<
+                ::plexus::Response<super::Match>,
+                ::plexus::Status,
+            >,
+        > + Send {
+            T::channel(self, request)
+        }
     }
     /// Registers a [`Keywords`] on a server:
     /// `Server::builder().add_service(KeywordsServer::new(service))`.
@@ -717,6 +774,7 @@ pub mod keywords_server {
             MATCH,
             ASYNC,
             SELF_,
+            CHANNEL,
         ];
         fn register(self, builder: ::plexus::ServerBuilder) -> ::plexus::ServerBuilder {
             let builder = {
@@ -764,6 +822,18 @@ pub mod keywords_server {
                         move |request| {
                             let service = ::std::sync::Arc::clone(&service);
                             async move { service.self_(request).await }
+                        },
+                    )
+            };
+            let builder = {
+                let service = ::std::sync::Arc::clone(&self.inner);
+                builder
+                    .unary(
+                        CHANNEL.path,
+                        ::plexus::ProstCodec::<super::Match, super::Match>::new(),
+                        move |request| {
+                            let service = ::std::sync::Arc::clone(&service);
+                            async move { service.channel(request).await }
                         },
                     )
             };
