@@ -24,6 +24,14 @@
 //!   certificates, which handlers read from [`CallContext::peer_certificates`]); HTTP/2 is
 //!   negotiated by ALPN. See [`transport::tls`].
 //!
+//! # Generated code
+//! The `plexus-build` crate turns `.proto` files into typed code from `build.rs`, with no
+//! `protoc`: for each `service Foo`, a `FooClient` with one `async fn` per rpc over [`Client`]
+//! (per-client [`CallDefaults`]), a `Foo` trait to implement with `async fn`s, and a
+//! `FooServer` that [`ServerBuilder::add_service`] registers (a [`Service`], with one
+//! [`MethodDescriptor`] per rpc). [`include_proto!`] includes the code; generated messages
+//! derive through the re-exported [`prost`], and well-known types are [`prost_types`].
+//!
 //! # Compression
 //! Messages may be compressed with `gzip` or `deflate` ([`Compression`]), per gRPC's
 //! compression spec. A client compresses its requests per channel

@@ -348,7 +348,7 @@ fn h2_code(err: &h2::Error) -> (Code, String) {
 }
 
 /// An [`Error`] becomes the status a caller sees: a status it wraps comes back as it was; an
-/// h2 error is mapped as [`Status::from_h2`] maps it; otherwise invalid settings are
+/// h2 error is mapped as `Status::from_h2` maps it; otherwise invalid settings are
 /// INVALID_ARGUMENT and every transport failure is UNAVAILABLE. The cause stays the source.
 impl From<Error> for Status {
     fn from(err: Error) -> Status {

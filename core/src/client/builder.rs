@@ -128,7 +128,7 @@ impl ChannelBuilder {
     }
 
     /// Compresses request messages with `compression` on every call that does not set its own
-    /// ([`CallOptions::compression`]); default [`Compression::Identity`] (none), as the gRPC
+    /// ([`CallOptions::compression`](crate::CallOptions::compression)); default [`Compression::Identity`] (none), as the gRPC
     /// compression spec asks. Responses are inflated whatever this says: every request
     /// advertises `grpc-accept-encoding: identity, deflate, gzip`.
     pub fn compression(mut self, compression: Compression) -> Self {

@@ -343,7 +343,7 @@ impl<T> Stream for Streaming<T> {
     }
 }
 
-/// The single response of a client-streaming call; await it after feeding the [`Sender`].
+/// The single response of a client-streaming call; await it after feeding the [`Sender`](crate::Sender).
 pub struct ResponseFuture<T> {
     pub(super) stream: Streaming<T>,
 }
