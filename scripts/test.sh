@@ -6,7 +6,77 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-step() { printf "\n==> %s  [%ss]\n" "$*" "$SECONDS"; }
+# Everything this run prints also goes to a log of its own under target/, so each step's test
+# counts can be read back for the summary, and two runs (or checkouts) never share a file.
+mkdir -p "$root/target"
+run_dir=$(mktemp -d "$root/target/test-run.XXXXXX")
+log="$run_dir/output.log"
+exec 3>&1 4>&2
+exec > >(tee -a "$log") 2>&1
+tee_pid=$!
+
+# Each step starts with its "==> name" line in the output, so the log splits into steps exactly
+# (at the names listed in $run_dir/steps: sub-scripts print "==> " lines of their own).
+step_names=() step_starts=()
+step() {
+    end_step
+    step_names+=("$*")
+    step_starts+=("$SECONDS")
+    printf "%s\n" "$*" >>"$run_dir/steps"
+    printf "\n==> %s\n" "$*"
+}
+# Prints the duration of the step that is ending.
+end_step() {
+    local n=${#step_names[@]}
+    [ "$n" -gt 0 ] || return 0
+    printf -- "--- %s: %ss\n" "${step_names[n - 1]}" "$((SECONDS - step_starts[n - 1]))"
+}
+# Per step, "N passed, M failed" from its output: cargo's and pytest's summaries and the
+# PASS/FAIL lines of the peer and interop clients; "-" for a step that runs no counted tests.
+count_tests() {
+    awk '
+        function add(   i) {
+            for (i = 2; i <= NF; i++) {
+                if ($(i) ~ /^passed[;,]?$/) p[s] += $(i - 1)
+                if ($(i) ~ /^failed[;,]?$/) f[s] += $(i - 1)
+            }
+        }
+        FILENAME == ARGV[1]                 { is_step["==> " $0] = 1; next }
+        is_step[$0]                         { s++; next }
+        /test result: /                     { add(); next }
+        /^=* *[0-9]+ (passed|failed)/       { add(); next }
+        /^PASS /                            { p[s]++ }
+        /^FAIL /                            { f[s]++ }
+        END {
+            for (i = 1; i <= s; i++)
+                if (p[i] + f[i] == 0) print "-"; else printf "%d passed, %d failed\n", p[i], f[i]
+        }' "$run_dir/steps" "$log"
+}
+summary() {
+    local status=$?
+    end_step
+    # Let tee write everything out before the log is read.
+    exec 1>&3 2>&4
+    wait "$tee_pid" 2>/dev/null || true
+    local n=${#step_names[@]} counts
+    mapfile -t counts < <(count_tests)
+    {
+        printf "\n==> summary: %ss in all (output in %s)\n" "$SECONDS" "${log#"$root"/}"
+        printf "%-6s  %6s  %-22s  %s\n" result time tests step
+        for ((i = 0; i < n; i++)); do
+            local result=ok time
+            if [ $((i + 1)) -lt "$n" ]; then
+                time=$((step_starts[i + 1] - step_starts[i]))
+            else
+                time=$((SECONDS - step_starts[i]))
+                [ "$status" -eq 0 ] || result=FAILED
+            fi
+            printf "%-6s  %5ss  %-22s  %s\n" "$result" "$time" "${counts[i]:--}" "${step_names[i]}"
+        done
+        if [ "$status" -eq 0 ]; then echo "all steps passed"; else echo "FAILED (exit $status)"; fi
+    } | tee -a "$log"
+}
+trap summary EXIT
 
 # One clean build per run: incremental compilation state would only double target/debug
 # (1.1 GB) on a machine that never rebuilds.
@@ -37,8 +107,8 @@ step "plexus without its default features (no TLS) still builds, lint-clean"
 cargo clippy -p plexus --no-default-features --all-targets --quiet -- -D warnings
 
 step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
-cargo test --workspace --quiet 2>&1 | tee /tmp/plexus-cargo-test.log
-if grep -q "test result: FAILED" /tmp/plexus-cargo-test.log; then exit 1; fi
+cargo test --workspace --quiet 2>&1 | tee "$run_dir/cargo-test.log"
+if grep -q "test result: FAILED" "$run_dir/cargo-test.log"; then exit 1; fi
 
 step "peer tests against grpcio (Python venv in .venv)"
 cargo build --release --quiet -p plexus-peer
