@@ -12,6 +12,7 @@ mod recv;
 mod resolve;
 mod retry;
 mod send;
+pub(crate) mod service_config;
 mod settings;
 mod state;
 mod stats;
