@@ -1063,6 +1063,50 @@ plexus_result plexus_channel_options_set_lb_policy(struct plexus_channel_options
 plexus_result plexus_channel_options_set_user_agent(struct plexus_channel_options *options,
                                                     const char *user_agent);
 
+// The default service config: gRPC's service config as JSON (NUL-terminated, copied), with
+// per-method `timeout`, `waitForReady`, `maxRequestMessageBytes`,
+// `maxResponseMessageBytes`, `retryPolicy` or `hedgingPolicy`, and `retryThrottling` and
+// `loadBalancingConfig`. Call options win over it. NULL removes it.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_UTF8;
+// PLEXUS_ERR_INVALID_ARGUMENT for a malformed config, with `plexus_last_error` naming the
+// field (the options keep their previous config).
+//
+// # Safety
+// `options` is live; `json` is a NUL-terminated string or NULL.
+plexus_result plexus_channel_options_set_service_config(struct plexus_channel_options *options,
+                                                        const char *json);
+
+// Whether the service config's retry and hedging policies apply (default true).
+// Transparent retries of streams the server never processed happen either way.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_enable_retries(struct plexus_channel_options *options,
+                                                        bool enable);
+
+// Request bytes one call keeps so that it can be retried (default 256 KiB); a call that
+// sends more commits to its current attempt.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_per_call_retry_buffer_size(struct plexus_channel_options *options,
+                                                                    size_t bytes);
+
+// Request bytes all the channel's calls keep for retries together (default 16 MiB); a call
+// that would go past it commits to its current attempt.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_retry_buffer_size(struct plexus_channel_options *options,
+                                                           size_t bytes);
+
 // Creates call options with no timeout, no metadata, the channel's size limits and
 // fail-fast behaviour; owned by the caller (free with `plexus_call_options_free`).
 //

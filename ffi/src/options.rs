@@ -745,6 +745,111 @@ pub unsafe extern "C" fn plexus_channel_options_set_user_agent(
     })
 }
 
+/// The default service config: gRPC's service config as JSON (NUL-terminated, copied), with
+/// per-method `timeout`, `waitForReady`, `maxRequestMessageBytes`,
+/// `maxResponseMessageBytes`, `retryPolicy` or `hedgingPolicy`, and `retryThrottling` and
+/// `loadBalancingConfig`. Call options win over it. NULL removes it.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_UTF8;
+/// PLEXUS_ERR_INVALID_ARGUMENT for a malformed config, with `plexus_last_error` naming the
+/// field (the options keep their previous config).
+///
+/// # Safety
+/// `options` is live; `json` is a NUL-terminated string or NULL.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_service_config(
+    options: *mut plexus_channel_options,
+    json: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_service_config", || {
+        let json = if json.is_null() {
+            None
+        } else {
+            // SAFETY: json is a C string (checked for NULL above).
+            Some(unsafe { str_arg(json, "json") }?.to_string())
+        };
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.service_config = json;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Whether the service config's retry and hedging policies apply (default true).
+/// Transparent retries of streams the server never processed happen either way.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_enable_retries(
+    options: *mut plexus_channel_options,
+    enable: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_enable_retries", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.enable_retries = enable;
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Request bytes one call keeps so that it can be retried (default 256 KiB); a call that
+/// sends more commits to its current attempt.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_per_call_retry_buffer_size(
+    options: *mut plexus_channel_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary(
+        "plexus_channel_options_set_per_call_retry_buffer_size",
+        || {
+            // SAFETY: the caller passes a live object or NULL (checked).
+            unsafe {
+                set(options, |o| {
+                    o.per_call_retry_buffer_size = bytes;
+                    Ok(())
+                })
+            }
+        },
+    )
+}
+
+/// Request bytes all the channel's calls keep for retries together (default 16 MiB); a call
+/// that would go past it commits to its current attempt.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_retry_buffer_size(
+    options: *mut plexus_channel_options,
+    bytes: usize,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_retry_buffer_size", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.retry_buffer_size = bytes;
+                Ok(())
+            })
+        }
+    })
+}
+
 /// Options for one call: timeout, metadata, size limits, wait-for-ready. Owned by the caller;
 /// free with `plexus_call_options_free`. A call copies what it needs when it starts, so the
 /// options may be freed or reused right after, and shared by calls on several threads once

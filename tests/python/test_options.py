@@ -56,6 +56,7 @@ def test_grpc_keys_map_to_plexus_settings():
         "max_frame_size": 32_768,
         "initial_stream_window_size": 1 << 20,
         "shared": False,
+        "enable_retries": False,
         "compression": 2,
     }
 

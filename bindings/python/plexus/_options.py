@@ -40,6 +40,10 @@ KEYWORDS = {
     "lb_policy": '"pick_first" (default) or "round_robin"',
     "user_agent": "str: prefix of the user-agent header",
     "compression": 'grpc.Compression value or "gzip"/"deflate"/"identity": request messages',
+    "service_config": "str: gRPC service config JSON (per-method timeouts, retries, hedging)",
+    "enable_retries": "bool: apply the service config's retry/hedging policies (default True)",
+    "per_call_retry_buffer_size": "int bytes one call keeps for retries (default 256 KiB)",
+    "retry_buffer_size": "int bytes all calls keep for retries together (default 16 MiB)",
 }
 
 _BACKOFF_DEFAULTS = {
@@ -139,7 +143,9 @@ GRPC_KEYS: dict[str, Tuple[Optional[str], _Converter]] = {
     # the server's SETTINGS_MAX_CONCURRENT_STREAMS and opens more connections past it.
     "grpc.default_compression_algorithm": ("compression", _int),
     "grpc.max_concurrent_streams": (None, _ignored_int),
-    "grpc.enable_retries": (None, lambda k, v: (_bool(k, v), _IGNORE)[1]),
+    "grpc.enable_retries": ("enable_retries", _bool),
+    "grpc.service_config": ("service_config", _str),
+    "grpc.per_rpc_retry_buffer_size": ("per_call_retry_buffer_size", _int),
 }
 
 
@@ -298,6 +304,20 @@ def _apply(lib: _ffi.Lib, h: int, s: Mapping[str, Any]) -> None:
             lib.channel_options_set_compression(h, compression_name(s["compression"])),
             "compression",
         )
+    if "service_config" in s:
+        config = _str("service_config", s["service_config"])
+        if "\0" in config:
+            raise ValueError("channel option 'service_config' contains a NUL character")
+        check(lib.channel_options_set_service_config(h, config.encode("utf-8")), "service_config")
+    if "enable_retries" in s:
+        value = _bool("enable_retries", s["enable_retries"])
+        check(lib.channel_options_set_enable_retries(h, value), "enable_retries")
+    for name, setter in (
+        ("per_call_retry_buffer_size", lib.channel_options_set_per_call_retry_buffer_size),
+        ("retry_buffer_size", lib.channel_options_set_retry_buffer_size),
+    ):
+        if name in s:
+            check(setter(h, min(_int(name, s[name]), _SIZE_MAX)), name)
     if "user_agent" in s:
         agent = _str("user_agent", s["user_agent"])
         if "\0" in agent:

@@ -13,6 +13,8 @@ use super::channel::{Channel, ChannelInner};
 use super::endpoints::Endpoints;
 use super::options::ConnConfig;
 use super::resolve::{Resolver, resolver_for};
+use super::retry::RetryBudget;
+use super::service_config::ServiceConfig;
 use super::settings::ChannelSettings;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::Counters;
@@ -38,6 +40,12 @@ pub(crate) struct ChannelConfig {
     pub(crate) resolve_interval: Duration,
     pub(crate) conn: ConnConfig,
     pub(crate) lb_policy: LbPolicy,
+    /// The parsed default service config.
+    pub(crate) service_config: Option<Arc<ServiceConfig>>,
+    /// Whether retry and hedging policies apply.
+    pub(crate) retries: bool,
+    pub(crate) per_call_retry_buffer: usize,
+    pub(crate) retry_buffer: usize,
 }
 
 impl ChannelConfig {
@@ -46,6 +54,20 @@ impl ChannelConfig {
         settings.check()?;
         let user_agent = http::HeaderValue::from_str(&settings.user_agent_header())
             .map_err(|_| Status::invalid_argument("user agent must be printable ASCII"))?;
+        let service_config = settings
+            .service_config
+            .as_deref()
+            .map(ServiceConfig::parse)
+            .transpose()?
+            .map(Arc::new);
+        // An explicit policy other than the default wins over the service config's.
+        let lb_policy = match (&settings.lb_policy, &service_config) {
+            (LbPolicy::PickFirst, Some(config)) => config
+                .lb_policy
+                .clone()
+                .unwrap_or_else(|| settings.lb_policy.clone()),
+            (policy, _) => policy.clone(),
+        };
         Ok(ChannelConfig {
             max_recv_message_size: settings.max_receive_message_size,
             max_send_message_size: settings.max_send_message_size,
@@ -53,7 +75,11 @@ impl ChannelConfig {
             user_agent,
             idle_timeout: settings.idle_timeout,
             resolve_interval: settings.resolve_interval,
-            lb_policy: settings.lb_policy.clone(),
+            lb_policy,
+            service_config,
+            retries: settings.enable_retries,
+            per_call_retry_buffer: settings.per_call_retry_buffer_size,
+            retry_buffer: settings.retry_buffer_size,
             conn: ConnConfig {
                 ping: PingConfig {
                     keepalive_time: settings.keepalive_time,
@@ -228,9 +254,33 @@ impl ChannelBuilder {
         self
     }
 
-    /// The load-balancing policy (default pick_first).
+    /// The load-balancing policy (default pick_first; left there, the service config's
+    /// `loadBalancingConfig` decides if it names one).
     pub fn lb_policy(mut self, policy: LbPolicy) -> Self {
         self.settings.lb_policy = policy;
+        self
+    }
+
+    /// The default service config, in gRPC's JSON form (see [`ChannelSettings::service_config`]):
+    /// per-method timeouts, wait-for-ready, size limits, retry and hedging policies, retry
+    /// throttling and the balancing policy. What a call's options set wins over it. A
+    /// malformed config fails [`build`](Self::build) with an error naming the field.
+    pub fn default_service_config(mut self, json: &str) -> Self {
+        self.settings.service_config = Some(json.to_string());
+        self
+    }
+
+    /// Whether the service config's retry and hedging policies apply (default true).
+    pub fn enable_retries(mut self, enable: bool) -> Self {
+        self.settings.enable_retries = enable;
+        self
+    }
+
+    /// Request bytes kept for retries: per call (default 256 KiB) and for the whole channel
+    /// (default 16 MiB). A call that would keep more commits to its current attempt.
+    pub fn retry_buffer_sizes(mut self, per_call: usize, per_channel: usize) -> Self {
+        self.settings.per_call_retry_buffer_size = per_call;
+        self.settings.retry_buffer_size = per_channel;
         self
     }
 
@@ -290,6 +340,12 @@ impl ChannelBuilder {
             connector,
         )?;
         let executor = self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor));
+        let throttling = config.service_config.as_ref().and_then(|sc| sc.throttling);
+        let retry_budget = Arc::new(RetryBudget::new(
+            config.per_call_retry_buffer,
+            config.retry_buffer,
+            throttling.filter(|_| config.retries),
+        ));
         let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
             let weak = weak.clone();
             let env = Arc::new(Env {
@@ -312,6 +368,7 @@ impl ChannelBuilder {
                 resolved: Event::new(),
                 state: StateCell::new(ConnectivityState::Idle),
                 counters: Arc::new(Counters::default()),
+                retry_budget,
                 created: Instant::now(),
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),
@@ -320,5 +377,29 @@ impl ChannelBuilder {
             }
         });
         Ok(Channel { inner })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(settings: &ChannelSettings) -> String {
+        format!("{:?}", ChannelConfig::new(settings).unwrap().lb_policy)
+    }
+
+    #[test]
+    fn the_service_config_chooses_the_policy_unless_the_settings_did() {
+        let config = r#"{"loadBalancingConfig": [{"round_robin": {}}]}"#;
+        let mut settings = ChannelSettings {
+            service_config: Some(config.to_string()),
+            ..ChannelSettings::default()
+        };
+        assert_eq!(policy(&settings), format!("{:?}", LbPolicy::RoundRobin));
+        settings.service_config = Some(r#"{"loadBalancingPolicy": "pick_first"}"#.into());
+        settings.lb_policy = LbPolicy::RoundRobin;
+        assert_eq!(policy(&settings), format!("{:?}", LbPolicy::RoundRobin));
+        settings.lb_policy = LbPolicy::PickFirst;
+        assert_eq!(policy(&settings), format!("{:?}", LbPolicy::PickFirst));
     }
 }

@@ -80,7 +80,8 @@ impl CallShared {
         self.half().closed
     }
 
-    /// The call is bound to its stream for good: no retry, nothing more to keep.
+    /// The call is bound to its stream for good: no retry, nothing more to keep (the replay's
+    /// bytes go back to the channel's retry buffer).
     pub(super) fn commit(&self) {
         self.half().replay = None;
     }
@@ -117,8 +118,10 @@ pub(crate) fn open(
     end: bool,
     limits: Limits,
     tracker: Tracker,
-    retry: RetryPlan,
+    plan: RetryPlan,
 ) -> (Arc<CallShared>, RawStreaming) {
+    let budget = &plan.channel.inner.retry_budget;
+    let budget = budget.throttles().then(|| budget.clone());
     let mut frames = Vec::new();
     if let Some(first) = first {
         // One message already in memory: h2 may hold it until the window opens, which costs
@@ -139,7 +142,7 @@ pub(crate) fn open(
             closed: end,
             reset: false,
             replay: Some(Replay {
-                plan: retry,
+                plan,
                 frames,
                 bytes: 0,
             }),
@@ -160,6 +163,7 @@ pub(crate) fn open(
         last_compressed: false,
         tracker: Some(tracker),
         retrying: None,
+        budget,
     };
     (call, raw)
 }

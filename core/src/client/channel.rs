@@ -15,6 +15,7 @@ use super::builder::{ChannelBuilder, ChannelConfig};
 use super::endpoints::Endpoints;
 use super::options::CallOptions;
 use super::resolve::Resolver;
+use super::retry::RetryBudget;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::{ChannelStats, Counters};
 use super::subchannel::Env;
@@ -42,6 +43,8 @@ pub(super) struct ChannelInner {
     pub(super) resolved: Event,
     pub(super) state: StateCell,
     pub(super) counters: Arc<Counters>,
+    /// Retry buffers and throttle, shared by the channel's calls.
+    pub(super) retry_budget: Arc<RetryBudget>,
     pub(super) created: Instant,
     /// Milliseconds after `created` of the last call start (for the idle timeout).
     pub(super) last_call: AtomicU64,
@@ -195,6 +198,37 @@ impl Channel {
     }
 
     /// The request head of a call to `path` with `options`, on this channel's target.
+    /// `options` with the service config's method config for `path` applied: its timeout
+    /// when the call has no earlier deadline, its wait-for-ready when the call sets none, and
+    /// its message size limits where they are below the call's (or the channel's).
+    pub(crate) fn method_options(&self, path: &str, mut options: CallOptions) -> CallOptions {
+        let config = &self.inner.config;
+        let Some(method) = config
+            .service_config
+            .as_ref()
+            .and_then(|sc| sc.method(path))
+        else {
+            return options;
+        };
+        if let Some(timeout) = method.timeout {
+            options = options.timeout(timeout);
+        }
+        options.wait_for_ready = options.wait_for_ready.or(method.wait_for_ready);
+        if let Some(limit) = method.max_request_bytes {
+            let current = options
+                .max_send_message_size
+                .unwrap_or(config.max_send_message_size);
+            options.max_send_message_size = Some(current.min(limit));
+        }
+        if let Some(limit) = method.max_response_bytes {
+            let current = options
+                .max_recv_message_size
+                .unwrap_or(config.max_recv_message_size);
+            options.max_recv_message_size = Some(current.min(limit));
+        }
+        options
+    }
+
     pub(crate) fn request(&self, path: &str, options: &CallOptions) -> Result<Request<()>, Status> {
         let inner = &self.inner;
         headers::request(

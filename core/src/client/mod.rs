@@ -35,7 +35,9 @@ pub use options::{
 pub use recv::{ResponseFuture, Streaming};
 pub use resolve::{DEFAULT_DNS_REFRESH_INTERVAL, Resolver, StaticResolver};
 pub use send::Sender;
-pub use settings::ChannelSettings;
+pub use settings::{
+    ChannelSettings, DEFAULT_PER_CALL_RETRY_BUFFER_SIZE, DEFAULT_RETRY_BUFFER_SIZE,
+};
 pub use state::ConnectivityState;
 pub use stats::{ChannelStats, EndpointStats};
 #[cfg(test)]

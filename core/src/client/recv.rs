@@ -7,7 +7,7 @@ use std::future::{Future, IntoFuture, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -15,7 +15,7 @@ use h2::client::ResponseFuture as H2ResponseFuture;
 use http::header::CONTENT_TYPE;
 
 use super::call::{CallShared, DecodeFn, Tracker};
-use super::retry::Replay;
+use super::retry::{Pushback, RetryBudget, reopen};
 use super::stats::Counters;
 use super::subchannel::StreamSlot;
 
@@ -52,6 +52,8 @@ pub(crate) struct RawStreaming {
     pub(super) tracker: Option<Tracker>,
     /// The channel's counters while a retry opens a new stream (the call is counted once).
     pub(super) retrying: Option<Arc<Counters>>,
+    /// The channel's retry budget, when it has a throttle to tell of successful calls.
+    pub(super) budget: Option<Arc<RetryBudget>>,
 }
 
 impl RawStreaming {
@@ -82,6 +84,9 @@ impl RawStreaming {
         }
         self.state = RecvState::Done;
         self.call.commit();
+        if let (true, Some(budget)) = (status.is_ok(), &self.budget) {
+            budget.succeeded();
+        }
         if let Some(tracker) = self.tracker.take() {
             tracker.done(status.is_ok());
         }
@@ -92,13 +97,21 @@ impl RawStreaming {
     }
 
     fn on_headers(&mut self, response: http::Response<h2::RecvStream>) {
-        // The server has the call: it will not be retried.
-        self.call.commit();
         let (parts, body) = response.into_parts();
         if let Some(status) = status_from_trailers(&parts.headers) {
-            // Trailers-only response (or an error page that carries a gRPC status anyway).
+            // Trailers-Only (or an error page that carries a gRPC status anyway): the call has
+            // not committed, so the retry policy may try it again.
+            let status = match status.is_ok() {
+                true => status,
+                false => match self.try_retry(status, Pushback::from_headers(&parts.headers)) {
+                    Ok(()) => return,
+                    Err(status) => status,
+                },
+            };
             return self.finish(status);
         }
+        // Response headers: the server has the call, and it will not be retried.
+        self.call.commit();
         if parts.status != http::StatusCode::OK {
             return self.finish(Status::from_http_status(parts.status));
         }
@@ -155,8 +168,8 @@ impl RawStreaming {
     }
 
     /// The stream failed before the response headers. A stream the server never processed
-    /// (RST_STREAM(REFUSED_STREAM), or above the last stream id of its GOAWAY) is retried
-    /// once on a new stream, replaying what was sent, unless the call was committed.
+    /// (RST_STREAM(REFUSED_STREAM), or above the last stream id of its GOAWAY) is opened again
+    /// at once, once per call; any other failure goes to the retry policy.
     fn stream_failed(&mut self, err: h2::Error) {
         let above_goaway = err.is_go_away()
             && err.is_remote()
@@ -165,17 +178,45 @@ impl RawStreaming {
                 .as_ref()
                 .is_some_and(|t| t.slot.unprocessed(self.stream_id));
         let refused = err.reason() == Some(h2::Reason::REFUSED_STREAM) || above_goaway;
-        let replay = if refused {
-            self.call.take_replay()
+        let status = Status::from_h2(err);
+        let transparent = refused
+            && self
+                .call
+                .with_plan(|plan| !std::mem::replace(&mut plan.transparent_used, true))
+                .unwrap_or(false);
+        let retried = if transparent {
+            self.retry_after(&status, Duration::ZERO)
         } else {
-            None
+            self.try_retry(status.clone(), Pushback::None).is_ok()
         };
-        let Some(Replay { plan, frames, .. }) = replay else {
-            return self.peer_failed(Status::from_h2(err));
-        };
+        if !retried {
+            self.peer_failed(status);
+        }
+    }
+
+    /// The attempt failed with `status` before the call committed: schedules the next
+    /// attempt if the retry policy allows one, else gives the status back.
+    fn try_retry(&mut self, status: Status, pushback: Pushback) -> Result<(), Status> {
+        let delay = self
+            .call
+            .with_plan(|plan| plan.next_attempt(&status, pushback))
+            .flatten();
+        match delay {
+            Some(delay) if self.retry_after(&status, delay) => Ok(()),
+            _ => Err(status),
+        }
+    }
+
+    /// Moves the call to a new attempt that starts after `delay`; false if the call
+    /// committed or was cancelled meanwhile.
+    fn retry_after(&mut self, status: &Status, delay: Duration) -> bool {
+        if !self.call.begin_retry(status) {
+            return false;
+        }
         // The attempt frees its stream without being counted; the retry is the same call.
         self.retrying = self.tracker.take().map(Tracker::release);
-        self.state = RecvState::Retrying(super::retry::reopen(plan, frames, self.call.clone()));
+        self.state = RecvState::Retrying(reopen(self.call.clone(), delay));
+        true
     }
 
     pub(super) fn poll_message(

@@ -185,7 +185,9 @@ fn lb_config(value: &Value) -> Result<Option<LbPolicy>, Failure> {
         let field = format!("loadBalancingConfig[{i}]");
         let entry = object(entry, &field)?;
         if entry.len() != 1 {
-            return Err(format!("{field}: must have exactly one policy name as its key"));
+            return Err(format!(
+                "{field}: must have exactly one policy name as its key"
+            ));
         }
         let (name, config) = entry.iter().next().expect("one entry");
         object(config, &format!("{field}.{name}"))?;
@@ -269,7 +271,11 @@ fn method_entry(value: &Value, field: &str, table: &mut MethodTable) -> Result<(
         };
         match slot {
             Entry::Occupied(_) => {
-                let what = if method.is_empty() { service } else { format!("{service}/{method}") };
+                let what = if method.is_empty() {
+                    service
+                } else {
+                    format!("{service}/{method}")
+                };
                 return Err(format!("{at}: {what} is named by two method configs"));
             }
             Entry::Vacant(slot) => {
@@ -397,17 +403,26 @@ fn code_by_name(name: &str) -> Option<Code> {
         .find(|code| code.name().eq_ignore_ascii_case(name))
 }
 
-/// A protobuf JSON duration: `"1.5s"`, decimal seconds with up to nine fractional digits.
+/// A protobuf JSON duration: `"1.5s"`, decimal seconds with up to nine fractional digits;
+/// `".1s"` too, as gRFC A6's own examples write it.
 fn duration(value: &Value, field: &str) -> Result<Duration, Failure> {
     let bad = || format!("{field}: {value} is not a duration such as \"1.5s\"");
     let text = value.as_str().ok_or_else(bad)?;
     let seconds = text.strip_suffix('s').ok_or_else(bad)?;
     let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 9 {
+    if (whole.is_empty() && fraction.is_empty())
+        || !digits(whole)
+        || !digits(fraction)
+        || fraction.len() > 9
+    {
         return Err(bad());
     }
-    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
     let nanos: u32 = if fraction.is_empty() {
         0
     } else {
@@ -415,7 +430,9 @@ fn duration(value: &Value, field: &str) -> Result<Duration, Failure> {
     };
     // protobuf's Duration stops at 10,000 years.
     if whole > 315_576_000_000 {
-        return Err(format!("{field}: {text} is longer than a protobuf Duration allows"));
+        return Err(format!(
+            "{field}: {text} is longer than a protobuf Duration allows"
+        ));
     }
     Ok(Duration::new(whole, nanos))
 }
@@ -561,7 +578,12 @@ mod tests {
         .unwrap();
         assert!(config.method("/a.B/C").is_some());
         assert!(config.method("/a.X/C").is_none());
-        assert!(ServiceConfig::parse("{}").unwrap().method("/a.B/C").is_none());
+        assert!(
+            ServiceConfig::parse("{}")
+                .unwrap()
+                .method("/a.B/C")
+                .is_none()
+        );
     }
 
     #[test]
@@ -571,7 +593,18 @@ mod tests {
         assert_eq!(ok("1s"), Duration::from_secs(1));
         assert_eq!(ok("0.000000001s"), Duration::from_nanos(1));
         assert_eq!(ok("2.5s"), Duration::from_millis(2500));
-        for bad in ["1", "-1s", "1.s5", "s", ".5s", "1.0000000001s", "1e3s", " 1s", "1m"] {
+        assert_eq!(ok(".1s"), Duration::from_millis(100));
+        for bad in [
+            "1",
+            "-1s",
+            "1.s5",
+            "s",
+            ".s",
+            "1.0000000001s",
+            "1e3s",
+            " 1s",
+            "1m",
+        ] {
             assert!(duration(&Value::String(bad.into()), "f").is_err(), "{bad}");
         }
         assert!(duration(&serde_json::json!(1), "f").is_err());
@@ -725,7 +758,10 @@ mod tests {
                 message.starts_with("invalid service config: "),
                 "{json}: {message}"
             );
-            assert!(message.contains(want), "{json}:\n  got  {message}\n  want {want}");
+            assert!(
+                message.contains(want),
+                "{json}:\n  got  {message}\n  want {want}"
+            );
         }
     }
 }

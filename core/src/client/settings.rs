@@ -14,12 +14,19 @@ use super::options::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ENDPOINT,
 };
 use super::resolve::DEFAULT_DNS_REFRESH_INTERVAL;
+use super::service_config::ServiceConfig;
 use crate::codec::Compression;
 use crate::codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 use crate::proto::headers;
 use crate::proto::http2::{Http2Settings, check_positive};
 use crate::proto::ping::DEFAULT_KEEPALIVE_TIMEOUT;
 use crate::status::Status;
+
+/// Default request bytes one call keeps for retries: C-core's and grpc-go's 256 KiB.
+pub const DEFAULT_PER_CALL_RETRY_BUFFER_SIZE: usize = 256 * 1024;
+
+/// Default request bytes a channel keeps for retries over all its calls: grpc-java's 16 MiB.
+pub const DEFAULT_RETRY_BUFFER_SIZE: usize = 16 * 1024 * 1024;
 
 /// Every setting of a channel, as one comparable value. Start from
 /// [`ChannelSettings::default`], set fields, and hand it to
@@ -59,8 +66,23 @@ pub struct ChannelSettings {
     /// How often the target is resolved again while the channel has connections (default
     /// 30 s).
     pub resolve_interval: Duration,
-    /// The load-balancing policy (default pick_first).
+    /// The load-balancing policy (default pick_first). Left at pick_first, the service config's
+    /// `loadBalancingConfig` decides, if it names one.
     pub lb_policy: LbPolicy,
+    /// The default service config, in gRPC's JSON form: per-method `timeout`, `waitForReady`,
+    /// message size limits, `retryPolicy` or `hedgingPolicy`, and `retryThrottling` and
+    /// `loadBalancingConfig` (default none). Checked when set: a malformed one is
+    /// INVALID_ARGUMENT naming the field.
+    pub service_config: Option<String>,
+    /// Whether the service config's retry and hedging policies apply (default true, as in
+    /// grpcio); transparent retries of streams the server never saw happen either way.
+    pub enable_retries: bool,
+    /// Request bytes one call keeps for retries until it commits (default 256 KiB); a call
+    /// that sends more commits to its current attempt.
+    pub per_call_retry_buffer_size: usize,
+    /// Request bytes all of the channel's calls keep for retries together (default 16 MiB);
+    /// a call that would go past it commits instead.
+    pub retry_buffer_size: usize,
     /// An application name put before plexus's own in the `user-agent` header.
     pub user_agent: Option<String>,
     /// TLS settings; `None` uses TLS only for `https://` targets.
@@ -85,6 +107,10 @@ impl Default for ChannelSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
             lb_policy: LbPolicy::default(),
+            service_config: None,
+            enable_retries: true,
+            per_call_retry_buffer_size: DEFAULT_PER_CALL_RETRY_BUFFER_SIZE,
+            retry_buffer_size: DEFAULT_RETRY_BUFFER_SIZE,
             user_agent: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -114,6 +140,9 @@ impl ChannelSettings {
             ));
         }
         self.backoff.check()?;
+        if let Some(json) = &self.service_config {
+            ServiceConfig::parse(json)?;
+        }
         let printable = |s: &str| s.bytes().all(|b| (0x20..=0x7e).contains(&b));
         if !self.user_agent.as_deref().is_none_or(printable) {
             return Err(Status::invalid_argument(

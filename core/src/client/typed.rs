@@ -74,11 +74,13 @@ impl<C: Codec> Client<C> {
         self.defaults.as_deref()
     }
 
-    fn options(&self, options: CallOptions) -> CallOptions {
-        match &self.defaults {
+    /// The call's options: its own, then the client's defaults, then the service config.
+    fn options(&self, path: &str, options: CallOptions) -> CallOptions {
+        let options = match &self.defaults {
             Some(defaults) => defaults.apply(options),
             None => options,
-        }
+        };
+        self.channel.method_options(path, options)
     }
 
     fn encoder(&self) -> EncodeFn<C::Encode> {
@@ -114,7 +116,7 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Response<C::Decode>, Status> {
-        let options = self.options(options);
+        let options = self.options(path, options);
         let framed = frame_message(
             &*self.codec,
             message,
@@ -135,7 +137,7 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Streaming<C::Decode>, Status> {
-        let options = self.options(options);
+        let options = self.options(path, options);
         let framed = frame_message(
             &*self.codec,
             message,
@@ -165,7 +167,7 @@ impl<C: Codec> Client<C> {
         path: &str,
         options: CallOptions,
     ) -> Result<(Sender<C::Encode>, Streaming<C::Decode>), Status> {
-        let options = self.options(options);
+        let options = self.options(path, options);
         let compression = self.compression(&options);
         let (call, raw) = self.channel.start(path, options, None, false).await?;
         let sender = Sender {

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -44,7 +44,14 @@ struct ContextInner {
     /// What the client's `grpc-accept-encoding` lists.
     accepted: AcceptSet,
     response: Mutex<ResponseCompression>,
+    /// The request's `grpc-previous-rpc-attempts`.
+    previous_attempts: u32,
+    /// `grpc-retry-pushback-ms` to send with the status, or [`NO_PUSHBACK`].
+    pushback_ms: AtomicI64,
 }
+
+/// [`ContextInner::pushback_ms`] when the handler set none.
+const NO_PUSHBACK: i64 = i64::MIN;
 
 /// The response compression a handler asked for, and what went out in the response headers.
 #[derive(Debug)]
@@ -72,6 +79,7 @@ impl CallContext {
         metadata: Metadata,
         compression: CallCompression,
         peer_certificates: Option<PeerCertificates>,
+        previous_attempts: u32,
     ) -> CallContext {
         CallContext {
             inner: Arc::new(ContextInner {
@@ -87,8 +95,34 @@ impl CallContext {
                     sent: None,
                 }),
                 peer_certificates,
+                previous_attempts,
+                pushback_ms: AtomicI64::new(NO_PUSHBACK),
             }),
         }
+    }
+
+    /// How many attempts of this call the client made before this one, when its retry
+    /// policy tried again (`grpc-previous-rpc-attempts`; 0 for a first attempt).
+    pub fn previous_attempts(&self) -> u32 {
+        self.inner.previous_attempts
+    }
+
+    /// Tells a client with a retry policy when to try again if this call fails: after
+    /// `Some(delay)`, or never (`None`). Sent as `grpc-retry-pushback-ms` with the status.
+    pub fn set_retry_pushback(&self, after: Option<Duration>) {
+        let ms = after.map_or(-1, |d| {
+            i64::try_from(d.as_millis())
+                .unwrap_or(i64::MAX)
+                .min(i64::from(i32::MAX))
+        });
+        self.inner.pushback_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The pushback set with [`set_retry_pushback`](Self::set_retry_pushback), in ms (-1:
+    /// never), if any.
+    pub(crate) fn retry_pushback_ms(&self) -> Option<i64> {
+        let ms = self.inner.pushback_ms.load(Ordering::Relaxed);
+        (ms != NO_PUSHBACK).then_some(ms)
     }
 
     /// The full method path, like `/package.Service/Method`.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::ServerInner;
 use super::handler::{CallCompression, CallContext, RawSink, SinkItem};
@@ -90,6 +90,11 @@ pub(crate) async fn serve(
         Metadata::from_headers(&parts.headers),
         compression,
         parts.extensions.get().cloned(),
+        parts
+            .headers
+            .get(headers::GRPC_PREVIOUS_RPC_ATTEMPTS)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
     );
     let reader = MessageReader::new(
         body,
@@ -133,11 +138,19 @@ fn reject(mut respond: SendResponse<Bytes>, status: StatusCode) {
 /// Sends a complete response in one HEADERS frame: status 200, content-type, our
 /// grpc-accept-encoding and the status.
 fn trailers_only(respond: &mut SendResponse<Bytes>, status: &Status) {
+    trailers_only_with(respond, status, None);
+}
+
+/// [`trailers_only`] with the handler's `grpc-retry-pushback-ms`, if it set one.
+fn trailers_only_with(respond: &mut SendResponse<Bytes>, status: &Status, pushback: Option<i64>) {
     let mut response = http::Response::new(());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
     headers.insert(headers::GRPC_ACCEPT_ENCODING, ACCEPT_ENCODING);
     write_status(status, headers);
+    if let Some(ms) = pushback {
+        headers.insert(headers::GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(ms));
+    }
     let _ = respond.send_response(response, true);
 }
 
@@ -291,15 +304,19 @@ impl Driver {
             merged.extend(status.metadata().clone());
             status = status.with_metadata(merged);
         }
+        let pushback = self.context.retry_pushback_ms();
         match &mut self.stream {
             Some(stream) => {
                 let mut trailers = HeaderMap::new();
                 write_status(&status, &mut trailers);
+                if let Some(ms) = pushback {
+                    trailers.insert(headers::GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(ms));
+                }
                 let _ = stream.send_trailers(trailers);
             }
             None => {
                 if let Some(respond) = &mut self.respond {
-                    trailers_only(respond, &status);
+                    trailers_only_with(respond, &status, pushback);
                 }
             }
         }

@@ -1,0 +1,138 @@
+"""The service config's retry policy from Python, against a grpcio server that fails the first
+attempts of a call: plexus and grpcio clients given the same config must make the same
+attempts, with the same grpc-previous-rpc-attempts on each."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+import plexus
+
+SERVICE = "retry.Flaky"
+METHOD = f"/{SERVICE}/Unary"
+
+
+class Flaky:
+    """Fails the first `x-fail` attempts of each `x-key`; remembers every attempt's
+    grpc-previous-rpc-attempts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[str, list[int]] = {}
+
+    def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        md = dict(context.invocation_metadata())
+        key = md.get("x-key", "")
+        with self.lock:
+            attempts = self.seen.setdefault(key, [])
+            attempts.append(int(md.get("grpc-previous-rpc-attempts", "0")))
+            attempt = len(attempts)
+        if attempt <= int(md.get("x-fail", "0")):
+            code = grpc.StatusCode[md.get("x-code", "UNAVAILABLE")]
+            context.abort(code, f"attempt {attempt} fails")
+        return request
+
+    def hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        done = threading.Event()
+        context.add_callback(done.set)
+        done.wait()
+        return request
+
+    def attempts(self, key: str) -> list[int]:
+        with self.lock:
+            return list(self.seen.get(key, []))
+
+
+@pytest.fixture(scope="module")
+def flaky():
+    service = Flaky()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(service.unary),
+            "Hang": grpc.unary_unary_rpc_method_handler(service.hang),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield service, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+CONFIG = """{
+  "methodConfig": [{
+    "name": [{"service": "retry.Flaky"}],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.01s",
+      "maxBackoff": "0.05s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}"""
+
+
+def _call(channel, key: str, fail: int, code: str = "UNAVAILABLE"):
+    call = channel.unary_unary(METHOD)
+    metadata = (("x-key", key), ("x-fail", str(fail)), ("x-code", code))
+    return call(b"ping", metadata=metadata, timeout=30)
+
+
+CLIENTS = {
+    "plexus": lambda target, options: plexus.insecure_channel(target, options=options),
+    "grpcio": lambda target, options: grpc.insecure_channel(target, options=options),
+}
+
+
+@pytest.mark.parametrize("case", ["succeeds", "gives_up", "not_retryable", "disabled"])
+def test_plexus_retries_as_grpcio_does(flaky, case):
+    service, target = flaky
+    fail, code, enable = {
+        "succeeds": (2, "UNAVAILABLE", 1),
+        "gives_up": (9, "UNAVAILABLE", 1),
+        "not_retryable": (1, "INTERNAL", 1),
+        "disabled": (1, "UNAVAILABLE", 0),
+    }[case]
+    options = [("grpc.service_config", CONFIG), ("grpc.enable_retries", enable)]
+    outcomes = {}
+    for name, make in CLIENTS.items():
+        key = f"{case}-{name}"
+        with make(target, options) as channel:
+            try:
+                _call(channel, key, fail, code)
+                outcomes[name] = ("OK", service.attempts(key))
+            except grpc.RpcError as err:
+                outcomes[name] = (err.code().name, service.attempts(key))
+    assert outcomes["plexus"] == outcomes["grpcio"], outcomes
+    expected_attempts = {
+        "succeeds": [0, 1, 2],
+        "gives_up": [0, 1, 2, 3],
+        "not_retryable": [0],
+        "disabled": [0],
+    }[case]
+    assert outcomes["plexus"][1] == expected_attempts
+
+
+def test_a_malformed_service_config_names_the_field():
+    bad = '{"methodConfig": [{"retryPolicy": {"maxAttempts": 1}}]}'
+    with pytest.raises(plexus.InvalidArgumentError, match=r"retryPolicy\.maxAttempts"):
+        plexus.insecure_channel("localhost:1", options=[("grpc.service_config", bad)])
+    with pytest.raises(plexus.InvalidArgumentError, match="not JSON"):
+        plexus.insecure_channel("localhost:1", service_config="{")
+
+
+def test_the_config_timeout_applies(flaky):
+    _, target = flaky
+    config = '{"methodConfig": [{"name": [{"service": "retry.Flaky", "method": "Hang"}], "timeout": "0.2s"}]}'
+    for name, make in CLIENTS.items():
+        with make(target, [("grpc.service_config", config)]) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(f"/{SERVICE}/Hang")(b"")
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, name
