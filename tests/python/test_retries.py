@@ -9,6 +9,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from conftest import wait_until
 
 import plexus
 
@@ -36,6 +37,22 @@ class Flaky:
             context.abort(code, f"attempt {attempt} fails")
         return request
 
+    def stall_first(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The first attempt waits until cancelled (and records that); later ones answer."""
+        md = dict(context.invocation_metadata())
+        key = md.get("x-key", "")
+        previous = int(md.get("grpc-previous-rpc-attempts", "0"))
+        with self.lock:
+            self.seen.setdefault(key, []).append(previous)
+        if previous == 0:
+            done = threading.Event()
+            context.add_callback(done.set)
+            done.wait()
+            with self.lock:
+                self.seen.setdefault(key + "/cancelled", []).append(previous)
+            return b""
+        return f"attempt {previous}".encode()
+
     def hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         done = threading.Event()
         context.add_callback(done.set)
@@ -56,6 +73,7 @@ def flaky():
         {
             "Unary": grpc.unary_unary_rpc_method_handler(service.unary),
             "Hang": grpc.unary_unary_rpc_method_handler(service.hang),
+            "StallFirst": grpc.unary_unary_rpc_method_handler(service.stall_first),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -136,3 +154,23 @@ def test_the_config_timeout_applies(flaky):
             with pytest.raises(grpc.RpcError) as info:
                 channel.unary_unary(f"/{SERVICE}/Hang")(b"")
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, name
+
+
+def test_a_hedged_call_wins_over_a_stalled_attempt(flaky):
+    """grpcio's own client does not hedge, so only plexus is checked: the second attempt
+    answers, and the grpcio server sees the first one cancelled."""
+    service, target = flaky
+    config = """{"methodConfig": [{
+        "name": [{"service": "retry.Flaky", "method": "StallFirst"}],
+        "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.05s"}
+    }]}"""
+    with plexus.insecure_channel(target, options=[("grpc.service_config", config)]) as channel:
+        reply = channel.unary_unary(f"/{SERVICE}/StallFirst")(
+            b"", metadata=(("x-key", "hedged"),), timeout=30
+        )
+    assert reply == b"attempt 1"
+    assert service.attempts("hedged") == [0, 1]
+    cancelled = wait_until(
+        lambda: service.attempts("hedged/cancelled"), what="the stalled attempt's cancel"
+    )
+    assert cancelled == [0]

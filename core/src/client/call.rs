@@ -48,7 +48,12 @@ pub(crate) struct CallShared {
 
 /// The request stream and what a call keeps to retry it; guarded by [`CallShared`]'s lock.
 pub(super) struct SendHalf {
+    /// The stream of the attempt messages are flushed to under flow control.
     pub(super) stream: SendStream<Bytes>,
+    /// Hedged attempts beside it, while the call is uncommitted: each gets every message
+    /// whole as it is sent (h2 queues what its window does not take; the retry buffer bounds
+    /// how much that can be).
+    pub(super) hedges: Vec<SendStream<Bytes>>,
     pub(super) outbox: Outbox,
     /// END_STREAM was sent.
     pub(super) closed: bool,
@@ -61,17 +66,78 @@ pub(super) struct SendHalf {
     pub(super) dead: Option<Status>,
 }
 
+impl SendHalf {
+    /// Accepts one message: kept for a replay, given whole to every hedged attempt, and
+    /// queued for the current stream. A message that does not fit the retry buffer commits
+    /// the call to the current stream.
+    pub(super) fn push_message(&mut self, msg: Framed) {
+        self.keep_message(&msg);
+        self.outbox.push(msg);
+    }
+
+    /// Keeps `msg` for a replay and gives it whole to every hedged attempt; false (with the
+    /// hedges cancelled) when it does not fit the retry buffer, which commits the call.
+    pub(super) fn keep_message(&mut self, msg: &Framed) -> bool {
+        let kept = self.keep(msg, true);
+        if kept {
+            for hedge in &mut self.hedges {
+                let _ = hedge.send_data(msg.head.clone(), false);
+                if let Some(tail) = &msg.tail {
+                    let _ = hedge.send_data(tail.clone(), false);
+                }
+            }
+        } else {
+            self.drop_hedges();
+        }
+        kept
+    }
+
+    /// The current stream failed while the call could still be tried again: a hedged
+    /// attempt's stream takes its place, or, with none, messages go only to the replay
+    /// until a new stream is opened.
+    pub(super) fn primary_failed(&mut self, status: Status) {
+        // Whatever the old stream still had to flush, the others got whole.
+        self.outbox.clear();
+        match self.hedges.pop() {
+            Some(next) => {
+                let mut old = std::mem::replace(&mut self.stream, next);
+                old.send_reset(h2::Reason::CANCEL);
+            }
+            None => {
+                self.stream.send_reset(h2::Reason::CANCEL);
+                self.dead = Some(status);
+            }
+        }
+    }
+
+    /// Ends the request on every hedged attempt's stream.
+    pub(super) fn close_hedges(&mut self) {
+        for hedge in &mut self.hedges {
+            let _ = hedge.send_data(Bytes::new(), true);
+        }
+    }
+
+    /// Cancels every hedged attempt's stream.
+    pub(super) fn drop_hedges(&mut self) {
+        for mut hedge in self.hedges.drain(..) {
+            hedge.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
 impl CallShared {
     pub(super) fn half(&self) -> MutexGuard<'_, SendHalf> {
         self.half.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends RST_STREAM(CANCEL) unless the stream was already reset.
+    /// Sends RST_STREAM(CANCEL) unless the stream was already reset (on hedged attempts'
+    /// streams too).
     pub(super) fn cancel(&self) {
         let mut half = self.half();
         if !half.reset {
             half.reset = true;
             half.stream.send_reset(h2::Reason::CANCEL);
+            half.drop_hedges();
         }
     }
 
@@ -83,7 +149,9 @@ impl CallShared {
     /// The call is bound to its stream for good: no retry, nothing more to keep (the replay's
     /// bytes go back to the channel's retry buffer).
     pub(super) fn commit(&self) {
-        self.half().replay = None;
+        let mut half = self.half();
+        half.replay = None;
+        half.drop_hedges();
     }
 }
 
@@ -97,6 +165,11 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(slot: StreamSlot, counters: Arc<Counters>) -> Tracker {
         Tracker { slot, counters }
+    }
+
+    /// The slot and counters, for a hedged call that keeps the slot with its attempt.
+    pub(super) fn into_parts(self) -> (StreamSlot, Arc<Counters>) {
+        (self.slot, self.counters)
     }
 
     pub(super) fn done(self, ok: bool) {
@@ -138,6 +211,7 @@ pub(crate) fn open(
     let call = Arc::new(CallShared {
         half: Mutex::new(SendHalf {
             stream,
+            hedges: Vec::new(),
             outbox: Outbox::default(),
             closed: end,
             reset: false,

@@ -7,6 +7,7 @@ mod call;
 mod channel;
 mod connection;
 mod endpoints;
+mod hedge;
 mod options;
 mod recv;
 mod resolve;

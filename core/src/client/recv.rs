@@ -15,7 +15,9 @@ use h2::client::ResponseFuture as H2ResponseFuture;
 use http::header::CONTENT_TYPE;
 
 use super::call::{CallShared, DecodeFn, Tracker};
+use super::hedge::{Hedging, Outcome};
 use super::retry::{Pushback, RetryBudget, reopen};
+use super::service_config::HedgingPolicy;
 use super::stats::Counters;
 use super::subchannel::StreamSlot;
 
@@ -32,8 +34,10 @@ pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32);
 
 pub(super) enum RecvState {
     Headers(H2ResponseFuture),
-    /// Opening a new stream for a stream the server never processed.
+    /// Opening a new stream for another attempt.
     Retrying(BoxFuture<Result<Reopened, Status>>),
+    /// Hedged attempts racing for the first response headers.
+    Hedging(Box<Hedging>),
     Body(MessageReader),
     Done,
 }
@@ -147,10 +151,7 @@ impl RawStreaming {
                 },
                 RecvState::Retrying(fut) => match fut.as_mut().poll(cx) {
                     Poll::Ready(Ok((response, slot, id))) => {
-                        if let Some(counters) = self.retrying.take() {
-                            self.tracker = Some(Tracker::new(slot, counters));
-                        }
-                        self.stream_id = id;
+                        self.adopt(slot, id);
                         self.state = RecvState::Headers(response);
                         continue;
                     }
@@ -160,11 +161,53 @@ impl RawStreaming {
                     }
                     Poll::Pending => "deadline exceeded retrying the call",
                 },
+                RecvState::Hedging(hedging) => match hedging.poll(&self.call, cx) {
+                    Poll::Ready(Outcome::Won(response, slot, id)) => {
+                        self.adopt(slot, id);
+                        self.on_headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Outcome::Alone(response, slot, id)) => {
+                        self.adopt(slot, id);
+                        self.state = RecvState::Headers(response);
+                        continue;
+                    }
+                    Poll::Ready(Outcome::Failed(status)) => {
+                        self.fail(status);
+                        continue;
+                    }
+                    Poll::Pending => "deadline exceeded waiting for response headers",
+                },
                 RecvState::Body(_) | RecvState::Done => return Poll::Ready(()),
             };
             ready!(self.deadline.poll_expired(cx));
             self.fail(Status::deadline_exceeded(polled));
         }
+    }
+
+    /// Races hedged attempts from here on (the call's first stream is open).
+    pub(super) fn start_hedging(&mut self, policy: HedgingPolicy) {
+        let RecvState::Headers(response) = std::mem::replace(&mut self.state, RecvState::Done)
+        else {
+            unreachable!("a call starts waiting for its headers");
+        };
+        let (slot, counters) = self
+            .tracker
+            .take()
+            .expect("a new call holds its stream")
+            .into_parts();
+        // The attempts hold their own slots; the call is counted once, when it ends.
+        self.retrying = Some(counters);
+        let hedging = Hedging::new(&self.call, policy, response, slot, self.stream_id);
+        self.state = RecvState::Hedging(Box::new(hedging));
+    }
+
+    /// The call goes on with the attempt on stream `id`, holding `slot`.
+    fn adopt(&mut self, slot: StreamSlot, id: u32) {
+        if let Some(counters) = self.retrying.take() {
+            self.tracker = Some(Tracker::new(slot, counters));
+        }
+        self.stream_id = id;
     }
 
     /// The stream failed before the response headers. A stream the server never processed

@@ -27,7 +27,7 @@ use super::channel::Channel;
 use super::options::CallOptions;
 use super::recv::RawStreaming;
 use super::recv::Reopened;
-use super::service_config::{AttemptPolicy, RetryPolicy, ThrottlingConfig};
+use super::service_config::{AttemptPolicy, HedgingPolicy, RetryPolicy, ThrottlingConfig};
 use super::subchannel::StreamSlot;
 use crate::codec::frame::Framed;
 use crate::proto::headers;
@@ -104,6 +104,20 @@ impl RetryBudget {
         self.throttle.is_some()
     }
 
+    /// Whether the throttle holds back further attempts now (hedges check before starting).
+    pub(super) fn throttled(&self) -> bool {
+        self.throttle.as_ref().is_some_and(|t| {
+            t.milli_tokens.load(Ordering::Acquire) <= t.config.max_milli_tokens / 2
+        })
+    }
+
+    /// Records an attempt that failed with a code the policy goes on after.
+    pub(super) fn attempt_failed(&self) {
+        if let Some(throttle) = &self.throttle {
+            throttle.failed();
+        }
+    }
+
     /// Records a call that ended OK, for the throttle.
     pub(super) fn succeeded(&self) {
         if let Some(throttle) = &self.throttle {
@@ -120,6 +134,8 @@ pub(crate) struct RetryPlan {
     pub(crate) options: CallOptions,
     /// The service config's retry policy, if retries are on and the method has one.
     pub(crate) policy: Option<RetryPolicy>,
+    /// Its hedging policy, if it has that instead (taken when the call starts).
+    pub(crate) hedging: Option<HedgingPolicy>,
     /// Attempts made before the current one (transparent retries do not count).
     pub(crate) previous_attempts: u32,
     /// The upper bound of the next backoff's random delay.
@@ -132,16 +148,15 @@ impl RetryPlan {
     /// The plan for a new call to `path`.
     pub(crate) fn new(channel: &Channel, path: &str, options: CallOptions) -> RetryPlan {
         let config = &channel.inner.config;
-        let policy = match config
+        let method = config
             .service_config
             .as_ref()
             .and_then(|sc| sc.method(path))
-        {
-            Some(method) if config.retries => match &method.policy {
-                Some(AttemptPolicy::Retry(policy)) => Some(policy.clone()),
-                _ => None,
-            },
-            _ => None,
+            .filter(|_| config.retries);
+        let (policy, hedging) = match method.and_then(|m| m.policy.as_ref()) {
+            Some(AttemptPolicy::Retry(policy)) => (Some(policy.clone()), None),
+            Some(AttemptPolicy::Hedging(policy)) => (None, Some(policy.clone())),
+            None => (None, None),
         };
         RetryPlan {
             channel: channel.clone(),
@@ -150,6 +165,7 @@ impl RetryPlan {
                 .as_ref()
                 .map_or(Duration::ZERO, |p| p.initial_backoff),
             policy,
+            hedging,
             options,
             previous_attempts: 0,
             transparent_used: false,
@@ -417,9 +433,12 @@ impl Channel {
                 .unwrap_or(config.max_send_message_size),
         };
         let tracker = call::Tracker::new(slot, inner.counters.clone());
-        Ok(call::open(
-            response, stream, first, end, limits, tracker, plan,
-        ))
+        let hedging = plan.hedging.take();
+        let (call, mut raw) = call::open(response, stream, first, end, limits, tracker, plan);
+        if let Some(policy) = hedging {
+            raw.start_hedging(policy);
+        }
+        Ok((call, raw))
     }
 
     /// Picks a connection and opens a stream on it (request headers sent, ending the request

@@ -61,6 +61,7 @@ impl Drop for SenderState {
             let _ = stream.send_data(chunk, false);
         }
         let _ = stream.send_data(Bytes::new(), true);
+        half.close_hedges();
     }
 }
 
@@ -104,25 +105,25 @@ impl<T> Sender<T> {
                 // goes out with the replay, if there is one.
                 let failure = failure.clone();
                 return Poll::Ready(match framed.take() {
-                    Some(msg) if !half.keep(&msg, true) => Err(failure),
+                    Some(msg) if !half.keep_message(&msg) => Err(failure),
                     _ => Ok(()),
                 });
             }
             loop {
                 match half.outbox.poll_flush(&mut half.stream, cx) {
                     Poll::Ready(Ok(())) => match framed.take() {
-                        Some(msg) => {
-                            half.keep(&msg, true);
-                            half.outbox.push(msg);
-                        }
+                        Some(msg) => half.push_message(msg),
                         None => return Poll::Ready(Ok(())),
                     },
                     Poll::Ready(Err(status)) if half.replay.is_some() => {
-                        // Perhaps refused by the server: everything sent is in the replay.
-                        half.outbox.clear();
-                        half.dead = Some(status.clone());
+                        // Perhaps refused by the server: everything sent is in the replay
+                        // (and on any hedged attempt, which takes over).
+                        half.primary_failed(status.clone());
+                        if half.dead.is_none() {
+                            continue;
+                        }
                         return Poll::Ready(match framed.take() {
-                            Some(msg) if !half.keep(&msg, true) => Err(status),
+                            Some(msg) if !half.keep_message(&msg) => Err(status),
                             _ => Ok(()),
                         });
                     }
@@ -159,6 +160,7 @@ impl<T> Sender<T> {
             let SendHalf { stream, outbox, .. } = &mut *half;
             ready!(outbox.poll_flush(stream, cx))?;
             half.closed = true;
+            half.close_hedges();
             half.stream
                 .send_data(Bytes::new(), true)
                 .map_err(Status::from_h2)?;
