@@ -14,7 +14,7 @@ use bytes::Bytes;
 use h2::SendStream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 
-use super::recv::{RawStreaming, RecvState};
+use super::recv::{ParentWatch, RawStreaming, RecvState};
 use super::retry::{Replay, RetryPlan};
 use super::stats::Counters;
 use super::subchannel::StreamSlot;
@@ -22,6 +22,7 @@ use crate::codec::Compression;
 use crate::codec::frame::Framed;
 use crate::proto::send::Outbox;
 use crate::rt::Deadline;
+use crate::server::CallContext;
 use crate::status::Status;
 
 /// Frames one request message (codec, size limit, compression), as a typed client does.
@@ -44,6 +45,8 @@ pub(crate) struct CallShared {
     pub(super) turn: async_lock::Mutex<()>,
     pub(super) deadline: Option<Instant>,
     pub(super) max_send: usize,
+    /// The server call this call was made for: sends fail once it is cancelled.
+    pub(super) parent: Option<CallContext>,
 }
 
 /// The request stream and what a call keeps to retry it; guarded by [`CallShared`]'s lock.
@@ -193,6 +196,7 @@ pub(crate) fn open(
     tracker: Tracker,
     plan: RetryPlan,
 ) -> (Arc<CallShared>, RawStreaming) {
+    let parent = plan.options.parent.clone();
     let budget = &plan.channel.inner.retry_budget;
     let budget = budget.throttles().then(|| budget.clone());
     let mut frames = Vec::new();
@@ -225,6 +229,7 @@ pub(crate) fn open(
         turn: async_lock::Mutex::new(()),
         deadline: limits.deadline,
         max_send: limits.max_send,
+        parent: parent.clone(),
     });
     let raw = RawStreaming {
         state: RecvState::Headers(response),
@@ -238,6 +243,7 @@ pub(crate) fn open(
         tracker: Some(tracker),
         retrying: None,
         budget,
+        parent: parent.map(ParentWatch::new),
     };
     (call, raw)
 }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::Compression;
 use crate::metadata::Metadata;
+use crate::server::CallContext;
 
 /// Options for one call: deadline, metadata, message size limits and compression.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +16,8 @@ pub struct CallOptions {
     pub(crate) max_send_message_size: Option<usize>,
     /// Unset: fail fast (unless a client's defaults say otherwise).
     pub(crate) wait_for_ready: Option<bool>,
+    /// The server call this one was made for: cancelling it cancels this call.
+    pub(crate) parent: Option<CallContext>,
 }
 
 impl CallOptions {
@@ -35,6 +38,18 @@ impl CallOptions {
     /// Sets an absolute deadline (the earlier one wins if a deadline is already set).
     pub fn deadline(mut self, at: Instant) -> CallOptions {
         self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+        self
+    }
+
+    /// Makes this a call on behalf of the server call `parent` (deadline propagation): it
+    /// gets the parent's deadline, if earlier than its own (the time the parent already
+    /// spent is gone from it), and it is cancelled with CANCELLED when the parent is
+    /// cancelled (its client gave up, its deadline passed, its connection went away).
+    pub fn child_of(mut self, parent: &CallContext) -> CallOptions {
+        if let Some(at) = parent.deadline() {
+            self = self.deadline(at);
+        }
+        self.parent = Some(parent.clone());
         self
     }
 

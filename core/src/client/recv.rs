@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use event_listener::EventListener;
 use futures_util::Stream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 use http::header::CONTENT_TYPE;
@@ -27,6 +28,7 @@ use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
 use crate::proto::recv::MessageReader;
 use crate::response::Response;
 use crate::rt::{BoxFuture, Deadline};
+use crate::server::CallContext;
 use crate::status::{Code, Status};
 
 /// A retry's new stream: its response, slot and id.
@@ -58,6 +60,28 @@ pub(crate) struct RawStreaming {
     pub(super) retrying: Option<Arc<Counters>>,
     /// The channel's retry budget, when it has a throttle to tell of successful calls.
     pub(super) budget: Option<Arc<RetryBudget>>,
+    /// The server call this call was made for, whose cancellation cancels it.
+    pub(super) parent: Option<ParentWatch>,
+}
+
+/// A parent call's cancellation, watched from a child call.
+pub(super) struct ParentWatch {
+    context: CallContext,
+    listener: Option<Pin<Box<EventListener>>>,
+}
+
+impl ParentWatch {
+    pub(super) fn new(context: CallContext) -> ParentWatch {
+        ParentWatch {
+            context,
+            listener: None,
+        }
+    }
+
+    /// Ready once the parent call is cancelled.
+    pub(super) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.context.poll_cancelled(&mut self.listener, cx)
+    }
 }
 
 impl RawStreaming {
@@ -180,9 +204,22 @@ impl RawStreaming {
                 },
                 RecvState::Body(_) | RecvState::Done => return Poll::Ready(()),
             };
-            ready!(self.deadline.poll_expired(cx));
-            self.fail(Status::deadline_exceeded(polled));
+            ready!(self.poll_limits(cx, polled));
         }
+    }
+
+    /// Ready, with the call failed, once its deadline passes (`what` says where it was) or
+    /// its parent call is cancelled.
+    fn poll_limits(&mut self, cx: &mut Context<'_>, what: &'static str) -> Poll<()> {
+        if let Some(parent) = &mut self.parent {
+            if parent.poll_cancelled(cx).is_ready() {
+                self.fail(Status::cancelled("the parent call was cancelled"));
+                return Poll::Ready(());
+            }
+        }
+        ready!(self.deadline.poll_expired(cx));
+        self.fail(Status::deadline_exceeded(what));
+        Poll::Ready(())
     }
 
     /// Races hedged attempts from here on (the call's first stream is open).
@@ -311,10 +348,7 @@ impl RawStreaming {
                 Poll::Pending => true,
             };
             if pending {
-                ready!(self.deadline.poll_expired(cx));
-                self.fail(Status::deadline_exceeded(
-                    "deadline exceeded waiting for the response",
-                ));
+                ready!(self.poll_limits(cx, "deadline exceeded waiting for the response"));
             }
         }
     }

@@ -12,11 +12,14 @@
 //! per-channel retry buffer allows), what it sent is kept as `Bytes` handles in a [`Replay`]
 //! and sent again on the new stream.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::{Either, select};
 use h2::SendStream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 use http::HeaderValue;
@@ -33,6 +36,7 @@ use crate::codec::frame::Framed;
 use crate::proto::headers;
 use crate::rt::BoxFuture;
 use crate::rt::with_deadline;
+use crate::server::CallContext;
 use crate::status::Status;
 
 /// The channel's retry throttle (gRFC A6): a token bucket in thousandths of a token. Failed
@@ -380,6 +384,20 @@ pub(super) fn reopen(
     })
 }
 
+/// `fut`'s output, or CANCELLED if `parent` is cancelled first.
+async fn unless_cancelled<T>(
+    parent: Option<&CallContext>,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(parent) = parent else {
+        return fut.await;
+    };
+    match select(pin!(fut), pin!(parent.cancelled())).await {
+        Either::Left((out, _)) => out,
+        Either::Right(_) => Err(Status::cancelled("the parent call was cancelled")),
+    }
+}
+
 /// Connections tried for one call when each turns out to be going away before the stream
 /// starts (the stream never reached a server, so trying again is safe).
 const MAX_UNSTARTED_ATTEMPTS: usize = 3;
@@ -397,18 +415,20 @@ impl Channel {
         end: bool,
     ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
         let inner = &self.inner;
+        if options.parent.as_ref().is_some_and(|p| p.is_cancelled()) {
+            return Err(Status::cancelled("the parent call was cancelled"));
+        }
         inner.counters.call_started();
         inner.touch();
         let mut plan = RetryPlan::new(self, path, options);
         let (slot, response, stream) = loop {
-            let opened = self
-                .open_stream(
-                    path,
-                    &plan.options,
-                    end && first.is_none(),
-                    plan.previous_attempts,
-                )
-                .await;
+            let open = self.open_stream(
+                path,
+                &plan.options,
+                end && first.is_none(),
+                plan.previous_attempts,
+            );
+            let opened = unless_cancelled(plan.options.parent.as_ref(), open).await;
             match opened {
                 Ok(opened) => break opened,
                 Err(status) => match plan.next_attempt(&status, Pushback::None) {

@@ -8,6 +8,7 @@ use std::task::{Poll, ready};
 use bytes::Bytes;
 
 use super::call::{CallShared, EncodeFn, SendHalf};
+use super::recv::ParentWatch;
 use crate::codec::{Compression, SendOptions};
 use crate::rt::Deadline;
 use crate::rt::with_deadline;
@@ -89,6 +90,7 @@ impl<T> Sender<T> {
             .inspect_err(|_| call.cancel())?;
         let mut framed = Some(framed);
         let mut deadline = Deadline::new(call.deadline);
+        let mut parent = call.parent.clone().map(ParentWatch::new);
         poll_fn(|cx| {
             let mut guard = call.half();
             let half = &mut *guard;
@@ -134,9 +136,19 @@ impl<T> Sender<T> {
             if deadline.poll_expired(cx).is_ready() {
                 half.reset = true;
                 half.stream.send_reset(h2::Reason::CANCEL);
+                half.drop_hedges();
                 return Poll::Ready(Err(Status::deadline_exceeded(
                     "deadline exceeded while sending",
                 )));
+            }
+            if parent
+                .as_mut()
+                .is_some_and(|p| p.poll_cancelled(cx).is_ready())
+            {
+                half.reset = true;
+                half.stream.send_reset(h2::Reason::CANCEL);
+                half.drop_hedges();
+                return Poll::Ready(Err(Status::cancelled("the parent call was cancelled")));
             }
             Poll::Pending
         })

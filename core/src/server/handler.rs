@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use event_listener::Event;
+use event_listener::{Event, EventListener};
 use futures_util::Stream;
 
 use super::slot::Slot;
@@ -225,6 +225,26 @@ impl CallContext {
     pub(crate) fn cancel(&self) {
         if !self.inner.cancelled.swap(true, Ordering::AcqRel) {
             self.inner.event.notify(usize::MAX);
+        }
+    }
+
+    /// Ready once the call is cancelled; `listener` keeps the registration between polls.
+    pub(crate) fn poll_cancelled(
+        &self,
+        listener: &mut Option<Pin<Box<EventListener>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        loop {
+            if self.is_cancelled() {
+                return Poll::Ready(());
+            }
+            match listener {
+                Some(l) => {
+                    ready!(l.as_mut().poll(cx));
+                    *listener = None;
+                }
+                None => *listener = Some(Box::pin(self.inner.event.listen())),
+            }
         }
     }
 }
