@@ -97,6 +97,7 @@
 pub mod client;
 pub mod codec;
 mod error;
+pub mod intercept;
 pub mod metadata;
 pub mod method;
 #[cfg(test)]
@@ -116,6 +117,7 @@ pub use client::{
 pub use codec::frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE};
 pub use codec::{BytesCodec, Codec, Compression, ProstCodec, SendOptions};
 pub use error::Error;
+pub use intercept::{ClientInterceptor, ServerInterceptor};
 pub use metadata::{Metadata, MetadataValue};
 pub use method::{MethodDescriptor, MethodKind};
 pub use proto::http2::Http2Settings;

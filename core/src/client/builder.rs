@@ -22,6 +22,7 @@ use super::subchannel::Env;
 use super::target::Target;
 use crate::codec::Compression;
 use crate::error::{Error, Kind};
+use crate::intercept::{Chain, ClientInterceptor};
 use crate::proto::ping::PingConfig;
 use crate::rt::{DefaultExecutor, Executor};
 use crate::status::Status;
@@ -105,6 +106,7 @@ pub struct ChannelBuilder {
     connector: Option<Arc<dyn Connector>>,
     executor: Option<Arc<dyn Executor>>,
     resolver: Option<Arc<dyn Resolver>>,
+    interceptors: Vec<Arc<dyn ClientInterceptor>>,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -125,6 +127,7 @@ impl ChannelBuilder {
             connector: None,
             executor: None,
             resolver: None,
+            interceptors: Vec::new(),
         }
     }
 
@@ -290,7 +293,14 @@ impl ChannelBuilder {
         self
     }
 
-    /// Runs background work (connection drivers, reconnects, DNS refresh) on `executor`
+    /// Adds an interceptor to every call of the channel, after those added before (see
+    /// [`crate::intercept`]).
+    pub fn interceptor(mut self, interceptor: impl ClientInterceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Runs background work (connection drivers, reconnects, DNS refreshes) on `executor`
     /// (default: [`DefaultExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
@@ -369,6 +379,7 @@ impl ChannelBuilder {
                 state: StateCell::new(ConnectivityState::Idle),
                 counters: Arc::new(Counters::default()),
                 retry_budget,
+                interceptors: Chain::new(self.interceptors),
                 created: Instant::now(),
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),

@@ -244,6 +244,7 @@ pub(crate) fn open(
         retrying: None,
         budget,
         parent: parent.map(ParentWatch::new),
+        observer: None,
     };
     (call, raw)
 }

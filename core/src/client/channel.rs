@@ -20,6 +20,7 @@ use super::state::{ConnectivityState, StateCell};
 use super::stats::{ChannelStats, Counters};
 use super::subchannel::Env;
 use super::target::Target;
+use crate::intercept::{Chain, ClientInterceptor};
 use crate::proto::headers::{self};
 use crate::rt::Executor;
 use crate::status::Status;
@@ -45,6 +46,8 @@ pub(super) struct ChannelInner {
     pub(super) counters: Arc<Counters>,
     /// Retry buffers and throttle, shared by the channel's calls.
     pub(super) retry_budget: Arc<RetryBudget>,
+    /// The channel's interceptors, in order.
+    pub(super) interceptors: Chain<dyn ClientInterceptor>,
     pub(super) created: Instant,
     /// Milliseconds after `created` of the last call start (for the idle timeout).
     pub(super) last_call: AtomicU64,

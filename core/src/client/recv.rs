@@ -23,6 +23,7 @@ use super::stats::Counters;
 use super::subchannel::StreamSlot;
 
 use crate::codec::compress::StreamEncoding;
+use crate::intercept::{ClientInterceptor, Observer};
 use crate::metadata::Metadata;
 use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
 use crate::proto::recv::MessageReader;
@@ -62,6 +63,8 @@ pub(crate) struct RawStreaming {
     pub(super) budget: Option<Arc<RetryBudget>>,
     /// The server call this call was made for, whose cancellation cancels it.
     pub(super) parent: Option<ParentWatch>,
+    /// The channel's interceptors, told how the call ended.
+    pub(super) observer: Option<Observer<dyn ClientInterceptor>>,
 }
 
 /// A parent call's cancellation, watched from a child call.
@@ -120,6 +123,9 @@ impl RawStreaming {
         }
         if let Some(counters) = self.retrying.take() {
             counters.call_ended(status.is_ok());
+        }
+        if let Some(observer) = self.observer.take() {
+            observer.done(&status);
         }
         self.status = Some(status);
     }
@@ -358,6 +364,9 @@ impl Drop for RawStreaming {
     fn drop(&mut self) {
         if self.status.is_none() {
             self.call.cancel();
+        }
+        if let Some(observer) = self.observer.take() {
+            observer.done(&Status::cancelled("the call was dropped before it ended"));
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.done(false);

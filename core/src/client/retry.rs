@@ -33,6 +33,7 @@ use super::recv::Reopened;
 use super::service_config::{AttemptPolicy, HedgingPolicy, RetryPolicy, ThrottlingConfig};
 use super::subchannel::StreamSlot;
 use crate::codec::frame::Framed;
+use crate::intercept::{ClientCall, Observer};
 use crate::proto::headers;
 use crate::rt::BoxFuture;
 use crate::rt::with_deadline;
@@ -410,13 +411,20 @@ impl Channel {
     pub(crate) async fn start(
         &self,
         path: &str,
-        options: CallOptions,
+        mut options: CallOptions,
         first: Option<Framed>,
         end: bool,
     ) -> Result<(Arc<CallShared>, RawStreaming), Status> {
         let inner = &self.inner;
         if options.parent.as_ref().is_some_and(|p| p.is_cancelled()) {
             return Err(Status::cancelled("the parent call was cancelled"));
+        }
+        let observer = Observer::new(&inner.interceptors, path);
+        if observer.is_some() {
+            let metadata = std::mem::take(&mut options.metadata);
+            let mut call = ClientCall::new(path, metadata, options.deadline);
+            inner.interceptors.before(&mut call).await?;
+            (options.metadata, options.deadline) = call.into_parts();
         }
         inner.counters.call_started();
         inner.touch();
@@ -436,6 +444,9 @@ impl Channel {
                     Some(delay) => async_io::Timer::after(delay).await,
                     None => {
                         inner.counters.call_ended(false);
+                        if let Some(observer) = observer {
+                            observer.done(&status);
+                        }
                         return Err(status);
                     }
                 },
@@ -455,6 +466,7 @@ impl Channel {
         let tracker = call::Tracker::new(slot, inner.counters.clone());
         let hedging = plan.hedging.take();
         let (call, mut raw) = call::open(response, stream, first, end, limits, tracker, plan);
+        raw.observer = observer;
         if let Some(policy) = hedging {
             raw.start_hedging(policy);
         }

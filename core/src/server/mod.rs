@@ -31,6 +31,7 @@ use self::handler::ErasedHandler;
 use self::shutdown::Shutdown;
 use crate::codec::{Codec, Compression};
 use crate::error::{Error, Kind};
+use crate::intercept::{Chain, ServerInterceptor};
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict};
 pub use crate::proto::ping::{
@@ -85,6 +86,7 @@ pub struct ServerBuilder {
     duplicate: Option<String>,
     settings: ServerSettings,
     executor: Option<Arc<dyn Executor>>,
+    interceptors: Vec<Arc<dyn ServerInterceptor>>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -281,6 +283,13 @@ impl ServerBuilder {
         &self.settings
     }
 
+    /// Adds an interceptor to every call the server receives, after those added before (see
+    /// [`crate::intercept`]).
+    pub fn interceptor(mut self, interceptor: impl ServerInterceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
     /// Runs connections and handlers on `executor` (default: [`DefaultExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
@@ -337,6 +346,7 @@ impl ServerBuilder {
                 services,
                 config: ServerConfig { settings, pings },
                 executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
+                interceptors: Chain::new(self.interceptors),
                 shutdown: Shutdown::default(),
                 #[cfg(feature = "tls")]
                 tls,
@@ -350,6 +360,7 @@ pub(crate) struct ServerInner {
     services: HashSet<String>,
     config: ServerConfig,
     executor: Arc<dyn Executor>,
+    interceptors: Chain<dyn ServerInterceptor>,
     shutdown: Shutdown,
     #[cfg(feature = "tls")]
     tls: Option<futures_rustls::TlsAcceptor>,

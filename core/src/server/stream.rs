@@ -18,6 +18,7 @@ use super::handler::{CallCompression, CallContext, RawSink, SinkItem};
 use super::slot::Slot;
 use crate::codec::Compression;
 use crate::codec::compress::{ACCEPT_ENCODING, AcceptSet, SUPPORTED, StreamEncoding};
+use crate::intercept::{Observer, ServerCall, ServerInterceptor};
 use crate::metadata::Metadata;
 use crate::proto::headers::{
     self, CONTENT_TYPE_GRPC, decode_timeout, is_grpc_content_type, write_status,
@@ -84,10 +85,19 @@ pub(crate) async fn serve(
         ),
         response_default: server.config.settings.response_compression,
     };
+    let mut metadata = Metadata::from_headers(&parts.headers);
+    let observer = Observer::new(&server.interceptors, path);
+    if observer.is_some() {
+        let mut call = ServerCall::new(path, metadata, deadline);
+        if let Err(status) = server.interceptors.before(&mut call).await {
+            return trailers_only(&mut respond, &status);
+        }
+        metadata = call.into_metadata();
+    }
     let context = CallContext::new(
         path.to_string(),
         deadline,
-        Metadata::from_headers(&parts.headers),
+        metadata,
         compression,
         parts.extensions.get().cloned(),
         parts
@@ -121,6 +131,7 @@ pub(crate) async fn serve(
         deadline: Deadline::new(deadline),
         trailers,
         done_writing: false,
+        observer,
     };
     poll_fn(|cx| driver.poll(cx)).await;
 }
@@ -166,12 +177,17 @@ struct Driver {
     trailers: Arc<Mutex<Metadata>>,
     /// The response is complete or the stream is gone; only the handler is still polled.
     done_writing: bool,
+    /// The server's interceptors, told how the call ended.
+    observer: Option<Observer<dyn ServerInterceptor>>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         // Sinks still held elsewhere (a task the handler spawned) fail from now on.
         self.items.close();
+        if let Some(observer) = self.observer.take() {
+            observer.done(&Status::cancelled("the client cancelled the call"));
+        }
     }
 }
 
@@ -303,6 +319,9 @@ impl Driver {
             }
             merged.extend(status.metadata().clone());
             status = status.with_metadata(merged);
+        }
+        if let Some(observer) = self.observer.take() {
+            observer.done(&status);
         }
         let pushback = self.context.retry_pushback_ms();
         match &mut self.stream {
