@@ -1,5 +1,7 @@
 //! The Rust side of plexus's peer tests (tests/peer/py): an echo server and a client that runs
-//! every case against any echo server, grpcio's included.
+//! every case against any echo server, grpcio's included. Both go through the code plexus-build
+//! generates from tests/peer/proto/echo.proto, so these are also the wire tests of generated
+//! clients and servers against grpcio.
 //!
 //! `plexus-peer server --listen 127.0.0.1:0` prints `LISTENING <port>` and serves until killed.
 //! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
@@ -673,6 +675,8 @@ async fn case_cancel(echo: &Echo) -> Result<(), String> {
 }
 
 async fn case_unimplemented(channel: &Channel) -> Result<(), String> {
+    // A method echo.proto does not have, so no generated client can call it: the untyped
+    // channel does.
     let result = channel
         .unary("/plexus.peer.Echo/Nope", Bytes::new(), CallOptions::new())
         .await;
