@@ -110,6 +110,9 @@ step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
 cargo test --workspace --quiet 2>&1 | tee "$run_dir/cargo-test.log"
 if grep -q "test result: FAILED" "$run_dir/cargo-test.log"; then exit 1; fi
 
+step "a user crate outside the workspace builds from plexus-build with no protoc, from clean (scripts/test-codegen.sh)"
+"$root/scripts/test-codegen.sh"
+
 step "peer tests against grpcio (Python venv in .venv)"
 cargo build --release --quiet -p plexus-peer
 venv="$root/.venv"

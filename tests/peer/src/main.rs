@@ -1,5 +1,7 @@
 //! The Rust side of plexus's peer tests (tests/peer/py): an echo server and a client that runs
-//! every case against any echo server, grpcio's included.
+//! every case against any echo server, grpcio's included. Both go through the code plexus-build
+//! generates from tests/peer/proto/echo.proto, so these are also the wire tests of generated
+//! clients and servers against grpcio.
 //!
 //! `plexus-peer server --listen 127.0.0.1:0` prints `LISTENING <port>` and serves until killed.
 //! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
@@ -19,43 +21,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::{Either, join_all, select};
 use plexus::{
-    CallContext, CallOptions, Certificate, Channel, Client, ClientTlsConfig, Code, Compression,
-    Identity, Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response, ResponseSink,
+    CallContext, CallOptions, Certificate, Channel, ClientTlsConfig, Code, Compression, Identity,
+    Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response, ResponseSink,
     SendOptions, Server, ServerBuilder, ServerTlsConfig, Status,
 };
 
-/// plexus.peer.EchoRequest (tests/peer/proto/echo.proto).
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoRequest {
-    #[prost(string, tag = "1")]
-    message: String,
-    #[prost(int32, tag = "2")]
-    count: i32,
-    #[prost(int32, tag = "3")]
-    delay_ms: i32,
-    #[prost(int32, tag = "4")]
-    status_code: i32,
-    #[prost(string, tag = "5")]
-    status_message: String,
-    #[prost(bytes = "bytes", tag = "6")]
-    payload: Bytes,
+/// The echo service's messages, `echo_client::EchoClient` and `echo_server::Echo`, generated
+/// from tests/peer/proto/echo.proto by build.rs.
+#[allow(missing_docs, unreachable_pub, dead_code)]
+mod pb {
+    plexus::include_proto!("plexus.peer");
 }
 
-/// plexus.peer.EchoResponse.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EchoResponse {
-    #[prost(string, tag = "1")]
-    message: String,
-    #[prost(int32, tag = "2")]
-    index: i32,
-    #[prost(bytes = "bytes", tag = "3")]
-    payload: Bytes,
-}
+use pb::echo_client::EchoClient;
+use pb::echo_server::{self, EchoServer};
+use pb::{EchoRequest, EchoResponse};
 
-type ServerCodec = ProstCodec<EchoResponse, EchoRequest>;
-type ClientCodec = ProstCodec<EchoRequest, EchoResponse>;
-
-const SERVICE: &str = "/plexus.peer.Echo/";
 const TRAILER_BIN: &[u8] = b"\xfe\x00\x01";
 
 fn main() -> ExitCode {
@@ -185,92 +166,128 @@ async fn nap(ms: i32, ctx: &CallContext) {
     }
 }
 
-fn echo_server() -> ServerBuilder {
-    Server::builder()
-        .unary(&format!("{SERVICE}Unary"), ServerCodec::new(), |req: Request<EchoRequest>| async move {
-            let compressed = req.compressed();
-            let (ctx, req) = req.into_parts();
-            compress_as_asked(&ctx)?;
-            nap(req.delay_ms, &ctx).await;
-            if let Some(mut status) = requested_status(&req) {
-                // A unary error goes out trailers-only, so the echoed keys ride in the trailers.
-                status.metadata_mut().extend(echo_metadata(&ctx));
+/// The echo service of echo.proto with the semantics tests/peer/py/echo_server.py spells out
+/// (grpcio's server implements the same), so one set of client tests runs against both.
+struct EchoService;
+
+impl echo_server::Echo for EchoService {
+    async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        let compressed = req.compressed();
+        let (ctx, req) = req.into_parts();
+        compress_as_asked(&ctx)?;
+        nap(req.delay_ms, &ctx).await;
+        if let Some(mut status) = requested_status(&req) {
+            // A unary error goes out trailers-only, so the echoed keys ride in the trailers.
+            status.metadata_mut().extend(echo_metadata(&ctx));
+            return Err(status);
+        }
+        let reply = EchoResponse {
+            message: req.message,
+            index: 0,
+            payload: req.payload,
+        };
+        let mut md = echo_metadata(&ctx);
+        let seen = format!("{} {}", ctx.request_compression(), u8::from(compressed));
+        md.append(REQUEST_COMPRESSION, &seen)?;
+        Ok(Response::from_parts(md, reply, trailers()))
+    }
+
+    async fn server_stream(
+        &self,
+        req: Request<EchoRequest>,
+        sink: ResponseSink<EchoResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, req) = req.into_parts();
+        compress_as_asked(&ctx)?;
+        sink.send_initial_metadata(echo_metadata(&ctx)).await?;
+        sink.set_trailers(trailers());
+        for index in 0..req.count {
+            if index > 0 {
+                nap(req.delay_ms, &ctx).await;
+            }
+            let reply = EchoResponse {
+                message: req.message.clone(),
+                index,
+                payload: req.payload.clone(),
+            };
+            sink.send(reply).await?;
+        }
+        requested_status(&req).map_or(Ok(()), Err)
+    }
+
+    async fn client_stream(
+        &self,
+        req: Request<RequestStream<EchoRequest>>,
+    ) -> Result<Response<EchoResponse>, Status> {
+        let (ctx, mut stream) = req.into_parts();
+        compress_as_asked(&ctx)?;
+        let (mut messages, mut payload, mut failure) = (Vec::new(), Vec::new(), None);
+        while let Some(msg) = stream.message().await? {
+            payload.extend_from_slice(&msg.payload);
+            failure = failure.or_else(|| requested_status(&msg));
+            messages.push(msg.message);
+        }
+        if let Some(status) = failure {
+            return Err(status);
+        }
+        let reply = EchoResponse {
+            message: messages.join(","),
+            index: messages.len() as i32,
+            payload: payload.into(),
+        };
+        Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
+    }
+
+    async fn bidi(
+        &self,
+        req: Request<RequestStream<EchoRequest>>,
+        sink: ResponseSink<EchoResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, mut stream) = req.into_parts();
+        compress_as_asked(&ctx)?;
+        sink.send_initial_metadata(echo_metadata(&ctx)).await?;
+        sink.set_trailers(trailers());
+        let mut index = 0;
+        while let Some(msg) = stream.message().await? {
+            if let Some(status) = requested_status(&msg) {
                 return Err(status);
             }
-            let reply = EchoResponse { message: req.message, index: 0, payload: req.payload };
-            let mut md = echo_metadata(&ctx);
-            let seen = format!("{} {}", ctx.request_compression(), u8::from(compressed));
-            md.append(REQUEST_COMPRESSION, &seen)?;
-            Ok(Response::from_parts(md, reply, trailers()))
-        })
-        .server_streaming(
-            &format!("{SERVICE}ServerStream"),
-            ServerCodec::new(),
-            |req: Request<EchoRequest>, sink: ResponseSink<EchoResponse>| async move {
-                let (ctx, req) = req.into_parts();
-                compress_as_asked(&ctx)?;
-                sink.send_initial_metadata(echo_metadata(&ctx)).await?;
-                sink.set_trailers(trailers());
-                for index in 0..req.count {
-                    if index > 0 {
-                        nap(req.delay_ms, &ctx).await;
-                    }
-                    let reply = EchoResponse { message: req.message.clone(), index, payload: req.payload.clone() };
-                    sink.send(reply).await?;
-                }
-                requested_status(&req).map_or(Ok(()), Err)
-            },
-        )
-        .client_streaming(
-            &format!("{SERVICE}ClientStream"),
-            ServerCodec::new(),
-            |req: Request<RequestStream<EchoRequest>>| async move {
-                let (ctx, mut stream) = req.into_parts();
-                compress_as_asked(&ctx)?;
-                let (mut messages, mut payload, mut failure) = (Vec::new(), Vec::new(), None);
-                while let Some(msg) = stream.message().await? {
-                    payload.extend_from_slice(&msg.payload);
-                    failure = failure.or_else(|| requested_status(&msg));
-                    messages.push(msg.message);
-                }
-                if let Some(status) = failure {
-                    return Err(status);
-                }
-                let reply = EchoResponse { message: messages.join(","), index: messages.len() as i32, payload: payload.into() };
-                Ok(Response::from_parts(echo_metadata(&ctx), reply, trailers()))
-            },
-        )
-        .bidi_streaming(
-            &format!("{SERVICE}Bidi"),
-            ServerCodec::new(),
-            |req: Request<RequestStream<EchoRequest>>, sink: ResponseSink<EchoResponse>| async move {
-                let (ctx, mut stream) = req.into_parts();
-                compress_as_asked(&ctx)?;
-                sink.send_initial_metadata(echo_metadata(&ctx)).await?;
-                sink.set_trailers(trailers());
-                let mut index = 0;
-                while let Some(msg) = stream.message().await? {
-                    if let Some(status) = requested_status(&msg) {
-                        return Err(status);
-                    }
-                    sink.send(EchoResponse { message: msg.message, index, payload: msg.payload }).await?;
-                    index += 1;
-                }
-                Ok(())
-            },
-        )
-        // Not in echo.proto: lets a client check that the server saw its cancellation.
-        // Answers message "<naps started>,<naps cancelled>" and index = naps cancelled.
-        .unary(&format!("{SERVICE}NapStats"), ServerCodec::new(), |_req: Request<EchoRequest>| async move {
-            let started = NAPS_STARTED.load(Ordering::SeqCst);
-            let cancelled = NAPS_CANCELLED.load(Ordering::SeqCst);
             let reply = EchoResponse {
-                message: format!("{started},{cancelled}"),
-                index: cancelled as i32,
-                payload: Bytes::new(),
+                message: msg.message,
+                index,
+                payload: msg.payload,
             };
-            Ok(Response::new(reply))
-        })
+            sink.send(reply).await?;
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Not in echo.proto, so grpcio's peer server need not serve it: lets a client (the Python
+/// package's tests) check that the server saw its cancellation. A plain route beside the
+/// generated service, under the same service name.
+const NAP_STATS: &str = "/plexus.peer.Echo/NapStats";
+
+/// Answers message `"<naps started>,<naps cancelled>"` and index = naps cancelled.
+async fn nap_stats(_req: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+    let started = NAPS_STARTED.load(Ordering::SeqCst);
+    let cancelled = NAPS_CANCELLED.load(Ordering::SeqCst);
+    Ok(Response::new(EchoResponse {
+        message: format!("{started},{cancelled}"),
+        index: cancelled as i32,
+        payload: Bytes::new(),
+    }))
+}
+
+fn echo_server() -> ServerBuilder {
+    Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .unary(
+            NAP_STATS,
+            ProstCodec::<EchoResponse, EchoRequest>::new(),
+            nap_stats,
+        )
 }
 
 type Flags<'a> = dyn Fn(&str) -> Option<String> + 'a;
@@ -387,7 +404,7 @@ async fn run_client(target: &str, tls: Option<ClientTlsConfig>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let echo = channel.typed(ClientCodec::new());
+    let echo = EchoClient::new(channel.clone());
     let cases: Vec<(&str, CaseFuture<'_>)> = vec![
         ("unary", Box::pin(case_unary(&echo))),
         ("metadata", Box::pin(case_metadata(&echo))),
@@ -432,11 +449,7 @@ async fn run_client(target: &str, tls: Option<ClientTlsConfig>) -> ExitCode {
     }
 }
 
-type Echo = Client<ClientCodec>;
-
-fn path(method: &str) -> String {
-    format!("{SERVICE}{method}")
-}
+type Echo = EchoClient;
 
 fn req(message: &str) -> EchoRequest {
     EchoRequest {
@@ -469,7 +482,7 @@ async fn case_unary(echo: &Echo) -> Result<(), String> {
         ..req("hello")
     };
     let response = echo
-        .unary(&path("Unary"), &request, CallOptions::new())
+        .unary(&request, CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     check(response.message().message == "hello", || {
@@ -487,7 +500,7 @@ async fn case_metadata(echo: &Echo) -> Result<(), String> {
     md.append_bin("x-echo-data-bin", b"\x00\x01\xff")
         .map_err(|s| s.to_string())?;
     let response = echo
-        .unary(&path("Unary"), &req("md"), CallOptions::new().metadata(md))
+        .unary(&req("md"), CallOptions::new().metadata(md))
         .await
         .map_err(|s| s.to_string())?;
     let initial = response.metadata();
@@ -514,7 +527,7 @@ async fn case_server_streaming(echo: &Echo) -> Result<(), String> {
         ..req("s")
     };
     let mut stream = echo
-        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .server_stream(&request, CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     let mut indexes = Vec::new();
@@ -532,7 +545,7 @@ async fn case_server_streaming(echo: &Echo) -> Result<(), String> {
 
 async fn case_client_streaming(echo: &Echo) -> Result<(), String> {
     let (tx, response) = echo
-        .client_streaming(&path("ClientStream"), CallOptions::new())
+        .client_stream(CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     for m in ["a", "b", "c"] {
@@ -548,7 +561,7 @@ async fn case_client_streaming(echo: &Echo) -> Result<(), String> {
 
 async fn case_bidi(echo: &Echo) -> Result<(), String> {
     let (tx, mut rx) = echo
-        .bidi_streaming(&path("Bidi"), CallOptions::new())
+        .bidi(CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     for i in 0..4 {
@@ -576,8 +589,7 @@ async fn case_error_status(echo: &Echo) -> Result<(), String> {
         ..req("e")
     };
     let status = expect_code(
-        echo.unary(&path("Unary"), &request, CallOptions::new())
-            .await,
+        echo.unary(&request, CallOptions::new()).await,
         Code::NotFound,
     )?;
     check(status.message() == "no such thing", || {
@@ -600,8 +612,7 @@ async fn case_unicode_status(echo: &Echo) -> Result<(), String> {
         ..req("u")
     };
     let status = expect_code(
-        echo.unary(&path("Unary"), &request, CallOptions::new())
-            .await,
+        echo.unary(&request, CallOptions::new()).await,
         Code::InvalidArgument,
     )?;
     check(status.message() == text, || {
@@ -616,10 +627,7 @@ async fn case_deadline(echo: &Echo) -> Result<(), String> {
         ..req("slow")
     };
     let options = CallOptions::new().timeout(Duration::from_millis(300));
-    expect_code(
-        echo.unary(&path("Unary"), &request, options).await,
-        Code::DeadlineExceeded,
-    )?;
+    expect_code(echo.unary(&request, options).await, Code::DeadlineExceeded)?;
     let took = started.elapsed();
     check(took < Duration::from_millis(1500), || {
         format!("took {took:?}")
@@ -634,7 +642,7 @@ async fn case_server_streaming_error(echo: &Echo) -> Result<(), String> {
         ..req("se")
     };
     let mut stream = echo
-        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .server_stream(&request, CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     for _ in 0..2 {
@@ -654,7 +662,7 @@ async fn case_cancel(echo: &Echo) -> Result<(), String> {
         ..req("c")
     };
     let mut stream = echo
-        .server_streaming(&path("ServerStream"), &request, CallOptions::new())
+        .server_stream(&request, CallOptions::new())
         .await
         .map_err(|s| s.to_string())?;
     stream
@@ -667,8 +675,10 @@ async fn case_cancel(echo: &Echo) -> Result<(), String> {
 }
 
 async fn case_unimplemented(channel: &Channel) -> Result<(), String> {
+    // A method echo.proto does not have, so no generated client can call it: the untyped
+    // channel does.
     let result = channel
-        .unary(&path("Nope"), Bytes::new(), CallOptions::new())
+        .unary("/plexus.peer.Echo/Nope", Bytes::new(), CallOptions::new())
         .await;
     expect_code(result, Code::Unimplemented).map(drop)
 }
@@ -677,7 +687,7 @@ async fn case_concurrent(echo: &Echo) -> Result<(), String> {
     let calls = (0..50).map(|i| async move {
         let m = format!("c{i}");
         let r = echo
-            .unary(&path("Unary"), &req(&m), CallOptions::new())
+            .unary(&req(&m), CallOptions::new())
             .await
             .map_err(|s| s.to_string())?;
         check(r.message().message == m, || {
@@ -707,7 +717,7 @@ async fn case_compressed_unary(echo: &Echo) -> Result<(), String> {
             ..req("z")
         };
         let response = echo
-            .unary(&path("Unary"), &request, compressed_options(c)?)
+            .unary(&request, compressed_options(c)?)
             .await
             .map_err(|s| format!("{c}: {s}"))?;
         check(response.message().payload == request.payload, || {
@@ -723,10 +733,7 @@ async fn case_compressed_unary(echo: &Echo) -> Result<(), String> {
 async fn case_compressed_streaming(echo: &Echo) -> Result<(), String> {
     // Client streaming: one compressed and one uncompressed message on a gzip call.
     let (tx, response) = echo
-        .client_streaming(
-            &path("ClientStream"),
-            compressed_options(Compression::Gzip)?,
-        )
+        .client_stream(compressed_options(Compression::Gzip)?)
         .await
         .map_err(|s| s.to_string())?;
     let one = EchoRequest {
@@ -765,11 +772,7 @@ async fn case_compressed_streaming(echo: &Echo) -> Result<(), String> {
         ..req("s")
     };
     let mut stream = echo
-        .server_streaming(
-            &path("ServerStream"),
-            &request,
-            compressed_options(Compression::Deflate)?,
-        )
+        .server_stream(&request, compressed_options(Compression::Deflate)?)
         .await
         .map_err(|s| s.to_string())?;
     let mut flags = Vec::new();
