@@ -122,7 +122,7 @@ impl<'a> ServiceModel<'a> {
             r#"
 /// The client for `{full}`.
 pub mod {snake}_client {{
-    #![allow(clippy::all, unused_qualifications)]
+    #![allow(clippy::all, dead_code, missing_docs, unreachable_pub, unused_qualifications)]
 
     {docs}
     ///
@@ -227,7 +227,7 @@ pub mod {snake}_client {{
             r#"
 /// The server side of `{full}`: the trait to implement and the service to register.
 pub mod {snake}_server {{
-    #![allow(clippy::all, unused_qualifications, unused_variables)]
+    #![allow(clippy::all, dead_code, missing_docs, unreachable_pub, unused_qualifications, unused_variables)]
 
     /// The service's full name.
     pub const SERVICE_NAME: &str = {full:?};

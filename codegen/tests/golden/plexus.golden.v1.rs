@@ -132,7 +132,13 @@ impl Kind {
 }
 /// The client for `plexus.golden.v1.Atlas`.
 pub mod atlas_client {
-    #![allow(clippy::all, unused_qualifications)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications
+    )]
     /// Looks things up on the map.
     ///
     /// Every kind of rpc is here.
@@ -261,7 +267,14 @@ pub mod atlas_client {
 }
 /// The server side of `plexus.golden.v1.Atlas`: the trait to implement and the service to register.
 pub mod atlas_server {
-    #![allow(clippy::all, unused_qualifications, unused_variables)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications,
+        unused_variables
+    )]
     /// The service's full name.
     pub const SERVICE_NAME: &str = "plexus.golden.v1.Atlas";
     /// `/plexus.golden.v1.Atlas/GetFeature`, a unary method.
@@ -495,7 +508,13 @@ pub mod atlas_server {
 }
 /// The client for `plexus.golden.v1.Keywords`.
 pub mod keywords_client {
-    #![allow(clippy::all, unused_qualifications)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications
+    )]
     /// Names that are Rust keywords.
     ///
     /// Cheap to clone, and `Send + Sync`: clones share the channel and the call defaults.
@@ -604,7 +623,14 @@ pub mod keywords_client {
 }
 /// The server side of `plexus.golden.v1.Keywords`: the trait to implement and the service to register.
 pub mod keywords_server {
-    #![allow(clippy::all, unused_qualifications, unused_variables)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications,
+        unused_variables
+    )]
     /// The service's full name.
     pub const SERVICE_NAME: &str = "plexus.golden.v1.Keywords";
     /// `/plexus.golden.v1.Keywords/Type`, a unary method.
@@ -843,7 +869,13 @@ pub mod keywords_server {
 }
 /// The client for `plexus.golden.v1.Empty`.
 pub mod empty_client {
-    #![allow(clippy::all, unused_qualifications)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications
+    )]
     /// Nothing yet.
     ///
     /// Cheap to clone, and `Send + Sync`: clones share the channel and the call defaults.
@@ -880,7 +912,14 @@ pub mod empty_client {
 }
 /// The server side of `plexus.golden.v1.Empty`: the trait to implement and the service to register.
 pub mod empty_server {
-    #![allow(clippy::all, unused_qualifications, unused_variables)]
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_docs,
+        unreachable_pub,
+        unused_qualifications,
+        unused_variables
+    )]
     /// The service's full name.
     pub const SERVICE_NAME: &str = "plexus.golden.v1.Empty";
     /// Nothing yet.
