@@ -100,6 +100,7 @@ mod error;
 pub mod intercept;
 pub mod metadata;
 pub mod method;
+pub mod metrics;
 #[cfg(test)]
 mod proptests;
 mod proto;
@@ -120,6 +121,7 @@ pub use error::Error;
 pub use intercept::{ClientInterceptor, ServerInterceptor};
 pub use metadata::{Metadata, MetadataValue};
 pub use method::{MethodDescriptor, MethodKind};
+pub use metrics::Metrics;
 pub use proto::http2::Http2Settings;
 pub use response::Response;
 pub use rt::{DefaultExecutor, Executor, SmolExecutor};

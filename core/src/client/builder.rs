@@ -23,6 +23,7 @@ use super::target::Target;
 use crate::codec::Compression;
 use crate::error::{Error, Kind};
 use crate::intercept::{Chain, ClientInterceptor};
+use crate::metrics::Metrics;
 use crate::proto::ping::PingConfig;
 use crate::rt::{DefaultExecutor, Executor};
 use crate::status::Status;
@@ -107,6 +108,7 @@ pub struct ChannelBuilder {
     executor: Option<Arc<dyn Executor>>,
     resolver: Option<Arc<dyn Resolver>>,
     interceptors: Vec<Arc<dyn ClientInterceptor>>,
+    metrics: Option<Arc<dyn Metrics>>,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -128,6 +130,7 @@ impl ChannelBuilder {
             executor: None,
             resolver: None,
             interceptors: Vec::new(),
+            metrics: None,
         }
     }
 
@@ -293,6 +296,13 @@ impl ChannelBuilder {
         self
     }
 
+    /// Reports every call's and attempt's measurements to `metrics` (see
+    /// [`crate::metrics`]).
+    pub fn metrics(mut self, metrics: impl Metrics) -> Self {
+        self.metrics = Some(Arc::new(metrics));
+        self
+    }
+
     /// Adds an interceptor to every call of the channel, after those added before (see
     /// [`crate::intercept`]).
     pub fn interceptor(mut self, interceptor: impl ClientInterceptor) -> Self {
@@ -380,6 +390,8 @@ impl ChannelBuilder {
                 counters: Arc::new(Counters::default()),
                 retry_budget,
                 interceptors: Chain::new(self.interceptors),
+                metrics: self.metrics,
+                target_text: self.target.as_str().into(),
                 created: Instant::now(),
                 last_call: AtomicU64::new(0),
                 idle_watch: AtomicBool::new(false),

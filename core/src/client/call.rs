@@ -20,6 +20,7 @@ use super::stats::Counters;
 use super::subchannel::StreamSlot;
 use crate::codec::Compression;
 use crate::codec::frame::Framed;
+use crate::metrics::CallMetrics;
 use crate::proto::send::Outbox;
 use crate::rt::Deadline;
 use crate::server::CallContext;
@@ -47,6 +48,8 @@ pub(crate) struct CallShared {
     pub(super) max_send: usize,
     /// The server call this call was made for: sends fail once it is cancelled.
     pub(super) parent: Option<CallContext>,
+    /// Where the call's measurements go, if the channel has metrics.
+    pub(super) metrics: Option<Box<CallMetrics>>,
 }
 
 /// The request stream and what a call keeps to retry it; guarded by [`CallShared`]'s lock.
@@ -195,6 +198,7 @@ pub(crate) fn open(
     limits: Limits,
     tracker: Tracker,
     plan: RetryPlan,
+    metrics: Option<Box<CallMetrics>>,
 ) -> (Arc<CallShared>, RawStreaming) {
     let parent = plan.options.parent.clone();
     let budget = &plan.channel.inner.retry_budget;
@@ -211,6 +215,7 @@ pub(crate) fn open(
             let _ = stream.send_data(tail, end);
         }
     }
+    let first_len: usize = frames.iter().map(Bytes::len).sum();
     let stream_id = stream.stream_id().as_u32();
     let call = Arc::new(CallShared {
         half: Mutex::new(SendHalf {
@@ -230,6 +235,7 @@ pub(crate) fn open(
         deadline: limits.deadline,
         max_send: limits.max_send,
         parent: parent.clone(),
+        metrics,
     });
     let raw = RawStreaming {
         state: RecvState::Headers(response),
@@ -245,6 +251,10 @@ pub(crate) fn open(
         budget,
         parent: parent.map(ParentWatch::new),
         observer: None,
+        attempt_started: Instant::now(),
     };
+    if let Some(metrics) = &call.metrics {
+        metrics.sent(first_len);
+    }
     (call, raw)
 }

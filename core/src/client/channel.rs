@@ -21,6 +21,7 @@ use super::stats::{ChannelStats, Counters};
 use super::subchannel::Env;
 use super::target::Target;
 use crate::intercept::{Chain, ClientInterceptor};
+use crate::metrics::Metrics;
 use crate::proto::headers::{self};
 use crate::rt::Executor;
 use crate::status::Status;
@@ -48,6 +49,10 @@ pub(super) struct ChannelInner {
     pub(super) retry_budget: Arc<RetryBudget>,
     /// The channel's interceptors, in order.
     pub(super) interceptors: Chain<dyn ClientInterceptor>,
+    /// Where call measurements go, if anywhere.
+    pub(super) metrics: Option<Arc<dyn Metrics>>,
+    /// The target as given, for metrics.
+    pub(super) target_text: Arc<str>,
     pub(super) created: Instant,
     /// Milliseconds after `created` of the last call start (for the idle timeout).
     pub(super) last_call: AtomicU64,

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::SendStream;
@@ -26,26 +26,27 @@ use super::service_config::HedgingPolicy;
 use super::subchannel::StreamSlot;
 use crate::proto::headers::status_from_trailers;
 use crate::rt::BoxFuture;
-use crate::status::Status;
+use crate::status::{Code, Status};
 
-/// A started attempt: its stream's slot, response and id.
-type Opened = (StreamSlot, H2ResponseFuture, SendStream<Bytes>);
+/// A started attempt: its stream's slot, response and id, and when it started.
+type Opened = (StreamSlot, H2ResponseFuture, SendStream<Bytes>, Instant);
 
 /// One attempt waiting for its response headers.
 struct Attempt {
     response: H2ResponseFuture,
     slot: StreamSlot,
     id: u32,
+    started: Instant,
 }
 
 /// What the attempts came to.
 pub(super) enum Outcome {
     /// An attempt got its response headers (or a Trailers-Only response that ends the call):
     /// the call has committed to it.
-    Won(http::Response<h2::RecvStream>, StreamSlot, u32),
+    Won(http::Response<h2::RecvStream>, StreamSlot, u32, Instant),
     /// The call committed to its first stream (its request outgrew the retry buffer): that
     /// attempt goes on alone.
-    Alone(H2ResponseFuture, StreamSlot, u32),
+    Alone(H2ResponseFuture, StreamSlot, u32, Instant),
     /// Every attempt failed and no more may start; the status of the last, or of a fatal one.
     Failed(Status),
 }
@@ -71,9 +72,15 @@ impl Hedging {
         response: H2ResponseFuture,
         slot: StreamSlot,
         id: u32,
+        started: Instant,
     ) -> Hedging {
         let mut hedging = Hedging {
-            attempts: vec![Attempt { response, slot, id }],
+            attempts: vec![Attempt {
+                response,
+                slot,
+                id,
+                started,
+            }],
             next: None,
             started: 1,
             stopped: false,
@@ -111,7 +118,15 @@ impl Hedging {
             let Some((channel, path, options)) = plan.flatten() else {
                 return Err(Status::cancelled("no more hedged attempts"));
             };
-            channel.open_stream(&path, &options, false, previous).await
+            let started = match &call.metrics {
+                Some(metrics) => metrics.attempt_started(),
+                None => Instant::now(),
+            };
+            let opened = channel.open_stream(&path, &options, false, previous).await;
+            if let (Err(status), Some(metrics)) = (&opened, &call.metrics) {
+                metrics.attempt_ended(started, status.code(), 0);
+            }
+            opened.map(|(slot, response, stream)| (slot, response, stream, started))
         }));
     }
 
@@ -124,7 +139,13 @@ impl Hedging {
                 self.next = None;
                 if let Some(i) = self.attempts.iter().position(|a| a.id == primary) {
                     let attempt = self.attempts.swap_remove(i);
-                    return Poll::Ready(Outcome::Alone(attempt.response, attempt.slot, attempt.id));
+                    self.cancel_others(call);
+                    return Poll::Ready(Outcome::Alone(
+                        attempt.response,
+                        attempt.slot,
+                        attempt.id,
+                        attempt.started,
+                    ));
                 }
                 let status = self
                     .last_failure
@@ -136,11 +157,16 @@ impl Hedging {
                 if let Poll::Ready(opened) = next.as_mut().poll(cx) {
                     self.next = None;
                     match opened {
-                        Ok((slot, response, stream)) => {
+                        Ok((slot, response, stream, started)) => {
                             self.started += 1;
                             let id = stream.stream_id().as_u32();
                             if call.add_hedge(stream) {
-                                self.attempts.push(Attempt { response, slot, id });
+                                self.attempts.push(Attempt {
+                                    response,
+                                    slot,
+                                    id,
+                                    started,
+                                });
                             }
                             let delay = self.policy.delay;
                             self.schedule(call, delay);
@@ -172,6 +198,7 @@ impl Hedging {
                             let non_fatal = !status.is_ok()
                                 && self.policy.non_fatal_codes.contains(status.code());
                             if non_fatal {
+                                self.measure(call, &attempt, status.code());
                                 call.drop_attempt(attempt.id, &status);
                                 let pushback = Pushback::from_headers(response.headers());
                                 if let Some(outcome) = self.failed(call, status, pushback) {
@@ -181,17 +208,25 @@ impl Hedging {
                             }
                         }
                         call.commit_to(attempt.id);
-                        return Poll::Ready(Outcome::Won(response, attempt.slot, attempt.id));
+                        self.cancel_others(call);
+                        return Poll::Ready(Outcome::Won(
+                            response,
+                            attempt.slot,
+                            attempt.id,
+                            attempt.started,
+                        ));
                     }
                     Err(err) => {
                         let refused = err.reason() == Some(h2::Reason::REFUSED_STREAM)
                             || (err.is_go_away() && attempt.slot.unprocessed(attempt.id));
                         let status = Status::from_h2(err);
+                        self.measure(call, &attempt, status.code());
                         call.drop_attempt(attempt.id, &status);
                         // A stream the server never processed is always safe to try again.
                         let non_fatal =
                             refused || self.policy.non_fatal_codes.contains(status.code());
                         if !non_fatal {
+                            self.cancel_others(call);
                             return Poll::Ready(Outcome::Failed(status));
                         }
                         if let Some(outcome) = self.failed(call, status, Pushback::None) {
@@ -203,6 +238,22 @@ impl Hedging {
             if !progressed {
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Records the end of `attempt` with `code`, if the channel has metrics.
+    fn measure(&self, call: &CallShared, attempt: &Attempt, code: Code) {
+        if let Some(metrics) = &call.metrics {
+            metrics.attempt_ended(attempt.started, code, 0);
+        }
+    }
+
+    /// The call is decided: every attempt still waiting is cancelled (their streams were
+    /// reset with the commit, or are reset with the call).
+    fn cancel_others(&mut self, call: &CallShared) {
+        self.next = None;
+        for attempt in std::mem::take(&mut self.attempts) {
+            self.measure(call, &attempt, Code::Cancelled);
         }
     }
 

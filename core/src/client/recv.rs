@@ -33,7 +33,7 @@ use crate::server::CallContext;
 use crate::status::{Code, Status};
 
 /// A retry's new stream: its response, slot and id.
-pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32);
+pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32, Instant);
 
 pub(super) enum RecvState {
     Headers(H2ResponseFuture),
@@ -65,6 +65,8 @@ pub(crate) struct RawStreaming {
     pub(super) parent: Option<ParentWatch>,
     /// The channel's interceptors, told how the call ended.
     pub(super) observer: Option<Observer<dyn ClientInterceptor>>,
+    /// When the current attempt started, for metrics.
+    pub(super) attempt_started: Instant,
 }
 
 /// A parent call's cancellation, watched from a child call.
@@ -113,6 +115,7 @@ impl RawStreaming {
         if !self.call.request_closed() {
             self.call.cancel();
         }
+        self.measure_end(status.code());
         self.state = RecvState::Done;
         self.call.commit();
         if let (true, Some(budget)) = (status.is_ok(), &self.budget) {
@@ -180,8 +183,8 @@ impl RawStreaming {
                     Poll::Pending => "deadline exceeded waiting for response headers",
                 },
                 RecvState::Retrying(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok((response, slot, id))) => {
-                        self.adopt(slot, id);
+                    Poll::Ready(Ok((response, slot, id, started))) => {
+                        self.adopt(slot, id, started);
                         self.state = RecvState::Headers(response);
                         continue;
                     }
@@ -192,13 +195,13 @@ impl RawStreaming {
                     Poll::Pending => "deadline exceeded retrying the call",
                 },
                 RecvState::Hedging(hedging) => match hedging.poll(&self.call, cx) {
-                    Poll::Ready(Outcome::Won(response, slot, id)) => {
-                        self.adopt(slot, id);
+                    Poll::Ready(Outcome::Won(response, slot, id, started)) => {
+                        self.adopt(slot, id, started);
                         self.on_headers(response);
                         continue;
                     }
-                    Poll::Ready(Outcome::Alone(response, slot, id)) => {
-                        self.adopt(slot, id);
+                    Poll::Ready(Outcome::Alone(response, slot, id, started)) => {
+                        self.adopt(slot, id, started);
                         self.state = RecvState::Headers(response);
                         continue;
                     }
@@ -241,16 +244,32 @@ impl RawStreaming {
             .into_parts();
         // The attempts hold their own slots; the call is counted once, when it ends.
         self.retrying = Some(counters);
-        let hedging = Hedging::new(&self.call, policy, response, slot, self.stream_id);
+        let started = self.attempt_started;
+        let hedging = Hedging::new(&self.call, policy, response, slot, self.stream_id, started);
         self.state = RecvState::Hedging(Box::new(hedging));
     }
 
-    /// The call goes on with the attempt on stream `id`, holding `slot`.
-    fn adopt(&mut self, slot: StreamSlot, id: u32) {
+    /// The call goes on with the attempt on stream `id`, holding `slot`, that started at
+    /// `started`.
+    fn adopt(&mut self, slot: StreamSlot, id: u32, started: Instant) {
         if let Some(counters) = self.retrying.take() {
             self.tracker = Some(Tracker::new(slot, counters));
         }
         self.stream_id = id;
+        self.attempt_started = started;
+    }
+
+    /// Records the end of the current attempt and of the call, with `code`, if the channel
+    /// has metrics.
+    fn measure_end(&mut self, code: Code) {
+        if let Some(metrics) = &self.call.metrics {
+            let received = match &self.state {
+                RecvState::Body(reader) => reader.received(),
+                _ => 0,
+            };
+            metrics.attempt_ended(self.attempt_started, code, received);
+            metrics.call_ended(code);
+        }
     }
 
     /// The stream failed before the response headers. A stream the server never processed
@@ -298,6 +317,9 @@ impl RawStreaming {
     fn retry_after(&mut self, status: &Status, delay: Duration) -> bool {
         if !self.call.begin_retry(status) {
             return false;
+        }
+        if let Some(metrics) = &self.call.metrics {
+            metrics.attempt_ended(self.attempt_started, status.code(), 0);
         }
         // The attempt frees its stream without being counted; the retry is the same call.
         self.retrying = self.tracker.take().map(Tracker::release);
@@ -364,6 +386,9 @@ impl Drop for RawStreaming {
     fn drop(&mut self) {
         if self.status.is_none() {
             self.call.cancel();
+        }
+        if self.status.is_none() {
+            self.measure_end(Code::Cancelled);
         }
         if let Some(observer) = self.observer.take() {
             observer.done(&Status::cancelled("the call was dropped before it ended"));

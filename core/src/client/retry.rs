@@ -34,6 +34,7 @@ use super::service_config::{AttemptPolicy, HedgingPolicy, RetryPolicy, Throttlin
 use super::subchannel::StreamSlot;
 use crate::codec::frame::Framed;
 use crate::intercept::{ClientCall, Observer};
+use crate::metrics::CallMetrics;
 use crate::proto::headers;
 use crate::rt::BoxFuture;
 use crate::rt::with_deadline;
@@ -367,13 +368,17 @@ pub(super) fn reopen(
                     "the call ended while a retry was pending",
                 ));
             };
+            let started = call.metrics.as_ref().map(|m| m.attempt_started());
             match channel.open_stream(&path, &options, false, previous).await {
                 Ok((slot, response, stream)) => {
                     let id = stream.stream_id().as_u32();
                     call.replace_stream(stream);
-                    return Ok((response, slot, id));
+                    return Ok((response, slot, id, started.unwrap_or_else(Instant::now)));
                 }
                 Err(status) => {
+                    if let (Some(metrics), Some(started)) = (&call.metrics, started) {
+                        metrics.attempt_ended(started, status.code(), 0);
+                    }
                     let next = call.with_plan(|plan| plan.next_attempt(&status, Pushback::None));
                     match next.flatten() {
                         Some(next) => delay = next,
@@ -429,7 +434,15 @@ impl Channel {
         inner.counters.call_started();
         inner.touch();
         let mut plan = RetryPlan::new(self, path, options);
+        let metrics = inner
+            .metrics
+            .as_ref()
+            .map(|sink| Box::new(CallMetrics::new(sink, path, &inner.target_text)));
+        let mut attempt_started = Instant::now();
         let (slot, response, stream) = loop {
+            if let Some(metrics) = &metrics {
+                attempt_started = metrics.attempt_started();
+            }
             let open = self.open_stream(
                 path,
                 &plan.options,
@@ -441,8 +454,17 @@ impl Channel {
                 Ok(opened) => break opened,
                 Err(status) => match plan.next_attempt(&status, Pushback::None) {
                     // No stream opened (no connection, failing fast): the policy decides.
-                    Some(delay) => async_io::Timer::after(delay).await,
+                    Some(delay) => {
+                        if let Some(metrics) = &metrics {
+                            metrics.attempt_ended(attempt_started, status.code(), 0);
+                        }
+                        async_io::Timer::after(delay).await
+                    }
                     None => {
+                        if let Some(metrics) = &metrics {
+                            metrics.attempt_ended(attempt_started, status.code(), 0);
+                            metrics.call_ended(status.code());
+                        }
                         inner.counters.call_ended(false);
                         if let Some(observer) = observer {
                             observer.done(&status);
@@ -465,8 +487,10 @@ impl Channel {
         };
         let tracker = call::Tracker::new(slot, inner.counters.clone());
         let hedging = plan.hedging.take();
-        let (call, mut raw) = call::open(response, stream, first, end, limits, tracker, plan);
+        let (call, mut raw) =
+            call::open(response, stream, first, end, limits, tracker, plan, metrics);
         raw.observer = observer;
+        raw.attempt_started = attempt_started;
         if let Some(policy) = hedging {
             raw.start_hedging(policy);
         }

@@ -114,7 +114,12 @@ impl<T> Sender<T> {
             loop {
                 match half.outbox.poll_flush(&mut half.stream, cx) {
                     Poll::Ready(Ok(())) => match framed.take() {
-                        Some(msg) => half.push_message(msg),
+                        Some(msg) => {
+                            if let Some(metrics) = &call.metrics {
+                                metrics.sent(msg.len());
+                            }
+                            half.push_message(msg)
+                        }
                         None => return Poll::Ready(Ok(())),
                     },
                     Poll::Ready(Err(status)) if half.replay.is_some() => {

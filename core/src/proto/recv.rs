@@ -1,5 +1,7 @@
 //! Reading length-prefixed messages from an h2 stream, releasing flow control as we go.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -16,6 +18,10 @@ pub(crate) struct MessageReader {
     body: RecvStream,
     decoder: Decoder,
     data_done: bool,
+    /// Message bytes received so far (5-byte prefixes included), for metrics.
+    received: u64,
+    /// Also counted here, for a server call's metrics (the reader goes to the handler).
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl MessageReader {
@@ -26,7 +32,19 @@ impl MessageReader {
             body,
             decoder: Decoder::new(max_len, encoding),
             data_done: false,
+            received: 0,
+            counter: None,
         }
+    }
+
+    /// Counts the bytes received into `counter` too.
+    pub(crate) fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.counter = Some(counter);
+    }
+
+    /// Message bytes received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     /// The next message; `Ok(None)` once the peer ended its side with no partial message left.
@@ -46,6 +64,10 @@ impl MessageReader {
                     // Hand the window back as soon as the bytes are ours: at most one message
                     // plus one frame is ever buffered here, because we only read on demand.
                     let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.received += chunk.len() as u64;
+                    if let Some(counter) = &self.counter {
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
                     self.decoder.push(chunk);
                 }
                 Some(Err(err)) => return Poll::Ready(Err(Status::from_h2(err))),

@@ -32,6 +32,7 @@ use self::shutdown::Shutdown;
 use crate::codec::{Codec, Compression};
 use crate::error::{Error, Kind};
 use crate::intercept::{Chain, ServerInterceptor};
+use crate::metrics::Metrics;
 use crate::proto::DATA_FRAME_BUDGET;
 use crate::proto::ping::{self, PingConfig, PingManager, PingPolicy, Verdict};
 pub use crate::proto::ping::{
@@ -87,6 +88,7 @@ pub struct ServerBuilder {
     settings: ServerSettings,
     executor: Option<Arc<dyn Executor>>,
     interceptors: Vec<Arc<dyn ServerInterceptor>>,
+    metrics: Option<Arc<dyn Metrics>>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -283,6 +285,12 @@ impl ServerBuilder {
         &self.settings
     }
 
+    /// Reports every call's measurements to `metrics` (see [`crate::metrics`]).
+    pub fn metrics(mut self, metrics: impl Metrics) -> Self {
+        self.metrics = Some(Arc::new(metrics));
+        self
+    }
+
     /// Adds an interceptor to every call the server receives, after those added before (see
     /// [`crate::intercept`]).
     pub fn interceptor(mut self, interceptor: impl ServerInterceptor) -> Self {
@@ -347,6 +355,7 @@ impl ServerBuilder {
                 config: ServerConfig { settings, pings },
                 executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
                 interceptors: Chain::new(self.interceptors),
+                metrics: self.metrics,
                 shutdown: Shutdown::default(),
                 #[cfg(feature = "tls")]
                 tls,
@@ -361,6 +370,7 @@ pub(crate) struct ServerInner {
     config: ServerConfig,
     executor: Arc<dyn Executor>,
     interceptors: Chain<dyn ServerInterceptor>,
+    metrics: Option<Arc<dyn Metrics>>,
     shutdown: Shutdown,
     #[cfg(feature = "tls")]
     tls: Option<futures_rustls::TlsAcceptor>,

@@ -20,13 +20,14 @@ use crate::codec::Compression;
 use crate::codec::compress::{ACCEPT_ENCODING, AcceptSet, SUPPORTED, StreamEncoding};
 use crate::intercept::{Observer, ServerCall, ServerInterceptor};
 use crate::metadata::Metadata;
+use crate::metrics::ServerCallMetrics;
 use crate::proto::headers::{
     self, CONTENT_TYPE_GRPC, decode_timeout, is_grpc_content_type, write_status,
 };
 use crate::proto::recv::MessageReader;
 use crate::proto::send::Outbox;
 use crate::rt::{BoxFuture, Deadline};
-use crate::status::Status;
+use crate::status::{Code, Status};
 
 /// Serves one request stream to completion.
 pub(crate) async fn serve(
@@ -85,11 +86,18 @@ pub(crate) async fn serve(
         ),
         response_default: server.config.settings.response_compression,
     };
+    let metrics = server
+        .metrics
+        .as_ref()
+        .map(|sink| ServerCallMetrics::start(sink, path));
     let mut metadata = Metadata::from_headers(&parts.headers);
     let observer = Observer::new(&server.interceptors, path);
     if observer.is_some() {
         let mut call = ServerCall::new(path, metadata, deadline);
         if let Err(status) = server.interceptors.before(&mut call).await {
+            if let Some(metrics) = &metrics {
+                metrics.ended(status.code());
+            }
             return trailers_only(&mut respond, &status);
         }
         metadata = call.into_metadata();
@@ -106,11 +114,14 @@ pub(crate) async fn serve(
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0),
     );
-    let reader = MessageReader::new(
+    let mut reader = MessageReader::new(
         body,
         server.config.settings.max_receive_message_size,
         encoding,
     );
+    if let Some(metrics) = &metrics {
+        reader.count_into(metrics.received.clone());
+    }
     let items = Arc::new(Slot::default());
     let trailers = Arc::new(Mutex::new(Metadata::new()));
     let sink = RawSink {
@@ -132,6 +143,7 @@ pub(crate) async fn serve(
         trailers,
         done_writing: false,
         observer,
+        metrics,
     };
     poll_fn(|cx| driver.poll(cx)).await;
 }
@@ -179,6 +191,8 @@ struct Driver {
     done_writing: bool,
     /// The server's interceptors, told how the call ended.
     observer: Option<Observer<dyn ServerInterceptor>>,
+    /// The call's measurements, if the server has metrics.
+    metrics: Option<ServerCallMetrics>,
 }
 
 impl Drop for Driver {
@@ -187,6 +201,9 @@ impl Drop for Driver {
         self.items.close();
         if let Some(observer) = self.observer.take() {
             observer.done(&Status::cancelled("the client cancelled the call"));
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.ended(Code::Cancelled);
         }
     }
 }
@@ -232,12 +249,18 @@ impl Driver {
                     if self.stream.is_none() {
                         self.send_headers(&Metadata::new());
                     }
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.sent += framed.len() as u64;
+                    }
                     self.outbox.push(framed);
                     continue;
                 }
                 Some(SinkItem::Single(metadata, framed)) => {
                     if self.stream.is_none() {
                         self.send_headers(&metadata);
+                    }
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.sent += framed.len() as u64;
                     }
                     self.outbox.push(framed);
                     continue;
@@ -322,6 +345,9 @@ impl Driver {
         }
         if let Some(observer) = self.observer.take() {
             observer.done(&status);
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.ended(status.code());
         }
         let pushback = self.context.retry_pushback_ms();
         match &mut self.stream {
