@@ -189,17 +189,24 @@ impl Tracker {
     }
 }
 
+/// What a call sends right away: its one message (unary and server-streaming calls), and
+/// whether that ends the request.
+pub(crate) struct FirstRequest {
+    pub(crate) first: Option<Framed>,
+    pub(crate) end: bool,
+}
+
 /// Starts the call's bookkeeping once h2 accepted the request headers.
 pub(crate) fn open(
     response: H2ResponseFuture,
     mut stream: SendStream<Bytes>,
-    first: Option<Framed>,
-    end: bool,
+    request: FirstRequest,
     limits: Limits,
     tracker: Tracker,
     plan: RetryPlan,
     metrics: Option<Box<CallMetrics>>,
 ) -> (Arc<CallShared>, RawStreaming) {
+    let FirstRequest { first, end } = request;
     let parent = plan.options.parent.clone();
     let budget = &plan.channel.inner.retry_budget;
     let budget = budget.throttles().then(|| budget.clone());

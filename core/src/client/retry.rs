@@ -25,7 +25,7 @@ use h2::client::ResponseFuture as H2ResponseFuture;
 use http::HeaderValue;
 
 use super::call;
-use super::call::{CallShared, SendHalf};
+use super::call::{CallShared, FirstRequest, SendHalf};
 use super::channel::Channel;
 use super::options::CallOptions;
 use super::recv::RawStreaming;
@@ -487,8 +487,15 @@ impl Channel {
         };
         let tracker = call::Tracker::new(slot, inner.counters.clone());
         let hedging = plan.hedging.take();
-        let (call, mut raw) =
-            call::open(response, stream, first, end, limits, tracker, plan, metrics);
+        let (call, mut raw) = call::open(
+            response,
+            stream,
+            FirstRequest { first, end },
+            limits,
+            tracker,
+            plan,
+            metrics,
+        );
         raw.observer = observer;
         raw.attempt_started = attempt_started;
         if let Some(policy) = hedging {
