@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{Stream, StreamExt};
-use plexus_interop::messages::{PayloadType, SimpleRequest, SimpleResponse, zeros};
+use plexus_interop::grpc::testing::{PayloadType, SimpleRequest, SimpleResponse};
+use plexus_interop::payload::zeros;
 use tonic::codegen::{BoxFuture, Service, http};
 
 use crate::load::{Phase, Recorder, Report, Rpc, Spec, drive};
