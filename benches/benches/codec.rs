@@ -15,7 +15,8 @@ use std::hint::black_box;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use plexus::{BytesCodec, Codec, Metadata, MetadataValue, ProstCodec};
-use plexus_interop::messages::{SimpleRequest, zeros};
+use plexus_interop::grpc::testing::SimpleRequest;
+use plexus_interop::payload::zeros;
 
 const SIZES: [(usize, &str); 3] = [(0, "0B"), (1024, "1KiB"), (1024 * 1024, "1MiB")];
 /// The gRPC length prefix the call path reserves before encoding.

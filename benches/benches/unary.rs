@@ -1,26 +1,26 @@
 //! Unary calls per second with 1 and 64 calls in flight: plexus client to plexus server, and
 //! tonic client to tonic server as the peer, measured in the same run on TCP loopback (plus the
-//! two cross pairs as a check). Run with `cargo bench -p plexus-benches --bench unary`.
+//! two cross pairs as a check). Both sides call `grpc.testing.BenchmarkService/UnaryCall` with
+//! 64-byte payloads each way: plexus through the client and server generated from
+//! `interop/proto`, tonic through the benchmark's hand-written tonic glue over the same prost
+//! types. Run with `cargo bench -p plexus-benches --bench unary`.
 //!
 //! Set `BENCH_SECONDS` to change the measuring time per case (default 3).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use plexus::{CallOptions, Executor, ProstCodec, Request, Response, Server, SmolExecutor};
-use tonic::codegen::{BoxFuture, Service, http};
+use plexus::{CallOptions, Executor, Server, SmolExecutor};
+use plexus_benches::tonic_peer;
+use plexus_benches::{UNARY_PATH, bench_request};
+use plexus_interop::grpc::testing::benchmark_service_client::BenchmarkServiceClient;
+use plexus_interop::grpc::testing::benchmark_service_server::BenchmarkServiceServer;
+use plexus_interop::grpc::testing::{SimpleRequest, SimpleResponse};
+use plexus_interop::server::Benchmark;
+use tonic::codegen::http;
 
-/// The message both implementations echo.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Payload {
-    #[prost(bytes = "bytes", tag = "1")]
-    data: Bytes,
-}
-
-const METHOD: &str = "/bench.Echo/Unary";
+/// Payload size of each request and each response.
 const PAYLOAD_BYTES: usize = 64;
 
 fn seconds() -> Duration {
@@ -35,11 +35,7 @@ fn seconds() -> Duration {
 
 fn start_plexus_server() -> std::net::SocketAddr {
     let server = Server::builder()
-        .unary(
-            METHOD,
-            ProstCodec::<Payload, Payload>::new(),
-            |req: Request<Payload>| async move { Ok(Response::new(req.into_message())) },
-        )
+        .add_service(BenchmarkServiceServer::new(Benchmark))
         .build()
         .expect("server builds");
     let listener = plexus::Listener::bind_tcp("127.0.0.1:0").expect("bind");
@@ -48,45 +44,6 @@ fn start_plexus_server() -> std::net::SocketAddr {
         let _ = server.serve(listener).await;
     }));
     addr
-}
-
-#[derive(Clone)]
-struct TonicEcho;
-
-impl tonic::server::NamedService for TonicEcho {
-    const NAME: &'static str = "bench.Echo";
-}
-
-struct EchoUnary;
-
-impl tonic::server::UnaryService<Payload> for EchoUnary {
-    type Response = Payload;
-    type Future = BoxFuture<tonic::Response<Payload>, tonic::Status>;
-
-    fn call(&mut self, request: tonic::Request<Payload>) -> Self::Future {
-        Box::pin(async move { Ok(tonic::Response::new(request.into_inner())) })
-    }
-}
-
-impl Service<http::Request<tonic::body::Body>> for TonicEcho {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(tonic_prost::ProstCodec::<Payload, Payload>::default());
-            Ok(grpc.unary(EchoUnary, request).await)
-        })
-    }
 }
 
 fn start_tonic_server(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
@@ -99,7 +56,7 @@ fn start_tonic_server(rt: &tokio::runtime::Runtime) -> std::net::SocketAddr {
         // each accepted socket, as plexus's server does.
         let incoming = async_stream_nodelay(listener);
         let _ = tonic::transport::Server::builder()
-            .add_service(TonicEcho)
+            .add_service(tonic_peer::BenchmarkService)
             .serve_with_incoming(incoming)
             .await;
     });
@@ -123,11 +80,9 @@ fn async_stream_nodelay(
 /// Runs `in_flight` workers that each loop on unary calls for the measuring time.
 fn run_plexus_client(addr: std::net::SocketAddr, in_flight: usize) -> f64 {
     let channel = plexus::Channel::new(&format!("http://{addr}")).expect("channel");
-    let client = channel.typed(ProstCodec::<Payload, Payload>::new());
-    let payload = Payload {
-        data: Bytes::from(vec![7u8; PAYLOAD_BYTES]),
-    };
-    smol::block_on(client.unary(METHOD, &payload, CallOptions::new())).expect("warm-up call");
+    let client = BenchmarkServiceClient::new(channel);
+    let payload = bench_request(PAYLOAD_BYTES);
+    smol::block_on(client.unary_call(&payload, CallOptions::new())).expect("warm-up call");
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = async_channel::bounded::<()>(in_flight);
@@ -142,7 +97,7 @@ fn run_plexus_client(addr: std::net::SocketAddr, in_flight: usize) -> f64 {
         SmolExecutor.spawn(Box::pin(async move {
             while !stop.load(Ordering::Relaxed) {
                 client
-                    .unary(METHOD, &payload, CallOptions::new())
+                    .unary_call(&payload, CallOptions::new())
                     .await
                     .expect("call");
                 count.fetch_add(1, Ordering::Relaxed);
@@ -169,19 +124,17 @@ fn run_tonic_client(
                 .connect(),
         )
         .expect("connect");
-    let payload = Payload {
-        data: Bytes::from(vec![7u8; PAYLOAD_BYTES]),
-    };
-    let path = http::uri::PathAndQuery::from_static(METHOD);
+    let payload = bench_request(PAYLOAD_BYTES);
+    let path = http::uri::PathAndQuery::from_static(UNARY_PATH);
     let call = |channel: tonic::transport::Channel,
-                payload: Payload,
+                payload: SimpleRequest,
                 path: http::uri::PathAndQuery| async move {
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready().await.expect("ready");
         grpc.unary(
             tonic::Request::new(payload),
             path,
-            tonic_prost::ProstCodec::<Payload, Payload>::default(),
+            tonic_prost::ProstCodec::<SimpleRequest, SimpleResponse>::default(),
         )
         .await
         .expect("call")
@@ -233,7 +186,7 @@ fn main() {
     let plexus_addr = start_plexus_server();
     let tonic_addr = start_tonic_server(&rt);
     println!(
-        "unary echo, {PAYLOAD_BYTES}-byte payload, TCP loopback, {:?} per case",
+        "BenchmarkService/UnaryCall, {PAYLOAD_BYTES}-byte payloads, TCP loopback, {:?} per case",
         seconds()
     );
     println!(

@@ -29,12 +29,15 @@ pub mod plexus_peer;
 pub mod sys;
 pub mod tonic_peer;
 
-/// Path of `BenchmarkService/UnaryCall`.
-pub const UNARY_PATH: &str = "/grpc.testing.BenchmarkService/UnaryCall";
-/// Path of `BenchmarkService/StreamingCall` (ping-pong: one response per request).
-pub const STREAMING_PATH: &str = "/grpc.testing.BenchmarkService/StreamingCall";
+use plexus_interop::grpc::testing::benchmark_service_server::{STREAMING_CALL, UNARY_CALL};
+use plexus_interop::grpc::testing::{SimpleRequest, SimpleResponse};
+use plexus_interop::payload::{body_len, zeros};
 
-use plexus_interop::messages::{SimpleRequest, SimpleResponse, zeros};
+/// Path of `BenchmarkService/UnaryCall`, for tonic's hand-written glue.
+pub const UNARY_PATH: &str = UNARY_CALL.path;
+/// Path of `BenchmarkService/StreamingCall` (ping-pong: one response per request), for tonic's
+/// hand-written glue.
+pub const STREAMING_PATH: &str = STREAMING_CALL.path;
 
 /// The request every client sends: `payload` zero bytes, and the same size asked back.
 pub fn bench_request(payload: usize) -> SimpleRequest {
@@ -49,7 +52,7 @@ pub fn bench_request(payload: usize) -> SimpleRequest {
 /// Checks that a response carries the payload size asked for, so a server that answers
 /// quickly with the wrong thing cannot win.
 pub fn check_response(response: &SimpleResponse, payload: usize) -> Result<(), String> {
-    let got = plexus_interop::messages::body_len(&response.payload);
+    let got = body_len(&response.payload);
     if got != payload {
         return Err(format!(
             "response payload is {got} bytes, asked for {payload}"

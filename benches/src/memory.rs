@@ -13,8 +13,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use plexus::{CallOptions, Channel, ProstCodec};
-use plexus_interop::messages::{SimpleRequest, SimpleResponse};
+use plexus::{CallOptions, Channel};
+use plexus_interop::grpc::testing::benchmark_service_client::BenchmarkServiceClient;
+use plexus_interop::grpc::testing::{SimpleRequest, SimpleResponse};
 use serde_json::json;
 
 use crate::args::Args;
@@ -145,12 +146,9 @@ fn reading(server: &Spawned) -> Result<(f64, f64), String> {
 fn measure_plexus(server: &Spawned, channels: usize, streams: usize) -> Result<Growth, String> {
     let target = format!("http://{}", server.addr);
     let request = bench_request(0);
-    let codec = || ProstCodec::<SimpleRequest, SimpleResponse>::new();
     let call = |channel: &Channel| {
         smol::block_on(
-            channel
-                .typed(codec())
-                .unary(UNARY_PATH, &request, CallOptions::new()),
+            BenchmarkServiceClient::new(channel.clone()).unary_call(&request, CallOptions::new()),
         )
         .map(|_| ())
         .map_err(|e| format!("unary call: {e}"))
@@ -165,12 +163,11 @@ fn measure_plexus(server: &Spawned, channels: usize, streams: usize) -> Result<G
         kept.push(ch);
     }
     let after_channels = reading(server)?;
-    let client = warm.typed(codec());
+    let client = BenchmarkServiceClient::new(warm.clone());
     let mut open = Vec::with_capacity(streams);
     for _ in 0..streams {
-        let (tx, mut rx) =
-            smol::block_on(client.bidi_streaming(STREAMING_PATH, CallOptions::new()))
-                .map_err(|e| format!("starting a stream: {e}"))?;
+        let (tx, mut rx) = smol::block_on(client.streaming_call(CallOptions::new()))
+            .map_err(|e| format!("starting a stream: {e}"))?;
         smol::block_on(tx.send(request.clone())).map_err(|e| format!("sending: {e}"))?;
         smol::block_on(rx.message())
             .map_err(|e| format!("receiving: {e}"))?

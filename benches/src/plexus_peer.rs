@@ -5,15 +5,12 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use plexus::{
-    CallOptions, Channel, Client, DefaultExecutor, Executor, Listener, ProstCodec, SmolExecutor,
-};
-use plexus_interop::messages::{SimpleRequest, SimpleResponse};
+use plexus::{CallOptions, Channel, DefaultExecutor, Executor, Listener, SmolExecutor};
+use plexus_interop::grpc::testing::SimpleRequest;
+use plexus_interop::grpc::testing::benchmark_service_client::BenchmarkServiceClient;
 
 use crate::load::{Phase, Recorder, Report, Rpc, Spec, drive};
-use crate::{STREAMING_PATH, UNARY_PATH, bench_request, check_response};
-
-type BenchClient = Client<ProstCodec<SimpleRequest, SimpleResponse>>;
+use crate::{bench_request, check_response};
 
 /// Which executor a plexus client or server runs everything on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,10 +59,10 @@ pub fn run_client(target: &str, spec: &Spec, executor: ExecutorKind) -> Result<R
         ExecutorKind::Smol => builder.executor(SmolExecutor),
     };
     let channel = builder.build().map_err(|e| e.to_string())?;
-    let client: BenchClient = channel.typed(ProstCodec::new());
+    let client = BenchmarkServiceClient::new(channel.clone());
     let request = bench_request(spec.payload);
     // Connect before the clock starts.
-    let first = smol::block_on(client.unary(UNARY_PATH, &request, CallOptions::new()))
+    let first = smol::block_on(client.unary_call(&request, CallOptions::new()))
         .map_err(|e| format!("first call to {target} failed: {e}"))?;
     check_response(first.message(), spec.payload)?;
 
@@ -106,7 +103,7 @@ pub fn run_client(target: &str, spec: &Spec, executor: ExecutorKind) -> Result<R
 }
 
 async fn unary_worker(
-    client: &BenchClient,
+    client: &BenchmarkServiceClient,
     request: &SimpleRequest,
     payload: usize,
     phase: &Phase,
@@ -115,7 +112,7 @@ async fn unary_worker(
     loop {
         let started = Instant::now();
         let response = client
-            .unary(UNARY_PATH, request, CallOptions::new())
+            .unary_call(request, CallOptions::new())
             .await
             .map_err(|e| format!("unary call failed: {e}"))?;
         check_response(response.message(), payload)?;
@@ -126,14 +123,14 @@ async fn unary_worker(
 }
 
 async fn streaming_worker(
-    client: &BenchClient,
+    client: &BenchmarkServiceClient,
     request: &SimpleRequest,
     payload: usize,
     phase: &Phase,
 ) -> Result<Recorder, String> {
     let mut record = Recorder::new();
     let (sender, mut responses) = client
-        .bidi_streaming(STREAMING_PATH, CallOptions::new())
+        .streaming_call(CallOptions::new())
         .await
         .map_err(|e| format!("starting the stream failed: {e}"))?;
     loop {

@@ -6,11 +6,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use plexus::{CallOptions, Channel, Client, Code, Metadata, ProstCodec, Status};
+use plexus::{CallOptions, Channel, Code, Metadata, Status};
 
 use crate::features;
-use crate::messages::*;
-use crate::server::{BENCHMARK_SERVICE, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY, TEST_SERVICE};
+use crate::grpc::testing::benchmark_service_client::BenchmarkServiceClient;
+use crate::grpc::testing::test_service_client::TestServiceClient;
+use crate::grpc::testing::unimplemented_service_client::UnimplementedServiceClient;
+use crate::grpc::testing::*;
+use crate::payload::{body_len, zeros};
+use crate::server::{ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 
 /// Every case name the client knows, in the order the interop description lists them; the
 /// last two are plexus's own (BenchmarkService).
@@ -78,8 +82,8 @@ pub async fn run(name: &str, channel: &Channel) -> CaseResult {
         "custom_metadata" => Box::pin(t.custom_metadata()),
         "status_code_and_message" => Box::pin(t.status_code_and_message()),
         "special_status_message" => Box::pin(t.special_status_message()),
-        "unimplemented_method" => Box::pin(t.unimplemented(TEST_SERVICE)),
-        "unimplemented_service" => Box::pin(t.unimplemented("/grpc.testing.UnimplementedService/")),
+        "unimplemented_method" => Box::pin(t.unimplemented_method()),
+        "unimplemented_service" => Box::pin(t.unimplemented_service()),
         "cancel_after_begin" => Box::pin(t.cancel_after_begin()),
         "cancel_after_first_response" => Box::pin(t.cancel_after_first_response()),
         "timeout_on_sleeping_server" => Box::pin(t.timeout_on_sleeping_server()),
@@ -109,17 +113,10 @@ const ECHO_TRAILING_VALUE: &[u8] = &[0xab, 0xab, 0xab];
 /// Calls concurrent_large_unary makes at once on one channel.
 const CONCURRENT_CALLS: usize = 1000;
 
-type Codec<Req, Resp> = ProstCodec<Req, Resp>;
-
 struct Tester {
-    empty: Client<Codec<Empty, Empty>>,
-    simple: Client<Codec<SimpleRequest, SimpleResponse>>,
-    output: Client<Codec<StreamingOutputCallRequest, StreamingOutputCallResponse>>,
-    input: Client<Codec<StreamingInputCallRequest, StreamingInputCallResponse>>,
-}
-
-fn test(method: &str) -> String {
-    format!("{TEST_SERVICE}{method}")
+    test: TestServiceClient,
+    unimplemented: UnimplementedServiceClient,
+    bench: BenchmarkServiceClient,
 }
 
 fn fail<T>(why: impl Into<String>) -> Result<T, CaseError> {
@@ -235,19 +232,16 @@ fn check_echoed(step: &str, initial: &Metadata, trailers: &Metadata) -> CaseResu
 impl Tester {
     fn new(channel: &Channel) -> Tester {
         Tester {
-            empty: channel.typed(Codec::new()),
-            simple: channel.typed(Codec::new()),
-            output: channel.typed(Codec::new()),
-            input: channel.typed(Codec::new()),
+            test: TestServiceClient::new(channel.clone()),
+            unimplemented: UnimplementedServiceClient::new(channel.clone()),
+            bench: BenchmarkServiceClient::new(channel.clone()),
         }
     }
 
     async fn empty_unary(&self) -> CaseResult {
         let response = call(
             "EmptyCall",
-            self.empty
-                .unary(&test("EmptyCall"), &Empty {}, CallOptions::new())
-                .await,
+            self.test.empty_call(&Empty {}, CallOptions::new()).await,
         )?;
         check(*response.message() == Empty {}, || {
             "EmptyCall: the response is not empty".into()
@@ -257,8 +251,8 @@ impl Tester {
     async fn large_unary(&self) -> CaseResult {
         let response = call(
             "UnaryCall",
-            self.simple
-                .unary(&test("UnaryCall"), &large_request(), CallOptions::new())
+            self.test
+                .unary_call(&large_request(), CallOptions::new())
                 .await,
         )?;
         check_payload("UnaryCall", &response.message().payload, LARGE_RESPONSE)
@@ -271,8 +265,8 @@ impl Tester {
         };
         // 1. The feature probe: an uncompressed request that claims to be compressed.
         let probe = self
-            .simple
-            .unary(&test("UnaryCall"), &request(true), CallOptions::new())
+            .test
+            .unary_call(&request(true), CallOptions::new())
             .await;
         expect_status(
             "probe (uncompressed, expect_compressed=true)",
@@ -284,9 +278,7 @@ impl Tester {
         let options = features::compressed_call(CallOptions::new());
         let response = call(
             "compressed call",
-            self.simple
-                .unary(&test("UnaryCall"), &request(true), options)
-                .await,
+            self.test.unary_call(&request(true), options).await,
         )?;
         check_payload(
             "compressed call",
@@ -296,8 +288,8 @@ impl Tester {
         // 3. Uncompressed, expect_compressed=false.
         let response = call(
             "uncompressed call",
-            self.simple
-                .unary(&test("UnaryCall"), &request(false), CallOptions::new())
+            self.test
+                .unary_call(&request(false), CallOptions::new())
                 .await,
         )?;
         check_payload(
@@ -316,9 +308,7 @@ impl Tester {
             };
             let response = call(
                 &step,
-                self.simple
-                    .unary(&test("UnaryCall"), &request, CallOptions::new())
-                    .await,
+                self.test.unary_call(&request, CallOptions::new()).await,
             )?;
             check_payload(&step, &response.message().payload, LARGE_RESPONSE)?;
             check(response.compressed() == compressed, || {
@@ -334,9 +324,7 @@ impl Tester {
     async fn client_streaming(&self) -> CaseResult {
         let (tx, response) = call(
             "StreamingInputCall",
-            self.input
-                .client_streaming(&test("StreamingInputCall"), CallOptions::new())
-                .await,
+            self.test.streaming_input_call(CallOptions::new()).await,
         )?;
         for size in REQUEST_SIZES {
             call("send", tx.send(input_request(size)).await)?;
@@ -357,9 +345,7 @@ impl Tester {
         // 1. The probe: an uncompressed message with expect_compressed=true must fail the call.
         let (tx, response) = call(
             "probe",
-            self.input
-                .client_streaming(&test("StreamingInputCall"), CallOptions::new())
-                .await,
+            self.test.streaming_input_call(CallOptions::new()).await,
         )?;
         // The server may fail the call before this send or the close lands; the status decides.
         let _ = tx.send(expecting(27_182, true)).await;
@@ -374,9 +360,7 @@ impl Tester {
         let options = features::compressed_call(CallOptions::new());
         let (tx, response) = call(
             "StreamingInputCall",
-            self.input
-                .client_streaming(&test("StreamingInputCall"), options)
-                .await,
+            self.test.streaming_input_call(options).await,
         )?;
         call("send compressed", tx.send(expecting(27_182, true)).await)?;
         call(
@@ -395,8 +379,8 @@ impl Tester {
         let request = output_request(&RESPONSE_SIZES, None);
         let mut stream = call(
             "StreamingOutputCall",
-            self.output
-                .server_streaming(&test("StreamingOutputCall"), &request, CallOptions::new())
+            self.test
+                .streaming_output_call(&request, CallOptions::new())
                 .await,
         )?;
         let mut count = 0;
@@ -427,8 +411,8 @@ impl Tester {
         };
         let mut stream = call(
             "StreamingOutputCall",
-            self.output
-                .server_streaming(&test("StreamingOutputCall"), &request, CallOptions::new())
+            self.test
+                .streaming_output_call(&request, CallOptions::new())
                 .await,
         )?;
         let mut count = 0;
@@ -449,9 +433,7 @@ impl Tester {
     async fn ping_pong(&self) -> CaseResult {
         let (tx, mut rx) = call(
             "FullDuplexCall",
-            self.output
-                .bidi_streaming(&test("FullDuplexCall"), CallOptions::new())
-                .await,
+            self.test.full_duplex_call(CallOptions::new()).await,
         )?;
         for (i, (&request_size, &response_size)) in
             REQUEST_SIZES.iter().zip(&RESPONSE_SIZES).enumerate()
@@ -480,9 +462,7 @@ impl Tester {
     async fn empty_stream(&self) -> CaseResult {
         let (tx, mut rx) = call(
             "FullDuplexCall",
-            self.output
-                .bidi_streaming(&test("FullDuplexCall"), CallOptions::new())
-                .await,
+            self.test.full_duplex_call(CallOptions::new()).await,
         )?;
         call("half-close", tx.close().await)?;
         match call("FullDuplexCall", rx.message().await)? {
@@ -499,21 +479,14 @@ impl Tester {
         let options = CallOptions::new().metadata(echo_metadata());
         let response = call(
             "UnaryCall",
-            self.simple
-                .unary(&test("UnaryCall"), &large_request(), options)
-                .await,
+            self.test.unary_call(&large_request(), options).await,
         )?;
         check_payload("UnaryCall", &response.message().payload, LARGE_RESPONSE)?;
         check_echoed("UnaryCall", response.metadata(), response.trailers())?;
 
         // 2. FullDuplexCall.
         let options = CallOptions::new().metadata(echo_metadata());
-        let (tx, mut rx) = call(
-            "FullDuplexCall",
-            self.output
-                .bidi_streaming(&test("FullDuplexCall"), options)
-                .await,
-        )?;
+        let (tx, mut rx) = call("FullDuplexCall", self.test.full_duplex_call(options).await)?;
         let request = output_request(&[LARGE_RESPONSE], Some(LARGE_REQUEST));
         call("FullDuplexCall send", tx.send(request).await)?;
         call("FullDuplexCall half-close", tx.close().await)?;
@@ -538,10 +511,7 @@ impl Tester {
             }),
             ..Default::default()
         };
-        let result = self
-            .simple
-            .unary(&test("UnaryCall"), &request, CallOptions::new())
-            .await;
+        let result = self.test.unary_call(&request, CallOptions::new()).await;
         expect_status("UnaryCall", result, code, Some(message))
     }
 
@@ -550,9 +520,7 @@ impl Tester {
         self.echo_status_unary(Code::Unknown, MESSAGE).await?;
         let (tx, mut rx) = call(
             "FullDuplexCall",
-            self.output
-                .bidi_streaming(&test("FullDuplexCall"), CallOptions::new())
-                .await,
+            self.test.full_duplex_call(CallOptions::new()).await,
         )?;
         let request = StreamingOutputCallRequest {
             response_status: Some(EchoStatus {
@@ -577,18 +545,36 @@ impl Tester {
         self.echo_status_unary(Code::Unknown, message).await
     }
 
-    async fn unimplemented(&self, service: &str) -> CaseResult {
-        let path = format!("{service}UnimplementedCall");
-        let result = self.empty.unary(&path, &Empty {}, CallOptions::new()).await;
-        expect_status(&path, result, Code::Unimplemented, None)
+    async fn unimplemented_method(&self) -> CaseResult {
+        let result = self
+            .test
+            .unimplemented_call(&Empty {}, CallOptions::new())
+            .await;
+        expect_status(
+            "TestService/UnimplementedCall",
+            result,
+            Code::Unimplemented,
+            None,
+        )
+    }
+
+    async fn unimplemented_service(&self) -> CaseResult {
+        let result = self
+            .unimplemented
+            .unimplemented_call(&Empty {}, CallOptions::new())
+            .await;
+        expect_status(
+            "UnimplementedService/UnimplementedCall",
+            result,
+            Code::Unimplemented,
+            None,
+        )
     }
 
     async fn cancel_after_begin(&self) -> CaseResult {
         let (tx, mut response) = call(
             "StreamingInputCall",
-            self.input
-                .client_streaming(&test("StreamingInputCall"), CallOptions::new())
-                .await,
+            self.test.streaming_input_call(CallOptions::new()).await,
         )?;
         response.cancel();
         let result = response.await;
@@ -599,9 +585,7 @@ impl Tester {
     async fn cancel_after_first_response(&self) -> CaseResult {
         let (tx, mut rx) = call(
             "FullDuplexCall",
-            self.output
-                .bidi_streaming(&test("FullDuplexCall"), CallOptions::new())
-                .await,
+            self.test.full_duplex_call(CallOptions::new()).await,
         )?;
         call(
             "send",
@@ -617,11 +601,7 @@ impl Tester {
 
     async fn timeout_on_sleeping_server(&self) -> CaseResult {
         let options = CallOptions::new().timeout(Duration::from_millis(1));
-        let (tx, mut rx) = match self
-            .output
-            .bidi_streaming(&test("FullDuplexCall"), options)
-            .await
-        {
+        let (tx, mut rx) = match self.test.full_duplex_call(options).await {
             Ok(call) => call,
             // The 1 ms may run out before the call even starts: the same outcome.
             Err(status) => {
@@ -651,9 +631,7 @@ impl Tester {
                 let step = format!("call {i}");
                 let response = call(
                     &step,
-                    self.simple
-                        .unary(&test("UnaryCall"), request, CallOptions::new())
-                        .await,
+                    self.test.unary_call(request, CallOptions::new()).await,
                 )?;
                 check_payload(&step, &response.message().payload, LARGE_RESPONSE)
             }
@@ -675,20 +653,17 @@ impl Tester {
             payload: Some(zeros(512)),
             ..Default::default()
         };
-        let path = format!("{BENCHMARK_SERVICE}UnaryCall");
+        let step = "BenchmarkService/UnaryCall";
         let response = call(
-            &path,
-            self.simple.unary(&path, &request, CallOptions::new()).await,
+            step,
+            self.bench.unary_call(&request, CallOptions::new()).await,
         )?;
-        check_payload(&path, &response.message().payload, 1024)
+        check_payload(step, &response.message().payload, 1024)
     }
 
     async fn benchmark_streaming(&self) -> CaseResult {
-        let path = format!("{BENCHMARK_SERVICE}StreamingCall");
-        let (tx, mut rx) = call(
-            &path,
-            self.simple.bidi_streaming(&path, CallOptions::new()).await,
-        )?;
+        let path = "BenchmarkService/StreamingCall";
+        let (tx, mut rx) = call(path, self.bench.streaming_call(CallOptions::new()).await)?;
         for size in [0, 1, 4096, 65_536] {
             let request = SimpleRequest {
                 response_size: size,
@@ -703,7 +678,7 @@ impl Tester {
             check_payload(&step, &msg.payload, size)?;
         }
         call("half-close", tx.close().await)?;
-        match call(&path, rx.message().await)? {
+        match call(path, rx.message().await)? {
             None => Ok(()),
             Some(extra) => fail(format!(
                 "{path}: an extra response ({} bytes)",

@@ -1,26 +1,26 @@
 //! The interop server: `grpc.testing.TestService` with every feature the interop cases use
 //! (Echo Metadata, Echo Status, response sizes, `interval_us`, CompressedRequest,
-//! CompressedResponse) and `grpc.testing.BenchmarkService`, on one [`Server`].
+//! CompressedResponse) and `grpc.testing.BenchmarkService`, on one [`Server`], each
+//! implementing its generated server trait.
 //!
-//! `TestService/UnimplementedCall` and `UnimplementedService` are deliberately not routed, so
-//! calling them gives UNIMPLEMENTED.
+//! `TestService/UnimplementedCall` answers UNIMPLEMENTED, and `UnimplementedService` is
+//! deliberately not registered, so calling it gives UNIMPLEMENTED from the router.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use plexus::{
-    CallContext, Code, Metadata, MetadataValue, ProstCodec, Request, RequestStream, Response,
-    ResponseSink, Server, ServerBuilder, Status,
+    CallContext, Code, Metadata, MetadataValue, Request, RequestStream, Response, ResponseSink,
+    Server, ServerBuilder, Status,
 };
 
 use crate::features;
-use crate::messages::*;
+use crate::grpc::testing::benchmark_service_server::{self, BenchmarkServiceServer};
+use crate::grpc::testing::test_service_server::{self, TestServiceServer};
+use crate::grpc::testing::*;
+use crate::payload::{body_len, zeros};
 
-/// Path prefix of `grpc.testing.TestService`.
-pub const TEST_SERVICE: &str = "/grpc.testing.TestService/";
-/// Path prefix of `grpc.testing.BenchmarkService`.
-pub const BENCHMARK_SERVICE: &str = "/grpc.testing.BenchmarkService/";
 /// Request key the server echoes in its initial metadata (Echo Metadata).
 pub const ECHO_INITIAL_KEY: &str = "x-grpc-test-echo-initial";
 /// Request key the server echoes in its trailing metadata (Echo Metadata).
@@ -30,78 +30,26 @@ pub const SERVER_ID: &str = "plexus-interop";
 /// Cache lifetime CacheableUnaryCall advertises: the 60 s the interop description names.
 const CACHE_CONTROL: &str = "public, max-age=60";
 
-/// Builds the server with both services routed.
+/// Builds the server with both services registered.
 pub fn build() -> Result<Server, plexus::Error> {
     builder().build()
 }
 
-/// A server builder with both services routed, for further settings (TLS; the benchmark
+/// A server builder with both services registered, for further settings (TLS; the benchmark
 /// harness raises the stream limit for its memory probe).
 pub fn builder() -> ServerBuilder {
-    let test = |method: &str| format!("{TEST_SERVICE}{method}");
-    let bench = |method: &str| format!("{BENCHMARK_SERVICE}{method}");
     Server::builder()
-        .unary(
-            &test("EmptyCall"),
-            ProstCodec::<Empty, Empty>::new(),
-            empty_call,
-        )
-        .unary(
-            &test("UnaryCall"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            unary_call,
-        )
-        .unary(
-            &test("CacheableUnaryCall"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            cacheable_unary_call,
-        )
-        .server_streaming(
-            &test("StreamingOutputCall"),
-            ProstCodec::<StreamingOutputCallResponse, StreamingOutputCallRequest>::new(),
-            streaming_output_call,
-        )
-        .client_streaming(
-            &test("StreamingInputCall"),
-            ProstCodec::<StreamingInputCallResponse, StreamingInputCallRequest>::new(),
-            streaming_input_call,
-        )
-        .bidi_streaming(
-            &test("FullDuplexCall"),
-            ProstCodec::<StreamingOutputCallResponse, StreamingOutputCallRequest>::new(),
-            full_duplex_call,
-        )
-        .bidi_streaming(
-            &test("HalfDuplexCall"),
-            ProstCodec::<StreamingOutputCallResponse, StreamingOutputCallRequest>::new(),
-            half_duplex_call,
-        )
-        .unary(
-            &bench("UnaryCall"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            bench_unary,
-        )
-        .bidi_streaming(
-            &bench("StreamingCall"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            bench_streaming,
-        )
-        .client_streaming(
-            &bench("StreamingFromClient"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            bench_from_client,
-        )
-        .server_streaming(
-            &bench("StreamingFromServer"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            bench_from_server,
-        )
-        .bidi_streaming(
-            &bench("StreamingBothWays"),
-            ProstCodec::<SimpleResponse, SimpleRequest>::new(),
-            bench_both_ways,
-        )
+        .add_service(TestServiceServer::new(Interop))
+        .add_service(BenchmarkServiceServer::new(Benchmark))
 }
+
+/// `grpc.testing.TestService` as the interop test description specifies it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Interop;
+
+/// `grpc.testing.BenchmarkService`: responses of the size asked for, as fast as they go.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Benchmark;
 
 // ---- features shared by the methods ----
 
@@ -217,17 +165,6 @@ async fn send_responses(
     Ok(())
 }
 
-// ---- TestService ----
-
-async fn empty_call(req: Request<Empty>) -> Result<Response<Empty>, Status> {
-    let ctx = req.context();
-    Ok(Response::from_parts(
-        echo_initial(ctx),
-        Empty {},
-        echo_trailing(ctx),
-    ))
-}
-
 fn simple_response(
     req: &SimpleRequest,
     compressed: bool,
@@ -251,111 +188,139 @@ fn simple_response(
     })
 }
 
-async fn unary_call(req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
-    let compressed = req.compressed();
-    let (ctx, req) = req.into_parts();
-    let response = simple_response(&req, compressed, &ctx)?;
-    Ok(Response::from_parts(
-        echo_initial(&ctx),
-        response,
-        echo_trailing(&ctx),
-    ))
-}
+// ---- TestService ----
 
-async fn cacheable_unary_call(
-    req: Request<SimpleRequest>,
-) -> Result<Response<SimpleResponse>, Status> {
-    let ctx = req.context();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let response = SimpleResponse {
-        payload: Some(Payload {
-            r#type: PayloadType::Compressable as i32,
-            body: Bytes::from(nanos.to_string()),
-        }),
-        ..Default::default()
-    };
-    let mut initial = echo_initial(ctx);
-    initial.insert("cache-control", CACHE_CONTROL)?;
-    Ok(Response::from_parts(initial, response, echo_trailing(ctx)))
-}
-
-async fn streaming_output_call(
-    req: Request<StreamingOutputCallRequest>,
-    sink: ResponseSink<StreamingOutputCallResponse>,
-) -> Result<(), Status> {
-    let (ctx, req) = req.into_parts();
-    features::compress_stream(&ctx);
-    start_stream(&ctx, &sink).await?;
-    if let Some(status) = echo_status(&req.response_status, &ctx) {
-        return Err(status);
-    }
-    send_responses(&req, &ctx, &sink).await
-}
-
-async fn streaming_input_call(
-    req: Request<RequestStream<StreamingInputCallRequest>>,
-) -> Result<Response<StreamingInputCallResponse>, Status> {
-    let (ctx, mut stream) = req.into_parts();
-    let mut total: usize = 0;
-    while let Some(msg) = stream.message().await? {
-        check_expect_compressed(
-            msg.expect_compressed,
-            stream.last_message_compressed(),
-            &ctx,
-        )?;
-        total = total.saturating_add(body_len(&msg.payload));
-    }
-    let aggregated_payload_size = i32::try_from(total).map_err(|_| {
-        Status::invalid_argument(format!(
-            "aggregated payload size {total} does not fit an int32"
+impl test_service_server::TestService for Interop {
+    async fn empty_call(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        let ctx = req.context();
+        Ok(Response::from_parts(
+            echo_initial(ctx),
+            Empty {},
+            echo_trailing(ctx),
         ))
-    })?;
-    let response = StreamingInputCallResponse {
-        aggregated_payload_size,
-    };
-    Ok(Response::from_parts(
-        echo_initial(&ctx),
-        response,
-        echo_trailing(&ctx),
-    ))
-}
+    }
 
-async fn full_duplex_call(
-    req: Request<RequestStream<StreamingOutputCallRequest>>,
-    sink: ResponseSink<StreamingOutputCallResponse>,
-) -> Result<(), Status> {
-    let (ctx, mut stream) = req.into_parts();
-    features::compress_stream(&ctx);
-    start_stream(&ctx, &sink).await?;
-    while let Some(msg) = stream.message().await? {
-        if let Some(status) = echo_status(&msg.response_status, &ctx) {
+    async fn unary_call(
+        &self,
+        req: Request<SimpleRequest>,
+    ) -> Result<Response<SimpleResponse>, Status> {
+        let compressed = req.compressed();
+        let (ctx, req) = req.into_parts();
+        let response = simple_response(&req, compressed, &ctx)?;
+        Ok(Response::from_parts(
+            echo_initial(&ctx),
+            response,
+            echo_trailing(&ctx),
+        ))
+    }
+
+    async fn cacheable_unary_call(
+        &self,
+        req: Request<SimpleRequest>,
+    ) -> Result<Response<SimpleResponse>, Status> {
+        let ctx = req.context();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let response = SimpleResponse {
+            payload: Some(Payload {
+                r#type: PayloadType::Compressable as i32,
+                body: Bytes::from(nanos.to_string()),
+            }),
+            ..Default::default()
+        };
+        let mut initial = echo_initial(ctx);
+        initial.insert("cache-control", CACHE_CONTROL)?;
+        Ok(Response::from_parts(initial, response, echo_trailing(ctx)))
+    }
+
+    async fn streaming_output_call(
+        &self,
+        req: Request<StreamingOutputCallRequest>,
+        sink: ResponseSink<StreamingOutputCallResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, req) = req.into_parts();
+        features::compress_stream(&ctx);
+        start_stream(&ctx, &sink).await?;
+        if let Some(status) = echo_status(&req.response_status, &ctx) {
             return Err(status);
         }
-        send_responses(&msg, &ctx, &sink).await?;
+        send_responses(&req, &ctx, &sink).await
     }
-    Ok(())
-}
 
-async fn half_duplex_call(
-    req: Request<RequestStream<StreamingOutputCallRequest>>,
-    sink: ResponseSink<StreamingOutputCallResponse>,
-) -> Result<(), Status> {
-    let (ctx, mut stream) = req.into_parts();
-    features::compress_stream(&ctx);
-    start_stream(&ctx, &sink).await?;
-    let mut buffered = Vec::new();
-    while let Some(msg) = stream.message().await? {
-        buffered.push(msg);
-    }
-    for msg in &buffered {
-        if let Some(status) = echo_status(&msg.response_status, &ctx) {
-            return Err(status);
+    async fn streaming_input_call(
+        &self,
+        req: Request<RequestStream<StreamingInputCallRequest>>,
+    ) -> Result<Response<StreamingInputCallResponse>, Status> {
+        let (ctx, mut stream) = req.into_parts();
+        let mut total: usize = 0;
+        while let Some(msg) = stream.message().await? {
+            check_expect_compressed(
+                msg.expect_compressed,
+                stream.last_message_compressed(),
+                &ctx,
+            )?;
+            total = total.saturating_add(body_len(&msg.payload));
         }
-        send_responses(msg, &ctx, &sink).await?;
+        let aggregated_payload_size = i32::try_from(total).map_err(|_| {
+            Status::invalid_argument(format!(
+                "aggregated payload size {total} does not fit an int32"
+            ))
+        })?;
+        let response = StreamingInputCallResponse {
+            aggregated_payload_size,
+        };
+        Ok(Response::from_parts(
+            echo_initial(&ctx),
+            response,
+            echo_trailing(&ctx),
+        ))
     }
-    Ok(())
+
+    async fn full_duplex_call(
+        &self,
+        req: Request<RequestStream<StreamingOutputCallRequest>>,
+        sink: ResponseSink<StreamingOutputCallResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, mut stream) = req.into_parts();
+        features::compress_stream(&ctx);
+        start_stream(&ctx, &sink).await?;
+        while let Some(msg) = stream.message().await? {
+            if let Some(status) = echo_status(&msg.response_status, &ctx) {
+                return Err(status);
+            }
+            send_responses(&msg, &ctx, &sink).await?;
+        }
+        Ok(())
+    }
+
+    async fn half_duplex_call(
+        &self,
+        req: Request<RequestStream<StreamingOutputCallRequest>>,
+        sink: ResponseSink<StreamingOutputCallResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, mut stream) = req.into_parts();
+        features::compress_stream(&ctx);
+        start_stream(&ctx, &sink).await?;
+        let mut buffered = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            buffered.push(msg);
+        }
+        for msg in &buffered {
+            if let Some(status) = echo_status(&msg.response_status, &ctx) {
+                return Err(status);
+            }
+            send_responses(msg, &ctx, &sink).await?;
+        }
+        Ok(())
+    }
+
+    /// The interop description's unimplemented_method case calls this and wants UNIMPLEMENTED.
+    async fn unimplemented_call(&self, _req: Request<Empty>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented(
+            "grpc.testing.TestService/UnimplementedCall is not implemented, on purpose",
+        ))
+    }
 }
 
 // ---- BenchmarkService ----
@@ -369,66 +334,75 @@ fn bench_response(req: &SimpleRequest) -> Result<SimpleResponse, Status> {
     })
 }
 
-async fn bench_unary(req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
-    Ok(Response::new(bench_response(req.message())?))
-}
-
-async fn bench_streaming(
-    req: Request<RequestStream<SimpleRequest>>,
-    sink: ResponseSink<SimpleResponse>,
-) -> Result<(), Status> {
-    let mut stream = req.into_message();
-    while let Some(msg) = stream.message().await? {
-        sink.send(bench_response(&msg)?).await?;
+impl benchmark_service_server::BenchmarkService for Benchmark {
+    async fn unary_call(
+        &self,
+        req: Request<SimpleRequest>,
+    ) -> Result<Response<SimpleResponse>, Status> {
+        Ok(Response::new(bench_response(req.message())?))
     }
-    Ok(())
-}
 
-async fn bench_from_client(
-    req: Request<RequestStream<SimpleRequest>>,
-) -> Result<Response<SimpleResponse>, Status> {
-    let mut stream = req.into_message();
-    let mut last = SimpleRequest::default();
-    while let Some(msg) = stream.message().await? {
-        last = msg;
+    async fn streaming_call(
+        &self,
+        req: Request<RequestStream<SimpleRequest>>,
+        sink: ResponseSink<SimpleResponse>,
+    ) -> Result<(), Status> {
+        let mut stream = req.into_message();
+        while let Some(msg) = stream.message().await? {
+            sink.send(bench_response(&msg)?).await?;
+        }
+        Ok(())
     }
-    Ok(Response::new(bench_response(&last)?))
-}
 
-async fn bench_from_server(
-    req: Request<SimpleRequest>,
-    sink: ResponseSink<SimpleResponse>,
-) -> Result<(), Status> {
-    let (ctx, req) = req.into_parts();
-    let response = bench_response(&req)?;
-    // Until the client cancels: then `send` fails with CANCELLED and the call is over anyway.
-    while !ctx.is_cancelled() {
-        sink.send(response.clone()).await?;
+    async fn streaming_from_client(
+        &self,
+        req: Request<RequestStream<SimpleRequest>>,
+    ) -> Result<Response<SimpleResponse>, Status> {
+        let mut stream = req.into_message();
+        let mut last = SimpleRequest::default();
+        while let Some(msg) = stream.message().await? {
+            last = msg;
+        }
+        Ok(Response::new(bench_response(&last)?))
     }
-    Ok(())
-}
 
-async fn bench_both_ways(
-    req: Request<RequestStream<SimpleRequest>>,
-    sink: ResponseSink<SimpleResponse>,
-) -> Result<(), Status> {
-    let (ctx, mut stream) = req.into_parts();
-    let Some(first) = stream.message().await? else {
-        return Ok(());
-    };
-    let response = bench_response(&first)?;
-    let drain = async {
-        while stream.message().await?.is_some() {}
-        Ok::<(), Status>(())
-    };
-    let send = async {
+    async fn streaming_from_server(
+        &self,
+        req: Request<SimpleRequest>,
+        sink: ResponseSink<SimpleResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, req) = req.into_parts();
+        let response = bench_response(&req)?;
+        // Until the client cancels: then `send` fails with CANCELLED and the call is over anyway.
         while !ctx.is_cancelled() {
             sink.send(response.clone()).await?;
         }
-        Ok::<(), Status>(())
-    };
-    // Ends when the client half-closes (or either side fails).
-    match select(std::pin::pin!(drain), std::pin::pin!(send)).await {
-        Either::Left((result, _)) | Either::Right((result, _)) => result,
+        Ok(())
+    }
+
+    async fn streaming_both_ways(
+        &self,
+        req: Request<RequestStream<SimpleRequest>>,
+        sink: ResponseSink<SimpleResponse>,
+    ) -> Result<(), Status> {
+        let (ctx, mut stream) = req.into_parts();
+        let Some(first) = stream.message().await? else {
+            return Ok(());
+        };
+        let response = bench_response(&first)?;
+        let drain = async {
+            while stream.message().await?.is_some() {}
+            Ok::<(), Status>(())
+        };
+        let send = async {
+            while !ctx.is_cancelled() {
+                sink.send(response.clone()).await?;
+            }
+            Ok::<(), Status>(())
+        };
+        // Ends when the client half-closes (or either side fails).
+        match select(std::pin::pin!(drain), std::pin::pin!(send)).await {
+            Either::Left((result, _)) | Either::Right((result, _)) => result,
+        }
     }
 }

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::{Either, select};
-use plexus::{CallOptions, Channel, Code, Listener, Metadata, ProstCodec, Server};
+use plexus::{CallOptions, Channel, Code, Listener, Metadata, Server};
 use plexus_interop::client::{self, CaseError};
 use plexus_interop::features;
-use plexus_interop::messages::*;
-use plexus_interop::server::{self, BENCHMARK_SERVICE, TEST_SERVICE};
+use plexus_interop::grpc::testing::benchmark_service_client::BenchmarkServiceClient;
+use plexus_interop::grpc::testing::test_service_client::TestServiceClient;
+use plexus_interop::grpc::testing::*;
+use plexus_interop::payload::{body_len, zeros};
+use plexus_interop::server;
 
 /// Starts the interop server on a loopback port; returns it and a channel to it.
 fn start() -> (Server, Channel) {
@@ -146,10 +149,6 @@ fn tls_flags_name_the_file_that_is_missing() {
     assert!(features::client_tls(false, Some(&ca), None).is_ok());
 }
 
-fn test(method: &str) -> String {
-    format!("{TEST_SERVICE}{method}")
-}
-
 fn params(sizes: &[(i32, i32)]) -> StreamingOutputCallRequest {
     StreamingOutputCallRequest {
         response_parameters: sizes
@@ -168,21 +167,10 @@ fn params(sizes: &[(i32, i32)]) -> StreamingOutputCallRequest {
 fn server_features_beyond_the_standard_cases() {
     smol::block_on(async {
         let (server, channel) = start();
-        let simple = channel.typed(ProstCodec::<SimpleRequest, SimpleResponse>::new());
-        let output = channel.typed(ProstCodec::<
-            StreamingOutputCallRequest,
-            StreamingOutputCallResponse,
-        >::new());
-        let input = channel.typed(ProstCodec::<
-            StreamingInputCallRequest,
-            StreamingInputCallResponse,
-        >::new());
+        let client = TestServiceClient::new(channel.clone());
 
         // HalfDuplexCall answers only after the half-close, in request order.
-        let (tx, mut rx) = output
-            .bidi_streaming(&test("HalfDuplexCall"), CallOptions::new())
-            .await
-            .unwrap();
+        let (tx, mut rx) = client.half_duplex_call(CallOptions::new()).await.unwrap();
         tx.send(params(&[(3, 0)])).await.unwrap();
         tx.send(params(&[(5, 0), (7, 0)])).await.unwrap();
         tx.close().await.unwrap();
@@ -194,12 +182,8 @@ fn server_features_beyond_the_standard_cases() {
 
         // interval_us: three responses 100 ms apart take at least 300 ms.
         let started = Instant::now();
-        let mut stream = output
-            .server_streaming(
-                &test("StreamingOutputCall"),
-                &params(&[(1, 100_000); 3]),
-                CallOptions::new(),
-            )
+        let mut stream = client
+            .streaming_output_call(&params(&[(1, 100_000); 3]), CallOptions::new())
             .await
             .unwrap();
         let mut count = 0;
@@ -218,12 +202,8 @@ fn server_features_beyond_the_standard_cases() {
         );
 
         // CacheableUnaryCall: a timestamp payload and a cache-control header.
-        let reply = simple
-            .unary(
-                &test("CacheableUnaryCall"),
-                &SimpleRequest::default(),
-                CallOptions::new(),
-            )
+        let reply = client
+            .cacheable_unary_call(&SimpleRequest::default(), CallOptions::new())
             .await
             .unwrap();
         let body = &reply.message().payload.as_ref().unwrap().body;
@@ -247,12 +227,8 @@ fn server_features_beyond_the_standard_cases() {
             }),
             ..params(&[(1, 0)])
         };
-        let mut stream = output
-            .server_streaming(
-                &test("StreamingOutputCall"),
-                &request,
-                CallOptions::new().metadata(md),
-            )
+        let mut stream = client
+            .streaming_output_call(&request, CallOptions::new().metadata(md))
             .await
             .unwrap();
         let status = bounded("echo status", stream.message()).await.unwrap_err();
@@ -273,8 +249,8 @@ fn server_features_beyond_the_standard_cases() {
             response_type: 7,
             ..Default::default()
         };
-        let status = simple
-            .unary(&test("UnaryCall"), &bad_type, CallOptions::new())
+        let status = client
+            .unary_call(&bad_type, CallOptions::new())
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status}");
@@ -282,15 +258,15 @@ fn server_features_beyond_the_standard_cases() {
             response_size: -1,
             ..Default::default()
         };
-        let status = simple
-            .unary(&test("UnaryCall"), &negative, CallOptions::new())
+        let status = client
+            .unary_call(&negative, CallOptions::new())
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 
         // CompressedRequest on StreamingInputCall: an uncompressed message expecting otherwise.
-        let (tx, response) = input
-            .client_streaming(&test("StreamingInputCall"), CallOptions::new())
+        let (tx, response) = client
+            .streaming_input_call(CallOptions::new())
             .await
             .unwrap();
         let probe = StreamingInputCallRequest {
@@ -306,11 +282,8 @@ fn server_features_beyond_the_standard_cases() {
 
         // CompressedRequest: a compressed message that was not expected to be is fine, and
         // so is an expected one; only "expected but uncompressed" fails (above).
-        let (tx, response) = input
-            .client_streaming(
-                &test("StreamingInputCall"),
-                CallOptions::new().compression(plexus::Compression::Gzip),
-            )
+        let (tx, response) = client
+            .streaming_input_call(CallOptions::new().compression(plexus::Compression::Gzip))
             .await
             .unwrap();
         for expect in [false, true] {
@@ -334,18 +307,14 @@ fn server_features_beyond_the_standard_cases() {
                 response_size: 1000,
                 ..Default::default()
             };
-            let response = simple
-                .unary(&test("UnaryCall"), &request, CallOptions::new())
+            let response = client
+                .unary_call(&request, CallOptions::new())
                 .await
                 .unwrap();
             assert_eq!(response.compressed(), want);
         }
-        let mut stream = output
-            .server_streaming(
-                &test("StreamingOutputCall"),
-                &params(&[(500, 0)]),
-                CallOptions::new(),
-            )
+        let mut stream = client
+            .streaming_output_call(&params(&[(500, 0)]), CallOptions::new())
             .await
             .unwrap();
         assert!(stream.message().await.unwrap().is_some());
@@ -360,8 +329,7 @@ fn server_features_beyond_the_standard_cases() {
 fn benchmark_service_methods() {
     smol::block_on(async {
         let (server, channel) = start();
-        let bench = channel.typed(ProstCodec::<SimpleRequest, SimpleResponse>::new());
-        let path = |m: &str| format!("{BENCHMARK_SERVICE}{m}");
+        let bench = BenchmarkServiceClient::new(channel.clone());
         // The two unbounded streams send 1 KiB responses: h2 0.4.20 closes a connection with
         // GOAWAY ENHANCE_YOUR_CALM once about 130 unread DATA frames under 256 bytes are
         // buffered (its DATA-frame budget), which a server flooding tiny messages reaches.
@@ -372,7 +340,7 @@ fn benchmark_service_methods() {
 
         // StreamingFromClient answers the last request's size after the half-close.
         let (tx, response) = bench
-            .client_streaming(&path("StreamingFromClient"), CallOptions::new())
+            .streaming_from_client(CallOptions::new())
             .await
             .unwrap();
         for n in [1, 2, 3] {
@@ -386,11 +354,7 @@ fn benchmark_service_methods() {
 
         // StreamingFromServer streams until the client cancels.
         let mut stream = bench
-            .server_streaming(
-                &path("StreamingFromServer"),
-                &sized(1024),
-                CallOptions::new(),
-            )
+            .streaming_from_server(&sized(1024), CallOptions::new())
             .await
             .unwrap();
         for _ in 0..50 {
@@ -404,10 +368,7 @@ fn benchmark_service_methods() {
         assert_eq!(stream.message().await.unwrap_err().code(), Code::Cancelled);
 
         // StreamingBothWays streams while the client does, and ends at its half-close.
-        let (tx, mut rx) = bench
-            .bidi_streaming(&path("StreamingBothWays"), CallOptions::new())
-            .await
-            .unwrap();
+        let (tx, mut rx) = bench.streaming_both_ways(CallOptions::new()).await.unwrap();
         tx.send(sized(1024)).await.unwrap();
         for _ in 0..20 {
             let msg = bounded("StreamingBothWays", rx.message())

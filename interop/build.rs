@@ -1,0 +1,19 @@
+//! Generates the `grpc.testing` messages, the TestService and BenchmarkService servers and
+//! every service's client from `interop/proto` (no protoc: plexus-build parses them itself).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    plexus_build::configure()
+        // Payload bodies are `Bytes`: a received body is a slice of the frame it came in, and
+        // a response body is shared, not copied, when the benchmark server clones a response.
+        .bytes(["."])
+        .compile_protos(
+            &[
+                "proto/empty.proto",
+                "proto/messages.proto",
+                "proto/test.proto",
+                "proto/benchmark_service.proto",
+            ],
+            &["proto"],
+        )?;
+    Ok(())
+}
