@@ -110,6 +110,10 @@ step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
 cargo test --workspace --quiet 2>&1 | tee "$run_dir/cargo-test.log"
 if grep -q "test result: FAILED" "$run_dir/cargo-test.log"; then exit 1; fi
 
+step "the examples run: quickstart and route_guide (debug build, reused from the tests)"
+cargo run --quiet -p plexus-examples --example quickstart
+cargo run --quiet -p plexus-examples --example route_guide
+
 step "a user crate outside the workspace builds from plexus-build with no protoc, from clean (scripts/test-codegen.sh)"
 "$root/scripts/test-codegen.sh"
 

@@ -301,7 +301,7 @@ pub mod {snake}_server {{
         let _ = write!(
             buf,
             r#"
-    /// Registers a [`{name}`] on a server:
+    /// Registers an implementation of [`{name}`] on a server:
     /// `Server::builder().add_service({server}::new(service))`.
     #[derive(Debug)]
     pub struct {server}<T> {{

@@ -180,8 +180,9 @@ impl Builder {
         self
     }
 
-    /// Writes the descriptor set to `OUT_DIR/{name}.bin`, for
-    /// `plexus::include_file_descriptor_set!("{name}")`.
+    /// Writes the descriptor set to `{name}.bin` in the output directory, for
+    /// `plexus::include_file_descriptor_set!("{name}")` (which reads `OUT_DIR`, so leave
+    /// [`out_dir`](Self::out_dir) unset to use it).
     pub fn file_descriptor_set_name(mut self, name: impl Into<String>) -> Self {
         self.descriptor_set_name = Some(name.into());
         self

@@ -400,7 +400,7 @@ pub mod atlas_server {
             T::ping(self, request)
         }
     }
-    /// Registers a [`Atlas`] on a server:
+    /// Registers an implementation of [`Atlas`] on a server:
     /// `Server::builder().add_service(AtlasServer::new(service))`.
     #[derive(Debug)]
     pub struct AtlasServer<T> {
@@ -764,7 +764,7 @@ pub mod keywords_server {
             T::channel(self, request)
         }
     }
-    /// Registers a [`Keywords`] on a server:
+    /// Registers an implementation of [`Keywords`] on a server:
     /// `Server::builder().add_service(KeywordsServer::new(service))`.
     #[derive(Debug)]
     pub struct KeywordsServer<T> {
@@ -925,7 +925,7 @@ pub mod empty_server {
     /// Nothing yet.
     pub trait Empty: Send + Sync + 'static {}
     impl<T: Empty> Empty for ::std::sync::Arc<T> {}
-    /// Registers a [`Empty`] on a server:
+    /// Registers an implementation of [`Empty`] on a server:
     /// `Server::builder().add_service(EmptyServer::new(service))`.
     #[derive(Debug)]
     pub struct EmptyServer<T> {

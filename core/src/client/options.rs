@@ -124,6 +124,16 @@ impl CallDefaults {
         CallDefaults::default()
     }
 
+    /// Whether nothing is set (then [`apply`](Self::apply) changes nothing).
+    pub fn is_empty(&self) -> bool {
+        self.timeout.is_none()
+            && self.compression.is_none()
+            && self.metadata.is_empty()
+            && self.max_recv_message_size.is_none()
+            && self.max_send_message_size.is_none()
+            && self.wait_for_ready.is_none()
+    }
+
     /// Gives every call without a deadline one of now + `timeout` when it starts.
     pub fn timeout(mut self, timeout: Duration) -> CallDefaults {
         self.timeout = Some(timeout);
@@ -162,6 +172,9 @@ impl CallDefaults {
 
     /// `options` with every field it leaves unset filled from these defaults.
     pub fn apply(&self, mut options: CallOptions) -> CallOptions {
+        if self.is_empty() {
+            return options;
+        }
         if let (None, Some(timeout)) = (options.deadline, self.timeout) {
             options = options.timeout(timeout);
         }

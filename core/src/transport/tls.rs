@@ -413,6 +413,10 @@ impl ServerTlsConfig {
 
 /// rustls's `ring` provider, named explicitly so a process where another crate enables
 /// aws-lc-rs too still builds configs (rustls panics on an ambiguous process default).
+///
+/// rustls 0.23.48 deprecates it because ring has no post-quantum key exchange; aws-lc-rs
+/// has, but needs cmake and a long C build on every user's machine, which plexus avoids.
+#[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
