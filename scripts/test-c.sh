@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=install.sh
+source "$root/scripts/install.sh"
 out="$root/target/c-tests"
 mkdir -p "$out"
 
@@ -23,7 +25,7 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if ((${#need[@]})); then
-    apt-get update -qq && apt-get install -y -qq "${need[@]}"
+    apt_install "building and checking the C and C++ tests" "${need[@]}"
 fi
 cc --version | head -1
 valgrind --version

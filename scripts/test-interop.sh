@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=install.sh
+source "$root/scripts/install.sh"
 
 # ---- cases expected not to pass, in one place ----------------------------------------------
 # Entries are "DIRECTION:CASE" shell patterns (the trailing * of a direction covers its +tls
@@ -72,7 +74,7 @@ step "interop: grpcio peer (Python venv in .venv)"
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || {
-        apt-get update -qq && apt-get install -y -qq python3-venv
+        apt_install "Python virtual environments" python3-venv
         python3 -m venv "$venv"
     }
 fi
@@ -84,10 +86,11 @@ export PLEXUS_INTEROP_STUBS="$work/stubs"
 step "interop: grpc-js peer (npm)"
 node_skip=""
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null 2>&1 || true
+    # In a subshell: without apt-get the grpc-js directions are skipped, not the whole run.
+    (apt_install "the grpc-js interop peer" nodejs npm) || true
 fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    node_skip="node/npm are not installed and apt-get could not install them"
+    node_skip="node/npm are not installed and could not be installed (see above)"
 elif ! (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error >"$work/npm.log" 2>&1); then
     node_skip="npm ci failed in tests/interop/node: $(tail -n 3 "$work/npm.log" | tr '\n' ' ')"
 fi

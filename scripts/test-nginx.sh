@@ -6,15 +6,14 @@
 # Usage: ./scripts/test-nginx.sh        (scripts/test.sh runs it as one step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=install.sh
+source scripts/install.sh
 
 find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
 
 nginx_bin=$(find_nginx)
 if [ -z "$nginx_bin" ]; then
-    echo "nginx is missing: installing the Debian package"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    apt_install "the L7 proxy test" nginx
     nginx_bin=$(find_nginx)
 fi
 if [ -z "$nginx_bin" ]; then

@@ -9,16 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=install.sh
+source "$root/scripts/install.sh"
 
 step() { printf '\n==> %s\n' "$*"; }
 
 if ! command -v python3 >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
+    apt_install "the Python tests and peers" python3 python3-venv python3-pip
 fi
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || {
-        apt-get update -qq && apt-get install -y -qq python3-venv
+        apt_install "Python virtual environments" python3-venv
         python3 -m venv "$venv"
     }
 fi

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=install.sh
+source "$root/scripts/install.sh"
 
 # Everything this run prints also goes to a log of its own under target/, so each step's test
 # counts can be read back for the summary, and two runs (or checkouts) never share a file.
@@ -87,7 +89,7 @@ cargo --version
 # Disk: a full run writes about 2.5 GB (target/ and .venv); say what is free up front.
 df -h "$root" | tail -1 | awk '{print "disk free at " $6 ": " $4 " of " $2}'
 if ! command -v python3 >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
+    apt_install "the Python tests and peers" python3 python3-venv python3-pip
 fi
 python3 --version
 
@@ -122,7 +124,7 @@ cargo build --release --quiet -p plexus-peer
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || {
-        apt-get update -qq && apt-get install -y -qq python3-venv
+        apt_install "Python virtual environments" python3-venv
         python3 -m venv "$venv"
     }
 fi

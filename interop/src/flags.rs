@@ -41,6 +41,13 @@ impl Flags {
         Ok(Flags(flags))
     }
 
+    /// Whether `args` ask for the usage (`--help`, `-help` or `-h`), which is printed before
+    /// anything is parsed.
+    pub fn wants_help(args: &[String]) -> bool {
+        args.iter()
+            .any(|a| matches!(a.as_str(), "--help" | "-help" | "-h"))
+    }
+
     /// The value of `name`, if given.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
@@ -100,6 +107,13 @@ mod tests {
         assert_eq!(flags.bool("use_tls", true), Ok(false));
         let flags = Flags::parse(&args(&["-use_tls=0"]), KNOWN, &["use_tls"]).unwrap();
         assert_eq!(flags.bool("use_tls", true), Ok(false));
+    }
+
+    #[test]
+    fn help_is_asked_for_anywhere() {
+        assert!(Flags::wants_help(&args(&["--help"])));
+        assert!(Flags::wants_help(&args(&["--port=1", "-h"])));
+        assert!(!Flags::wants_help(&args(&["--port=1"])));
     }
 
     #[test]

@@ -109,6 +109,10 @@ fn channel(opts: &Options) -> Result<Channel, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if Flags::wants_help(&args) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let opts = match options(&args) {
         Ok(opts) => opts,
         Err(why) => {

@@ -33,6 +33,10 @@ fn options(args: &[String]) -> Result<(u16, Option<ServerTlsConfig>), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if Flags::wants_help(&args) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (port, tls) = match options(&args) {
         Ok(parsed) => parsed,
         Err(why) => {

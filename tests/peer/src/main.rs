@@ -80,7 +80,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             match write_certs(std::path::Path::new(&out)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => {
+                    println!(
+                        "wrote ca.pem, other-ca.pem, server.{{pem,key}} (localhost, \
+                         *.test.google.fr), client.{{pem,key}} and rogue.{{pem,key}} \
+                         (signed by other-ca) to {out}"
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(err) => {
                     eprintln!("could not write certificates: {err}");
                     ExitCode::FAILURE
