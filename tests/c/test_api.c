@@ -225,6 +225,13 @@ static void test_options(void) {
     OK(plexus_channel_options_set_resolve_interval_ms(o, 60000));
     OK(plexus_channel_options_set_lb_policy(o, "round_robin"));
     OK(plexus_channel_options_set_user_agent(o, "plexus-c-test/1"));
+    OK(plexus_channel_options_set_service_config(
+        o, "{\"methodConfig\": [{\"name\": [{}], \"timeout\": \"30s\", \"retryPolicy\": {"
+           "\"maxAttempts\": 3, \"initialBackoff\": \"0.1s\", \"maxBackoff\": \"1s\", "
+           "\"backoffMultiplier\": 2, \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]}"));
+    OK(plexus_channel_options_set_enable_retries(o, true));
+    OK(plexus_channel_options_set_per_call_retry_buffer_size(o, 64 * 1024));
+    OK(plexus_channel_options_set_retry_buffer_size(o, 8 * 1024 * 1024));
 
     /* Every out-of-range value is refused with a reason. */
     EXPECT(plexus_channel_options_set_initial_stream_window_size(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
@@ -242,6 +249,16 @@ static void test_options(void) {
     EXPECT(plexus_channel_options_set_lb_policy(o, "fastest"), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, "\xff"), PLEXUS_ERR_INVALID_UTF8);
     EXPECT(plexus_channel_options_set_user_agent(o, "tab\there"), PLEXUS_ERR_INVALID_ARGUMENT);
+    /* A malformed service config names the field; the options keep the previous one. */
+    EXPECT(plexus_channel_options_set_service_config(
+               o, "{\"methodConfig\": [{\"retryPolicy\": {\"maxAttempts\": 1}}]}"),
+           PLEXUS_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(plexus_last_error(), "methodConfig[0].retryPolicy.maxAttempts") != NULL);
+    EXPECT(plexus_channel_options_set_service_config(o, "not json"), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_enable_retries(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_per_call_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_service_config(NULL, "{}"), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_shared(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_max_receive_message_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
