@@ -33,8 +33,9 @@ end_step() {
     [ "$n" -gt 0 ] || return 0
     printf -- "--- %s: %ss\n" "${step_names[n - 1]}" "$((SECONDS - step_starts[n - 1]))"
 }
-# Per step, "N passed, M failed" from its output: cargo's and pytest's summaries and the
-# PASS/FAIL lines of the peer and interop clients; "-" for a step that runs no counted tests.
+# Per step, "N passed, M failed" from its output: cargo's, pytest's and the C, interop and
+# peer suites' summaries ("...: N passed, M failed"), and PASS/FAIL lines; "-" for a step
+# that runs no counted tests.
 count_tests() {
     awk '
         function add(   i) {
@@ -46,7 +47,7 @@ count_tests() {
         FILENAME == ARGV[1]                 { is_step["==> " $0] = 1; next }
         is_step[$0]                         { s++; next }
         /test result: /                     { add(); next }
-        /^=* *[0-9]+ (passed|failed)/       { add(); next }
+        /(^|[ :=])[0-9]+ passed/            { add(); next }
         /^PASS /                            { p[s]++ }
         /^FAIL /                            { f[s]++ }
         END {
