@@ -558,8 +558,9 @@ _SS = TypeVar("_SS", bound=MultiCallableBase[Any])
 
 class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
     """grpc.Channel's four multicallable factories, over the channel's own multicallable
-    classes (`_kinds`: unary-unary, unary-stream, stream-unary, stream-stream). Keyword
-    arguments such as grpcio's `_registered_method` are accepted and ignored."""
+    classes (`_kinds`: unary-unary, unary-stream, stream-unary, stream-stream). grpcio's
+    `_registered_method` (positional, as grpc.intercept_channel passes it, or by keyword) and
+    other keyword arguments are accepted and ignored."""
 
     _kinds: tuple[type[_UU], type[_US], type[_SU], type[_SS]]
 
@@ -568,6 +569,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         method: str,
         request_serializer: Serializer | None = None,
         response_deserializer: Deserializer | None = None,
+        _registered_method: bool | None = None,
         **kwargs: Any,
     ) -> _UU:
         """A callable for a unary-unary method."""
@@ -578,6 +580,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         method: str,
         request_serializer: Serializer | None = None,
         response_deserializer: Deserializer | None = None,
+        _registered_method: bool | None = None,
         **kwargs: Any,
     ) -> _US:
         """A callable for a unary-stream (server streaming) method."""
@@ -588,6 +591,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         method: str,
         request_serializer: Serializer | None = None,
         response_deserializer: Deserializer | None = None,
+        _registered_method: bool | None = None,
         **kwargs: Any,
     ) -> _SU:
         """A callable for a stream-unary (client streaming) method."""
@@ -598,6 +602,7 @@ class ChannelMethods(Generic[_UU, _US, _SU, _SS]):
         method: str,
         request_serializer: Serializer | None = None,
         response_deserializer: Deserializer | None = None,
+        _registered_method: bool | None = None,
         **kwargs: Any,
     ) -> _SS:
         """A callable for a stream-stream (bidirectional streaming) method."""
