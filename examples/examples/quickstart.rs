@@ -11,8 +11,7 @@ use plexus::{
     Server, Status,
 };
 
-/// The code generated from `quickstart.proto`, whose package is `quickstart`; `pub` so that the generated
-/// items this program leaves unused are not reported as dead code.
+/// The code generated from `quickstart.proto`, whose package is `quickstart`.
 pub mod quickstart {
     plexus::include_proto!("quickstart");
 }

@@ -11,8 +11,7 @@ use plexus::{
     CallOptions, Channel, Listener, Request, RequestStream, Response, ResponseSink, Server, Status,
 };
 
-/// The code generated from `route_guide.proto`, whose package is `routeguide`; `pub` so that the generated
-/// items this program leaves unused are not reported as dead code.
+/// The code generated from `route_guide.proto`, whose package is `routeguide`.
 pub mod routeguide {
     plexus::include_proto!("routeguide");
 }
