@@ -270,6 +270,23 @@ typedef struct plexus_metadata_entry {
   bool binary;
 } plexus_metadata_entry;
 
+// Runs before each call of a channel, on the thread that starts the call or a plexus worker,
+// possibly on several threads at once. `method` is the full method path (NUL-terminated,
+// borrowed for the callback); `metadata` is the call's request metadata, borrowed for the
+// callback, to which it may add entries with `plexus_metadata_append` (for an auth token).
+// Returns 0 to go on, or a gRPC status code (1 to 16) to fail the call with it, unsent. It
+// must not block for long, nor call plexus functions that wait for calls.
+typedef int32_t (*plexus_call_start_hook)(void *user_data,
+                                          const char *method,
+                                          struct plexus_metadata *metadata);
+
+// Runs once a call of the channel has ended (or its start hook refused it), with its status
+// code and message (NUL-terminated, borrowed for the callback), on whatever thread ended it.
+typedef void (*plexus_call_end_hook)(void *user_data,
+                                     const char *method,
+                                     int32_t code,
+                                     const char *message);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1106,6 +1123,23 @@ plexus_result plexus_channel_options_set_per_call_retry_buffer_size(struct plexu
 // `options` is live.
 plexus_result plexus_channel_options_set_retry_buffer_size(struct plexus_channel_options *options,
                                                            size_t bytes);
+
+// Sets functions the channel runs around every call: `start` before it is sent (it may add
+// request metadata, such as an auth token, or refuse the call with a status code), `end` once
+// it has ended (its status code and message, for metrics). Either may be NULL; both NULL
+// remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
+// it must stay valid, and safe to use from several threads at once, while any channel made
+// with these options lives. Channels made with equal options and the same hooks and
+// `user_data` may share connections.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live; `start` and `end` are NULL or functions of the types described.
+plexus_result plexus_channel_options_set_call_hooks(struct plexus_channel_options *options,
+                                                    plexus_call_start_hook start,
+                                                    plexus_call_end_hook end,
+                                                    void *user_data);
 
 // Creates call options with no timeout, no metadata, the channel's size limits and
 // fail-fast behaviour; owned by the caller (free with `plexus_call_options_free`).

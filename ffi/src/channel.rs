@@ -68,9 +68,12 @@ pub(crate) fn shutdown_all() {
 fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
     let rt = runtime::get()?;
     let build = || -> Result<Arc<SharedChannel>> {
-        let builder = Channel::builder(target)
+        let mut builder = Channel::builder(target)
             .settings(options.settings.clone())
             .executor(rt.executor());
+        if let Some(hooks) = options.hooks {
+            builder = builder.interceptor(hooks.interceptor());
+        }
         let channel = builder
             .build()
             .map_err(|e| Error::from_setting(&core_plexus::Status::from(e)))?;

@@ -31,6 +31,7 @@ mod channel;
 mod cq;
 mod error;
 mod handle;
+mod hooks;
 mod metadata;
 mod options;
 mod runtime;

@@ -66,6 +66,11 @@ impl Metadata {
         &self.core
     }
 
+    /// The metadata as core keeps it.
+    pub(crate) fn into_core(self) -> core_plexus::Metadata {
+        self.core
+    }
+
     fn entries(&self) -> &[Entry] {
         self.entries.get_or_init(|| {
             self.core

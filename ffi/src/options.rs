@@ -1,7 +1,7 @@
 //! Option objects: `plexus_channel_options` (one setter per field of core's
 //! `ChannelSettings`) and `plexus_call_options` (core's `CallOptions`).
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use core_plexus::codec::Compression;
@@ -10,6 +10,7 @@ use core_plexus::{BackoffConfig, CallOptions, Certificate, ChannelSettings, Iden
 use crate::boundary::boundary;
 use crate::error::{Error, PLEXUS_OK, Result, plexus_result};
 use crate::handle::{BoxHandle, str_arg, write_out};
+use crate::hooks::{CallHooks, plexus_call_end_hook, plexus_call_start_hook};
 use crate::metadata::plexus_metadata;
 
 /// Settings for `plexus_channel_new`. Owned by the caller; free with
@@ -37,6 +38,8 @@ pub(crate) struct ChannelOptions {
     pub(crate) settings: ChannelSettings,
     /// Whether the channel may share a connection pool.
     pub(crate) shared: bool,
+    /// Functions run around every call, if set.
+    pub(crate) hooks: Option<CallHooks>,
 }
 
 impl Default for ChannelOptions {
@@ -44,6 +47,7 @@ impl Default for ChannelOptions {
         ChannelOptions {
             settings: ChannelSettings::default(),
             shared: true,
+            hooks: None,
         }
     }
 }
@@ -847,6 +851,37 @@ pub unsafe extern "C" fn plexus_channel_options_set_retry_buffer_size(
                 Ok(())
             })
         }
+    })
+}
+
+/// Sets functions the channel runs around every call: `start` before it is sent (it may add
+/// request metadata, such as an auth token, or refuse the call with a status code), `end` once
+/// it has ended (its status code and message, for metrics). Either may be NULL; both NULL
+/// remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
+/// it must stay valid, and safe to use from several threads at once, while any channel made
+/// with these options lives. Channels made with equal options and the same hooks and
+/// `user_data` may share connections.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live; `start` and `end` are NULL or functions of the types described.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_call_hooks(
+    options: *mut plexus_channel_options,
+    start: plexus_call_start_hook,
+    end: plexus_call_end_hook,
+    user_data: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_call_hooks", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        let options = unsafe { plexus_channel_options::as_mut(options) }?;
+        options.hooks = (start.is_some() || end.is_some()).then_some(CallHooks {
+            start,
+            end,
+            user_data: user_data as usize,
+        });
+        Ok(PLEXUS_OK)
     })
 }
 

@@ -1094,6 +1094,67 @@ static void test_tls(void) {
 
 /* ---- bad arguments: an error code and text for each kind, never a crash ---- */
 
+/* Call hooks: the start hook adds an x-echo-* entry (the server echoes it) or refuses the
+ * call; the end hook counts outcomes. */
+struct hook_state {
+    atomic_int started;
+    atomic_int ended_ok;
+    atomic_int ended_denied;
+    atomic_int refuse;
+};
+
+static int32_t start_hook(void *user_data, const char *method, plexus_metadata *md) {
+    struct hook_state *state = user_data;
+    atomic_fetch_add(&state->started, 1);
+    if (strcmp(method, UNARY) != 0) return 13; /* INTERNAL: a method we did not call */
+    if (atomic_load(&state->refuse)) return 7; /* PERMISSION_DENIED */
+    return plexus_metadata_append(md, "x-echo-hook", "added") == PLEXUS_OK ? 0 : 13;
+}
+
+static void end_hook(void *user_data, const char *method, int32_t code, const char *message) {
+    struct hook_state *state = user_data;
+    (void)method;
+    if (code == 0) atomic_fetch_add(&state->ended_ok, 1);
+    if (code == 7 && strstr(message, "start hook") != NULL) atomic_fetch_add(&state->ended_denied, 1);
+}
+
+static void test_call_hooks(void) {
+    static struct hook_state state;
+    plexus_channel_options *o = NULL;
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_set_call_hooks(o, start_hook, end_hook, &state));
+    EXPECT(plexus_channel_options_set_call_hooks(NULL, start_hook, end_hook, &state),
+           PLEXUS_ERR_NULL_ARGUMENT);
+    const plexus_channel *ch = NULL;
+    OK(plexus_channel_new(test_target(), o, &ch));
+    plexus_channel_options_free(o);
+
+    plexus_bytes *req = request_text("hooked"), *resp = NULL;
+    plexus_status *status = NULL;
+    OK(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, &status));
+    CHECK(response_is(resp, "hooked"));
+    const plexus_metadata *initial = NULL;
+    OK(plexus_status_initial_metadata(status, &initial));
+    const uint8_t *value = NULL;
+    size_t len = 0;
+    OK(plexus_metadata_get(initial, "x-echo-hook", &value, &len));
+    CHECK(len == 5 && memcmp(value, "added", 5) == 0);
+    plexus_status_free(status);
+    plexus_bytes_free(resp);
+
+    atomic_store(&state.refuse, 1);
+    req = request_text("refused");
+    resp = NULL;
+    status = NULL;
+    EXPECT(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, &status), PLEXUS_ERR_RPC);
+    CHECK(status_code(status) == 7);
+    plexus_status_free(status);
+    CHECK(atomic_load(&state.started) == 2);
+    CHECK(atomic_load(&state.ended_ok) == 1);
+    CHECK(atomic_load(&state.ended_denied) == 1);
+    plexus_channel_free(ch);
+}
+
 static void test_bad_arguments(void) {
     plexus_bytes *req = request_text("x"), *resp = NULL;
     plexus_status *status = NULL;
@@ -1198,6 +1259,7 @@ int main(void) {
     RUN(test_shared_channels);
     RUN(test_compression);
     RUN(test_tls);
+    RUN(test_call_hooks);
     RUN(test_bad_arguments);
     plexus_channel_free(channel);
     OK(plexus_shutdown());
