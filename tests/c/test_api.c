@@ -1132,6 +1132,7 @@ static void test_call_hooks(void) {
     plexus_bytes *req = request_text("hooked"), *resp = NULL;
     plexus_status *status = NULL;
     OK(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, &status));
+    plexus_bytes_free(req);
     CHECK(response_is(resp, "hooked"));
     const plexus_metadata *initial = NULL;
     OK(plexus_status_initial_metadata(status, &initial));
@@ -1147,6 +1148,7 @@ static void test_call_hooks(void) {
     resp = NULL;
     status = NULL;
     EXPECT(plexus_unary(ch, UNARY, req, NULL, LONG_MS, &resp, &status), PLEXUS_ERR_RPC);
+    plexus_bytes_free(req);
     CHECK(status_code(status) == 7);
     plexus_status_free(status);
     CHECK(atomic_load(&state.started) == 2);
