@@ -220,34 +220,52 @@ impl<I: ?Sized> Chain<I> {
     }
 }
 
-impl Chain<dyn ClientInterceptor> {
-    /// Runs every `before` in order; the first refusal ends the chain (and is what every
-    /// `after` then sees).
-    pub(crate) async fn before(&self, call: &mut ClientCall) -> Result<(), Status> {
-        for interceptor in self.list.iter() {
-            if let Err(status) = interceptor.before(call).await {
-                self.after(call.method(), &status);
-                return Err(status);
-            }
-        }
-        Ok(())
+/// What [`Chain`] needs of an interceptor type and the call it sees: one implementation per
+/// side, so the chain's logic is written once.
+pub(crate) trait Intercepts<C>: Send + Sync {
+    fn before_call<'a>(&'a self, call: &'a mut C) -> InterceptFuture<'a>;
+    fn after_call(&self, method: &str, status: &Status);
+    fn method(call: &C) -> &str;
+}
+
+impl Intercepts<ClientCall> for dyn ClientInterceptor {
+    fn before_call<'a>(&'a self, call: &'a mut ClientCall) -> InterceptFuture<'a> {
+        self.before(call)
     }
 
-    /// Runs every `after`, last added first.
-    pub(crate) fn after(&self, method: &str, status: &Status) {
-        for interceptor in self.list.iter().rev() {
-            interceptor.after(method, status);
-        }
+    fn after_call(&self, method: &str, status: &Status) {
+        self.after(method, status);
+    }
+
+    fn method(call: &ClientCall) -> &str {
+        call.method()
     }
 }
 
-impl Chain<dyn ServerInterceptor> {
+impl Intercepts<ServerCall> for dyn ServerInterceptor {
+    fn before_call<'a>(&'a self, call: &'a mut ServerCall) -> InterceptFuture<'a> {
+        self.before(call)
+    }
+
+    fn after_call(&self, method: &str, status: &Status) {
+        self.after(method, status);
+    }
+
+    fn method(call: &ServerCall) -> &str {
+        call.method()
+    }
+}
+
+impl<I: ?Sized> Chain<I> {
     /// Runs every `before` in order; the first refusal ends the chain (and is what every
     /// `after` then sees).
-    pub(crate) async fn before(&self, call: &mut ServerCall) -> Result<(), Status> {
+    pub(crate) async fn before<C>(&self, call: &mut C) -> Result<(), Status>
+    where
+        I: Intercepts<C>,
+    {
         for interceptor in self.list.iter() {
-            if let Err(status) = interceptor.before(call).await {
-                self.after(call.method(), &status);
+            if let Err(status) = interceptor.before_call(call).await {
+                self.after::<C>(I::method(call), &status);
                 return Err(status);
             }
         }
@@ -255,9 +273,12 @@ impl Chain<dyn ServerInterceptor> {
     }
 
     /// Runs every `after`, last added first.
-    pub(crate) fn after(&self, method: &str, status: &Status) {
+    pub(crate) fn after<C>(&self, method: &str, status: &Status)
+    where
+        I: Intercepts<C>,
+    {
         for interceptor in self.list.iter().rev() {
-            interceptor.after(method, status);
+            interceptor.after_call(method, status);
         }
     }
 }
@@ -277,14 +298,12 @@ impl<I: ?Sized> Observer<I> {
     }
 }
 
-impl Observer<dyn ClientInterceptor> {
-    pub(crate) fn done(self, status: &Status) {
-        self.chain.after(&self.method, status);
-    }
-}
-
-impl Observer<dyn ServerInterceptor> {
-    pub(crate) fn done(self, status: &Status) {
-        self.chain.after(&self.method, status);
+impl<I: ?Sized> Observer<I> {
+    /// Tells every interceptor of the chain that the call ended with `status`.
+    pub(crate) fn done<C>(self, status: &Status)
+    where
+        I: Intercepts<C>,
+    {
+        self.chain.after::<C>(&self.method, status);
     }
 }
