@@ -304,6 +304,26 @@ def test_client_streaming_future_cancel(stub):
     blocker.put(None)
 
 
+def test_client_streaming_future_cancel_while_the_iterator_blocks(stub):
+    """cancel() makes the future done even while its thread is stuck in the request
+    iterator (as grpcio's): the order the other test leaves to chance, forced."""
+    blocker = queue.Queue()
+    blocking = threading.Event()
+
+    def requests():
+        yield Req(message="first")
+        blocking.set()
+        blocker.get()  # answered only after the test
+
+    future = stub.ClientStream.future(requests(), timeout=WAIT)
+    assert blocking.wait(WAIT), "the request iterator never got to its second item"
+    assert future.cancel() is True
+    with pytest.raises(grpc.FutureCancelledError):
+        future.result(timeout=WAIT)
+    assert future.done() and future.code() is grpc.StatusCode.CANCELLED
+    blocker.put(None)
+
+
 def test_request_iterator_failure_is_unknown(stub):
     def requests():
         yield Req(message="a")

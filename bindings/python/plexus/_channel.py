@@ -1133,6 +1133,18 @@ class _StreamUnaryFuture(_CallFuture):
         if stream is not None and local is not None:
             stream._cancel_with(local.code, local.details)
 
+    def cancel(self) -> bool:
+        """Cancels the call if it is still running; returns whether it did. The future is
+        done at once, as grpcio's is: its worker thread may be blocked in the request
+        iterator for as long as that iterator blocks, and the outcome is decided already."""
+        if not _CallFuture.cancel(self):
+            return False
+        local = self._local
+        if local is not None:
+            self._status = local
+        self._resolve()
+        return True
+
 
 def insecure_channel(
     target: str,
