@@ -106,8 +106,17 @@ fn server(seen: &Seen, cancelled: ProbeTx<String>, started: ProbeTx<String>) -> 
                     seen.record(&md, &ctx);
                     started.report(format!("attempt {}", ctx.previous_attempts()));
                     let mut all = Vec::new();
-                    while let Some(m) = messages.message().await? {
-                        all.extend_from_slice(&m);
+                    let read = async {
+                        while let Some(m) = messages.message().await? {
+                            all.extend_from_slice(&m);
+                        }
+                        Ok::<_, Status>(())
+                    };
+                    let read = read.await;
+                    // A stalled attempt may be cancelled before it read its whole request:
+                    // it stalls (and reports the cancel) whatever reading came to.
+                    if action(&md, ctx.previous_attempts()) != "stall" {
+                        read?;
                     }
                     act(&md, &ctx, &cancelled).await?;
                     Ok(Response::new(Bytes::from(all)))
