@@ -48,12 +48,28 @@ impl ExecutorKind {
     }
 }
 
+/// A retry policy on every benchmark method (`plexus-bench client --retries`): the servers
+/// never fail, so it only costs what keeping calls retryable costs.
+pub const RETRY_CONFIG: &str = r#"{"methodConfig": [{
+    "name": [{"service": "grpc.testing.BenchmarkService"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+}]}"#;
+
 /// Runs one load run against `target` (`host:port`) with a plexus channel: every worker shares
 /// the one channel, as an application would. With [`ExecutorKind::Smol`] the channel's
 /// connection tasks and the workers that make the calls both run on [`SmolExecutor`], so
 /// nothing of the default pool is started.
-pub fn run_client(target: &str, spec: &Spec, executor: ExecutorKind) -> Result<Report, String> {
-    let builder = Channel::builder(&format!("http://{target}"));
+pub fn run_client(
+    target: &str,
+    spec: &Spec,
+    executor: ExecutorKind,
+    service_config: Option<&str>,
+) -> Result<Report, String> {
+    let mut builder = Channel::builder(&format!("http://{target}"));
+    if let Some(config) = service_config {
+        builder = builder.default_service_config(config);
+    }
     let builder = match executor {
         ExecutorKind::Default => builder.executor(DefaultExecutor),
         ExecutorKind::Smol => builder.executor(SmolExecutor),

@@ -1,7 +1,7 @@
 //! `plexus-bench`: the benchmark harness's one binary.
 //!
 //! ```text
-//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol]
+//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries]
 //!                     --rpc unary|streaming --concurrency N --payload BYTES --duration S
 //!                     --warmup S [--json]
 //! plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
@@ -20,7 +20,7 @@ use plexus_benches::plexus_peer::ExecutorKind;
 use plexus_benches::{hogs, matrix, memory, plexus_peer, tonic_peer};
 
 const USAGE: &str = "usage:
-  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol]
+  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries]
                       [--rpc unary|streaming] [--concurrency N] [--payload BYTES]
                       [--duration S] [--warmup S] [--json]
   plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
@@ -30,7 +30,8 @@ const USAGE: &str = "usage:
   plexus-bench spin [--parent PID]
 
 --executor (plexus only): default runs the channel or server and the client's call loops on
-plexus's own pool, smol on SmolExecutor (smol's async-executor). spin burns one core until
+plexus's own pool, smol on SmolExecutor (smol's async-executor). --retries (plexus only)
+gives the channel a service-config retry policy on the benchmark methods, never needed. spin burns one core until
 the process PID (default: its parent) is gone; `matrix --load N` runs N of them.";
 
 fn main() -> ExitCode {
@@ -78,7 +79,7 @@ fn client(raw: &[String]) -> Result<(), String> {
             "warmup",
             "executor",
         ],
-        &["json"],
+        &["json", "retries"],
     )?;
     let target = args.required("target")?;
     let spec = Spec {
@@ -91,8 +92,13 @@ fn client(raw: &[String]) -> Result<(), String> {
     if spec.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    let retries = args.switch("retries");
     let report = match (args.get("impl").unwrap_or("plexus"), executor(&args)?) {
-        ("plexus", kind) => plexus_peer::run_client(target, &spec, kind.unwrap_or_default())?,
+        ("plexus", kind) => {
+            let config = retries.then_some(plexus_peer::RETRY_CONFIG);
+            plexus_peer::run_client(target, &spec, kind.unwrap_or_default(), config)?
+        }
+        ("tonic", _) if retries => return Err("--retries is for --impl plexus only".into()),
         ("tonic", None) => tonic_peer::run_client(target, &spec)?,
         ("tonic", Some(_)) => return Err("--executor is for --impl plexus only".into()),
         (other, _) => return Err(format!("--impl must be plexus or tonic, not {other:?}")),
