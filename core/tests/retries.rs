@@ -384,9 +384,11 @@ fn wait_for_ready_comes_from_the_config() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
-        // The call's own setting wins over the config.
+        // The call's own setting wins over the config: it fails fast, long before a
+        // deadline generous enough for a busy machine.
+        let generous = CallOptions::new().timeout(Duration::from_secs(20));
         let err = waiting
-            .unary("/a.B/C", Bytes::new(), options().wait_for_ready(false))
+            .unary("/a.B/C", Bytes::new(), generous.wait_for_ready(false))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err}");

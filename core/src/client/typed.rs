@@ -109,13 +109,13 @@ impl<C: Codec> Client<C> {
             .unwrap_or(self.channel.config().compression)
     }
 
-    /// A unary call: one request, one response.
-    pub async fn unary(
+    /// Starts a call whose whole request is `message` (unary and server-streaming calls).
+    async fn start_with(
         &self,
         path: &str,
         message: &C::Encode,
         options: CallOptions,
-    ) -> Result<Response<C::Decode>, Status> {
+    ) -> Result<RawStreaming, Status> {
         let options = self.options(path, options);
         let framed = frame_message(
             &*self.codec,
@@ -127,6 +127,17 @@ impl<C: Codec> Client<C> {
             .channel
             .start(path, options, Some(framed), true)
             .await?;
+        Ok(raw)
+    }
+
+    /// A unary call: one request, one response.
+    pub async fn unary(
+        &self,
+        path: &str,
+        message: &C::Encode,
+        options: CallOptions,
+    ) -> Result<Response<C::Decode>, Status> {
+        let raw = self.start_with(path, message, options).await?;
         read_unary(&mut self.streaming(raw)).await
     }
 
@@ -137,17 +148,7 @@ impl<C: Codec> Client<C> {
         message: &C::Encode,
         options: CallOptions,
     ) -> Result<Streaming<C::Decode>, Status> {
-        let options = self.options(path, options);
-        let framed = frame_message(
-            &*self.codec,
-            message,
-            self.max_send(&options),
-            self.compression(&options),
-        )?;
-        let (_call, raw) = self
-            .channel
-            .start(path, options, Some(framed), true)
-            .await?;
+        let raw = self.start_with(path, message, options).await?;
         Ok(self.streaming(raw))
     }
 
