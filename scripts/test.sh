@@ -106,12 +106,15 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "plexus without its default features (no TLS) still builds, lint-clean"
+step "plexus without its default features (no TLS), and with tracing, still builds, lint-clean"
 cargo clippy -p plexus --no-default-features --all-targets --quiet -- -D warnings
+cargo clippy -p plexus --features tracing --all-targets --quiet -- -D warnings
 
 step "Rust tests (unit, integration on smol and on a thread pool, doc tests)"
 cargo test --workspace --quiet 2>&1 | tee "$run_dir/cargo-test.log"
 if grep -q "test result: FAILED" "$run_dir/cargo-test.log"; then exit 1; fi
+# Calls as tracing spans: a test that needs the optional feature.
+cargo test -p plexus --features tracing --test spans --quiet
 
 step "the examples run: quickstart and route_guide (debug build, reused from the tests)"
 cargo run --quiet -p plexus-examples --example quickstart

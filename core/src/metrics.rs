@@ -12,6 +12,14 @@
 //! [`SERVER_CALL_SENT_BYTES`] and [`SERVER_CALL_RECEIVED_BYTES`]; labels [`METHOD`] and
 //! [`STATUS`]. Durations are in seconds; sizes are the message bytes as sent on the wire
 //! (compressed, with their 5-byte gRPC prefixes).
+//!
+//! With the `tracing` feature, calls are also [`tracing`](https://docs.rs/tracing) spans, at
+//! level INFO, whether or not a [`Metrics`] is set: `grpc.client.call` (fields `grpc.method`,
+//! `grpc.target`, `grpc.status`) with one child `grpc.client.attempt` per attempt (fields
+//! `grpc.previous_rpc_attempts`, `grpc.status`), and `grpc.server.call` (fields
+//! `grpc.method`, `grpc.status`), entered while the handler runs, so that the handler's own
+//! events and the client calls it makes nest under it. A client call's span is a child of
+//! the span current where the call starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,48 +65,106 @@ pub trait Metrics: Send + Sync + 'static {
     fn record(&self, name: &'static str, value: f64, labels: &[(&'static str, &str)]);
 }
 
+/// When an attempt started and, with the `tracing` feature, its span (closed once the last
+/// clone is dropped).
+#[derive(Clone)]
+pub(crate) struct AttemptClock {
+    started: Instant,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+impl AttemptClock {
+    /// An attempt of a call that is not measured.
+    pub(crate) fn unmeasured() -> AttemptClock {
+        AttemptClock {
+            started: Instant::now(),
+            #[cfg(feature = "tracing")]
+            span: tracing::Span::none(),
+        }
+    }
+}
+
 /// One client call's measurements.
 pub(crate) struct CallMetrics {
-    sink: Arc<dyn Metrics>,
+    sink: Option<Arc<dyn Metrics>>,
     method: Box<str>,
     target: Arc<str>,
     started: Instant,
     /// Request bytes the call sent so far (every attempt gets all of them).
     sent: AtomicU64,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl CallMetrics {
-    pub(crate) fn new(sink: &Arc<dyn Metrics>, path: &str, target: &Arc<str>) -> CallMetrics {
-        CallMetrics {
-            sink: sink.clone(),
-            method: path.trim_start_matches('/').into(),
-            target: target.clone(),
-            started: Instant::now(),
-            sent: AtomicU64::new(0),
-        }
+    /// Measurements for a call of `path` on the channel to `target`, when there is a sink or
+    /// a tracing subscriber that wants the call's span.
+    pub(crate) fn new(
+        sink: Option<&Arc<dyn Metrics>>,
+        path: &str,
+        target: &Arc<str>,
+    ) -> Option<Box<CallMetrics>> {
+        let method = path.trim_start_matches('/');
+        #[cfg(feature = "tracing")]
+        let span = tracing::info_span!(
+            "grpc.client.call",
+            "grpc.method" = method,
+            "grpc.target" = &**target,
+            "grpc.status" = tracing::field::Empty,
+        );
+        #[cfg(feature = "tracing")]
+        let wanted = sink.is_some() || !span.is_disabled();
+        #[cfg(not(feature = "tracing"))]
+        let wanted = sink.is_some();
+        wanted.then(|| {
+            Box::new(CallMetrics {
+                sink: sink.cloned(),
+                method: method.into(),
+                target: target.clone(),
+                started: Instant::now(),
+                sent: AtomicU64::new(0),
+                #[cfg(feature = "tracing")]
+                span,
+            })
+        })
     }
 
     pub(crate) fn sent(&self, bytes: usize) {
         self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// An attempt starts now; returns its start time.
-    pub(crate) fn attempt_started(&self) -> Instant {
-        let labels = [(METHOD, &*self.method), (TARGET, &*self.target)];
-        self.sink.add(CLIENT_ATTEMPT_STARTED, 1, &labels);
-        Instant::now()
+    /// An attempt starts now, after `previous` others.
+    pub(crate) fn attempt_started(&self, previous: u32) -> AttemptClock {
+        if let Some(sink) = &self.sink {
+            let labels = [(METHOD, &*self.method), (TARGET, &*self.target)];
+            sink.add(CLIENT_ATTEMPT_STARTED, 1, &labels);
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = previous;
+        AttemptClock {
+            started: Instant::now(),
+            #[cfg(feature = "tracing")]
+            span: tracing::info_span!(
+                parent: &self.span,
+                "grpc.client.attempt",
+                "grpc.previous_rpc_attempts" = previous,
+                "grpc.status" = tracing::field::Empty,
+            ),
+        }
     }
 
-    /// The attempt that started at `started` ended with `code`, having received `received`
-    /// bytes.
-    pub(crate) fn attempt_ended(&self, started: Instant, code: Code, received: u64) {
+    /// The attempt ended with `code`, having received `received` bytes.
+    pub(crate) fn attempt_ended(&self, attempt: AttemptClock, code: Code, received: u64) {
+        #[cfg(feature = "tracing")]
+        attempt.span.record("grpc.status", code.name());
+        let Some(sink) = &self.sink else { return };
         let labels = [
             (METHOD, &*self.method),
             (TARGET, &*self.target),
             (STATUS, code.name()),
         ];
-        let sink = &self.sink;
-        sink.record(CLIENT_ATTEMPT_DURATION, seconds(started), &labels);
+        sink.record(CLIENT_ATTEMPT_DURATION, seconds(attempt.started), &labels);
         let sent = self.sent.load(Ordering::Relaxed);
         sink.record(CLIENT_ATTEMPT_SENT_BYTES, sent as f64, &labels);
         sink.record(CLIENT_ATTEMPT_RECEIVED_BYTES, received as f64, &labels);
@@ -106,42 +172,75 @@ impl CallMetrics {
 
     /// The call ended with `code`.
     pub(crate) fn call_ended(&self, code: Code) {
+        #[cfg(feature = "tracing")]
+        self.span.record("grpc.status", code.name());
+        let Some(sink) = &self.sink else { return };
         let labels = [
             (METHOD, &*self.method),
             (TARGET, &*self.target),
             (STATUS, code.name()),
         ];
-        self.sink
-            .record(CLIENT_CALL_DURATION, seconds(self.started), &labels);
+        sink.record(CLIENT_CALL_DURATION, seconds(self.started), &labels);
     }
 }
 
 /// One server call's measurements.
 pub(crate) struct ServerCallMetrics {
-    sink: Arc<dyn Metrics>,
+    sink: Option<Arc<dyn Metrics>>,
     method: Box<str>,
     started: Instant,
     pub(crate) sent: u64,
     pub(crate) received: Arc<AtomicU64>,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl ServerCallMetrics {
-    pub(crate) fn start(sink: &Arc<dyn Metrics>, path: &str) -> ServerCallMetrics {
-        let method: Box<str> = path.trim_start_matches('/').into();
-        sink.add(SERVER_CALL_STARTED, 1, &[(METHOD, &method)]);
-        ServerCallMetrics {
-            sink: sink.clone(),
-            method,
+    /// Measurements for a call of `path`, when the server has a sink or a tracing subscriber
+    /// wants the call's span.
+    pub(crate) fn start(sink: Option<&Arc<dyn Metrics>>, path: &str) -> Option<ServerCallMetrics> {
+        let method = path.trim_start_matches('/');
+        #[cfg(feature = "tracing")]
+        let span = tracing::info_span!(
+            "grpc.server.call",
+            "grpc.method" = method,
+            "grpc.status" = tracing::field::Empty,
+        );
+        #[cfg(feature = "tracing")]
+        let wanted = sink.is_some() || !span.is_disabled();
+        #[cfg(not(feature = "tracing"))]
+        let wanted = sink.is_some();
+        if !wanted {
+            return None;
+        }
+        if let Some(sink) = sink {
+            sink.add(SERVER_CALL_STARTED, 1, &[(METHOD, method)]);
+        }
+        Some(ServerCallMetrics {
+            sink: sink.cloned(),
+            method: method.into(),
             started: Instant::now(),
             sent: 0,
             received: Arc::new(AtomicU64::new(0)),
-        }
+            #[cfg(feature = "tracing")]
+            span,
+        })
+    }
+
+    /// Runs `f` inside the call's span (with the `tracing` feature; else just runs it).
+    pub(crate) fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        #[cfg(feature = "tracing")]
+        return self.span.in_scope(f);
+        #[cfg(not(feature = "tracing"))]
+        f()
     }
 
     /// The call ended with `code`.
     pub(crate) fn ended(&self, code: Code) {
+        #[cfg(feature = "tracing")]
+        self.span.record("grpc.status", code.name());
+        let Some(sink) = &self.sink else { return };
         let labels = [(METHOD, &*self.method), (STATUS, code.name())];
-        let sink = &self.sink;
         sink.record(SERVER_CALL_DURATION, seconds(self.started), &labels);
         sink.record(SERVER_CALL_SENT_BYTES, self.sent as f64, &labels);
         let received = self.received.load(Ordering::Relaxed);

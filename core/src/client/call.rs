@@ -20,7 +20,7 @@ use super::stats::Counters;
 use super::subchannel::StreamSlot;
 use crate::codec::Compression;
 use crate::codec::frame::Framed;
-use crate::metrics::CallMetrics;
+use crate::metrics::{AttemptClock, CallMetrics};
 use crate::proto::send::Outbox;
 use crate::rt::Deadline;
 use crate::server::CallContext;
@@ -258,7 +258,7 @@ pub(crate) fn open(
         budget,
         parent: parent.map(ParentWatch::new),
         observer: None,
-        attempt_started: Instant::now(),
+        attempt_started: AttemptClock::unmeasured(),
     };
     if let Some(metrics) = &call.metrics {
         metrics.sent(first_len);

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::SendStream;
@@ -24,29 +24,40 @@ use super::call::CallShared;
 use super::retry::Pushback;
 use super::service_config::HedgingPolicy;
 use super::subchannel::StreamSlot;
+use crate::metrics::AttemptClock;
 use crate::proto::headers::status_from_trailers;
 use crate::rt::BoxFuture;
 use crate::status::{Code, Status};
 
 /// A started attempt: its stream's slot, response and id, and when it started.
-type Opened = (StreamSlot, H2ResponseFuture, SendStream<Bytes>, Instant);
+type Opened = (
+    StreamSlot,
+    H2ResponseFuture,
+    SendStream<Bytes>,
+    AttemptClock,
+);
 
 /// One attempt waiting for its response headers.
 struct Attempt {
     response: H2ResponseFuture,
     slot: StreamSlot,
     id: u32,
-    started: Instant,
+    started: AttemptClock,
 }
 
 /// What the attempts came to.
 pub(super) enum Outcome {
     /// An attempt got its response headers (or a Trailers-Only response that ends the call):
     /// the call has committed to it.
-    Won(http::Response<h2::RecvStream>, StreamSlot, u32, Instant),
+    Won(
+        http::Response<h2::RecvStream>,
+        StreamSlot,
+        u32,
+        AttemptClock,
+    ),
     /// The call committed to its first stream (its request outgrew the retry buffer): that
     /// attempt goes on alone.
-    Alone(H2ResponseFuture, StreamSlot, u32, Instant),
+    Alone(H2ResponseFuture, StreamSlot, u32, AttemptClock),
     /// Every attempt failed and no more may start; the status of the last, or of a fatal one.
     Failed(Status),
 }
@@ -72,7 +83,7 @@ impl Hedging {
         response: H2ResponseFuture,
         slot: StreamSlot,
         id: u32,
-        started: Instant,
+        started: AttemptClock,
     ) -> Hedging {
         let mut hedging = Hedging {
             attempts: vec![Attempt {
@@ -119,12 +130,12 @@ impl Hedging {
                 return Err(Status::cancelled("no more hedged attempts"));
             };
             let started = match &call.metrics {
-                Some(metrics) => metrics.attempt_started(),
-                None => Instant::now(),
+                Some(metrics) => metrics.attempt_started(previous),
+                None => AttemptClock::unmeasured(),
             };
             let opened = channel.open_stream(&path, &options, false, previous).await;
             if let (Err(status), Some(metrics)) = (&opened, &call.metrics) {
-                metrics.attempt_ended(started, status.code(), 0);
+                metrics.attempt_ended(started.clone(), status.code(), 0);
             }
             opened.map(|(slot, response, stream)| (slot, response, stream, started))
         }));
@@ -244,7 +255,7 @@ impl Hedging {
     /// Records the end of `attempt` with `code`, if the channel has metrics.
     fn measure(&self, call: &CallShared, attempt: &Attempt, code: Code) {
         if let Some(metrics) = &call.metrics {
-            metrics.attempt_ended(attempt.started, code, 0);
+            metrics.attempt_ended(attempt.started.clone(), code, 0);
         }
     }
 

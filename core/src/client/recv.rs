@@ -25,6 +25,7 @@ use super::subchannel::StreamSlot;
 use crate::codec::compress::StreamEncoding;
 use crate::intercept::{ClientInterceptor, Observer};
 use crate::metadata::Metadata;
+use crate::metrics::AttemptClock;
 use crate::proto::headers::{self, is_grpc_content_type, status_from_trailers};
 use crate::proto::recv::MessageReader;
 use crate::response::Response;
@@ -33,7 +34,7 @@ use crate::server::CallContext;
 use crate::status::{Code, Status};
 
 /// A retry's new stream: its response, slot and id.
-pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32, Instant);
+pub(super) type Reopened = (H2ResponseFuture, StreamSlot, u32, AttemptClock);
 
 pub(super) enum RecvState {
     Headers(H2ResponseFuture),
@@ -66,7 +67,7 @@ pub(crate) struct RawStreaming {
     /// The channel's interceptors, told how the call ended.
     pub(super) observer: Option<Observer<dyn ClientInterceptor>>,
     /// When the current attempt started, for metrics.
-    pub(super) attempt_started: Instant,
+    pub(super) attempt_started: AttemptClock,
 }
 
 /// A parent call's cancellation, watched from a child call.
@@ -244,14 +245,14 @@ impl RawStreaming {
             .into_parts();
         // The attempts hold their own slots; the call is counted once, when it ends.
         self.retrying = Some(counters);
-        let started = self.attempt_started;
+        let started = std::mem::replace(&mut self.attempt_started, AttemptClock::unmeasured());
         let hedging = Hedging::new(&self.call, policy, response, slot, self.stream_id, started);
         self.state = RecvState::Hedging(Box::new(hedging));
     }
 
     /// The call goes on with the attempt on stream `id`, holding `slot`, that started at
     /// `started`.
-    fn adopt(&mut self, slot: StreamSlot, id: u32, started: Instant) {
+    fn adopt(&mut self, slot: StreamSlot, id: u32, started: AttemptClock) {
         if let Some(counters) = self.retrying.take() {
             self.tracker = Some(Tracker::new(slot, counters));
         }
@@ -267,7 +268,8 @@ impl RawStreaming {
                 RecvState::Body(reader) => reader.received(),
                 _ => 0,
             };
-            metrics.attempt_ended(self.attempt_started, code, received);
+            let attempt = std::mem::replace(&mut self.attempt_started, AttemptClock::unmeasured());
+            metrics.attempt_ended(attempt, code, received);
             metrics.call_ended(code);
         }
     }
@@ -319,7 +321,8 @@ impl RawStreaming {
             return false;
         }
         if let Some(metrics) = &self.call.metrics {
-            metrics.attempt_ended(self.attempt_started, status.code(), 0);
+            let attempt = std::mem::replace(&mut self.attempt_started, AttemptClock::unmeasured());
+            metrics.attempt_ended(attempt, status.code(), 0);
         }
         // The attempt frees its stream without being counted; the retry is the same call.
         self.retrying = self.tracker.take().map(Tracker::release);

@@ -34,7 +34,7 @@ use super::service_config::{AttemptPolicy, HedgingPolicy, RetryPolicy, Throttlin
 use super::subchannel::StreamSlot;
 use crate::codec::frame::Framed;
 use crate::intercept::{ClientCall, Observer};
-use crate::metrics::CallMetrics;
+use crate::metrics::{AttemptClock, CallMetrics};
 use crate::proto::headers;
 use crate::rt::BoxFuture;
 use crate::rt::with_deadline;
@@ -368,12 +368,13 @@ pub(super) fn reopen(
                     "the call ended while a retry was pending",
                 ));
             };
-            let started = call.metrics.as_ref().map(|m| m.attempt_started());
+            let started = call.metrics.as_ref().map(|m| m.attempt_started(previous));
             match channel.open_stream(&path, &options, false, previous).await {
                 Ok((slot, response, stream)) => {
                     let id = stream.stream_id().as_u32();
                     call.replace_stream(stream);
-                    return Ok((response, slot, id, started.unwrap_or_else(Instant::now)));
+                    let started = started.unwrap_or_else(AttemptClock::unmeasured);
+                    return Ok((response, slot, id, started));
                 }
                 Err(status) => {
                     if let (Some(metrics), Some(started)) = (&call.metrics, started) {
@@ -434,14 +435,11 @@ impl Channel {
         inner.counters.call_started();
         inner.touch();
         let mut plan = RetryPlan::new(self, path, options);
-        let metrics = inner
-            .metrics
-            .as_ref()
-            .map(|sink| Box::new(CallMetrics::new(sink, path, &inner.target_text)));
-        let mut attempt_started = Instant::now();
+        let metrics = CallMetrics::new(inner.metrics.as_ref(), path, &inner.target_text);
+        let mut attempt_started = AttemptClock::unmeasured();
         let (slot, response, stream) = loop {
             if let Some(metrics) = &metrics {
-                attempt_started = metrics.attempt_started();
+                attempt_started = metrics.attempt_started(plan.previous_attempts);
             }
             let open = self.open_stream(
                 path,
@@ -456,7 +454,9 @@ impl Channel {
                     // No stream opened (no connection, failing fast): the policy decides.
                     Some(delay) => {
                         if let Some(metrics) = &metrics {
-                            metrics.attempt_ended(attempt_started, status.code(), 0);
+                            let attempt =
+                                std::mem::replace(&mut attempt_started, AttemptClock::unmeasured());
+                            metrics.attempt_ended(attempt, status.code(), 0);
                         }
                         async_io::Timer::after(delay).await
                     }

@@ -86,10 +86,7 @@ pub(crate) async fn serve(
         ),
         response_default: server.config.settings.response_compression,
     };
-    let metrics = server
-        .metrics
-        .as_ref()
-        .map(|sink| ServerCallMetrics::start(sink, path));
+    let metrics = ServerCallMetrics::start(server.metrics.as_ref(), path);
     let mut metadata = Metadata::from_headers(&parts.headers);
     let observer = Observer::new(&server.interceptors, path);
     if observer.is_some() {
@@ -283,7 +280,11 @@ impl Driver {
         };
         // Items the handler pushes meanwhile are taken after this, without a wake-up.
         self.items.set_driver_polling(true);
-        let polled = catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx)));
+        let poll = AssertUnwindSafe(|| handler.as_mut().poll(cx));
+        let polled = match &self.metrics {
+            Some(metrics) => metrics.in_scope(|| catch_unwind(poll)),
+            None => catch_unwind(poll),
+        };
         self.items.set_driver_polling(false);
         match polled {
             Ok(Poll::Pending) => return,
