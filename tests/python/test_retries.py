@@ -1,17 +1,22 @@
-"""The service config's retry policy from Python, against a grpcio server that fails the first
-attempts of a call: plexus and grpcio clients given the same config must make the same
-attempts, with the same grpc-previous-rpc-attempts on each."""
+"""The service config's retry policy against a grpcio server that fails the first attempts of
+a call: grpcio's client and plexus's from Python, from Rust (plexus-peer call) and from C
+(retry_client.c, compiled here against include/plexus.h), given the same config, must make
+the same attempts, with the same grpc-previous-rpc-attempts on each."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import threading
 from concurrent import futures
 
 import grpc
 import pytest
-from conftest import wait_until
+from conftest import HERE, ROOT, _peer_binary, wait_until
 
 import plexus
+from plexus import _ffi
 
 SERVICE = "retry.Flaky"
 METHOD = f"/{SERVICE}/Unary"
@@ -109,8 +114,56 @@ CLIENTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def c_client(tmp_path_factory) -> str:
+    """retry_client.c built against the library the package loads."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.fail("no C compiler (cc) to build retry_client.c", pytrace=False)
+    library = _ffi._source_path
+    out = str(tmp_path_factory.mktemp("c") / "retry_client")
+    libdir = os.path.dirname(library)
+    # Link the exact file the package loads (it may be named other than libplexus.so).
+    subprocess.run(
+        [compiler, "-std=c11", "-Wall", "-Werror", "-o", out, str(HERE / "retry_client.c"),
+         f"-I{ROOT / 'include'}", library, f"-Wl,-rpath,{libdir}"],
+        check=True,
+    )
+    return out
+
+
+def _outside_call(cmd: list[str]) -> str:
+    """Runs a client process; the code name it printed."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (cmd, done.stdout, done.stderr)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("STATUS ")]
+    assert len(lines) == 1, done.stdout
+    return lines[0].split()[1]
+
+
+def _rust_call(
+    target: str, enable: int, metadata: list[tuple[str, str]], config: str = CONFIG,
+    method: str = METHOD,
+) -> str:
+    cmd = [_peer_binary(), "call", "--target", target, "--method", method,
+           "--service-config", config, "--enable-retries", str(enable), "--timeout-ms", "30000"]
+    for key, value in metadata:
+        cmd += ["--metadata", f"{key}={value}"]
+    return _outside_call(cmd)
+
+
+def _c_call(
+    binary: str, target: str, enable: int, metadata: list[tuple[str, str]], config: str = CONFIG,
+    method: str = METHOD,
+) -> str:
+    cmd = [binary, target, method, config, str(enable)]
+    for key, value in metadata:
+        cmd += [key, value]
+    return _outside_call(cmd)
+
+
 @pytest.mark.parametrize("case", ["succeeds", "gives_up", "not_retryable", "disabled"])
-def test_plexus_retries_as_grpcio_does(flaky, case):
+def test_plexus_retries_as_grpcio_does(flaky, c_client, case):
     service, target = flaky
     fail, code, enable = {
         "succeeds": (2, "UNAVAILABLE", 1),
@@ -128,7 +181,16 @@ def test_plexus_retries_as_grpcio_does(flaky, case):
                 outcomes[name] = ("OK", service.attempts(key))
             except grpc.RpcError as err:
                 outcomes[name] = (err.code().name, service.attempts(key))
-    assert outcomes["plexus"] == outcomes["grpcio"], outcomes
+    for name in ("rust", "c"):
+        key = f"{case}-{name}"
+        metadata = [("x-key", key), ("x-fail", str(fail)), ("x-code", code)]
+        if name == "rust":
+            result = _rust_call(target, enable, metadata)
+        else:
+            result = _c_call(c_client, target, enable, metadata)
+        outcomes[name] = (result, service.attempts(key))
+    for name in ("plexus", "rust", "c"):
+        assert outcomes[name] == outcomes["grpcio"], outcomes
     expected_attempts = {
         "succeeds": [0, 1, 2],
         "gives_up": [0, 1, 2, 3],
@@ -156,21 +218,28 @@ def test_the_config_timeout_applies(flaky):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, name
 
 
-def test_a_hedged_call_wins_over_a_stalled_attempt(flaky):
-    """grpcio's own client does not hedge, so only plexus is checked: the second attempt
-    answers, and the grpcio server sees the first one cancelled."""
+def test_a_hedged_call_wins_over_a_stalled_attempt(flaky, c_client):
+    """grpcio's own client does not hedge, so plexus's clients are checked against each other
+    (Python, Rust, C): the second attempt answers, and the grpcio server sees the first one
+    cancelled."""
     service, target = flaky
     config = """{"methodConfig": [{
         "name": [{"service": "retry.Flaky", "method": "StallFirst"}],
         "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.05s"}
     }]}"""
+    method = f"/{SERVICE}/StallFirst"
     with plexus.insecure_channel(target, options=[("grpc.service_config", config)]) as channel:
-        reply = channel.unary_unary(f"/{SERVICE}/StallFirst")(
-            b"", metadata=(("x-key", "hedged"),), timeout=30
-        )
+        reply = channel.unary_unary(method)(b"", metadata=(("x-key", "hedged"),), timeout=30)
     assert reply == b"attempt 1"
-    assert service.attempts("hedged") == [0, 1]
-    cancelled = wait_until(
-        lambda: service.attempts("hedged/cancelled"), what="the stalled attempt's cancel"
-    )
-    assert cancelled == [0]
+    results = {
+        "rust": _rust_call(target, 1, [("x-key", "hedged-rust")], config, method),
+        "c": _c_call(c_client, target, 1, [("x-key", "hedged-c")], config, method),
+    }
+    assert results == {"rust": "OK", "c": "OK"}
+    for key in ("hedged", "hedged-rust", "hedged-c"):
+        assert service.attempts(key) == [0, 1], key
+        cancelled = wait_until(
+            lambda key=key: service.attempts(f"{key}/cancelled"),
+            what="the stalled attempt's cancel",
+        )
+        assert cancelled == [0], key

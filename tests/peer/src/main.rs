@@ -7,6 +7,10 @@
 //! `plexus-peer client --target HOST:PORT` prints `PASS <case>` or `FAIL <case>: <why>` per case
 //! and exits 0 only if every case passed.
 //!
+//! `plexus-peer call --target HOST:PORT --method /pkg.Svc/M ...` makes one unary call with raw
+//! bytes and prints `STATUS <code>`: the Rust client in the comparisons of retry behaviour
+//! with grpcio's (tests/python/test_retries.py).
+//!
 //! TLS: `plexus-peer certs --out DIR` writes a test CA and certificates (see [`write_certs`]);
 //! `server --tls-cert PEM --tls-key PEM [--client-ca PEM]` serves over TLS (requiring client
 //! certificates from that CA); `client --ca PEM [--server-name NAME] [--cert PEM --key PEM]`
@@ -94,11 +98,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("call") => match call_once(&args[1..]) {
+            Ok(code) => {
+                println!("STATUS {}", code.name());
+                ExitCode::SUCCESS
+            }
+            Err(usage) => {
+                eprintln!("{usage}");
+                ExitCode::from(2)
+            }
+        },
         _ => {
             eprintln!(
                 "usage: plexus-peer server --listen ADDR [--tls-cert PEM --tls-key PEM \
                  [--client-ca PEM]] | client --target HOST:PORT [--ca PEM [--server-name NAME] \
-                 [--cert PEM --key PEM]] | certs --out DIR"
+                 [--cert PEM --key PEM]] | certs --out DIR | {CALL_USAGE}"
             );
             ExitCode::from(2)
         }
@@ -789,5 +803,61 @@ async fn case_compressed_streaming(echo: &Echo) -> Result<(), String> {
     }
     check(flags == [true, true, true], || {
         format!("compressed flags {flags:?}")
+    })
+}
+
+// ---- one call ----
+
+const CALL_USAGE: &str = "call --target HOST:PORT --method /pkg.Svc/Method \
+    [--service-config JSON] [--enable-retries 0|1] [--metadata KEY=VALUE]... [--timeout-ms N]";
+
+/// Makes the unary call `args` describe (see [`CALL_USAGE`]) with an empty request; the call's
+/// status code, or the usage text for bad arguments.
+fn call_once(args: &[String]) -> Result<Code, String> {
+    let mut target = None;
+    let mut method = None;
+    let mut builder_config = None;
+    let mut enable_retries = true;
+    let mut options = CallOptions::new();
+    let mut pairs = args.chunks(2);
+    let usage = || format!("usage: plexus-peer {CALL_USAGE}");
+    while let Some(pair) = pairs.next() {
+        let [name, value] = pair else {
+            return Err(usage());
+        };
+        match name.as_str() {
+            "--target" => target = Some(value.clone()),
+            "--method" => method = Some(value.clone()),
+            "--service-config" => builder_config = Some(value.clone()),
+            "--enable-retries" => enable_retries = value != "0",
+            "--metadata" => {
+                let (key, value) = value.split_once('=').ok_or_else(usage)?;
+                options
+                    .metadata_mut()
+                    .append(key, value)
+                    .map_err(|err| format!("bad metadata {key:?}: {err}"))?;
+            }
+            "--timeout-ms" => {
+                let ms = value.parse().map_err(|_| usage())?;
+                options = options.timeout(Duration::from_millis(ms));
+            }
+            _ => return Err(usage()),
+        }
+    }
+    let (Some(target), Some(method)) = (target, method) else {
+        return Err(usage());
+    };
+    let mut builder = Channel::builder(&target).enable_retries(enable_retries);
+    if let Some(config) = &builder_config {
+        builder = builder.default_service_config(config);
+    }
+    let channel = builder.build().map_err(|err| err.to_string())?;
+    let result = smol::block_on(channel.unary(&method, Bytes::new(), options));
+    Ok(match result {
+        Ok(_) => Code::Ok,
+        Err(status) => {
+            eprintln!("{status}");
+            status.code()
+        }
     })
 }
