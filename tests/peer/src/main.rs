@@ -819,9 +819,8 @@ fn call_once(args: &[String]) -> Result<Code, String> {
     let mut builder_config = None;
     let mut enable_retries = true;
     let mut options = CallOptions::new();
-    let mut pairs = args.chunks(2);
     let usage = || format!("usage: plexus-peer {CALL_USAGE}");
-    while let Some(pair) = pairs.next() {
+    for pair in args.chunks(2) {
         let [name, value] = pair else {
             return Err(usage());
         };
