@@ -68,4 +68,6 @@ PY
 for impl in plexus tonic; do
     "$root/target/debug/plexus-bench" memory --impl "$impl" --channels 20 --streams 20
 done
+# The hedging benchmark runs (a stall of 0.2 s keeps it short; figures not checked).
+"$root/target/debug/plexus-bench" hedge --rounds 1 --duration 0.3 --warmup 0.1 --stall-ms 200 --json
 echo "bench smoke took $(( $(date +%s) - started )) s"

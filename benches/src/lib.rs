@@ -17,10 +17,11 @@
 //! Every client and server runs in its own process, so no two runtimes share threads, and
 //! every figure is a ratio against a peer measured in the same run on the same machine.
 //! The criterion micro-benchmarks of the codec are in `benches/benches/codec.rs`; the memory
-//! probe is `plexus-bench memory`.
+//! probe is `plexus-bench memory`; the hedging tail-latency benchmark is `plexus-bench hedge`.
 
 pub mod args;
 pub mod chart;
+pub mod hedge;
 pub mod hogs;
 pub mod load;
 pub mod matrix;

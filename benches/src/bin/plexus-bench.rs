@@ -9,6 +9,7 @@
 //! plexus-bench matrix [options]          (see `plexus-bench matrix --help`)
 //! plexus-bench memory [--impl plexus|tonic] [--channels N] [--streams N]
 //! plexus-bench spin [--parent PID]       (one CPU hog of `matrix --load N`)
+//! plexus-bench hedge [options]           (see `plexus-bench hedge --help`)
 //! ```
 
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use plexus_benches::args::Args;
 use plexus_benches::load::{Rpc, Spec};
 use plexus_benches::plexus_peer::ExecutorKind;
-use plexus_benches::{hogs, matrix, memory, plexus_peer, tonic_peer};
+use plexus_benches::{hedge, hogs, matrix, memory, plexus_peer, tonic_peer};
 
 const USAGE: &str = "usage:
   plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries]
@@ -28,6 +29,7 @@ const USAGE: &str = "usage:
   plexus-bench matrix [--help for its options]
   plexus-bench memory [--impl plexus|tonic] [--channels N] [--streams N] [--json]
   plexus-bench spin [--parent PID]
+  plexus-bench hedge [--help for its options]
 
 --executor (plexus only): default runs the channel or server and the client's call loops on
 plexus's own pool, smol on SmolExecutor (smol's async-executor). --retries (plexus only)
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         "matrix" => matrix::main(rest),
         "memory" => memory::main(rest),
         "spin" => hogs::spin_main(rest),
+        "hedge" => hedge::main(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
