@@ -617,7 +617,7 @@ proptest! {
             _ => (format!("dns:{host}"), 443),
         };
         let target = parse_ok(&text)?;
-        prop_assert_eq!(target.kind, TargetKind::Dns { host: host.clone(), port: want_port });
+        prop_assert_eq!(target.kind, TargetKind::Dns { host: host.clone(), port: want_port, server: None });
         prop_assert_eq!(target.authority.as_str(), format!("{host}:{want_port}"));
     }
 
@@ -694,7 +694,7 @@ proptest! {
         match Target::parse(&text) {
             Ok(target) => {
                 match &target.kind {
-                    TargetKind::Dns { host, port } => {
+                    TargetKind::Dns { host, port, .. } => {
                         prop_assert!(!host.is_empty() && *port != 0);
                     }
                     TargetKind::Static(addrs) => {

@@ -1812,7 +1812,7 @@ async fn channel_basics(env: Env) {
         "localhost:notaport",
         "localhost:70000",
         "ftp://x:1",
-        "dns://8.8.8.8/foo:1",
+        "dns://ns.example/foo:1",
         "::1:50051",
     ] {
         let status = err_of(Channel::new(target), target);

@@ -251,10 +251,12 @@ impl ChannelBuilder {
         self
     }
 
-    /// How often the target is resolved again while the channel has connections (default
-    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s).
-    /// An idle channel does not resolve; a failing endpoint also triggers a resolution, at
-    /// most once per interval.
+    /// How often the target is resolved again while the channel has connections, and the
+    /// least time between two resolutions (default
+    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s, as
+    /// C-core's minimum). An idle channel does not resolve. A failing endpoint and a server's
+    /// GOAWAY also ask for a resolution: at once if the last one is older than the interval,
+    /// else when it is.
     pub fn resolve_interval(mut self, interval: Duration) -> Self {
         self.settings.resolve_interval = interval;
         self
@@ -367,7 +369,7 @@ impl ChannelBuilder {
             throttling.filter(|_| config.retries),
         ));
         let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
-            let weak = weak.clone();
+            let (weak, goaway_weak) = (weak.clone(), weak.clone());
             let env = Arc::new(Env {
                 config: config.conn.clone(),
                 connector,
@@ -375,6 +377,11 @@ impl ChannelBuilder {
                 on_state_change: Box::new(move || {
                     if let Some(inner) = weak.upgrade() {
                         inner.endpoint_state_changed();
+                    }
+                }),
+                on_goaway: Box::new(move || {
+                    if let Some(inner) = goaway_weak.upgrade() {
+                        inner.request_resolution();
                     }
                 }),
             });

@@ -19,6 +19,8 @@ pub(super) struct Endpoints {
     pub(super) list: Arc<Vec<Arc<Subchannel>>>,
     pub(super) resolved_at: Option<Instant>,
     pub(super) resolving: bool,
+    /// A resolution was asked for too soon after the last one and waits for its time.
+    pub(super) resolution_deferred: bool,
     pub(super) error: Option<Status>,
     pub(super) shut_down: bool,
 }
@@ -42,20 +44,46 @@ impl ChannelInner {
         let states: Vec<_> = list.iter().map(|s| s.state()).collect();
         let state = aggregate(&states);
         if state == ConnectivityState::TransientFailure {
-            // An endpoint failing may mean the addresses changed: refresh them (rate-limited).
-            let stale = self
-                .endpoints()
-                .resolved_at
-                .is_some_and(|at| at.elapsed() >= self.config.resolve_interval);
-            if stale {
-                self.start_resolution();
-            }
+            // An endpoint failing may mean the addresses changed: refresh them.
+            self.request_resolution();
         }
         if state == ConnectivityState::Ready {
             self.watch_idle();
             self.watch_resolution();
         }
         self.state.set(state);
+    }
+
+    /// Asks for the target to be resolved again, rate-limited: at once if the last
+    /// resolution is at least the resolve interval old, else once it is (one request waits at
+    /// a time; more in the meantime add nothing).
+    pub(super) fn request_resolution(self: &Arc<Self>) {
+        let wait = {
+            let mut eps = self.endpoints();
+            if eps.shut_down || eps.resolving || eps.resolution_deferred {
+                return;
+            }
+            let next = eps.resolved_at.map(|at| at + self.config.resolve_interval);
+            match next.filter(|at| *at > Instant::now()) {
+                Some(at) => {
+                    eps.resolution_deferred = true;
+                    at
+                }
+                None => {
+                    drop(eps);
+                    self.start_resolution();
+                    return;
+                }
+            }
+        };
+        let weak = Arc::downgrade(self);
+        self.env.executor.spawn(Box::pin(async move {
+            async_io::Timer::at(wait).await;
+            if let Some(inner) = weak.upgrade() {
+                inner.endpoints().resolution_deferred = false;
+                inner.start_resolution();
+            }
+        }));
     }
 
     pub(super) fn start_resolution(self: &Arc<Self>) {

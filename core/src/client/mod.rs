@@ -10,6 +10,7 @@ mod endpoints;
 mod hedge;
 mod options;
 mod recv;
+mod dns;
 mod resolve;
 mod retry;
 mod send;

@@ -1,7 +1,9 @@
 //! Resolvers: how a channel turns its target into the addresses it balances over.
 //!
 //! A `dns:` (or bare `host:port`, or `http://`) target with a host name gets a resolver that
-//! asks the system (`getaddrinfo`) on `blocking`'s thread pool, never on the executor. Every
+//! asks the system (`getaddrinfo`) on `blocking`'s thread pool, never on the executor, or,
+//! when the target names a DNS server (`dns://10.0.0.53/host:port`), one that asks that
+//! server itself (see `dns.rs`). Every
 //! other target names its addresses itself and gets a [`StaticResolver`]. Users can supply
 //! their own [`Resolver`] to feed a channel an endpoint list from anywhere ("lookaside").
 
@@ -10,6 +12,7 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::dns::DnsServerResolver;
 use super::target::{Target, TargetKind};
 use crate::rt::BoxFuture;
 use crate::status::Status;
@@ -116,7 +119,16 @@ impl Resolver for DnsResolver {
 /// The resolver a target implies: DNS for host names, static for everything else.
 pub(crate) fn resolver_for(target: &Target) -> Arc<dyn Resolver> {
     match &target.kind {
-        TargetKind::Dns { host, port } => Arc::new(DnsResolver::new(host.clone(), *port)),
+        TargetKind::Dns {
+            host,
+            port,
+            server: None,
+        } => Arc::new(DnsResolver::new(host.clone(), *port)),
+        TargetKind::Dns {
+            host,
+            port,
+            server: Some(server),
+        } => Arc::new(DnsServerResolver::new(*server, host.clone(), *port)),
         TargetKind::Static(addresses) => Arc::new(StaticResolver(addresses.clone())),
     }
 }

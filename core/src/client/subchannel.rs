@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use event_listener::Event;
+use futures_util::future::{Either, select};
 use h2::client::SendRequest;
 
 use super::backoff::Backoff;
@@ -33,6 +34,9 @@ pub(crate) struct Env {
     pub(crate) executor: Arc<dyn Executor>,
     /// Called whenever an endpoint's state changes, so the channel can recompute its own.
     pub(crate) on_state_change: Box<dyn Fn() + Send + Sync>,
+    /// Called when a server sends GOAWAY: the cue to resolve the target again (gRFC A9),
+    /// since the server may be leaving or the endpoints rebalancing.
+    pub(crate) on_goaway: Box<dyn Fn() + Send + Sync>,
 }
 
 /// One endpoint and its connections.
@@ -514,7 +518,19 @@ impl Subchannel {
         let weak = Arc::downgrade(self);
         let events = driver.events().clone();
         env.executor.spawn(Box::pin(async move {
-            if let Err(status) = driver.await {
+            let mut driver = std::pin::pin!(driver);
+            let goaway = std::pin::pin!(events.goaway_received());
+            let result = match select(driver.as_mut(), goaway).await {
+                Either::Left((result, _)) => result,
+                Either::Right(((), _)) => {
+                    // The connection drains its streams; new calls go elsewhere meanwhile.
+                    if let Some(sub) = weak.upgrade() {
+                        sub.going_away(id);
+                    }
+                    driver.await
+                }
+            };
+            if let Err(status) = result {
                 *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
             }
             alive.store(false, Ordering::Release);
@@ -538,6 +554,25 @@ impl Subchannel {
         if let Some(time) = set.ping.keepalive_time {
             set.ping.keepalive_time = Some(time.saturating_mul(2));
         }
+    }
+
+    /// The server sent GOAWAY on connection `id`: it takes no new streams (a new connection
+    /// opens if calls are waiting), the subchannel is IDLE if no other connection is usable,
+    /// and the channel is told.
+    fn going_away(self: &Arc<Self>, id: u64) {
+        let mut set = self.lock();
+        let Some(conn) = set.conns.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        conn.draining = true;
+        let usable = set.conns.iter().any(|c| !c.draining);
+        self.maybe_connect(&mut set);
+        let connecting = set.connecting > 0;
+        drop(set);
+        if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
+            self.set_state(ConnectivityState::Idle);
+        }
+        (self.env.on_goaway)();
     }
 
     fn connection_closed(self: &Arc<Self>, id: u64) {

@@ -1,7 +1,8 @@
 //! Parsing channel targets, following gRPC's naming doc (`doc/naming.md` in grpc/grpc):
 //!
 //! - `dns:[//authority/]host[:port]`, or just `host[:port]`: the system resolver (an IP literal
-//!   needs none). A DNS server authority is refused; `dns:///host:port` is the usual form.
+//!   needs none); `dns:///host:port` is the usual form. An authority names the DNS server to
+//!   ask instead, by IP address and port (53 by default): `dns://10.0.0.53:5353/host:port`.
 //! - `ipv4:addr[:port][,addr[:port],...]` and `ipv6:addr[,...]` / `ipv6:[addr]:port[,...]`:
 //!   fixed addresses.
 //! - `unix:path` (relative to the working directory, or absolute), `unix:///abs/path`.
@@ -63,6 +64,8 @@ pub(crate) enum TargetKind {
         host: String,
         /// TCP port.
         port: u16,
+        /// The DNS server the target names, if any (else the system resolver is asked).
+        server: Option<SocketAddr>,
     },
     /// Addresses given in the target itself; never empty.
     Static(Vec<Address>),
@@ -109,24 +112,46 @@ fn bare(target: &str, scheme: Option<&str>) -> Result<Target, String> {
     })
 }
 
-/// `dns:host[:port]` or `dns:///host[:port]`; a DNS server authority is refused.
+/// `dns:host[:port]`, `dns:///host[:port]`, or `dns://server[:port]/host[:port]` with the
+/// DNS server's IP address.
 fn dns(rest: &str) -> Result<Target, String> {
-    let hostport = match rest.strip_prefix("//") {
+    let (server, hostport) = match rest.strip_prefix("//") {
         Some(after) => match after.split_once('/') {
-            Some(("", hostport)) => hostport,
-            Some((authority, _)) => {
-                return Err(format!(
-                    "a DNS server authority ({authority:?}) is not supported; \
-                     use dns:///host:port for the system resolver"
-                ));
-            }
+            Some(("", hostport)) => (None, hostport),
+            Some((authority, hostport)) => (Some(dns_server(authority)?), hostport),
             None => {
                 return Err("expected dns:///host:port (three slashes) or dns:host:port".into());
             }
         },
-        None => rest,
+        None => (None, rest),
     };
-    host_target(hostport, DEFAULT_GRPC_PORT)
+    let mut target = host_target(hostport, DEFAULT_GRPC_PORT)?;
+    if let TargetKind::Dns { server: s, .. } = &mut target.kind {
+        *s = server;
+    }
+    Ok(target)
+}
+
+/// A DNS server authority: an IP address, with a port or 53.
+fn dns_server(authority: &str) -> Result<SocketAddr, String> {
+    const DNS_PORT: u16 = 53;
+    let not_ip = || {
+        format!("the DNS server authority {authority:?} must be an IP address with an optional port")
+    };
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = authority.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DNS_PORT));
+    }
+    if let Some(ip) = authority
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        let ip = ip.parse::<std::net::Ipv6Addr>().map_err(|_| not_ip())?;
+        return Ok(SocketAddr::new(ip.into(), DNS_PORT));
+    }
+    Err(not_ip())
 }
 
 /// `http://host[:port][/]`, or `https://` when `tls`.
@@ -193,6 +218,7 @@ fn host_target(hostport: &str, default_port: u16) -> Result<Target, String> {
         kind: TargetKind::Dns {
             host: host.to_string(),
             port,
+            server: None,
         },
         scheme: Scheme::HTTP,
         authority,
@@ -419,6 +445,7 @@ mod tests {
         TargetKind::Dns {
             host: host.into(),
             port,
+            server: None,
         }
     }
 
@@ -449,6 +476,28 @@ mod tests {
         ] {
             assert_eq!(parse(t), (kind, authority.to_string()), "{t}");
         }
+    }
+
+    #[test]
+    fn a_dns_server_authority_is_an_ip_address_and_port() {
+        let with = |host: &str, port, server: &str| TargetKind::Dns {
+            host: host.into(),
+            port,
+            server: Some(server.parse().unwrap()),
+        };
+        for (t, kind, authority) in [
+            ("dns://127.0.0.1:5353/svc:7", with("svc", 7, "127.0.0.1:5353"), "svc:7"),
+            ("dns://8.8.8.8/foo", with("foo", 443, "8.8.8.8:53"), "foo:443"),
+            ("dns://[::1]:53/a.b:1", with("a.b", 1, "[::1]:53"), "a.b:1"),
+            ("dns://[2001:db8::1]/a:1", with("a", 1, "[2001:db8::1]:53"), "a:1"),
+        ] {
+            assert_eq!(parse(t), (kind, authority.to_string()), "{t}");
+        }
+        // An IP literal needs no DNS server.
+        assert_eq!(
+            parse("dns://127.0.0.1:5353/10.0.0.1:9").0,
+            tcp(&["10.0.0.1:9"])
+        );
     }
 
     #[test]
@@ -620,9 +669,11 @@ mod tests {
             ("bad_host!:1", "invalid host name"),
             ("a..b:1", "invalid host name"),
             (
-                "dns://8.8.8.8/foo:1",
-                "DNS server authority (\"8.8.8.8\") is not supported",
+                "dns://ns.example/foo:1",
+                "DNS server authority \"ns.example\" must be an IP address",
             ),
+            ("dns://8.8.8.8:99999/foo:1", "must be an IP address"),
+            ("dns://8.8.8.8/", "missing host"),
             ("dns://foo:1", "three slashes"),
             ("dns:", "missing host"),
             ("dns:///", "missing host"),

@@ -231,6 +231,8 @@ pub(crate) struct ConnectionEvents {
     data_or_headers_written: AtomicU64,
     pings_written: AtomicU64,
     peer_goaway: Mutex<Option<PeerGoAway>>,
+    /// Notified when a GOAWAY from the peer is read.
+    goaway_event: event_listener::Event,
     goaway_debug: Mutex<Option<bytes::Bytes>>,
     goaway_armed: AtomicBool,
     failure: Mutex<Option<(io::ErrorKind, String)>>,
@@ -292,6 +294,17 @@ impl ConnectionEvents {
     /// The last GOAWAY the peer sent, if any.
     pub(crate) fn peer_goaway(&self) -> Option<PeerGoAway> {
         lock(&self.peer_goaway).clone()
+    }
+
+    /// Resolves once the peer has sent a GOAWAY (at once if it already has).
+    pub(crate) async fn goaway_received(&self) {
+        loop {
+            let listener = self.goaway_event.listen();
+            if lock(&self.peer_goaway).is_some() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Makes the next GOAWAY h2 writes carry `debug` (h2 sends none with `abrupt_shutdown`).
@@ -489,6 +502,7 @@ impl<T> FrameTap<T> {
                                 debug_data: bytes::Bytes::copy_from_slice(&payload[8..]),
                             };
                             *lock(&self.events.peer_goaway) = Some(goaway);
+                            self.events.goaway_event.notify(usize::MAX);
                             self.read_goaway = None;
                         }
                     }
