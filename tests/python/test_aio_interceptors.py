@@ -609,3 +609,43 @@ def test_plexus_interfaces_are_grpc_aio_ones():
     assert plexus.aio.UnaryUnaryClientInterceptor is grpc.aio.UnaryUnaryClientInterceptor
     assert plexus.aio.StreamStreamClientInterceptor is grpc.aio.StreamStreamClientInterceptor
     assert plexus.aio.ClientCallDetails is grpc.aio.ClientCallDetails
+
+
+class AnswersClientStream(grpc.aio.StreamUnaryClientInterceptor):
+    """Reads the requests itself and answers without the continuation."""
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        messages = [r.message async for r in request_iterator]
+        return Resp(message="+".join(messages))
+
+
+def test_write_rules_and_stream_unary_answer_through_interceptors(target):
+    """plexus only: grpc.aio raises its internal UsageError for mixing the two request
+    styles and does not wrap a stream-unary interceptor's own response (awaiting it fails);
+    plexus raises asyncio.InvalidStateError and wraps it as it does for unary-unary."""
+
+    async def main():
+        events: list = []
+        interceptors = [AnswersClientStream(), RecordSS("r", events)]
+        async with plexus.aio.insecure_channel(target, interceptors=interceptors) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            call = stub.Bidi(requests("a"), timeout=WAIT)
+            with pytest.raises(asyncio.InvalidStateError):
+                await call.write(Req(message="b"))
+            assert [r.message async for r in call] == ["a"]
+            call = stub.Bidi(timeout=WAIT)
+            await call.write(Req(message="c"))
+            await call.done_writing()
+            await call.done_writing()  # idempotent
+            with pytest.raises(asyncio.InvalidStateError):
+                await call.write(Req(message="d"))
+            assert [r.message async for r in call] == ["c"]
+            assert await call.code() is grpc.StatusCode.OK
+            # (An interceptor that reads the requests itself needs them as an iterator: write()
+            # waits for the interceptors to give a call, in grpc.aio as here.)
+            call = stub.ClientStream(requests("e", "f"), timeout=WAIT)
+            assert (await call).message == "e+f"
+            assert await call.code() is grpc.StatusCode.OK and call.done()
+        assert [e[1:3] for e in events] == [("SS", "before"), ("SS", "after")] * 2
+
+    run_async(main())

@@ -31,7 +31,8 @@ from .._ffi import END_OF_STREAM, OK
 from .._options import ChannelOptions
 
 if TYPE_CHECKING:
-    from ._interceptor import (
+    # The intercepted call classes are named in the multicallables' type arguments below.
+    from ._interceptor import (  # noqa: F401
         InterceptedStreamStreamCall,
         InterceptedStreamUnaryCall,
         InterceptedUnaryStreamCall,

@@ -15,7 +15,7 @@ import abc
 import asyncio
 import time
 from collections.abc import AsyncIterator, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Tuple
 
 from .._call_state import LOCAL_CANCEL
 from .._common import Metadata, MetadataArg, StatusCode
@@ -39,10 +39,10 @@ if TYPE_CHECKING or _grpc_aio is None:
         """The parts of a call an interceptor may change (grpc.aio.ClientCallDetails)."""
 
         method: Any
-        timeout: Optional[float]
+        timeout: float | None
         metadata: Any
         credentials: Any
-        wait_for_ready: Optional[bool]
+        wait_for_ready: bool | None
 
     class ClientInterceptor(abc.ABC):  # noqa: B024 (a marker base, as grpc.aio's)
         """The base of the four client interceptor interfaces (grpc.aio.ClientInterceptor)."""
@@ -83,8 +83,8 @@ if TYPE_CHECKING or _grpc_aio is None:
         ) -> Any:
             """Returns the call the continuation gives, or an async iterator of responses."""
 
-    _ERRORS: Tuple[type[BaseException], ...] = (AioRpcError,)
-    _CALL_TYPES: Tuple[type, ...] = ()
+    _ERRORS: tuple[type[BaseException], ...] = (AioRpcError,)
+    _CALL_TYPES: tuple[type, ...] = ()
 
     def _metadata(metadata: MetadataArg) -> Any:
         return tuple(metadata or ())
@@ -126,9 +126,9 @@ def sort_interceptors(interceptors: Iterable[object]) -> Interceptors:
         kind = _kind_of(interceptor)
         if kind is None:
             raise ValueError(
-                f"Interceptor {interceptor!r} must be UnaryUnaryClientInterceptor or "
-                "UnaryStreamClientInterceptor or StreamUnaryClientInterceptor or "
-                "StreamStreamClientInterceptor"
+                f"{interceptor!r} is not a client interceptor: interceptors must be "
+                "UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor, "
+                "StreamUnaryClientInterceptor or StreamStreamClientInterceptor"
             )
         kinds[kind].append(interceptor)
     return tuple(kinds[0]), tuple(kinds[1]), tuple(kinds[2]), tuple(kinds[3])
@@ -320,7 +320,9 @@ class _InterceptedCall:
         self._loop = loop
         self._channel = channel
         timeout = details.timeout
-        self._deadline: float | None = None if timeout is None else time.monotonic() + max(timeout, 0)
+        self._deadline: float | None = None
+        if timeout is not None:
+            self._deadline = time.monotonic() + max(timeout, 0)
         self._callbacks: list[Callable[[Any], object]] = []
         self._last: Any = None  # what the chain's last finished level gave
         self._rpc: Any = None  # the plexus call the chain started last
@@ -347,9 +349,14 @@ class _InterceptedCall:
             self._rpc = self._last = start(details, request)
             return self._rpc
 
-        async def continuation(new_details: Any, new_request: Any) -> Any:
-            return await self._level(interceptors, index + 1, start, new_details, new_request)
+        async def next_level(client_call_details: Any, request: Any) -> Any:
+            return await self._level(interceptors, index + 1, start, client_call_details, request)
 
+        # grpc.aio's parameter names, for interceptors that pass them by keyword.
+        async def next_level_streaming(client_call_details: Any, request_iterator: Any) -> Any:
+            return await next_level(client_call_details, request_iterator)
+
+        continuation = next_level if self._kind < STREAM_UNARY else next_level_streaming
         intercept = getattr(interceptors[index], _METHODS[self._kind])
         returned = await intercept(continuation, details, request)
         if not _is_call(returned):
@@ -514,7 +521,7 @@ class _ChainCancelled(Exception):
     """The chain's task was cancelled (not the task waiting on it)."""
 
 
-_STOPPED: Tuple[type[BaseException], ...] = (_ChainCancelled, *_ERRORS)
+_STOPPED: tuple[type[BaseException], ...] = (_ChainCancelled, *_ERRORS)
 """What awaiting a chain that gave no call raises."""
 
 
@@ -540,7 +547,8 @@ class _StreamResponse(_InterceptedCall):
     """`async for response in call`, or `await call.read()`; both read one stream."""
 
     def _adopt(self, returned: Any) -> Any:
-        return _IteratorCall(self._last if self._last is not None else _ResponseCall(None), returned)
+        call = self._last if self._last is not None else _ResponseCall(None)
+        return _IteratorCall(call, returned)
 
     async def _iterate(self) -> AsyncIterator[Any]:
         call = await self._task
