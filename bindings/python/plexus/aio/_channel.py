@@ -893,7 +893,8 @@ class Channel(
 ):
     """An asyncio channel to one target, shaped like grpc.aio.Channel.
 
-    Create it with `plexus.aio.insecure_channel(target, options=None, **plexus_options)`.
+    Create it with `plexus.aio.insecure_channel(target, options=None, compression=None,
+    interceptors=None, **plexus_options)`; `interceptors` are grpc.aio's client interceptors.
     Calls made from one event loop share that loop's completion queue; the channel itself
     may be used from several loops (one at a time per call)."""
 
@@ -1040,5 +1041,6 @@ def insecure_channel(
     interceptors: Iterable[object] | None = None,
     **plexus_options: Any,
 ) -> Channel:
-    """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel."""
+    """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel
+    (`interceptors`: grpc.aio's client interceptors, outermost first)."""
     return Channel(target, options, compression, interceptors, **plexus_options)
