@@ -8,6 +8,9 @@
 
 Calls wait on one completion queue per event loop through `loop.add_reader` on its file
 descriptor: no helper thread per call.
+
+`insecure_channel(target, interceptors=[...])` takes grpc.aio's client interceptors (the
+interfaces below are grpc.aio's own when grpcio is importable).
 """
 
 from __future__ import annotations
@@ -26,18 +29,32 @@ from ._channel import (
     UnaryUnaryMultiCallable,
     insecure_channel,
 )
+from ._interceptor import (
+    ClientCallDetails,
+    ClientInterceptor,
+    StreamStreamClientInterceptor,
+    StreamUnaryClientInterceptor,
+    UnaryStreamClientInterceptor,
+    UnaryUnaryClientInterceptor,
+)
 
 __all__ = [
     "EOF",
     "AioRpcError",
     "Channel",
+    "ClientCallDetails",
+    "ClientInterceptor",
     "StreamStreamCall",
+    "StreamStreamClientInterceptor",
     "StreamStreamMultiCallable",
     "StreamUnaryCall",
+    "StreamUnaryClientInterceptor",
     "StreamUnaryMultiCallable",
     "UnaryStreamCall",
+    "UnaryStreamClientInterceptor",
     "UnaryStreamMultiCallable",
     "UnaryUnaryCall",
+    "UnaryUnaryClientInterceptor",
     "UnaryUnaryMultiCallable",
     "insecure_channel",
 ]

@@ -26,9 +26,19 @@ from .._channel import CONNECT_WAIT_MS, open_channel
 from .._common import CompressionArg, Deserializer, LazyStatus, Metadata, MetadataArg
 from .._common import MultiCallableBase, Request, Response, RpcError, Serializer, Status
 from .._common import StatusCode, StatusView, call_options, closed_channel_error, free_options
-from .._common import read_status, serialize, take_bytes, take_metadata
+from .._common import method_path, read_status, serialize, take_bytes, take_metadata
 from .._ffi import END_OF_STREAM, OK
 from .._options import ChannelOptions
+
+if TYPE_CHECKING:
+    # The intercepted call classes are named in the multicallables' type arguments below.
+    from ._interceptor import (  # noqa: F401
+        InterceptedStreamStreamCall,
+        InterceptedStreamUnaryCall,
+        InterceptedUnaryStreamCall,
+        InterceptedUnaryUnaryCall,
+        Interceptors,
+    )
 
 _LOG = logging.getLogger("plexus.aio")
 
@@ -664,12 +674,16 @@ class StreamUnaryCall(_StreamingCall):
 
 
 _AnyCallT = TypeVar("_AnyCallT", bound=_Call)
+_InterceptedT = TypeVar("_InterceptedT")
 _Loop = Tuple[asyncio.AbstractEventLoop, _Poller]
 
 
-class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response, _AnyCallT]):
+class _MultiCallable(
+    MultiCallableBase["Channel"], Generic[Request, Response, _AnyCallT, _InterceptedT]
+):
     __slots__ = ()
     _kind: type[_AnyCallT]
+    _slot: int  # the call kind's index in the channel's interceptors
 
     def _start(
         self,
@@ -680,9 +694,10 @@ class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response, _A
         credentials: object,
         wait_for_ready: bool | None,
         compression: CompressionArg,
+        method: bytes | None = None,
     ) -> _AnyCallT:
-        """Starts a call of this method's kind, with its one request (None for a request
-        stream)."""
+        """Starts a call of this method's kind (or of `method`, which an interceptor chose),
+        with its one request (None for a request stream)."""
         channel = self._channel
         lib = channel._lib
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
@@ -691,15 +706,64 @@ class _MultiCallable(MultiCallableBase["Channel"], Generic[Request, Response, _A
             if request is not None:
                 lib.check(lib.bytes_copy(request, len(request), byref(req)))
             call = self._kind(channel, *loop, timeout, self._serializer, self._deserializer)
-            call._open(channel._live_handle(), self._method, req.value, opts)
+            call._open(channel._live_handle(), method or self._method, req.value, opts)
         finally:
             lib.bytes_free(req)
             free_options(lib, opts)
         channel._track(call)
         return call
 
+    def _intercepted(
+        self,
+        loop: _Loop,
+        interceptors: tuple[Any, ...],
+        request: Any,
+        timeout: float | None,
+        metadata: MetadataArg,
+        credentials: object,
+        wait_for_ready: bool | None,
+        compression: CompressionArg,
+    ) -> _InterceptedT:
+        """Starts the call through the channel's interceptors for this kind. Compression is
+        not part of grpc.aio's ClientCallDetails: it reaches the call as given."""
+        from . import _interceptor
 
-class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT]):
+        streaming_request = self._slot >= _interceptor.STREAM_UNARY
+
+        def start(details: Any, chain_request: Any) -> _AnyCallT:
+            method = method_path(details.method)
+            data = None if streaming_request else serialize(self._serializer, chain_request)
+            call = self._start(
+                loop,
+                data,
+                details.timeout,
+                details.metadata,
+                details.credentials,
+                details.wait_for_ready,
+                compression,
+                method,
+            )
+            if streaming_request and isinstance(call, _StreamingCall) and chain_request is not None:
+                call._consume(chain_request)
+            return call
+
+        intercepted: _InterceptedT = _interceptor.intercept(
+            self._slot,
+            self._channel,
+            loop[0],
+            interceptors,
+            start,
+            self._method,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            request,
+        )
+        return intercepted
+
+
+class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT, _InterceptedT]):
     __slots__ = ()
 
     def __call__(
@@ -711,30 +775,49 @@ class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT]):
         credentials: object = None,
         wait_for_ready: bool | None = None,
         compression: CompressionArg = None,
-    ) -> _AnyCallT:
+    ) -> _AnyCallT | _InterceptedT:
         """Starts the call; see the class docstring for what it returns."""
-        loop = self._channel._loop_and_poller()
+        channel = self._channel
+        loop = channel._loop_and_poller()
+        interceptors = channel._interceptors
+        if interceptors is not None and interceptors[self._slot]:
+            return self._intercepted(
+                loop,
+                interceptors[self._slot],
+                request,
+                timeout,
+                metadata,
+                credentials,
+                wait_for_ready,
+                compression,
+            )
         data = serialize(self._serializer, request)
         return self._start(
             loop, data, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
-class UnaryUnaryMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryUnaryCall]):
+class UnaryUnaryMultiCallable(
+    _UnaryRequestMultiCallable[Request, Response, UnaryUnaryCall, "InterceptedUnaryUnaryCall"]
+):
     """`callable(request, timeout=None, metadata=None, ...)` returns an awaitable call."""
 
     __slots__ = ()
     _kind = UnaryUnaryCall
+    _slot = 0
 
 
-class UnaryStreamMultiCallable(_UnaryRequestMultiCallable[Request, Response, UnaryStreamCall]):
+class UnaryStreamMultiCallable(
+    _UnaryRequestMultiCallable[Request, Response, UnaryStreamCall, "InterceptedUnaryStreamCall"]
+):
     """`callable(request, ...)` returns a call to iterate with `async for`."""
 
     __slots__ = ()
     _kind = UnaryStreamCall
+    _slot = 1
 
 
-class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT]):
+class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT, _InterceptedT]):
     __slots__ = ()
 
     def __call__(
@@ -746,9 +829,10 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT]):
         credentials: object = None,
         wait_for_ready: bool | None = None,
         compression: CompressionArg = None,
-    ) -> _CallT:
+    ) -> _CallT | _InterceptedT:
         """Starts the call; see the class docstring for what it returns."""
-        loop = self._channel._loop_and_poller()
+        channel = self._channel
+        loop = channel._loop_and_poller()
         if request_iterator is not None and not (
             hasattr(request_iterator, "__aiter__") or hasattr(request_iterator, "__iter__")
         ):
@@ -756,26 +840,44 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT]):
                 f"request_iterator must be an iterator or async iterator, not "
                 f"{type(request_iterator).__name__}"
             )
+        interceptors = channel._interceptors
+        if interceptors is not None and interceptors[self._slot]:
+            return self._intercepted(
+                loop,
+                interceptors[self._slot],
+                request_iterator,
+                timeout,
+                metadata,
+                credentials,
+                wait_for_ready,
+                compression,
+            )
         call = self._start(loop, None, timeout, metadata, credentials, wait_for_ready, compression)
         if request_iterator is not None:
             call._consume(request_iterator)
         return call
 
 
-class StreamUnaryMultiCallable(_StreamRequestMultiCallable[Request, Response, StreamUnaryCall]):
+class StreamUnaryMultiCallable(
+    _StreamRequestMultiCallable[Request, Response, StreamUnaryCall, "InterceptedStreamUnaryCall"]
+):
     """`callable(request_iterator=None, ...)` returns a call to write to and await."""
 
     __slots__ = ()
     _kind = StreamUnaryCall
+    _slot = 2
 
 
 class StreamStreamMultiCallable(
-    _StreamRequestMultiCallable[Request, Response, StreamStreamCall]
+    _StreamRequestMultiCallable[
+        Request, Response, StreamStreamCall, "InterceptedStreamStreamCall"
+    ]
 ):
     """`callable(request_iterator=None, ...)` returns a call to write to and read from."""
 
     __slots__ = ()
     _kind = StreamStreamCall
+    _slot = 3
 
 
 # --------------------------------------------------------------------------- the channel
@@ -791,7 +893,8 @@ class Channel(
 ):
     """An asyncio channel to one target, shaped like grpc.aio.Channel.
 
-    Create it with `plexus.aio.insecure_channel(target, options=None, **plexus_options)`.
+    Create it with `plexus.aio.insecure_channel(target, options=None, compression=None,
+    interceptors=None, **plexus_options)`; `interceptors` are grpc.aio's client interceptors.
     Calls made from one event loop share that loop's completion queue; the channel itself
     may be used from several loops (one at a time per call)."""
 
@@ -803,8 +906,16 @@ class Channel(
         interceptors: Iterable[object] | None = None,
         **plexus_options: Any,
     ) -> None:
-        if interceptors:
-            raise ValueError("plexus.aio channels do not support interceptors")
+        # grpc.aio's interceptors by call kind; None without any (the calls' fast path).
+        self._interceptors: Interceptors | None = None
+        if interceptors is not None:
+            from ._interceptor import sort_interceptors
+
+            sorted_interceptors = sort_interceptors(interceptors)
+            if any(sorted_interceptors):
+                self._interceptors = sorted_interceptors
+        # Intercepted calls whose interceptors are still running (close() cancels them).
+        self._intercepting: set[Any] = set()
         self._lib, self._handle, self._target = open_channel(
             target, options, compression, plexus_options
         )
@@ -845,6 +956,8 @@ class Channel(
             await asyncio.wait(waits, timeout=grace)
         for call in calls:
             call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
+        for intercepted in list(self._intercepting):
+            intercepted._cancel_chain()
         with self._connect_lock:
             # A connect thread still using the handle frees it when it returns.
             if not self._connecting:
@@ -928,5 +1041,6 @@ def insecure_channel(
     interceptors: Iterable[object] | None = None,
     **plexus_options: Any,
 ) -> Channel:
-    """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel."""
+    """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel
+    (`interceptors`: grpc.aio's client interceptors, outermost first)."""
     return Channel(target, options, compression, interceptors, **plexus_options)
