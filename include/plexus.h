@@ -1059,6 +1059,18 @@ plexus_result plexus_channel_options_set_tls_identity_pem(struct plexus_channel_
 plexus_result plexus_channel_options_set_resolve_interval_ms(struct plexus_channel_options *options,
                                                              uint64_t ms);
 
+// The least time, in milliseconds, between a resolution and one asked for by a failing
+// endpoint or a server's GOAWAY (default 30000, as C-core's
+// `grpc.dns_min_time_between_resolutions_ms`; above 0). One asked for sooner waits.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_min_resolve_interval_ms(struct plexus_channel_options *options,
+                                                                 uint64_t ms);
+
 // The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 // copied).
 //

@@ -693,6 +693,31 @@ pub unsafe extern "C" fn plexus_channel_options_set_resolve_interval_ms(
     })
 }
 
+/// The least time, in milliseconds, between a resolution and one asked for by a failing
+/// endpoint or a server's GOAWAY (default 30000, as C-core's
+/// `grpc.dns_min_time_between_resolutions_ms`; above 0). One asked for sooner waits.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL;
+/// PLEXUS_ERR_INVALID_ARGUMENT for 0.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_min_resolve_interval_ms(
+    options: *mut plexus_channel_options,
+    ms: u64,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_min_resolve_interval_ms", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.min_resolve_interval = Duration::from_millis(ms);
+                Ok(())
+            })
+        }
+    })
+}
+
 /// The load-balancing policy: `"pick_first"` (default) or `"round_robin"` (NUL-terminated,
 /// copied).
 ///

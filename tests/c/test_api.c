@@ -223,6 +223,7 @@ static void test_options(void) {
     OK(plexus_channel_options_set_backoff(o, 100, 1.6, 0.2, 5000));
     OK(plexus_channel_options_set_idle_timeout_ms(o, 600000));
     OK(plexus_channel_options_set_resolve_interval_ms(o, 60000));
+    OK(plexus_channel_options_set_min_resolve_interval_ms(o, 1000));
     OK(plexus_channel_options_set_lb_policy(o, "round_robin"));
     OK(plexus_channel_options_set_user_agent(o, "plexus-c-test/1"));
     OK(plexus_channel_options_set_service_config(
@@ -246,6 +247,7 @@ static void test_options(void) {
     EXPECT(plexus_channel_options_set_backoff(o, 100, 1.6, 1.5, 5000), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_idle_timeout_ms(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_resolve_interval_ms(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_options_set_min_resolve_interval_ms(o, 0), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, "fastest"), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_lb_policy(o, "\xff"), PLEXUS_ERR_INVALID_UTF8);
     EXPECT(plexus_channel_options_set_user_agent(o, "tab\there"), PLEXUS_ERR_INVALID_ARGUMENT);

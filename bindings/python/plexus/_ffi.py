@@ -162,6 +162,8 @@ _SIGNATURES = {
     "plexus_channel_options_set_max_connections_per_endpoint": (_R, [_P, c_size_t]),
     "plexus_channel_options_set_backoff": (_R, [_P, c_uint64, c_double, c_double, c_uint64]),
     "plexus_channel_options_set_idle_timeout_ms": (_R, [_P, c_uint64]),
+    "plexus_channel_options_set_resolve_interval_ms": (_R, [_P, c_uint64]),
+    "plexus_channel_options_set_min_resolve_interval_ms": (_R, [_P, c_uint64]),
     "plexus_channel_options_set_lb_policy": (_R, [_P, c_char_p]),
     "plexus_channel_options_set_user_agent": (_R, [_P, c_char_p]),
     "plexus_channel_options_set_service_config": (_R, [_P, c_char_p]),

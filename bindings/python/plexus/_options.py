@@ -37,6 +37,8 @@ KEYWORDS = {
     "backoff_jitter": "float in [0, 1): backoff jitter (default 0.2)",
     "backoff_max": "seconds: largest reconnect backoff (default 120)",
     "idle_timeout": "seconds without calls before connections close (default 1800)",
+    "resolve_interval": "seconds between re-resolutions of the target while in use (default 30)",
+    "min_resolve_interval": "seconds: least time between re-resolutions on failure or GOAWAY",
     "lb_policy": '"pick_first" (default) or "round_robin"',
     "user_agent": "str: prefix of the user-agent header",
     "compression": 'grpc.Compression value or "gzip"/"deflate"/"identity": request messages',
@@ -136,6 +138,7 @@ GRPC_KEYS: dict[str, Tuple[Optional[str], _Converter]] = {
     # gRPC's connection-backoff spec calls it MIN_CONNECT_TIMEOUT.
     "grpc.min_reconnect_backoff_ms": ("connect_timeout", _ms),
     "grpc.client_idle_timeout_ms": ("idle_timeout", _grpc_idle),
+    "grpc.dns_min_time_between_resolutions_ms": ("min_resolve_interval", _ms),
     "grpc.http2.max_frame_size": ("max_frame_size", _int),
     "grpc.http2.lookahead_bytes": ("initial_stream_window_size", _int),
     "grpc.use_local_subchannel_pool": ("shared", lambda k, v: not _bool(k, v)),
@@ -294,6 +297,12 @@ def _apply(lib: _ffi.Lib, h: int, s: Mapping[str, Any]) -> None:
     if "idle_timeout" in s:
         if s["idle_timeout"] is not None:
             check(lib.channel_options_set_idle_timeout_ms(h, ms("idle_timeout")), "idle_timeout")
+    for name, setter in (
+        ("resolve_interval", lib.channel_options_set_resolve_interval_ms),
+        ("min_resolve_interval", lib.channel_options_set_min_resolve_interval_ms),
+    ):
+        if name in s:
+            check(setter(h, ms(name)), name)
     if "lb_policy" in s:
         policy = _str("lb_policy", s["lb_policy"])
         if "\0" in policy:

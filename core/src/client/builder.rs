@@ -40,6 +40,7 @@ pub(crate) struct ChannelConfig {
     pub(crate) user_agent: http::HeaderValue,
     pub(crate) idle_timeout: Duration,
     pub(crate) resolve_interval: Duration,
+    pub(crate) min_resolve_interval: Duration,
     pub(crate) conn: ConnConfig,
     pub(crate) lb_policy: LbPolicy,
     /// The parsed default service config.
@@ -77,6 +78,7 @@ impl ChannelConfig {
             user_agent,
             idle_timeout: settings.idle_timeout,
             resolve_interval: settings.resolve_interval,
+            min_resolve_interval: settings.min_resolve_interval,
             lb_policy,
             service_config,
             retries: settings.enable_retries,
@@ -251,14 +253,20 @@ impl ChannelBuilder {
         self
     }
 
-    /// How often the target is resolved again while the channel has connections, and the
-    /// least time between two resolutions (default
-    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s, as
-    /// C-core's minimum). An idle channel does not resolve. A failing endpoint and a server's
-    /// GOAWAY also ask for a resolution: at once if the last one is older than the interval,
-    /// else when it is.
+    /// How often the target is resolved again while the channel has connections (default
+    /// [`DEFAULT_DNS_REFRESH_INTERVAL`](crate::client::DEFAULT_DNS_REFRESH_INTERVAL), 30 s).
+    /// An idle channel does not resolve. A failing endpoint and a server's GOAWAY also ask
+    /// for a resolution, rate-limited by [`min_resolve_interval`](Self::min_resolve_interval).
     pub fn resolve_interval(mut self, interval: Duration) -> Self {
         self.settings.resolve_interval = interval;
+        self
+    }
+
+    /// The least time between a resolution and the next one asked for by a failing endpoint
+    /// or a server's GOAWAY (default 30 s, as C-core's
+    /// `grpc.dns_min_time_between_resolutions_ms`): one asked for sooner waits until then.
+    pub fn min_resolve_interval(mut self, interval: Duration) -> Self {
+        self.settings.min_resolve_interval = interval;
         self
     }
 

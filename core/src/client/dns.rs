@@ -243,12 +243,17 @@ fn parse_answer(msg: &[u8], id: u16, rtype: u16) -> Result<Answer, String> {
     let mut at = 12;
     for _ in 0..questions {
         at = skip_name(msg, at).ok_or_else(|| malformed("question name"))?;
-        at = at.checked_add(4).filter(|&end| end <= msg.len()).ok_or_else(|| malformed("question"))?;
+        at = at
+            .checked_add(4)
+            .filter(|&end| end <= msg.len())
+            .ok_or_else(|| malformed("question"))?;
     }
     let mut addresses = Vec::new();
     for _ in 0..answers {
         at = skip_name(msg, at).ok_or_else(|| malformed("record name"))?;
-        let header = msg.get(at..at + 10).ok_or_else(|| malformed("record header"))?;
+        let header = msg
+            .get(at..at + 10)
+            .ok_or_else(|| malformed("record header"))?;
         let (kind, class) = (
             u16::from_be_bytes([header[0], header[1]]),
             u16::from_be_bytes([header[2], header[3]]),
@@ -316,8 +321,8 @@ mod tests {
         assert_eq!(
             query,
             [
-                0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b's', b'v', b'c', 4, b't', b'e',
-                b's', b't', 0, 0, 1, 0, 1
+                0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b's', b'v', b'c', 4, b't', b'e', b's',
+                b't', 0, 0, 1, 0, 1
             ]
         );
         for bad in ["", ".", "a..b", &"x".repeat(64), &"ab.".repeat(85)] {
@@ -343,7 +348,10 @@ mod tests {
         assert_eq!(parsed.rcode, 0);
         assert_eq!(
             parsed.addresses,
-            ["127.0.0.1".parse::<IpAddr>().unwrap(), "127.0.0.2".parse().unwrap()]
+            [
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "127.0.0.2".parse().unwrap()
+            ]
         );
         let six = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let msg = answer(&query, 0, &[(TYPE_AAAA, &six)]);
@@ -371,9 +379,17 @@ mod tests {
                 let _ = parse_answer(&bad, 7, TYPE_A);
             }
         }
-        assert!(parse_answer(&good, 8, TYPE_A).unwrap_err().contains("not a response"));
+        assert!(
+            parse_answer(&good, 8, TYPE_A)
+                .unwrap_err()
+                .contains("not a response")
+        );
         let short = answer(&query, 0, &[(TYPE_A, &[10, 0, 1])]);
-        assert!(parse_answer(&short, 7, TYPE_A).unwrap_err().contains("wrong length"));
+        assert!(
+            parse_answer(&short, 7, TYPE_A)
+                .unwrap_err()
+                .contains("wrong length")
+        );
     }
 
     #[test]
@@ -413,7 +429,11 @@ mod tests {
                 let query = &buf[..n];
                 let rtype = u16::from_be_bytes([query[n - 4], query[n - 3]]);
                 let reply = match rtype {
-                    TYPE_A => answer(query, 0, &[(TYPE_A, &[127, 0, 0, 2]), (TYPE_A, &[127, 0, 0, 3])]),
+                    TYPE_A => answer(
+                        query,
+                        0,
+                        &[(TYPE_A, &[127, 0, 0, 2]), (TYPE_A, &[127, 0, 0, 3])],
+                    ),
                     _ => answer(query, 0, &[]),
                 };
                 server.send_to(&reply, from).unwrap();

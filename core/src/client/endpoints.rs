@@ -55,7 +55,7 @@ impl ChannelInner {
     }
 
     /// Asks for the target to be resolved again, rate-limited: at once if the last
-    /// resolution is at least the resolve interval old, else once it is (one request waits at
+    /// resolution is at least the minimum resolve interval old, else once it is (one request waits at
     /// a time; more in the meantime add nothing).
     pub(super) fn request_resolution(self: &Arc<Self>) {
         let wait = {
@@ -63,7 +63,9 @@ impl ChannelInner {
             if eps.shut_down || eps.resolving || eps.resolution_deferred {
                 return;
             }
-            let next = eps.resolved_at.map(|at| at + self.config.resolve_interval);
+            let next = eps
+                .resolved_at
+                .map(|at| at + self.config.min_resolve_interval);
             match next.filter(|at| *at > Instant::now()) {
                 Some(at) => {
                     eps.resolution_deferred = true;

@@ -66,6 +66,9 @@ pub struct ChannelSettings {
     /// How often the target is resolved again while the channel has connections (default
     /// 30 s).
     pub resolve_interval: Duration,
+    /// The least time between a resolution and one asked for by a failing endpoint or a
+    /// server's GOAWAY (default 30 s, C-core's `grpc.dns_min_time_between_resolutions_ms`).
+    pub min_resolve_interval: Duration,
     /// The load-balancing policy (default pick_first). Left at pick_first, the service config's
     /// `loadBalancingConfig` decides, if it names one.
     pub lb_policy: LbPolicy,
@@ -106,6 +109,7 @@ impl Default for ChannelSettings {
             backoff: BackoffConfig::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
+            min_resolve_interval: DEFAULT_DNS_REFRESH_INTERVAL,
             lb_policy: LbPolicy::default(),
             service_config: None,
             enable_retries: true,
@@ -133,6 +137,7 @@ impl ChannelSettings {
             ("connect timeout", self.connect_timeout),
             ("idle timeout", self.idle_timeout),
             ("resolve interval", self.resolve_interval),
+            ("min resolve interval", self.min_resolve_interval),
         ])?;
         if self.max_connections_per_endpoint == 0 {
             return Err(Status::invalid_argument(

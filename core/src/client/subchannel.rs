@@ -520,14 +520,14 @@ impl Subchannel {
         env.executor.spawn(Box::pin(async move {
             let mut driver = std::pin::pin!(driver);
             let goaway = std::pin::pin!(events.goaway_received());
-            let result = match select(driver.as_mut(), goaway).await {
-                Either::Left((result, _)) => result,
+            let (result, told) = match select(driver.as_mut(), goaway).await {
+                Either::Left((result, _)) => (result, false),
                 Either::Right(((), _)) => {
                     // The connection drains its streams; new calls go elsewhere meanwhile.
                     if let Some(sub) = weak.upgrade() {
                         sub.going_away(id);
                     }
-                    driver.await
+                    (driver.await, true)
                 }
             };
             if let Err(status) = result {
@@ -540,6 +540,10 @@ impl Subchannel {
                     sub.slow_down_keepalive();
                 }
                 sub.connection_closed(id);
+                // A GOAWAY on a connection with no streams may close it in the same poll.
+                if !told && events.peer_goaway().is_some() {
+                    (sub.env.on_goaway)();
+                }
             }
         }));
         connection::wait_for_settings(&connection, address, started, env.config.connect_timeout)

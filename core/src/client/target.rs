@@ -136,7 +136,9 @@ fn dns(rest: &str) -> Result<Target, String> {
 fn dns_server(authority: &str) -> Result<SocketAddr, String> {
     const DNS_PORT: u16 = 53;
     let not_ip = || {
-        format!("the DNS server authority {authority:?} must be an IP address with an optional port")
+        format!(
+            "the DNS server authority {authority:?} must be an IP address with an optional port"
+        )
     };
     if let Ok(addr) = authority.parse::<SocketAddr>() {
         return Ok(addr);
@@ -486,10 +488,22 @@ mod tests {
             server: Some(server.parse().unwrap()),
         };
         for (t, kind, authority) in [
-            ("dns://127.0.0.1:5353/svc:7", with("svc", 7, "127.0.0.1:5353"), "svc:7"),
-            ("dns://8.8.8.8/foo", with("foo", 443, "8.8.8.8:53"), "foo:443"),
+            (
+                "dns://127.0.0.1:5353/svc:7",
+                with("svc", 7, "127.0.0.1:5353"),
+                "svc:7",
+            ),
+            (
+                "dns://8.8.8.8/foo",
+                with("foo", 443, "8.8.8.8:53"),
+                "foo:443",
+            ),
             ("dns://[::1]:53/a.b:1", with("a.b", 1, "[::1]:53"), "a.b:1"),
-            ("dns://[2001:db8::1]/a:1", with("a", 1, "[2001:db8::1]:53"), "a:1"),
+            (
+                "dns://[2001:db8::1]/a:1",
+                with("a", 1, "[2001:db8::1]:53"),
+                "a:1",
+            ),
         ] {
             assert_eq!(parse(t), (kind, authority.to_string()), "{t}");
         }

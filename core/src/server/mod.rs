@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
@@ -217,6 +218,32 @@ impl ServerBuilder {
     /// count as a strike, as in grpc-go).
     pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
         self.settings.keepalive_permit_without_calls = permit;
+        self
+    }
+
+    /// Sends GOAWAY to, and closes, a connection that has had no call for `idle` (gRFC A9;
+    /// default never).
+    pub fn max_connection_idle(mut self, idle: Duration) -> Self {
+        self.settings.max_connection_idle = idle;
+        self
+    }
+
+    /// Sends GOAWAY to a connection once it is `age` old, ±10 % jitter so connections made
+    /// together do not all leave together (gRFC A9; default never). Its clients open a new
+    /// connection for their next calls and resolve their target again: behind an L4 load
+    /// balancer or DNS round robin, this is what spreads long-lived clients over servers that
+    /// were added since. Calls in flight finish, within
+    /// [`max_connection_age_grace`](Self::max_connection_age_grace).
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.settings.max_connection_age = age;
+        self
+    }
+
+    /// How long calls in flight on a connection past its
+    /// [`max_connection_age`](Self::max_connection_age) have before it is closed under them
+    /// (default: as long as they take).
+    pub fn max_connection_age_grace(mut self, grace: Duration) -> Self {
+        self.settings.max_connection_age_grace = grace;
         self
     }
 
@@ -527,6 +554,7 @@ impl Server {
         let mut forced = std::pin::pin!(inner.shutdown.forced());
         let mut going_away = false;
         let mut accepted_in_row = 0;
+        let mut lifetime = Lifetime::new(&c.settings);
         loop {
             let next = poll_fn(|cx| {
                 if !going_away && graceful.as_mut().poll(cx).is_ready() {
@@ -534,7 +562,11 @@ impl Server {
                     conn.graceful_shutdown();
                     going_away = true;
                 }
-                if forced.as_mut().poll(cx).is_ready() {
+                if !going_away && lifetime.poll_ended(cx) {
+                    conn.graceful_shutdown();
+                    going_away = true;
+                }
+                if forced.as_mut().poll(cx).is_ready() || lifetime.poll_grace_over(cx) {
                     return Poll::Ready(Next::Forced);
                 }
                 if let Poll::Ready(accepted) = conn.poll_accept(cx) {
@@ -555,9 +587,14 @@ impl Server {
                         request.extensions_mut().insert(peer.clone());
                     }
                     let server = inner.clone();
-                    inner
-                        .executor
-                        .spawn(Box::pin(stream::serve(server, request, respond)));
+                    let call = stream::serve(server, request, respond);
+                    match lifetime.count_call() {
+                        Some(counted) => inner.executor.spawn(Box::pin(async move {
+                            let _counted = counted;
+                            call.await
+                        })),
+                        None => inner.executor.spawn(Box::pin(call)),
+                    }
                     accepted_in_row += 1;
                     if accepted_in_row == ACCEPT_BATCH {
                         accepted_in_row = 0;
@@ -596,6 +633,105 @@ impl Server {
             shutdown.force();
             shutdown.drained().await;
         }
+    }
+}
+
+/// gRFC A9's limits on one connection's life: its age (then a grace for the calls in
+/// flight) and its time without calls.
+struct Lifetime {
+    /// Fires when the connection is old enough to go away.
+    age: Option<Timer>,
+    grace: Duration,
+    /// After an age GOAWAY: when the calls still open are cut.
+    grace_over: Option<Timer>,
+    /// With a maximum idle time: the calls open, and a timer that fires when the connection
+    /// may have been idle long enough.
+    idle: Option<(Duration, Arc<CallCount>, Timer)>,
+}
+
+/// Calls open on one connection, and since when there have been none.
+struct CallCount {
+    open: std::sync::Mutex<(usize, Instant)>,
+}
+
+/// Counts one call as open while it lives.
+struct Counted(Arc<CallCount>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if open.0 == 0 {
+            open.1 = Instant::now();
+        }
+    }
+}
+
+impl Lifetime {
+    fn new(settings: &ServerSettings) -> Lifetime {
+        let now = Instant::now();
+        let age = (settings.max_connection_age != Duration::MAX)
+            .then(|| {
+                // ±10 %, so connections opened together do not all go away together.
+                let jittered =
+                    settings.max_connection_age.as_secs_f64() * (0.9 + 0.2 * fastrand::f64());
+                now.checked_add(Duration::try_from_secs_f64(jittered).ok()?)
+            })
+            .flatten()
+            .map(Timer::at);
+        let idle = settings.max_connection_idle;
+        let idle = now.checked_add(idle).map(|at| {
+            let count = CallCount {
+                open: std::sync::Mutex::new((0, now)),
+            };
+            (idle, Arc::new(count), Timer::at(at))
+        });
+        Lifetime {
+            age,
+            grace: settings.max_connection_age_grace,
+            grace_over: None,
+            idle: idle.filter(|_| settings.max_connection_idle != Duration::MAX),
+        }
+    }
+
+    /// A guard that counts a new call as open, when idle time is watched.
+    fn count_call(&self) -> Option<Counted> {
+        let (_, count, _) = self.idle.as_ref()?;
+        count.open.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+        Some(Counted(count.clone()))
+    }
+
+    /// Whether the connection should go away now: it reached its age (the grace starts) or
+    /// has been idle for the maximum.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(age) = &mut self.age {
+            if Pin::new(age).poll(cx).is_ready() {
+                self.age = None;
+                self.grace_over = Instant::now().checked_add(self.grace).map(Timer::at);
+                return true;
+            }
+        }
+        if let Some((limit, count, timer)) = &mut self.idle {
+            while Pin::new(&mut *timer).poll(cx).is_ready() {
+                let (open, since) = *count.open.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let due = since + *limit;
+                if open == 0 && due <= now {
+                    self.idle = None;
+                    return true;
+                }
+                // Busy, or idle for less than the limit: look again when it could be due.
+                timer.set_at(if open > 0 { now + *limit } else { due });
+            }
+        }
+        false
+    }
+
+    /// Whether the grace after an age GOAWAY is over: the calls left are cut.
+    fn poll_grace_over(&mut self, cx: &mut Context<'_>) -> bool {
+        self.grace_over
+            .as_mut()
+            .is_some_and(|timer| Pin::new(timer).poll(cx).is_ready())
     }
 }
 

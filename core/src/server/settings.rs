@@ -48,6 +48,16 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// SETTINGS_MAX_HEADER_LIST_SIZE (default 16 KiB).
     pub max_header_list_size: u32,
+    /// A connection with no call for this long is sent GOAWAY and closed (gRFC A9's
+    /// MAX_CONNECTION_IDLE; default `Duration::MAX`, never).
+    pub max_connection_idle: Duration,
+    /// A connection this old, ±10 % jitter, is sent GOAWAY: new calls go to a new connection
+    /// (re-resolving, so clients rebalance over the servers), calls in flight finish (gRFC
+    /// A9's MAX_CONNECTION_AGE; default `Duration::MAX`, never).
+    pub max_connection_age: Duration,
+    /// How long calls in flight have after that GOAWAY before the connection is closed
+    /// under them (MAX_CONNECTION_AGE_GRACE; default `Duration::MAX`, as long as they take).
+    pub max_connection_age_grace: Duration,
     /// TLS settings; `None` serves plaintext.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::transport::tls::ServerTlsConfig>,
@@ -67,6 +77,9 @@ impl Default for ServerSettings {
             keepalive_permit_without_calls: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            max_connection_idle: Duration::MAX,
+            max_connection_age: Duration::MAX,
+            max_connection_age_grace: Duration::MAX,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -81,6 +94,9 @@ impl ServerSettings {
             ("keepalive time", self.keepalive_time),
             ("keepalive timeout", self.keepalive_timeout),
             ("handshake timeout", self.handshake_timeout),
+            ("max connection idle", self.max_connection_idle),
+            ("max connection age", self.max_connection_age),
+            ("max connection age grace", self.max_connection_age_grace),
         ])
     }
 
