@@ -58,7 +58,9 @@ pub fn main(raw: &[String]) -> Result<(), String> {
     }
 
     let listener = Listener::bind_tcp("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let address = listener.local_addr().ok_or("the listener has no TCP address")?;
+    let address = listener
+        .local_addr()
+        .ok_or("the listener has no TCP address")?;
     let target = format!("http://{address}");
     let server = stalling_server(100 / stall_percent, stall)?;
     std::thread::spawn(move || smol::block_on(server.serve(listener)));
@@ -76,7 +78,12 @@ pub fn main(raw: &[String]) -> Result<(), String> {
                 builder = builder.default_service_config(config);
             }
             let channel = builder.build().map_err(|e| e.to_string())?;
-            results[mode].push(smol::block_on(round(&channel, concurrency, warmup, duration))?);
+            results[mode].push(smol::block_on(round(
+                &channel,
+                concurrency,
+                warmup,
+                duration,
+            ))?);
         }
     }
     let [plain, hedged] = results.map(|rounds| Summary::of(&rounds));
