@@ -124,7 +124,9 @@ step "a user crate outside the workspace builds from plexus-build with no protoc
 "$root/scripts/test-codegen.sh"
 
 step "peer tests against grpcio (Python venv in .venv)"
-cargo build --release --quiet -p plexus-peer
+# interop-server too, for the health tests (test_health.py finds it beside plexus-peer); the
+# interop matrix below builds the same two packages, so it reuses this build.
+cargo build --release --quiet -p plexus-interop -p plexus-peer
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || {

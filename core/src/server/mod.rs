@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,11 @@ pub struct ServerBuilder {
     executor: Option<Arc<dyn Executor>>,
     interceptors: Vec<Arc<dyn ServerInterceptor>>,
     metrics: Option<Arc<dyn Metrics>>,
+    on_shutdown: Vec<ShutdownHook>,
 }
+
+/// A function [`ServerBuilder::on_shutdown`] registered.
+type ShutdownHook = Box<dyn FnOnce() + Send>;
 
 impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -325,6 +329,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `hook` once, when shutdown starts: at the start of the first [`Server::shutdown`],
+    /// before the listeners stop and GOAWAY goes out, so that it can tell clients the server is
+    /// leaving (a health service reports NOT_SERVING) over calls that are still open. Hooks run
+    /// in the order added, on the task that called `shutdown`, so they should be quick; one
+    /// that panics is skipped and shutdown goes on.
+    pub fn on_shutdown(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_shutdown.push(Box::new(hook));
+        self
+    }
+
     /// Runs connections and handlers on `executor` (default: [`DefaultExecutor`]).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
@@ -384,6 +398,7 @@ impl ServerBuilder {
                 interceptors: Chain::new(self.interceptors),
                 metrics: self.metrics,
                 shutdown: Shutdown::default(),
+                on_shutdown: Mutex::new(self.on_shutdown),
                 #[cfg(feature = "tls")]
                 tls,
             }),
@@ -399,6 +414,8 @@ pub(crate) struct ServerInner {
     interceptors: Chain<dyn ServerInterceptor>,
     metrics: Option<Arc<dyn Metrics>>,
     shutdown: Shutdown,
+    /// Taken and run by the first `shutdown`.
+    on_shutdown: Mutex<Vec<ShutdownHook>>,
     #[cfg(feature = "tls")]
     tls: Option<futures_rustls::TlsAcceptor>,
 }
@@ -625,7 +642,20 @@ impl Server {
 
     /// Shuts down: stops accepting, sends GOAWAY so in-flight calls can finish, and after
     /// `grace` closes whatever is left. Returns once every connection is closed.
+    ///
+    /// The [`on_shutdown`](ServerBuilder::on_shutdown) hooks run first, once.
     pub async fn shutdown(&self, grace: Duration) {
+        // Taken under the lock and run outside it, so a hook may call into the server.
+        let hooks = std::mem::take(
+            &mut *self
+                .inner
+                .on_shutdown
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for hook in hooks {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook));
+        }
         let shutdown = &self.inner.shutdown;
         shutdown.start_graceful();
         let drained = std::pin::pin!(shutdown.drained());
@@ -651,7 +681,7 @@ struct Lifetime {
 
 /// Calls open on one connection, and since when there have been none.
 struct CallCount {
-    open: std::sync::Mutex<(usize, Instant)>,
+    open: Mutex<(usize, Instant)>,
 }
 
 /// Counts one call as open while it lives.
@@ -682,7 +712,7 @@ impl Lifetime {
         let idle = settings.max_connection_idle;
         let idle = now.checked_add(idle).map(|at| {
             let count = CallCount {
-                open: std::sync::Mutex::new((0, now)),
+                open: Mutex::new((0, now)),
             };
             (idle, Arc::new(count), Timer::at(at))
         });
@@ -785,5 +815,23 @@ mod tests {
             err.to_string().contains("\"/a.B/C\" is registered twice"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn shutdown_hooks_run_once_in_order_and_a_panicking_one_is_skipped() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (first, second) = (ran.clone(), ran.clone());
+        let server = Server::builder()
+            .on_shutdown(move || first.lock().unwrap().push(1))
+            .on_shutdown(|| panic!("a hook that fails"))
+            .on_shutdown(move || second.lock().unwrap().push(2))
+            .build()
+            .unwrap();
+        smol::block_on(async {
+            server.shutdown(Duration::ZERO).await;
+            assert_eq!(*ran.lock().unwrap(), [1, 2]);
+            server.clone().shutdown(Duration::ZERO).await;
+        });
+        assert_eq!(*ran.lock().unwrap(), [1, 2], "hooks ran again");
     }
 }

@@ -2,6 +2,11 @@
 //! the gRPC interop TestService and the BenchmarkService until killed. `--port=0` picks a free
 //! port; the port in use is printed as `interop-server: listening on port N`.
 //!
+//! It also serves `grpc.health.v1.Health`, SERVING for "" and every service, so any standard
+//! client can discover it. SIGTERM or SIGINT shuts it down gracefully: every health status
+//! turns NOT_SERVING, then calls in flight get [`SHUTDOWN_GRACE`] to finish; a second signal
+//! cuts them off.
+//!
 //! With `--use_tls=true` the server presents the certificate chain and key given, by default
 //! `server.pem` and `server.key` in the directory `$PLEXUS_INTEROP_CERTS` names (see
 //! `plexus_interop::features`).
@@ -9,9 +14,17 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use async_signal::{Signal, Signals};
+use futures_util::StreamExt as _;
+use futures_util::future::{Either, join, select};
 
 use plexus::{Listener, ServerTlsConfig};
 use plexus_interop::{features, flags::Flags, server};
+
+/// How long calls in flight may run on after SIGTERM or SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: interop-server --port=PORT [--use_tls=false] \
 [--tls_cert_file=PEM --tls_key_file=PEM (default: $PLEXUS_INTEROP_CERTS/server.pem, server.key)]";
@@ -55,7 +68,10 @@ fn main() -> ExitCode {
 
 async fn serve(port: u16, tls: Option<ServerTlsConfig>) -> Result<(), Box<dyn std::error::Error>> {
     let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
-    let mut builder = server::builder();
+    let (mut builder, health) = plexus_health::install(server::builder());
+    for service in SERVICES {
+        health.set_serving(service);
+    }
     if let Some(tls) = tls {
         builder = builder.tls(tls);
     }
@@ -65,9 +81,32 @@ async fn serve(port: u16, tls: Option<ServerTlsConfig>) -> Result<(), Box<dyn st
         Ok(listener) => listener,
         Err(_) => Listener::bind_tcp(("0.0.0.0", port))?,
     };
+    // Caught from before the port is printed, so a signal sent once it is cannot kill us.
+    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
     let bound = listener.local_addr().map_or(port, |addr| addr.port());
     println!("interop-server: listening on port {bound} ({scheme})");
     std::io::stdout().flush()?;
-    server.serve(listener).await?;
+    let serving = std::pin::pin!(server.serve(listener));
+    let served = match select(serving, signals.next()).await {
+        Either::Left((served, _)) => served,
+        Either::Right((_, serving)) => {
+            eprintln!("interop-server: shutting down");
+            let graceful = std::pin::pin!(server.shutdown(SHUTDOWN_GRACE));
+            let again = std::pin::pin!(async {
+                signals.next().await;
+                server.shutdown(Duration::ZERO).await;
+            });
+            let stop = select(graceful, again);
+            join(serving, stop).await.0
+        }
+    };
+    served?;
     Ok(())
 }
+
+/// The services the health service reports SERVING (the whole server, "", is from the start).
+const SERVICES: [&str; 3] = [
+    plexus_interop::grpc::testing::test_service_server::SERVICE_NAME,
+    plexus_interop::grpc::testing::benchmark_service_server::SERVICE_NAME,
+    plexus_health::v1::health_server::SERVICE_NAME,
+];

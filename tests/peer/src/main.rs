@@ -15,6 +15,9 @@
 //! `server --tls-cert PEM --tls-key PEM [--client-ca PEM]` serves over TLS (requiring client
 //! certificates from that CA); `client --ca PEM [--server-name NAME] [--cert PEM --key PEM]`
 //! connects over TLS.
+//!
+//! `plexus-peer health --target HOST:PORT [--service NAME] [--watch]` checks or watches a
+//! `grpc.health.v1.Health` server with plexus-health's client (see `health.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +43,8 @@ mod pb {
 use pb::echo_client::EchoClient;
 use pb::echo_server::{self, EchoServer};
 use pb::{EchoRequest, EchoResponse};
+
+mod health;
 
 const TRAILER_BIN: &[u8] = b"\xfe\x00\x01";
 
@@ -108,11 +113,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("health") => {
+            let Some(target) = flag("--target") else {
+                eprintln!(
+                    "usage: plexus-peer health --target HOST:PORT [--service NAME] [--watch]"
+                );
+                return ExitCode::from(2);
+            };
+            let service = flag("--service").unwrap_or_default();
+            let watch = args.iter().any(|a| a == "--watch");
+            smol::block_on(health::run(&target, service, watch))
+        }
         _ => {
             eprintln!(
                 "usage: plexus-peer server --listen ADDR [--tls-cert PEM --tls-key PEM \
                  [--client-ca PEM]] | client --target HOST:PORT [--ca PEM [--server-name NAME] \
-                 [--cert PEM --key PEM]] | certs --out DIR | {CALL_USAGE}"
+                 [--cert PEM --key PEM]] | certs --out DIR | health --target HOST:PORT \
+                 [--service NAME] [--watch] | {CALL_USAGE}"
             );
             ExitCode::from(2)
         }

@@ -1,0 +1,7 @@
+//! Generates the `grpc.health.v1` messages, `HealthClient` and the `Health` server trait from
+//! proto/grpc/health/v1/health.proto (no protoc: plexus-build parses it itself).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    plexus_build::compile_protos(&["proto/grpc/health/v1/health.proto"], &["proto"])?;
+    Ok(())
+}
