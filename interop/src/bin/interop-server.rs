@@ -1,6 +1,7 @@
 //! `interop-server --port=N [--use_tls=true [--tls_cert_file=PEM --tls_key_file=PEM]]`: serves
-//! the gRPC interop TestService and the BenchmarkService until killed. `--port=0` picks a free
-//! port; the port in use is printed as `interop-server: listening on port N`.
+//! the gRPC interop TestService and the BenchmarkService, with server reflection (v1 and
+//! v1alpha) describing them, until killed. `--port=0` picks a free port; the port in use is
+//! printed as `interop-server: listening on port N`.
 //!
 //! With `--use_tls=true` the server presents the certificate chain and key given, by default
 //! `server.pem` and `server.key` in the directory `$PLEXUS_INTEROP_CERTS` names (see
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use plexus::{Listener, ServerTlsConfig};
-use plexus_interop::{features, flags::Flags, server};
+use plexus_interop::{features, flags::Flags, reflection, server};
 
 const USAGE: &str = "usage: interop-server --port=PORT [--use_tls=false] \
 [--tls_cert_file=PEM --tls_key_file=PEM (default: $PLEXUS_INTEROP_CERTS/server.pem, server.key)]";
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
 
 async fn serve(port: u16, tls: Option<ServerTlsConfig>) -> Result<(), Box<dyn std::error::Error>> {
     let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
-    let mut builder = server::builder();
+    let mut builder = reflection::add(server::builder())?;
     if let Some(tls) = tls {
         builder = builder.tls(tls);
     }
