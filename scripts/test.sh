@@ -121,7 +121,9 @@ step "a user crate outside the workspace builds from plexus-build with no protoc
 "$root/scripts/test-codegen.sh"
 
 step "peer tests against grpcio (Python venv in .venv)"
-cargo build --release --quiet -p plexus-peer
+# interop-server too (for test_reflection.py): the interop step below builds the same pair, so
+# its build is then a no-op.
+cargo build --release --quiet -p plexus-interop -p plexus-peer
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || {
@@ -130,7 +132,9 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
-PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
+PLEXUS_PEER_BIN="$root/target/release/plexus-peer" \
+    PLEXUS_INTEROP_SERVER_BIN="$root/target/release/interop-server" \
+    "$venv/bin/python" -m pytest tests/peer/py -q
 
 step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/test-interop.sh)"
 "$root/scripts/test-interop.sh"
