@@ -24,7 +24,7 @@
 //!     .build()?;
 //! ```
 //!
-//! A runnable version, with files registered by hand (this crate's own reflection protos):
+//! A runnable version, with a file registered by hand:
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,7 +43,11 @@
 //!     .build()?;
 //! assert_eq!(
 //!     reflection.services(),
-//!     ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection", "hello.Greeter"]
+//!     [
+//!         "grpc.reflection.v1.ServerReflection",
+//!         "grpc.reflection.v1alpha.ServerReflection",
+//!         "hello.Greeter",
+//!     ]
 //! );
 //! let _server = plexus::Server::builder()
 //!     .add_service(reflection.v1())
