@@ -124,8 +124,9 @@ step "a user crate outside the workspace builds from plexus-build with no protoc
 "$root/scripts/test-codegen.sh"
 
 step "peer tests against grpcio (Python venv in .venv)"
-# interop-server too, for the health tests (test_health.py finds it beside plexus-peer); the
-# interop matrix below builds the same two packages, so it reuses this build.
+# interop-server too, for the health and reflection tests (found beside plexus-peer, or by
+# PLEXUS_INTEROP_SERVER_BIN); the interop matrix below builds the same two packages, so it
+# reuses this build.
 cargo build --release --quiet -p plexus-interop -p plexus-peer
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
@@ -135,7 +136,9 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
-PLEXUS_PEER_BIN="$root/target/release/plexus-peer" "$venv/bin/python" -m pytest tests/peer/py -q
+PLEXUS_PEER_BIN="$root/target/release/plexus-peer" \
+    PLEXUS_INTEROP_SERVER_BIN="$root/target/release/interop-server" \
+    "$venv/bin/python" -m pytest tests/peer/py -q
 
 step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/test-interop.sh)"
 "$root/scripts/test-interop.sh"

@@ -15,6 +15,7 @@ pub mod client;
 pub mod features;
 pub mod flags;
 pub mod payload;
+pub mod reflection;
 pub mod server;
 
 /// The generated code of `interop/proto`, nested as its package `grpc.testing` is.

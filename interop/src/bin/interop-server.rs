@@ -1,6 +1,7 @@
 //! `interop-server --port=N [--use_tls=true [--tls_cert_file=PEM --tls_key_file=PEM]]`: serves
-//! the gRPC interop TestService and the BenchmarkService until killed. `--port=0` picks a free
-//! port; the port in use is printed as `interop-server: listening on port N`.
+//! the gRPC interop TestService and the BenchmarkService, with server reflection (v1 and
+//! v1alpha) describing them, until killed. `--port=0` picks a free port; the port in use is
+//! printed as `interop-server: listening on port N`.
 //!
 //! It also serves `grpc.health.v1.Health`, SERVING for "" and every service, so any standard
 //! client can discover it. SIGTERM or SIGINT shuts it down gracefully: every health status
@@ -21,7 +22,7 @@ use futures_util::StreamExt as _;
 use futures_util::future::{Either, join, select};
 
 use plexus::{Listener, ServerTlsConfig};
-use plexus_interop::{features, flags::Flags, server};
+use plexus_interop::{features, flags::Flags, reflection, server};
 
 /// How long calls in flight may run on after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -68,7 +69,7 @@ fn main() -> ExitCode {
 
 async fn serve(port: u16, tls: Option<ServerTlsConfig>) -> Result<(), Box<dyn std::error::Error>> {
     let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
-    let (mut builder, health) = plexus_health::install(server::builder());
+    let (mut builder, health) = plexus_health::install(reflection::add(server::builder())?);
     for service in SERVICES {
         health.set_serving(service);
     }
@@ -105,8 +106,10 @@ async fn serve(port: u16, tls: Option<ServerTlsConfig>) -> Result<(), Box<dyn st
 }
 
 /// The services the health service reports SERVING (the whole server, "", is from the start).
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 5] = [
     plexus_interop::grpc::testing::test_service_server::SERVICE_NAME,
     plexus_interop::grpc::testing::benchmark_service_server::SERVICE_NAME,
     plexus_health::v1::health_server::SERVICE_NAME,
+    plexus_reflection::v1::server_reflection_server::SERVICE_NAME,
+    plexus_reflection::v1alpha::server_reflection_server::SERVICE_NAME,
 ];
