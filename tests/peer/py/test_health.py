@@ -148,6 +148,8 @@ def test_list_gives_every_status(interop_server):
         TEST_SERVICE: SERVING,
         "grpc.testing.BenchmarkService": SERVING,
         "grpc.health.v1.Health": SERVING,
+        "grpc.reflection.v1.ServerReflection": SERVING,
+        "grpc.reflection.v1alpha.ServerReflection": SERVING,
     }
 
 
