@@ -43,6 +43,8 @@ pub(crate) struct ChannelConfig {
     pub(crate) min_resolve_interval: Duration,
     pub(crate) conn: ConnConfig,
     pub(crate) lb_policy: LbPolicy,
+    /// Shuffle each resolved address list (pick_first's `shuffleAddressList`).
+    pub(crate) shuffle_addresses: bool,
     /// The parsed default service config.
     pub(crate) service_config: Option<Arc<ServiceConfig>>,
     /// Whether retry and hedging policies apply.
@@ -71,6 +73,10 @@ impl ChannelConfig {
                 .unwrap_or_else(|| settings.lb_policy.clone()),
             (policy, _) => policy.clone(),
         };
+        let shuffle_addresses = lb_policy == LbPolicy::PickFirst
+            && service_config
+                .as_ref()
+                .is_some_and(|config| config.shuffle_address_list);
         Ok(ChannelConfig {
             max_recv_message_size: settings.max_receive_message_size,
             max_send_message_size: settings.max_send_message_size,
@@ -80,6 +86,7 @@ impl ChannelConfig {
             resolve_interval: settings.resolve_interval,
             min_resolve_interval: settings.min_resolve_interval,
             lb_policy,
+            shuffle_addresses,
             service_config,
             retries: settings.enable_retries,
             per_call_retry_buffer: settings.per_call_retry_buffer_size,

@@ -112,7 +112,10 @@ impl ChannelInner {
         eps.resolved_at = Some(Instant::now());
         let mut gone = Vec::new();
         match result {
-            Ok(addresses) if !addresses.is_empty() => {
+            Ok(mut addresses) if !addresses.is_empty() => {
+                if self.config.shuffle_addresses {
+                    fastrand::shuffle(&mut addresses);
+                }
                 eps.error = None;
                 let old = eps.list.clone();
                 let list: Vec<_> = addresses

@@ -25,6 +25,9 @@ pub(crate) struct ServiceConfig {
     /// The first policy of `loadBalancingConfig` this channel knows (or
     /// `loadBalancingPolicy`), if any.
     pub(crate) lb_policy: Option<LbPolicy>,
+    /// pick_first's `shuffleAddressList` (gRFC A62): shuffle each resolved address list, so
+    /// clients spread over the servers instead of all taking the first.
+    pub(crate) shuffle_address_list: bool,
     /// `retryThrottling`.
     pub(crate) throttling: Option<ThrottlingConfig>,
     /// `healthCheckConfig.serviceName`.
@@ -140,7 +143,7 @@ fn parse_config(value: &Value) -> Result<ServiceConfig, Failure> {
     let top = object(value, "the service config")?;
     let mut config = ServiceConfig::default();
     if let Some(lb) = top.get("loadBalancingConfig") {
-        config.lb_policy = lb_config(lb)?;
+        (config.lb_policy, config.shuffle_address_list) = lb_config(lb)?;
     }
     if config.lb_policy.is_none() {
         if let Some(policy) = top.get("loadBalancingPolicy") {
@@ -178,7 +181,9 @@ fn lb_by_name(name: &str) -> Option<LbPolicy> {
 
 /// `loadBalancingConfig`: a list of `{ "name": {config} }`, the first known one wins; a list
 /// with none this channel knows is an error, as in grpc-go.
-fn lb_config(value: &Value) -> Result<Option<LbPolicy>, Failure> {
+/// The first known policy of a `loadBalancingConfig` list, and pick_first's
+/// `shuffleAddressList`.
+fn lb_config(value: &Value) -> Result<(Option<LbPolicy>, bool), Failure> {
     let list = array(value, "loadBalancingConfig")?;
     let mut names = Vec::new();
     for (i, entry) in list.iter().enumerate() {
@@ -190,14 +195,20 @@ fn lb_config(value: &Value) -> Result<Option<LbPolicy>, Failure> {
             ));
         }
         let (name, config) = entry.iter().next().expect("one entry");
-        object(config, &format!("{field}.{name}"))?;
+        let config = object(config, &format!("{field}.{name}"))?;
         if let Some(policy) = lb_by_name(name) {
-            return Ok(Some(policy));
+            let shuffle = match (&policy, config.get("shuffleAddressList")) {
+                (LbPolicy::PickFirst, Some(v)) => {
+                    boolean(v, &format!("{field}.pick_first.shuffleAddressList"))?
+                }
+                _ => false,
+            };
+            return Ok((Some(policy), shuffle));
         }
         names.push(name.clone());
     }
     if names.is_empty() {
-        return Ok(None);
+        return Ok((None, false));
     }
     Err(format!(
         "loadBalancingConfig: no supported policy in {names:?} (pick_first or round_robin)"
@@ -742,6 +753,11 @@ mod tests {
                 "loadBalancingConfig[0]: must have exactly one policy name",
             ),
             (
+                r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": "yes"}}]}"#
+                    .into(),
+                "loadBalancingConfig[0].pick_first.shuffleAddressList: must be",
+            ),
+            (
                 r#"{"loadBalancingPolicy": "fastest"}"#.into(),
                 "loadBalancingPolicy: unknown policy \"fastest\"",
             ),
@@ -763,5 +779,20 @@ mod tests {
                 "{json}:\n  got  {message}\n  want {want}"
             );
         }
+    }
+
+    #[test]
+    fn pick_first_may_shuffle_its_addresses() {
+        let parse = |json: &str| ServiceConfig::parse(json).unwrap();
+        let shuffled =
+            parse(r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}"#);
+        assert_eq!(shuffled.lb_policy, Some(LbPolicy::PickFirst));
+        assert!(shuffled.shuffle_address_list);
+        let plain = parse(r#"{"loadBalancingConfig": [{"pick_first": {}}]}"#);
+        assert!(!plain.shuffle_address_list);
+        // Only pick_first shuffles.
+        let rr =
+            parse(r#"{"loadBalancingConfig": [{"round_robin": {"shuffleAddressList": true}}]}"#);
+        assert!(!rr.shuffle_address_list);
     }
 }
