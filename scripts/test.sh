@@ -140,6 +140,12 @@ PLEXUS_PEER_BIN="$root/target/release/plexus-peer" \
     PLEXUS_INTEROP_SERVER_BIN="$root/target/release/interop-server" \
     "$venv/bin/python" -m pytest tests/peer/py -q
 
+step "DNS scale-out: round_robin and pick_first channels against dnsmasq, servers coming and going"
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+    apt_install "a real DNS server for the scale-out test" dnsmasq-base
+fi
+cargo test --quiet -p plexus-peer --features dnsmasq --test dns_scale_out
+
 step "interop matrix: plexus, grpcio and grpc-js clients and servers (scripts/test-interop.sh)"
 "$root/scripts/test-interop.sh"
 

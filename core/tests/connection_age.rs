@@ -245,3 +245,54 @@ fn resolutions_asked_too_soon_wait_for_the_minimum_interval() {
         assert_eq!(asked.load(Ordering::SeqCst), 1);
     });
 }
+
+/// A server whose WHO answers `name`, with connections that age after 50 ms.
+fn aging_server(name: &'static str) -> String {
+    let server = Server::builder()
+        .max_connection_age(Duration::from_millis(50))
+        .unary(WHO, BytesCodec, move |_req: Request<Bytes>| async move {
+            Ok(Response::new(Bytes::from_static(name.as_bytes())))
+        })
+        .build()
+        .unwrap();
+    let listener = Listener::bind_tcp("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    smol::spawn(async move { server.serve(listener).await }).detach();
+    address
+}
+
+const WHO: &str = "/age.Test/Who";
+
+#[test]
+fn pick_first_shuffles_its_addresses_when_asked() {
+    let addresses = ["a", "b", "c"].map(aging_server);
+    let target = format!("ipv4:{}", addresses.join(","));
+    let shuffled = r#"{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}"#;
+    let channel = |config: &str| {
+        Channel::builder(&target)
+            .default_service_config(config)
+            .min_resolve_interval(Duration::from_millis(1))
+            .build()
+            .unwrap()
+    };
+    run(async {
+        // In list order, pick_first always goes back to the first server, however often its
+        // connection ages out.
+        let plain = channel("{}");
+        for _ in 0..20 {
+            let reply = plain.unary(WHO, Bytes::new(), CallOptions::new()).await;
+            assert_eq!(reply.unwrap().into_message(), "a");
+            Timer::after(Duration::from_millis(10)).await;
+        }
+        // Shuffled, each resolution after a GOAWAY may start with another.
+        let shuffling = channel(shuffled);
+        let mut seen = std::collections::BTreeSet::new();
+        let limit = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 3 {
+            assert!(Instant::now() < limit, "only {seen:?} answered");
+            let reply = shuffling.unary(WHO, Bytes::new(), CallOptions::new()).await;
+            seen.insert(reply.unwrap().into_message());
+            Timer::after(Duration::from_millis(5)).await;
+        }
+    });
+}
