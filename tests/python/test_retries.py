@@ -39,6 +39,8 @@ class Flaky:
             attempt = len(attempts)
         if attempt <= int(md.get("x-fail", "0")):
             code = grpc.StatusCode[md.get("x-code", "UNAVAILABLE")]
+            if "x-pushback" in md:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", md["x-pushback"]),))
             context.abort(code, f"attempt {attempt} fails")
         return request
 
@@ -243,3 +245,48 @@ def test_a_hedged_call_wins_over_a_stalled_attempt(flaky, c_client):
             what="the stalled attempt's cancel",
         )
         assert cancelled == [0], key
+
+
+@pytest.mark.parametrize("pushback", ["-1", "1", "20", "not-a-number"])
+def test_pushback_is_honoured_as_grpcio_does(flaky, pushback):
+    """grpc-retry-pushback-ms: a negative value stops retries, a non-negative one sets the
+    delay, a malformed one stops them (gRFC A6); plexus and grpcio must agree. (Not 0:
+    grpcio 1.85 never makes the next attempt after a pushback of 0 and waits out the
+    deadline; plexus retries at once, as A6 says.)"""
+    service, target = flaky
+    options = [("grpc.service_config", CONFIG)]
+    outcomes = {}
+    for name, make in CLIENTS.items():
+        key = f"pushback-{pushback}-{name}"
+        metadata = (("x-key", key), ("x-fail", "9"), ("x-pushback", pushback))
+        with make(target, options) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(METHOD)(b"ping", metadata=metadata, timeout=30)
+        outcomes[name] = (info.value.code().name, service.attempts(key))
+    assert outcomes["plexus"] == outcomes["grpcio"], outcomes
+    expected = [0] if pushback in ("-1", "not-a-number") else [0, 1, 2, 3]
+    assert outcomes["plexus"][1] == expected, outcomes
+
+
+def test_throttling_stops_retries_as_grpcio_does(flaky):
+    """retryThrottling: each failed attempt takes a token, each success gives back
+    tokenRatio; retries stop while the tokens are at or below half of maxTokens. The same
+    run of always-failing calls must make the same attempts on plexus and on grpcio."""
+    service, target = flaky
+    config = CONFIG.rstrip().rstrip("}") + ', "retryThrottling": {"maxTokens": 6, "tokenRatio": 0.5}}'
+    options = [("grpc.service_config", config)]
+    runs = {}
+    for name, make in CLIENTS.items():
+        attempts = []
+        with make(target, options) as channel:
+            for i in range(5):
+                key = f"throttle-{name}-{i}"
+                metadata = (("x-key", key), ("x-fail", "9"))
+                with pytest.raises(grpc.RpcError):
+                    channel.unary_unary(METHOD)(b"ping", metadata=metadata, timeout=30)
+                attempts.append(len(service.attempts(key)))
+        runs[name] = attempts
+    assert runs["plexus"] == runs["grpcio"], runs
+    # Six tokens: the first call's three failures leave three (half), so later calls get
+    # one attempt each.
+    assert runs["plexus"][0] > 1 and runs["plexus"][-1] == 1, runs
