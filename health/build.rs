@@ -2,6 +2,9 @@
 //! proto/grpc/health/v1/health.proto (no protoc: plexus-build parses it itself).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    plexus_build::compile_protos(&["proto/grpc/health/v1/health.proto"], &["proto"])?;
+    // The descriptor set too, so servers can describe Health through reflection.
+    plexus_build::configure()
+        .file_descriptor_set_name("health")
+        .compile_protos(&["proto/grpc/health/v1/health.proto"], &["proto"])?;
     Ok(())
 }

@@ -57,6 +57,11 @@ use event_listener::Event;
 use futures_util::future::{Either, select};
 use plexus::{Request, Response, ResponseSink, ServerBuilder, Status};
 
+/// The encoded `FileDescriptorSet` of grpc/health/v1/health.proto, to register with
+/// plexus-reflection (`register_encoded_file_descriptor_set`) so that reflection clients
+/// (grpcurl, Postman) see the Health service too.
+pub const FILE_DESCRIPTOR_SET: &[u8] = plexus::include_file_descriptor_set!("health");
+
 /// The `grpc.health.v1` messages, `health_client::HealthClient` and the
 /// `health_server::Health` trait with `HealthServer`, generated from the standard proto.
 pub mod v1 {

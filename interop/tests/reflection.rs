@@ -50,6 +50,7 @@ fn interop_services_are_listed_and_described() {
         assert_eq!(
             names,
             [
+                "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection",
                 "grpc.testing.BenchmarkService",

@@ -32,6 +32,7 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 _LISTENING = re.compile(r"^interop-server: listening on port (\d+)")
 
 SERVICES = [
+    "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.testing.BenchmarkService",
