@@ -190,9 +190,11 @@ impl Resolver for CountingResolver {
     }
 }
 
-#[test]
-fn a_goaway_makes_the_channel_resolve_again() {
-    let target = serve(Server::builder().max_connection_age(Duration::from_millis(100)));
+/// A channel to a server whose connections age after `age`, resolving through a
+/// [`CountingResolver`] with no periodic resolution (only GOAWAYs ask for one) and
+/// `min_interval` between them; and the resolver's count.
+fn resolving_channel(age: Duration, min_interval: Duration) -> (Channel, Arc<AtomicUsize>) {
+    let target = serve(Server::builder().max_connection_age(age));
     let address = Address::Tcp(target.trim_start_matches("http://").parse().unwrap());
     let asked = Arc::new(AtomicUsize::new(0));
     let channel = Channel::builder(&target)
@@ -200,11 +202,16 @@ fn a_goaway_makes_the_channel_resolve_again() {
             address,
             asked: asked.clone(),
         })
-        // No periodic resolution: only the GOAWAY can ask for another.
         .resolve_interval(Duration::from_secs(3600))
-        .min_resolve_interval(Duration::from_millis(1))
+        .min_resolve_interval(min_interval)
         .build()
         .unwrap();
+    (channel, asked)
+}
+
+#[test]
+fn a_goaway_makes_the_channel_resolve_again() {
+    let (channel, asked) = resolving_channel(Duration::from_millis(100), Duration::from_millis(1));
     run(async {
         let reply = channel.unary(ECHO, Bytes::from_static(b"x"), CallOptions::new());
         reply.await.unwrap();
@@ -224,18 +231,7 @@ fn a_goaway_makes_the_channel_resolve_again() {
 
 #[test]
 fn resolutions_asked_too_soon_wait_for_the_minimum_interval() {
-    let target = serve(Server::builder().max_connection_age(Duration::from_millis(50)));
-    let address = Address::Tcp(target.trim_start_matches("http://").parse().unwrap());
-    let asked = Arc::new(AtomicUsize::new(0));
-    let channel = Channel::builder(&target)
-        .resolver(CountingResolver {
-            address,
-            asked: asked.clone(),
-        })
-        .resolve_interval(Duration::from_secs(3600))
-        .min_resolve_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let (channel, asked) = resolving_channel(Duration::from_millis(50), Duration::from_secs(3600));
     run(async {
         // Several GOAWAYs, each asking; the minimum interval holds them all back.
         for _ in 0..5 {
