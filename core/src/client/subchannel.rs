@@ -700,7 +700,7 @@ impl Subchannel {
     /// usable connection if there is one. Returns whether the health changed (as
     /// [`stop_watch`](Self::stop_watch)).
     fn move_watch_off(self: &Arc<Self>, set: &mut Connections, id: u64) -> bool {
-        if !set.watch.as_ref().is_some_and(|w| w.conn_id == Some(id)) {
+        if set.watch.as_ref().is_none_or(|w| w.conn_id != Some(id)) {
             return false;
         }
         let changed = self.stop_watch(set);
