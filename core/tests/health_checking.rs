@@ -150,6 +150,27 @@ struct Backend {
 
 impl Backend {
     fn start(exec: Exec, ip: &str, name: &'static str, status: Option<i32>) -> Backend {
+        let listener = Listener::bind_tcp((ip, 0)).expect("bind tcp");
+        Backend::on(exec, listener, name, status)
+    }
+
+    /// A server on `addr` again, once the old socket lets go of it (up to 2 s).
+    async fn restart(exec: Exec, addr: SocketAddr, name: &'static str, status: i32) -> Backend {
+        let start = Instant::now();
+        let listener = loop {
+            match Listener::bind_tcp(addr) {
+                Ok(listener) => break listener,
+                Err(err) if start.elapsed() < Duration::from_secs(2) => {
+                    let _ = err;
+                    Timer::after(20 * MS).await;
+                }
+                Err(err) => panic!("could not bind {addr} again: {err}"),
+            }
+        };
+        Backend::on(exec, listener, name, Some(status))
+    }
+
+    fn on(exec: Exec, listener: Listener, name: &'static str, status: Option<i32>) -> Backend {
         let switch = Arc::new(Switch::default());
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = hits.clone();
@@ -171,7 +192,6 @@ impl Backend {
             );
         }
         let server = builder.build().expect("server settings are valid");
-        let listener = Listener::bind_tcp((ip, 0)).expect("bind tcp");
         let addr = listener.local_addr().expect("tcp address");
         let serving = server.clone();
         exec.spawn(Box::pin(async move {
@@ -299,6 +319,7 @@ on_both_executors!(
     pick_first_ignores_health_checking,
     no_health_check_config_makes_no_watch_call,
     with_no_healthy_backend_calls_fail_or_wait_for_one,
+    a_reconnected_backend_is_watched_again,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -440,4 +461,41 @@ async fn with_no_healthy_backend_calls_fail_or_wait_for_one(exec: Exec) {
     let answer = rx.recv().await.expect("the waiting call's task ended");
     assert_eq!(answer.expect("the wait-for-ready call"), "s1");
     assert_eq!(s2.hits(), 0);
+}
+
+/// A server that dies and comes back on the same address NOT_SERVING: the reconnected
+/// subchannel starts a new Watch, gets no calls until SERVING, then gets them again.
+async fn a_reconnected_backend_is_watched_again(exec: Exec) {
+    let s1 = Backend::start(exec, "127.0.0.1", "s1", Some(SERVING));
+    let s2 = Backend::start(exec, "127.0.0.2", "s2", Some(SERVING));
+    let channel = channel(exec, &[&s1, &s2], &service_config("round_robin", true));
+    call_until(&channel, "both servers answer", |seen| seen.len() == 2).await;
+
+    s2.server.shutdown(Duration::ZERO).await;
+    eventually("s2 leaves READY once it is gone", || {
+        endpoint_state(&channel, 1) != ConnectivityState::Ready
+    })
+    .await;
+    let s2b = Backend::restart(exec, s2.addr, "s2", NOT_SERVING).await;
+    // Calls keep the channel busy while it reconnects to s2 and asks it again.
+    let start = Instant::now();
+    while s2b.switch.watches() == 0 {
+        assert!(start.elapsed() < NOTICE, "no Watch on the restarted server");
+        assert_eq!(who(&channel).await, "s1");
+        Timer::after(MS).await;
+    }
+    eventually("the restarted s2 is TRANSIENT_FAILURE", || {
+        endpoint_state(&channel, 1) == ConnectivityState::TransientFailure
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(who(&channel).await, "s1");
+    }
+    assert_eq!(s2b.hits(), 0, "the restarted NOT_SERVING server got calls");
+
+    s2b.switch.set(SERVING);
+    call_until(&channel, "the restarted s2 answers once SERVING", |seen| {
+        seen.iter().any(|s| s == "s2")
+    })
+    .await;
 }
