@@ -95,6 +95,8 @@ struct Switch {
     changed: Event,
     /// Watch calls started.
     watches: AtomicUsize,
+    /// Watch calls running now.
+    open: AtomicUsize,
     /// The service names the Watch calls asked about.
     services: Mutex<Vec<String>>,
 }
@@ -108,6 +110,19 @@ impl Switch {
     fn watches(&self) -> usize {
         self.watches.load(Ordering::SeqCst)
     }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a running Watch handler out when it ends (cancelled included).
+struct Running(Arc<Switch>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Streams the switch's status: now, then at every change, until the call goes away.
@@ -117,6 +132,8 @@ async fn watch(
     sink: ResponseSink<HealthCheckResponse>,
 ) -> Result<(), Status> {
     switch.watches.fetch_add(1, Ordering::SeqCst);
+    switch.open.fetch_add(1, Ordering::SeqCst);
+    let _running = Running(switch.clone());
     let service = req.message().service.clone();
     switch.services.lock().unwrap().push(service);
     let context = req.context().clone();
@@ -320,6 +337,7 @@ on_both_executors!(
     no_health_check_config_makes_no_watch_call,
     with_no_healthy_backend_calls_fail_or_wait_for_one,
     a_reconnected_backend_is_watched_again,
+    the_watch_ends_when_the_channel_goes_idle_or_is_dropped,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -498,4 +516,29 @@ async fn a_reconnected_backend_is_watched_again(exec: Exec) {
         seen.iter().any(|s| s == "s2")
     })
     .await;
+}
+
+/// The Watch does not keep a channel from going idle (its connection closes, and the Watch
+/// with it), and dropping a channel ends its Watch.
+async fn the_watch_ends_when_the_channel_goes_idle_or_is_dropped(exec: Exec) {
+    let s1 = Backend::start(exec, "127.0.0.1", "s1", Some(SERVING));
+    let idle = Channel::builder(&target(&[&s1]))
+        .executor(ExecHandle(exec))
+        .idle_timeout(200 * MS)
+        .default_service_config(&service_config("round_robin", true))
+        .build()
+        .expect("channel settings are valid");
+    assert_eq!(who(&idle).await, "s1");
+    assert_eq!(s1.switch.watches(), 1);
+    eventually("the idle channel's Watch ends", || {
+        s1.switch.open() == 0 && idle.state() == ConnectivityState::Idle
+    })
+    .await;
+    assert_eq!(idle.stats().calls_started, 1);
+
+    let dropped = channel(exec, &[&s1], &service_config("round_robin", true));
+    assert_eq!(who(&dropped).await, "s1");
+    assert_eq!(s1.switch.open(), 1);
+    drop(dropped);
+    eventually("the dropped channel's Watch ends", || s1.switch.open() == 0).await;
 }

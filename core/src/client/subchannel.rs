@@ -207,6 +207,17 @@ impl Drop for Queued<'_> {
     }
 }
 
+impl Drop for Subchannel {
+    /// A channel dropped without [`shutdown`](Subchannel::shutdown) ends the Watch too,
+    /// which would otherwise hold its connection open.
+    fn drop(&mut self) {
+        let set = self.set.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(watch) = set.watch.take() {
+            watch.stop.stop();
+        }
+    }
+}
+
 impl Subchannel {
     pub(crate) fn new(address: Address, env: Arc<Env>) -> Arc<Subchannel> {
         let backoff = Backoff::new(env.config.backoff);
