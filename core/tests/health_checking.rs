@@ -460,6 +460,11 @@ async fn with_no_healthy_backend_calls_fail_or_wait_for_one(exec: Exec) {
     );
     assert_eq!(channel.state(), ConnectivityState::TransientFailure);
     assert_eq!(s1.hits() + s2.hits(), 0);
+    let status = channel
+        .connect()
+        .await
+        .expect_err("connected with no healthy server");
+    assert!(status.message().contains("NOT_SERVING"), "{status:?}");
 
     let waiting = {
         let channel = channel.clone();
