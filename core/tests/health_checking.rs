@@ -524,7 +524,7 @@ async fn a_reconnected_backend_is_watched_again(exec: Exec) {
 }
 
 /// The Watch does not keep a channel from going idle (its connection closes, and the Watch
-/// with it), and dropping a channel ends its Watch.
+/// with it), healthy or not, and dropping a channel ends its Watch.
 async fn the_watch_ends_when_the_channel_goes_idle_or_is_dropped(exec: Exec) {
     let s1 = Backend::start(exec, "127.0.0.1", "s1", Some(SERVING));
     let idle = Channel::builder(&target(&[&s1]))
@@ -540,6 +540,24 @@ async fn the_watch_ends_when_the_channel_goes_idle_or_is_dropped(exec: Exec) {
     })
     .await;
     assert_eq!(idle.stats().calls_started, 1);
+
+    // A channel whose only endpoint is connected but NOT_SERVING goes idle too.
+    let s2 = Backend::start(exec, "127.0.0.2", "s2", Some(NOT_SERVING));
+    let unhealthy = Channel::builder(&target(&[&s2]))
+        .executor(ExecHandle(exec))
+        .idle_timeout(200 * MS)
+        .default_service_config(&service_config("round_robin", true))
+        .build()
+        .expect("channel settings are valid");
+    let status = call(&unhealthy, CallOptions::default().timeout(NOTICE))
+        .await
+        .expect_err("a call succeeded with no healthy server");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(s2.switch.watches(), 1);
+    eventually("the unhealthy channel's Watch ends", || {
+        s2.switch.open() == 0 && unhealthy.state() == ConnectivityState::Idle
+    })
+    .await;
 
     let dropped = channel(exec, &[&s1], &service_config("round_robin", true));
     assert_eq!(who(&dropped).await, "s1");

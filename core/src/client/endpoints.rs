@@ -50,6 +50,10 @@ impl ChannelInner {
         if state == ConnectivityState::Ready {
             self.watch_idle();
             self.watch_resolution();
+        } else if list.iter().any(|s| s.connected()) {
+            // Connected but not healthy: the idle timeout still closes those connections
+            // (and their health checks) when no call comes.
+            self.watch_idle();
         }
         self.state.set(state);
     }

@@ -263,6 +263,11 @@ impl Subchannel {
         }
     }
 
+    /// Whether a connection is up, whatever the health check says.
+    pub(crate) fn connected(&self) -> bool {
+        self.state.get() == ConnectivityState::Ready
+    }
+
     /// Why the endpoint is not READY, for the error of a call that found no endpoint to use.
     pub(crate) fn why_not_ready(&self) -> String {
         let set = self.lock();
