@@ -11,6 +11,7 @@ use super::backoff::BackoffConfig;
 use super::balance::{Balancer, LbPolicy};
 use super::channel::{Channel, ChannelInner};
 use super::endpoints::Endpoints;
+use super::health::HealthCheck;
 use super::options::ConnConfig;
 use super::resolve::{Resolver, resolver_for};
 use super::retry::RetryBudget;
@@ -383,6 +384,7 @@ impl ChannelBuilder {
             config.retry_buffer,
             throttling.filter(|_| config.retries),
         ));
+        let health = health_check(&config, &target)?;
         let inner = Arc::new_cyclic(|weak: &Weak<ChannelInner>| {
             let (weak, goaway_weak) = (weak.clone(), weak.clone());
             let env = Arc::new(Env {
@@ -399,6 +401,7 @@ impl ChannelBuilder {
                         inner.request_resolution();
                     }
                 }),
+                health,
             });
             ChannelInner {
                 target,
@@ -422,6 +425,31 @@ impl ChannelBuilder {
             }
         });
         Ok(Channel { inner })
+    }
+}
+
+/// The health check the channel's subchannels run: the service config's
+/// `healthCheckConfig.serviceName`, under `round_robin` only (gRFC A17: `pick_first` does not
+/// health-check; a custom picker sees the endpoints' connection states).
+fn health_check(
+    config: &ChannelConfig,
+    target: &Target,
+) -> Result<Option<Arc<HealthCheck>>, Status> {
+    let service = config
+        .service_config
+        .as_ref()
+        .and_then(|sc| sc.health_check_service.as_deref());
+    match (service, &config.lb_policy) {
+        (Some(service), LbPolicy::RoundRobin) => {
+            let check = HealthCheck::new(
+                service,
+                target,
+                config.user_agent.clone(),
+                config.conn.backoff,
+            )?;
+            Ok(Some(Arc::new(check)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -140,6 +140,14 @@ impl Channel {
                 ConnectivityState::Shutdown => {
                     return Err(Status::unavailable("channel is shut down"));
                 }
+                ConnectivityState::TransientFailure if inner.env.health.is_some() => {
+                    // Connected endpoints may be failing their health checks: say which.
+                    let why: Vec<_> = list.iter().map(|s| s.why_not_ready()).collect();
+                    return Err(Status::unavailable(format!(
+                        "no endpoint is healthy: {}",
+                        why.join("; ")
+                    )));
+                }
                 ConnectivityState::TransientFailure => {
                     let why = list
                         .iter()

@@ -50,6 +50,10 @@ impl ChannelInner {
         if state == ConnectivityState::Ready {
             self.watch_idle();
             self.watch_resolution();
+        } else if list.iter().any(|s| s.connected()) {
+            // Connected but not healthy: the idle timeout still closes those connections
+            // (and their health checks) when no call comes.
+            self.watch_idle();
         }
         self.state.set(state);
     }
@@ -191,6 +195,9 @@ impl ChannelInner {
     /// is passed over for the next one the policy picks (no stream was started), until every
     /// endpoint was tried.
     pub(super) async fn pick(self: &Arc<Self>, wait_for_ready: bool) -> Result<StreamSlot, Status> {
+        if let Some(check) = &self.env.health {
+            return self.pick_healthy(&check.service, wait_for_ready).await;
+        }
         let list = self.resolved_endpoints().await?;
         if self.balancer.connect_all() {
             for sub in list.iter().filter(|s| s.state() == ConnectivityState::Idle) {
@@ -212,6 +219,53 @@ impl ChannelInner {
         }
     }
 
+    /// [`pick`](Self::pick) when the subchannels check health (gRFC A17): only READY
+    /// endpoints, those connected and healthy, take calls. With none, a call waits for one
+    /// while some endpoint may still get there (CONNECTING, IDLE) or when it is wait-for-ready;
+    /// otherwise it fails UNAVAILABLE saying why each endpoint is not usable.
+    async fn pick_healthy(
+        self: &Arc<Self>,
+        service: &str,
+        wait_for_ready: bool,
+    ) -> Result<StreamSlot, Status> {
+        use ConnectivityState::{Ready, Shutdown, TransientFailure};
+        loop {
+            let resolved = self.resolved.listen();
+            let list = self.resolved_endpoints().await?;
+            // Read before the endpoints' states: a change after it wakes the wait below.
+            let channel_state = self.state.get();
+            for sub in list.iter().filter(|s| s.state() == ConnectivityState::Idle) {
+                sub.request_connection();
+            }
+            let mut tried = 0;
+            while let Some(index) = self.balancer.pick(&list) {
+                if list[index].state() != Ready || tried >= list.len() {
+                    break;
+                }
+                tried += 1;
+                match list[index].acquire(wait_for_ready).await {
+                    Err(status) if status.code() == crate::Code::Unavailable => continue,
+                    result => return result,
+                }
+            }
+            if channel_state == Shutdown {
+                return Err(Status::unavailable("channel is shut down"));
+            }
+            let failing = list
+                .iter()
+                .all(|s| matches!(s.state(), TransientFailure | Shutdown));
+            if failing && !wait_for_ready {
+                let why: Vec<_> = list.iter().map(|s| s.why_not_ready()).collect();
+                return Err(Status::unavailable(format!(
+                    "no endpoint is healthy (health check of service {service:?}): {}",
+                    why.join("; ")
+                )));
+            }
+            let changed = std::pin::pin!(self.state.changed_from(channel_state));
+            futures_util::future::select(changed, resolved).await;
+        }
+    }
+
     /// Starts the periodic re-resolution if it is not running. It runs until the channel has
     /// had no call for its idle timeout (an idle channel sends no DNS queries), is shut down,
     /// or is dropped.
@@ -225,12 +279,14 @@ impl ChannelInner {
             loop {
                 async_io::Timer::after(interval).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let (busy, shut_down, due) = {
+                let (list, shut_down, due) = {
                     let eps = inner.endpoints();
-                    let busy = eps.list.iter().any(|s| s.active_streams() > 0);
                     let due = eps.resolved_at.is_none_or(|at| at.elapsed() >= interval);
-                    (busy, eps.shut_down, due)
+                    (eps.list.clone(), eps.shut_down, due)
                 };
+                // Outside the endpoints' lock: a subchannel reports state changes, which take
+                // that lock, while holding its own.
+                let busy = list.iter().any(|s| s.active_streams() > 0);
                 let idle = !busy && inner.since_last_call() >= inner.config.idle_timeout;
                 if idle || shut_down {
                     inner.refresh_watch.store(false, Ordering::Release);

@@ -8,6 +8,7 @@ mod channel;
 mod connection;
 mod dns;
 mod endpoints;
+mod health;
 mod hedge;
 mod options;
 mod recv;

@@ -19,6 +19,7 @@ use h2::client::SendRequest;
 
 use super::backoff::Backoff;
 use super::connection::{self, Connection};
+use super::health::{self, Health, HealthCell, HealthCheck, Stop};
 use super::options::ConnConfig;
 use super::state::{ConnectivityState, StateCell};
 use super::stats::EndpointStats;
@@ -37,6 +38,9 @@ pub(crate) struct Env {
     /// Called when a server sends GOAWAY: the cue to resolve the target again (gRFC A9),
     /// since the server may be leaving or the endpoints rebalancing.
     pub(crate) on_goaway: Box<dyn Fn() + Send + Sync>,
+    /// Client-side health checking (gRFC A17), when the service config asks for it and the
+    /// policy uses it.
+    pub(crate) health: Option<Arc<HealthCheck>>,
 }
 
 /// One endpoint and its connections.
@@ -44,7 +48,10 @@ pub(crate) struct Subchannel {
     address: Address,
     env: Arc<Env>,
     set: Mutex<Connections>,
+    /// The state of the connections; [`Subchannel::state`] folds the health check in.
     state: StateCell,
+    /// What the health check said last (read only when the channel checks health).
+    health: HealthCell,
 }
 
 /// The endpoint's connection pool and the calls waiting on it, under one lock.
@@ -64,6 +71,16 @@ struct Connections {
     shut_down: bool,
     /// Keepalive and window settings for new connections.
     ping: PingConfig,
+    /// The health check's Watch task, while one runs.
+    watch: Option<Watch>,
+    /// Why the health check says unhealthy, for the error of a call that finds no endpoint.
+    unhealthy_because: Option<String>,
+}
+
+/// A running Watch task: the connection its call is on, and how to stop it.
+struct Watch {
+    conn_id: Option<u64>,
+    stop: Arc<Stop>,
 }
 
 /// A connection of the set, by id.
@@ -72,6 +89,8 @@ struct Conn {
     connection: Connection,
     /// GOAWAY received or the connection failed: no new streams.
     draining: bool,
+    /// The health check's Watch call is on it, taking one of its streams.
+    watched: bool,
 }
 
 /// A call waiting for a stream.
@@ -114,7 +133,12 @@ impl StreamSlot {
         if let Some(conn) = set.conns.iter_mut().find(|c| c.id == self.conn_id) {
             conn.draining = true;
         }
+        let moved = self.subchannel.move_watch_off(&mut set, self.conn_id);
         self.subchannel.maybe_connect(&mut set);
+        drop(set);
+        if moved {
+            (self.subchannel.env.on_state_change)();
+        }
     }
 }
 
@@ -131,6 +155,11 @@ impl Drop for StreamSlot {
 impl Conn {
     fn active(&self) -> usize {
         self.connection.active_streams()
+    }
+
+    /// Streams open, the Watch call's included: what counts against the server's limit.
+    fn busy(&self) -> usize {
+        self.active() + usize::from(self.watched)
     }
 
     fn max_streams(&self) -> usize {
@@ -178,6 +207,17 @@ impl Drop for Queued<'_> {
     }
 }
 
+impl Drop for Subchannel {
+    /// A channel dropped without [`shutdown`](Subchannel::shutdown) ends the Watch too,
+    /// which would otherwise hold its connection open.
+    fn drop(&mut self) {
+        let set = self.set.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(watch) = set.watch.take() {
+            watch.stop.stop();
+        }
+    }
+}
+
 impl Subchannel {
     pub(crate) fn new(address: Address, env: Arc<Env>) -> Arc<Subchannel> {
         let backoff = Backoff::new(env.config.backoff);
@@ -197,8 +237,11 @@ impl Subchannel {
                 next_id: 0,
                 shut_down: false,
                 ping,
+                watch: None,
+                unhealthy_because: None,
             }),
             state: StateCell::new(ConnectivityState::Idle),
+            health: HealthCell::new(),
         })
     }
 
@@ -210,8 +253,36 @@ impl Subchannel {
         &self.address
     }
 
+    /// The state for the picker: the connections' state, except that with health checking
+    /// a connected endpoint is READY only while its health check says healthy (gRFC A17).
     pub(crate) fn state(&self) -> ConnectivityState {
-        self.state.get()
+        let state = self.state.get();
+        match (&self.env.health, state) {
+            (Some(_), ConnectivityState::Ready) => self.health.get().state(),
+            _ => state,
+        }
+    }
+
+    /// Whether a connection is up, whatever the health check says.
+    pub(crate) fn connected(&self) -> bool {
+        self.state.get() == ConnectivityState::Ready
+    }
+
+    /// Why the endpoint is not READY, for the error of a call that found no endpoint to use.
+    pub(crate) fn why_not_ready(&self) -> String {
+        let set = self.lock();
+        match self.state() {
+            ConnectivityState::Ready => format!("{} is ready", self.address),
+            ConnectivityState::TransientFailure if self.state.get() == ConnectivityState::Ready => {
+                let why = set.unhealthy_because.as_deref().unwrap_or("is unhealthy");
+                format!("{} {why}", self.address)
+            }
+            ConnectivityState::TransientFailure => self.failure(&set).message().to_string(),
+            ConnectivityState::Connecting if self.state.get() == ConnectivityState::Ready => {
+                format!("{} has not answered its health check yet", self.address)
+            }
+            state => format!("{} is {state:?}", self.address),
+        }
     }
 
     fn set_state(&self, state: ConnectivityState) {
@@ -266,11 +337,16 @@ impl Subchannel {
     /// Closes every connection (idle timeout); the next call reconnects.
     pub(crate) fn go_idle(&self) {
         let mut set = self.lock();
+        let stopped = self.stop_watch(&mut set);
         set.conns.clear();
         set.wanted = false;
-        if set.connecting == 0 {
-            drop(set);
+        let connecting = set.connecting > 0;
+        drop(set);
+        if !connecting {
             self.set_state(ConnectivityState::Idle);
+        }
+        if stopped {
+            (self.env.on_state_change)();
         }
     }
 
@@ -278,6 +354,8 @@ impl Subchannel {
     pub(crate) fn shutdown(&self) {
         let mut set = self.lock();
         set.shut_down = true;
+        // SHUTDOWN follows, which the channel hears of.
+        self.stop_watch(&mut set);
         set.conns.clear();
         let waiters = std::mem::take(&mut set.waiters);
         drop(set);
@@ -291,7 +369,7 @@ impl Subchannel {
         let set = self.lock();
         EndpointStats {
             address: self.address.clone(),
-            state: self.state.get(),
+            state: self.state(),
             connections: set.conns.len(),
             active_streams: set.conns.iter().map(|c| c.active()).sum(),
         }
@@ -321,7 +399,7 @@ impl Subchannel {
         let conn = set
             .conns
             .iter_mut()
-            .find(|c| !c.draining && c.active() < c.max_streams())?;
+            .find(|c| !c.draining && c.busy() < c.max_streams())?;
         conn.connection.stream_opened();
         Some(StreamSlot {
             subchannel: self.clone(),
@@ -363,7 +441,7 @@ impl Subchannel {
                 .max(1);
             let free: usize = usable
                 .iter()
-                .map(|c| c.max_streams().saturating_sub(c.active()))
+                .map(|c| c.max_streams().saturating_sub(c.busy()))
                 .sum();
             // Enough connections for every waiting call, counting those being opened.
             let short = set.waiters.len().saturating_sub(free);
@@ -463,10 +541,12 @@ impl Subchannel {
                     id,
                     connection,
                     draining: false,
+                    watched: false,
                 });
                 set.backoff.reset();
                 set.retry_at = None;
                 set.last_error = None;
+                self.start_watch(&mut set);
                 self.dispatch(&mut set);
                 drop(set);
                 self.set_state(ConnectivityState::Ready);
@@ -569,10 +649,15 @@ impl Subchannel {
             return;
         };
         conn.draining = true;
+        // A17: the Watch ends with its connection's GOAWAY; another connection carries it.
+        let moved = self.move_watch_off(&mut set, id);
         let usable = set.conns.iter().any(|c| !c.draining);
         self.maybe_connect(&mut set);
         let connecting = set.connecting > 0;
         drop(set);
+        if moved {
+            (self.env.on_state_change)();
+        }
         if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
             self.set_state(ConnectivityState::Idle);
         }
@@ -582,12 +667,111 @@ impl Subchannel {
     fn connection_closed(self: &Arc<Self>, id: u64) {
         let mut set = self.lock();
         set.conns.retain(|c| c.id != id);
+        let moved = self.move_watch_off(&mut set, id);
         let usable = set.conns.iter().any(|c| !c.draining);
         self.maybe_connect(&mut set);
         let connecting = set.connecting > 0;
         drop(set);
+        if moved {
+            (self.env.on_state_change)();
+        }
         if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
             self.set_state(ConnectivityState::Idle);
+        }
+    }
+
+    /// Starts the health check's Watch task if the channel checks health, none runs, and a
+    /// connection is usable.
+    fn start_watch(self: &Arc<Self>, set: &mut Connections) {
+        let Some(check) = &self.env.health else {
+            return;
+        };
+        if set.watch.is_some() || set.shut_down || set.conns.iter().all(|c| c.draining) {
+            return;
+        }
+        let stop = Arc::new(Stop::default());
+        set.watch = Some(Watch {
+            conn_id: None,
+            stop: stop.clone(),
+        });
+        let task = health::watch(Arc::downgrade(self), check.clone(), stop);
+        self.env.executor.spawn(Box::pin(task));
+    }
+
+    /// Ends the Watch task, if one runs; the next one starts from an unanswered check.
+    /// Returns whether that changed the health, which the caller tells the channel once the
+    /// lock is released.
+    fn stop_watch(&self, set: &mut Connections) -> bool {
+        let Some(watch) = set.watch.take() else {
+            return false;
+        };
+        watch.stop.stop();
+        for conn in set.conns.iter_mut() {
+            conn.watched = false;
+        }
+        self.health.set(Health::Pending)
+    }
+
+    /// Connection `id` takes no more streams: a Watch on it ends, and one starts on another
+    /// usable connection if there is one. Returns whether the health changed (as
+    /// [`stop_watch`](Self::stop_watch)).
+    fn move_watch_off(self: &Arc<Self>, set: &mut Connections, id: u64) -> bool {
+        if set.watch.as_ref().is_none_or(|w| w.conn_id != Some(id)) {
+            return false;
+        }
+        let changed = self.stop_watch(set);
+        self.start_watch(set);
+        changed
+    }
+
+    /// The connection for the next Watch call of the task `stop` belongs to, the subchannel
+    /// CONNECTING meanwhile; `None` once the task should end.
+    pub(super) fn health_attempt(self: &Arc<Self>, stop: &Arc<Stop>) -> Option<Connection> {
+        let mut set = self.lock();
+        let current = set
+            .watch
+            .as_ref()
+            .is_some_and(|w| Arc::ptr_eq(&w.stop, stop));
+        if !current {
+            return None;
+        }
+        for conn in set.conns.iter_mut() {
+            conn.watched = false;
+        }
+        let Some(conn) = set.conns.iter_mut().find(|c| !c.draining) else {
+            set.watch = None;
+            return None;
+        };
+        conn.watched = true;
+        let (id, connection) = (conn.id, conn.connection.clone());
+        if let Some(watch) = set.watch.as_mut() {
+            watch.conn_id = Some(id);
+        }
+        // A stream the last attempt held may be free now.
+        self.dispatch(&mut set);
+        drop(set);
+        if self.health.set(Health::Pending) {
+            (self.env.on_state_change)();
+        }
+        Some(connection)
+    }
+
+    /// What the Watch of the task `stop` belongs to said (ignored once that task was
+    /// stopped); `why` says what was unhealthy.
+    pub(super) fn health_report(&self, stop: &Arc<Stop>, health: Health, why: Option<String>) {
+        let mut set = self.lock();
+        if !set
+            .watch
+            .as_ref()
+            .is_some_and(|w| Arc::ptr_eq(&w.stop, stop))
+        {
+            return;
+        }
+        set.unhealthy_because = why;
+        let changed = self.health.set(health);
+        drop(set);
+        if changed {
+            (self.env.on_state_change)();
         }
     }
 }
