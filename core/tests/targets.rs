@@ -332,7 +332,7 @@ fn malformed_targets_fail_at_build() {
         "unix://host/path",
         "ipv4:1.2.3",
         "ipv6:::1:80:x",
-        "dns://8.8.8.8/x",
+        "dns://ns.example/x",
         "https://example.com/path",
         "unix-abstract:",
     ] {
