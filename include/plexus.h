@@ -294,9 +294,10 @@ typedef void (*plexus_call_end_hook)(void *user_data,
 // entries with `plexus_metadata_append` (e.g. `authorization: Bearer <token>`).
 //
 // Returns 0 to send the call. Any other value fails the call, unsent, with UNAVAILABLE (as
-// gRPC does for a failing credentials plugin), and the status message includes the text the
-// callback wrote to `error`: a buffer of `error_size` bytes, zeroed, for a NUL-terminated
-// message (longer text is cut).
+// gRPC does for a failing credentials plugin) and the status message "getting metadata from
+// the call credentials failed: " followed by the text the callback wrote to `error`: a
+// zeroed buffer of `error_size` bytes for a NUL-terminated message, of which it writes at
+// most `error_size` bytes.
 typedef int32_t (*plexus_call_credentials_fn)(void *user_data,
                                               const char *method,
                                               struct plexus_metadata *metadata,
@@ -1177,7 +1178,8 @@ plexus_result plexus_channel_options_set_retry_buffer_size(struct plexus_channel
 // remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
 // it must stay valid, and safe to use from several threads at once, while any channel made
 // with these options lives. Channels made with equal options and the same hooks and
-// `user_data` may share connections.
+// `user_data` may share connections. For credentials that take time to fetch or fail with a
+// message, `plexus_channel_options_set_call_credentials` fits better.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 //

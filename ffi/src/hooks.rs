@@ -137,9 +137,10 @@ impl ClientInterceptor for HookInterceptor {
 /// entries with `plexus_metadata_append` (e.g. `authorization: Bearer <token>`).
 ///
 /// Returns 0 to send the call. Any other value fails the call, unsent, with UNAVAILABLE (as
-/// gRPC does for a failing credentials plugin), and the status message includes the text the
-/// callback wrote to `error`: a buffer of `error_size` bytes, zeroed, for a NUL-terminated
-/// message (longer text is cut).
+/// gRPC does for a failing credentials plugin) and the status message "getting metadata from
+/// the call credentials failed: " followed by the text the callback wrote to `error`: a
+/// zeroed buffer of `error_size` bytes for a NUL-terminated message, of which it writes at
+/// most `error_size` bytes.
 pub type plexus_call_credentials_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,

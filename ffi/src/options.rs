@@ -910,7 +910,8 @@ pub unsafe extern "C" fn plexus_channel_options_set_retry_buffer_size(
 /// remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
 /// it must stay valid, and safe to use from several threads at once, while any channel made
 /// with these options lives. Channels made with equal options and the same hooks and
-/// `user_data` may share connections.
+/// `user_data` may share connections. For credentials that take time to fetch or fail with a
+/// message, `plexus_channel_options_set_call_credentials` fits better.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 ///
