@@ -293,7 +293,10 @@ impl ClientInterceptor for CredentialsInterceptor {
                     let timer = async_io::Timer::at(deadline);
                     match futures_util::future::select(fetch, timer).await {
                         futures_util::future::Either::Left((done, _)) => done,
-                        futures_util::future::Either::Right(_) => {
+                        futures_util::future::Either::Right((_, fetch)) => {
+                            // The callback is not cut short, even if it has not started yet:
+                            // it runs once per call it was given, and its metadata is dropped.
+                            fetch.detach();
                             return Err(Status::new(
                                 Code::DeadlineExceeded,
                                 "the deadline passed while getting the call's credentials",

@@ -940,7 +940,8 @@ pub unsafe extern "C" fn plexus_channel_options_set_call_hooks(
 /// hook, on a thread of plexus's blocking pool, to add credentials such as
 /// `authorization: Bearer <token>` to the call's metadata, or to fail the call with
 /// UNAVAILABLE and its error text when it cannot (see `plexus_call_credentials_fn`). A call
-/// whose deadline passes while the callback runs ends with DEADLINE_EXCEEDED. The metadata is
+/// whose deadline passes first ends with DEADLINE_EXCEEDED at once; the callback still runs
+/// to its end, and what it adds is dropped. The metadata is
 /// sent whether or not the channel uses TLS: keep tokens to TLS channels.
 ///
 /// Takes ownership of `user_data` even on failure: `release(user_data)` (if `release` is not
