@@ -315,6 +315,15 @@ static void test_bad_pems(void) {
     free(cert);
     EXPECT(plexus_channel_new("127.0.0.1:1", o, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
     CHECK(strstr(plexus_last_error(), "client key") != NULL);
+    /* A key that is not the certificate's. */
+    size_t key_len = 0;
+    uint8_t *key = read_cert("server.key", &key_len);
+    cert = read_cert("client.pem", &cert_len);
+    OK(plexus_channel_options_set_tls_identity_pem(o, cert, cert_len, key, key_len));
+    free(cert);
+    free(key);
+    EXPECT(plexus_channel_new("127.0.0.1:1", o, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(plexus_last_error(), "client certificate and key") != NULL);
     OK(plexus_channel_options_set_tls_server_name(o, "bad name!"));
     EXPECT(plexus_channel_new("127.0.0.1:1", o, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
     plexus_channel_options_free(o);
