@@ -287,6 +287,23 @@ typedef void (*plexus_call_end_hook)(void *user_data,
                                      int32_t code,
                                      const char *message);
 
+// Gets the credentials of one call of a channel, such as a bearer token, on a thread of
+// plexus's blocking pool (so it may block, for a token fetch), possibly on several threads at
+// once. `method` is the full method path (NUL-terminated, borrowed for the callback);
+// `metadata` is the call's request metadata, borrowed for the callback, to which it adds
+// entries with `plexus_metadata_append` (e.g. `authorization: Bearer <token>`).
+//
+// Returns 0 to send the call. Any other value fails the call, unsent, with UNAVAILABLE (as
+// gRPC does for a failing credentials plugin) and the status message "getting metadata from
+// the call credentials failed: " followed by the text the callback wrote to `error`: a
+// zeroed buffer of `error_size` bytes for a NUL-terminated message, of which it writes at
+// most `error_size` bytes.
+typedef int32_t (*plexus_call_credentials_fn)(void *user_data,
+                                              const char *method,
+                                              struct plexus_metadata *metadata,
+                                              char *error,
+                                              size_t error_size);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -991,16 +1008,30 @@ plexus_result plexus_channel_options_set_compression(struct plexus_channel_optio
 // system's root certificates). The other `tls` setters turn it on too; false turns it off
 // and forgets them. TLS with an `http://` target is refused by `plexus_channel_new`.
 //
+// The server's certificate is verified against the server name (the target's host, or
+// `plexus_channel_options_set_tls_server_name`), which also goes out as SNI. HTTP/2 is
+// negotiated by ALPN, offering only `h2` as gRPC requires: a server that does not agree to
+// `h2` fails the connection. A connection that fails its handshake fails the calls waiting
+// for it with PLEXUS_ERR_RPC and UNAVAILABLE, and the status message (and
+// `plexus_last_error()`) names the cause after "TLS handshake failed: ", e.g. "the
+// server's certificate is not signed by a trusted CA (unknown issuer)", "name mismatch:
+// certificate not valid for name \"wrong.example\"; certificate is only valid for ...",
+// "the server did not negotiate HTTP/2 (ALPN \"h2\"), which gRPC requires", or, over TLS
+// 1.3 where a server checks the client's certificate after the handshake, "the server
+// requires a client certificate and none is configured".
+//
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 //
 // # Safety
 // `options` is live.
 plexus_result plexus_channel_options_set_tls(struct plexus_channel_options *options, bool enabled);
 
-// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` (copied; may be called again to
-// add more) and turns TLS on. Once a CA is given the system roots are no longer trusted
-// unless `plexus_channel_options_set_tls_native_roots(options, true)`. A PEM that holds no
-// certificate makes `plexus_channel_new` fail.
+// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` and turns TLS on. The bytes
+// are copied: the caller keeps `pem` and may free it when this returns. May be called again
+// to add more. Once a CA is given the system roots are no longer trusted unless
+// `plexus_channel_options_set_tls_native_roots(options, true)`. The PEM is parsed by
+// `plexus_channel_new`, which fails with PLEXUS_ERR_INVALID_ARGUMENT ("channel TLS config:
+// CA certificate: ...") when it is malformed or holds no certificate.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 // PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
@@ -1012,7 +1043,9 @@ plexus_result plexus_channel_options_add_tls_ca_pem(struct plexus_channel_option
                                                     size_t len);
 
 // Whether TLS trusts the operating system's root certificates (default: true when no CA is
-// given); turns TLS on.
+// given); turns TLS on. They are loaded once per process, by the first `plexus_channel_new`
+// that trusts them, which fails with PLEXUS_ERR_INVALID_ARGUMENT ("no system root
+// certificates found ...") when the system has none.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 //
@@ -1021,9 +1054,10 @@ plexus_result plexus_channel_options_add_tls_ca_pem(struct plexus_channel_option
 plexus_result plexus_channel_options_set_tls_native_roots(struct plexus_channel_options *options,
                                                           bool enabled);
 
-// Verifies the server's certificate against `name` (NUL-terminated DNS name or IP address,
-// copied) instead of the target's host, sends it as SNI and uses it as `:authority`; turns
-// TLS on.
+// Verifies the server's certificate against `name` (a NUL-terminated DNS name or IP
+// address; copied, the caller keeps `name`) instead of the target's host, sends it as SNI
+// and uses it as `:authority`; turns TLS on. A name that is neither makes
+// `plexus_channel_new` fail with PLEXUS_ERR_INVALID_ARGUMENT.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 // PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for an empty name.
@@ -1034,8 +1068,10 @@ plexus_result plexus_channel_options_set_tls_server_name(struct plexus_channel_o
                                                          const char *name);
 
 // The client certificate for mutual TLS: `cert_len` bytes of PEM certificate chain at
-// `cert_pem` and `key_len` bytes of PEM private key at `key_pem` (both copied); turns TLS
-// on. A PEM that does not parse makes `plexus_channel_new` fail.
+// `cert_pem` and `key_len` bytes of PEM private key at `key_pem`; turns TLS on. Both are
+// copied: the caller keeps them and may free (and should wipe) the key when this returns. A
+// second call replaces the identity. The PEMs are parsed by `plexus_channel_new`, which
+// fails with PLEXUS_ERR_INVALID_ARGUMENT when one is malformed or the key does not match.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 // PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
@@ -1142,7 +1178,8 @@ plexus_result plexus_channel_options_set_retry_buffer_size(struct plexus_channel
 // remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
 // it must stay valid, and safe to use from several threads at once, while any channel made
 // with these options lives. Channels made with equal options and the same hooks and
-// `user_data` may share connections.
+// `user_data` may share connections. For credentials that take time to fetch or fail with a
+// message, `plexus_channel_options_set_call_credentials` fits better.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 //
@@ -1152,6 +1189,31 @@ plexus_result plexus_channel_options_set_call_hooks(struct plexus_channel_option
                                                     plexus_call_start_hook start,
                                                     plexus_call_end_hook end,
                                                     void *user_data);
+
+// Sets the channel's call credentials: `callback` runs before each call, after the start
+// hook, on a thread of plexus's blocking pool, to add credentials such as
+// `authorization: Bearer <token>` to the call's metadata, or to fail the call with
+// UNAVAILABLE and its error text when it cannot (see `plexus_call_credentials_fn`). A call
+// whose deadline passes first ends with DEADLINE_EXCEEDED at once; the callback still runs
+// to its end, and what it adds is dropped. The metadata is
+// sent whether or not the channel uses TLS: keep tokens to TLS channels.
+//
+// Takes ownership of `user_data` even on failure: `release(user_data)` (if `release` is not
+// NULL) runs exactly once, on any thread, when no options object, channel or call needs it
+// any more; at once if `callback` is NULL (which removes the credentials) or on failure.
+// Until then `user_data` must stay valid and safe to use from several threads at once.
+// Setting credentials again replaces them (the old ones are released once unused). Channels
+// made with equal options and the same `callback`, `user_data` and `release` may share
+// connections.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live; `callback` and `release` are NULL or functions of the types described.
+plexus_result plexus_channel_options_set_call_credentials(struct plexus_channel_options *options,
+                                                          plexus_call_credentials_fn callback,
+                                                          void *user_data,
+                                                          plexus_release_fn release);
 
 // Creates call options with no timeout, no metadata, the channel's size limits and
 // fail-fast behaviour; owned by the caller (free with `plexus_call_options_free`).

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The C ABI suite. Builds libplexus (debug) and runs the C and C++ programs of tests/c against
-# the Rust echo server (plexus-peer, tests/peer): linked dynamically, linked statically,
+# the Rust echo server (plexus-peer, tests/peer), plain and over mutual TLS, and, for the TLS
+# tests, grpcio echo servers over TLS and mutual TLS (tests/c/grpcio_tls_server.py, run with
+# the venv's Python: $PLEXUS_TEST_PYTHON, else .venv/bin/python, made here as
+# scripts/test.sh makes it when missing): linked dynamically, linked statically,
 # built with -fsanitize=address,undefined (the C and C++ side is instrumented; the Rust
 # library is the normal build, since instrumenting Rust needs a nightly toolchain), and under
 # valgrind with leak checking. Also compiles each header alone and twice (plexus.h as C11 and
@@ -29,6 +32,16 @@ if ((${#need[@]})); then
 fi
 cc --version | head -1
 valgrind --version
+python="${PLEXUS_TEST_PYTHON:-$root/.venv/bin/python}"
+if [ ! -x "$python" ]; then
+    python3 -m venv "$root/.venv" || {
+        apt_install "Python virtual environments" python3-venv
+        python3 -m venv "$root/.venv"
+    }
+    python="$root/.venv/bin/python"
+    "$python" -m pip install --quiet --disable-pip-version-check -r tests/peer/py/requirements.txt
+fi
+"$python" -c 'import grpc, grpc_tools; print("grpcio", grpc.__version__)'
 
 step "Rust side: header up to date, every export behind the panic boundary"
 cargo test -p plexus-ffi --quiet 2>&1 | tail -3
@@ -69,7 +82,7 @@ cxxflags=(-std=c++17 "${warn[@]}" -g -Iinclude -Ibindings/cpp -Itests/c)
 dyn=(-L"$lib" -lplexus -Wl,-rpath,"$lib" -pthread -ldl)
 static=("$lib/libplexus.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl)
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
-c_tests=(test_api test_threads test_shutdown test_fork)
+c_tests=(test_api test_threads test_shutdown test_fork test_tls)
 for t in "${c_tests[@]}"; do
     cc "${cflags[@]}" "tests/c/$t.c" -o "$out/$t" "${dyn[@]}" &
     cc "${cflags[@]}" "${san[@]}" "tests/c/$t.c" -o "$out/$t-asan" "${dyn[@]}" &
@@ -113,6 +126,22 @@ tls_port=$(awk '/LISTENING/ {print $2}' "$out/peer-tls.log")
 [ -n "$tls_port" ] || { cat "$out/peer-tls.log" >&2; exit 1; }
 export PLEXUS_TEST_TLS_TARGET="127.0.0.1:$tls_port"
 echo "serving mutual TLS on $PLEXUS_TEST_TLS_TARGET"
+# grpcio over TLS and mutual TLS with the same certificates, and a TLS server without h2.
+rm -f "$out/grpcio-tls.log"
+"$python" tests/c/grpcio_tls_server.py "$PLEXUS_TEST_CERTS" >"$out/grpcio-tls.log" 2>&1 &
+grpcio_tls=$!
+trap 'kill "$peer" "$peer_tls" "$grpcio_tls" 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+    grep -qs LISTENING "$out/grpcio-tls.log" && break
+    sleep 0.1
+done
+read -r grpcio_port grpcio_mtls_port no_h2_port < <(awk '/LISTENING/ {print $2, $3, $4}' "$out/grpcio-tls.log") || true
+[ -n "${no_h2_port:-}" ] || { cat "$out/grpcio-tls.log" >&2; exit 1; }
+export PLEXUS_TEST_GRPCIO_TLS_TARGET="127.0.0.1:$grpcio_port"
+export PLEXUS_TEST_GRPCIO_MTLS_TARGET="127.0.0.1:$grpcio_mtls_port"
+export PLEXUS_TEST_NO_H2_TARGET="127.0.0.1:$no_h2_port"
+echo "grpcio serving TLS on $PLEXUS_TEST_GRPCIO_TLS_TARGET, mutual TLS on" \
+    "$PLEXUS_TEST_GRPCIO_MTLS_TARGET; TLS without h2 on $PLEXUS_TEST_NO_H2_TARGET"
 
 run() {
     local name=$1 t0=$SECONDS
@@ -140,6 +169,7 @@ vg=(valgrind -q --error-exitcode=99 --suppressions=tests/c/valgrind.supp
 run "test_api (valgrind)" "${vg[@]}" "$out/test_api"
 PLEXUS_TEST_CALLS=25 run "test_threads, 8 x 25 calls (valgrind)" "${vg[@]}" "$out/test_threads"
 run "test_shutdown (valgrind)" "${vg[@]}" "$out/test_shutdown"
+run "test_tls (valgrind)" "${vg[@]}" "$out/test_tls"
 run "test_cpp (valgrind)" "${vg[@]}" "$out/test_cpp"
 # test_fork is not run under valgrind: in a child forked from a threaded process, the
 # parent's threads are gone and valgrind reports what only they referenced as lost.

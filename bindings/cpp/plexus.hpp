@@ -10,6 +10,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -174,6 +177,62 @@ class Metadata : public detail::Handle<plexus_metadata, plexus_metadata_free> {
     [[nodiscard]] MetadataReader read() const noexcept { return MetadataReader(get()); }
 };
 
+/// Borrowed metadata that may be added to: the request metadata a CallCredentials function
+/// is given. Valid only during that function.
+class MetadataWriter {
+  public:
+    explicit MetadataWriter(plexus_metadata *raw) noexcept : raw_(raw) {}
+    /// Appends an ASCII entry.
+    MetadataWriter &append(const std::string &key, const std::string &value) {
+        detail::check(plexus_metadata_append(raw_, key.c_str(), value.c_str()));
+        return *this;
+    }
+    /// Appends a binary entry (key ends in -bin).
+    MetadataWriter &append_bin(const std::string &key, std::string_view value) {
+        detail::check(plexus_metadata_append_bin(
+            raw_, key.c_str(), reinterpret_cast<const std::uint8_t *>(value.data()), value.size()));
+        return *this;
+    }
+    /// Reads the entries so far.
+    [[nodiscard]] MetadataReader read() const noexcept { return MetadataReader(raw_); }
+
+  private:
+    plexus_metadata *raw_;
+};
+
+/// Adds one call's credentials (e.g. `md.append("authorization", "Bearer " + token)`), given
+/// the full method path. Runs on a plexus thread, possibly on several at once, and may block.
+/// Throwing fails the call with UNAVAILABLE and the exception's what() in its message; the
+/// exception never reaches C.
+using CallCredentials = std::function<void(std::string_view method, MetadataWriter &md)>;
+
+namespace detail {
+/// Copies `why` into the C callback's error buffer (NUL-terminated, cut to fit).
+inline void write_error(char *error, std::size_t error_size, const char *why) noexcept {
+    if (error_size == 0) return;
+    std::strncpy(error, why, error_size - 1);
+    error[error_size - 1] = '\0';
+}
+/// Runs a CallCredentials for the C callback; catches every exception.
+inline std::int32_t run_credentials(void *user_data, const char *method, plexus_metadata *md,
+                                    char *error, std::size_t error_size) noexcept {
+    try {
+        MetadataWriter writer(md);
+        (*static_cast<CallCredentials *>(user_data))(method, writer);
+        return 0;
+    } catch (const std::exception &e) {
+        write_error(error, error_size, e.what());
+    } catch (...) {
+        write_error(error, error_size, "unknown exception");
+    }
+    return 1;
+}
+/// Frees a CallCredentials once plexus no longer needs it.
+inline void free_credentials(void *user_data) noexcept {
+    delete static_cast<CallCredentials *>(user_data);
+}
+}  // namespace detail
+
 /// How a call ended: code, message, details and the response metadata.
 class Status : public detail::Handle<plexus_status, plexus_status_free> {
   public:
@@ -315,6 +374,18 @@ class ChannelOptions : public detail::Handle<plexus_channel_options, plexus_chan
         return set(plexus_channel_options_set_tls_identity_pem(
             get(), reinterpret_cast<const std::uint8_t *>(cert.data()), cert.size(),
             reinterpret_cast<const std::uint8_t *>(key.data()), key.size()));
+    }
+    /// Runs `credentials` before each call to add its credentials (see CallCredentials).
+    /// Channels made from these options keep a copy for as long as they need it.
+    /// An empty function removes the credentials.
+    ChannelOptions &call_credentials(CallCredentials credentials) {
+        if (!credentials) {
+            return set(plexus_channel_options_set_call_credentials(get(), nullptr, nullptr, nullptr));
+        }
+        auto *owned = new CallCredentials(std::move(credentials));
+        // plexus owns `owned` from here, even on failure, and frees it once.
+        return set(plexus_channel_options_set_call_credentials(
+            get(), &detail::run_credentials, owned, &detail::free_credentials));
     }
     ChannelOptions &lb_policy(const std::string &v) {
         return set(plexus_channel_options_set_lb_policy(get(), v.c_str()));

@@ -54,18 +54,34 @@ fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(guard.get_or_insert_with(Registry::default))
 }
 
+/// Drops the registry's entries of channels that are gone, so the options they keep (call
+/// credentials, whose release the caller waits for) go with them. The keys are dropped after
+/// the lock is released: a release callback may call plexus.
+fn forget_dead() {
+    let dead: Vec<Key> = registry(|r| {
+        let mut dead = Vec::new();
+        for (key, channel) in std::mem::take(&mut r.shared) {
+            match channel.strong_count() {
+                0 => dead.push(key),
+                _ => drop(r.shared.insert(key, channel)),
+            }
+        }
+        dead
+    });
+    drop(dead);
+}
+
 /// Shuts every live channel down (for `plexus_shutdown`).
 pub(crate) fn shutdown_all() {
-    let all: Vec<_> = registry(|r| {
-        r.shared.clear();
-        std::mem::take(&mut r.all)
-    });
+    let (shared, all) = registry(|r| (std::mem::take(&mut r.shared), std::mem::take(&mut r.all)));
+    drop(shared);
     for channel in all.iter().filter_map(Weak::upgrade) {
         channel.channel.shutdown();
     }
 }
 
 fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
+    forget_dead();
     let rt = runtime::get()?;
     let build = || -> Result<Arc<SharedChannel>> {
         let mut builder = Channel::builder(target)
@@ -73,6 +89,10 @@ fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
             .executor(rt.executor());
         if let Some(hooks) = options.hooks {
             builder = builder.interceptor(hooks.interceptor());
+        }
+        // After the start hook, as gRPC applies call credentials after interceptors.
+        if let Some(credentials) = options.credentials.clone() {
+            builder = builder.interceptor(credentials.interceptor());
         }
         let channel = builder
             .build()
@@ -82,7 +102,6 @@ fn open(target: &str, options: &ChannelOptions) -> Result<Arc<SharedChannel>> {
     registry(|r| {
         r.all.retain(|w| w.strong_count() > 0);
         let channel = if options.shared {
-            r.shared.retain(|_, w| w.strong_count() > 0);
             let key = (target.to_string(), options.clone());
             match r.shared.get(&key).and_then(Weak::upgrade) {
                 Some(existing) => return Ok(existing),
@@ -153,6 +172,7 @@ pub unsafe extern "C" fn plexus_channel_free(channel: *const plexus_channel) {
     boundary("plexus_channel_free", || {
         // SAFETY: the caller gives up a live handle or NULL.
         drop(unsafe { plexus_channel::take(channel) });
+        forget_dead();
         Ok(())
     })
 }

@@ -10,7 +10,10 @@ use core_plexus::{BackoffConfig, CallOptions, Certificate, ChannelSettings, Iden
 use crate::boundary::boundary;
 use crate::error::{Error, PLEXUS_OK, Result, plexus_result};
 use crate::handle::{BoxHandle, str_arg, write_out};
-use crate::hooks::{CallHooks, plexus_call_end_hook, plexus_call_start_hook};
+use crate::hooks::{
+    CallCredentials, CallHooks, plexus_call_credentials_fn, plexus_call_end_hook,
+    plexus_call_start_hook,
+};
 use crate::metadata::plexus_metadata;
 
 /// Settings for `plexus_channel_new`. Owned by the caller; free with
@@ -40,6 +43,8 @@ pub(crate) struct ChannelOptions {
     pub(crate) shared: bool,
     /// Functions run around every call, if set.
     pub(crate) hooks: Option<CallHooks>,
+    /// The callback that adds each call's credentials, if set.
+    pub(crate) credentials: Option<CallCredentials>,
 }
 
 impl Default for ChannelOptions {
@@ -48,6 +53,7 @@ impl Default for ChannelOptions {
             settings: ChannelSettings::default(),
             shared: true,
             hooks: None,
+            credentials: None,
         }
     }
 }
@@ -520,6 +526,18 @@ pub unsafe extern "C" fn plexus_channel_options_set_compression(
 /// system's root certificates). The other `tls` setters turn it on too; false turns it off
 /// and forgets them. TLS with an `http://` target is refused by `plexus_channel_new`.
 ///
+/// The server's certificate is verified against the server name (the target's host, or
+/// `plexus_channel_options_set_tls_server_name`), which also goes out as SNI. HTTP/2 is
+/// negotiated by ALPN, offering only `h2` as gRPC requires: a server that does not agree to
+/// `h2` fails the connection. A connection that fails its handshake fails the calls waiting
+/// for it with PLEXUS_ERR_RPC and UNAVAILABLE, and the status message (and
+/// `plexus_last_error()`) names the cause after "TLS handshake failed: ", e.g. "the
+/// server's certificate is not signed by a trusted CA (unknown issuer)", "name mismatch:
+/// certificate not valid for name \"wrong.example\"; certificate is only valid for ...",
+/// "the server did not negotiate HTTP/2 (ALPN \"h2\"), which gRPC requires", or, over TLS
+/// 1.3 where a server checks the client's certificate after the handshake, "the server
+/// requires a client certificate and none is configured".
+///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 ///
 /// # Safety
@@ -540,10 +558,12 @@ pub unsafe extern "C" fn plexus_channel_options_set_tls(
     })
 }
 
-/// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` (copied; may be called again to
-/// add more) and turns TLS on. Once a CA is given the system roots are no longer trusted
-/// unless `plexus_channel_options_set_tls_native_roots(options, true)`. A PEM that holds no
-/// certificate makes `plexus_channel_new` fail.
+/// Trusts the CA certificate(s) in `len` bytes of PEM at `pem` and turns TLS on. The bytes
+/// are copied: the caller keeps `pem` and may free it when this returns. May be called again
+/// to add more. Once a CA is given the system roots are no longer trusted unless
+/// `plexus_channel_options_set_tls_native_roots(options, true)`. The PEM is parsed by
+/// `plexus_channel_new`, which fails with PLEXUS_ERR_INVALID_ARGUMENT ("channel TLS config:
+/// CA certificate: ...") when it is malformed or holds no certificate.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 /// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
@@ -574,7 +594,9 @@ pub unsafe extern "C" fn plexus_channel_options_add_tls_ca_pem(
 }
 
 /// Whether TLS trusts the operating system's root certificates (default: true when no CA is
-/// given); turns TLS on.
+/// given); turns TLS on. They are loaded once per process, by the first `plexus_channel_new`
+/// that trusts them, which fails with PLEXUS_ERR_INVALID_ARGUMENT ("no system root
+/// certificates found ...") when the system has none.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 ///
@@ -597,9 +619,10 @@ pub unsafe extern "C" fn plexus_channel_options_set_tls_native_roots(
     })
 }
 
-/// Verifies the server's certificate against `name` (NUL-terminated DNS name or IP address,
-/// copied) instead of the target's host, sends it as SNI and uses it as `:authority`; turns
-/// TLS on.
+/// Verifies the server's certificate against `name` (a NUL-terminated DNS name or IP
+/// address; copied, the caller keeps `name`) instead of the target's host, sends it as SNI
+/// and uses it as `:authority`; turns TLS on. A name that is neither makes
+/// `plexus_channel_new` fail with PLEXUS_ERR_INVALID_ARGUMENT.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 /// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for an empty name.
@@ -629,8 +652,10 @@ pub unsafe extern "C" fn plexus_channel_options_set_tls_server_name(
 }
 
 /// The client certificate for mutual TLS: `cert_len` bytes of PEM certificate chain at
-/// `cert_pem` and `key_len` bytes of PEM private key at `key_pem` (both copied); turns TLS
-/// on. A PEM that does not parse makes `plexus_channel_new` fail.
+/// `cert_pem` and `key_len` bytes of PEM private key at `key_pem`; turns TLS on. Both are
+/// copied: the caller keeps them and may free (and should wipe) the key when this returns. A
+/// second call replaces the identity. The PEMs are parsed by `plexus_channel_new`, which
+/// fails with PLEXUS_ERR_INVALID_ARGUMENT when one is malformed or the key does not match.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
 /// PLEXUS_ERR_INVALID_ARGUMENT for an empty PEM.
@@ -885,7 +910,8 @@ pub unsafe extern "C" fn plexus_channel_options_set_retry_buffer_size(
 /// remove the hooks. `user_data` is passed to both as is; plexus never dereferences it, and
 /// it must stay valid, and safe to use from several threads at once, while any channel made
 /// with these options lives. Channels made with equal options and the same hooks and
-/// `user_data` may share connections.
+/// `user_data` may share connections. For credentials that take time to fetch or fail with a
+/// message, `plexus_channel_options_set_call_credentials` fits better.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
 ///
@@ -906,6 +932,43 @@ pub unsafe extern "C" fn plexus_channel_options_set_call_hooks(
             end,
             user_data: user_data as usize,
         });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Sets the channel's call credentials: `callback` runs before each call, after the start
+/// hook, on a thread of plexus's blocking pool, to add credentials such as
+/// `authorization: Bearer <token>` to the call's metadata, or to fail the call with
+/// UNAVAILABLE and its error text when it cannot (see `plexus_call_credentials_fn`). A call
+/// whose deadline passes first ends with DEADLINE_EXCEEDED at once; the callback still runs
+/// to its end, and what it adds is dropped. The metadata is
+/// sent whether or not the channel uses TLS: keep tokens to TLS channels.
+///
+/// Takes ownership of `user_data` even on failure: `release(user_data)` (if `release` is not
+/// NULL) runs exactly once, on any thread, when no options object, channel or call needs it
+/// any more; at once if `callback` is NULL (which removes the credentials) or on failure.
+/// Until then `user_data` must stay valid and safe to use from several threads at once.
+/// Setting credentials again replaces them (the old ones are released once unused). Channels
+/// made with equal options and the same `callback`, `user_data` and `release` may share
+/// connections.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live; `callback` and `release` are NULL or functions of the types described.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_call_credentials(
+    options: *mut plexus_channel_options,
+    callback: plexus_call_credentials_fn,
+    user_data: *mut c_void,
+    release: crate::bytes::plexus_release_fn,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_call_credentials", || {
+        // Owned from here on: released when the last holder drops it, on failure too.
+        let credentials = CallCredentials::new(callback, user_data, release);
+        // SAFETY: the caller passes a live object or NULL (checked).
+        let options = unsafe { plexus_channel_options::as_mut(options) }?;
+        options.credentials = credentials;
         Ok(PLEXUS_OK)
     })
 }

@@ -1,8 +1,13 @@
 // The C++ wrapper (bindings/cpp/plexus.hpp) against the echo server: RAII ownership (moves,
 // one free per handle), errors as exceptions, unary, streams, the completion queue.
 #include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -21,6 +26,38 @@ static std::string text_of(const plexus::Bytes &msg) {
 }
 
 static plexus::Bytes request(const char *text) { return plexus::Bytes(request_text(text)); }
+
+/// A file of PLEXUS_TEST_CERTS (scripts/test-c.sh) as a string.
+static std::string cert(const char *name) {
+    const char *dir = getenv("PLEXUS_TEST_CERTS");
+    CHECK(dir != nullptr);
+    std::ifstream in(std::string(dir) + "/" + name, std::ios::binary);
+    CHECK(in.good());
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+/// Waits (up to LONG_MS) for `*counter` to have no other owner than this one.
+static bool sole_owner(const std::shared_ptr<int> &counter) {
+    for (int i = 0; i < LONG_MS && counter.use_count() != 1; i++) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return counter.use_count() == 1;
+}
+
+/// The text of the RpcError `f` throws, checking its code; "" if it throws none.
+template <typename F>
+static std::string rpc_error(F f, std::int32_t code) {
+    try {
+        f();
+    } catch (const plexus::RpcError &e) {
+        CHECK(e.status().code() == code);
+        CHECK(std::string(e.what()).find(e.status().message()) != std::string::npos);
+        return std::string(e.status().message());
+    }
+    return "";
+}
 
 static std::atomic<int> released{0};
 static void on_release(void *) { released++; }
@@ -205,6 +242,69 @@ int main() {
         (void)own.unary(UNARY, request("o"));
         auto s = own.stats();
         CHECK(s.calls_started == 1 && s.connections == 1);
+        passed++;
+    }
+    {  // TLS to grpcio with call credentials from a std::function.
+        const char *target = getenv("PLEXUS_TEST_GRPCIO_TLS_TARGET");
+        CHECK(target != nullptr);
+        auto tokens = std::make_shared<int>(0);  // counts calls; shows when plexus lets go
+        {
+            auto o = plexus::ChannelOptions::create();
+            o.shared(false).add_tls_ca_pem(cert("ca.pem")).tls_native_roots(false).tls_server_name(
+                "localhost");
+            o.call_credentials([tokens](std::string_view method, plexus::MetadataWriter &md) {
+                CHECK(method == UNARY);
+                ++*tokens;
+                md.append("authorization", "Bearer cpp-" + std::to_string(*tokens));
+                CHECK(md.read().get("authorization").has_value());
+            });
+            auto tls = plexus::Channel::create(target, &o);
+            auto reply = tls.unary(UNARY, request("tls"), nullptr, LONG_MS);
+            CHECK(text_of(reply.message) == "tls");
+            CHECK(reply.status.initial_metadata().get("x-authorization") ==
+                  std::string_view("Bearer cpp-1"));
+            // Replacing the function keeps the first alive for the channel that uses it.
+            o.call_credentials([](std::string_view, plexus::MetadataWriter &) {
+                throw std::runtime_error("no token today");
+            });
+            CHECK(tokens.use_count() == 2);
+            auto failing = plexus::Channel::create(target, &o);
+            std::string why = rpc_error([&] { (void)failing.unary(UNARY, request("x")); }, 14);
+            CHECK(why.find("no token today") != std::string::npos);
+            o.call_credentials([](std::string_view, plexus::MetadataWriter &) { throw 42; });
+            auto odd = plexus::Channel::create(target, &o);
+            why = rpc_error([&] { (void)odd.unary(UNARY, request("x")); }, 14);
+            CHECK(why.find("unknown exception") != std::string::npos);
+            o.call_credentials(nullptr);
+            (void)tls.unary(UNARY, request("again"), nullptr, LONG_MS);
+            CHECK(*tokens == 2);
+        }
+        CHECK(sole_owner(tokens));
+        // A CA that did not sign the server's certificate, and a name it is not for.
+        auto o = plexus::ChannelOptions::create();
+        o.shared(false).add_tls_ca_pem(cert("other-ca.pem")).tls_server_name("localhost");
+        auto untrusted = plexus::Channel::create(target, &o);
+        std::string why = rpc_error([&] { (void)untrusted.unary(UNARY, request("x")); }, 14);
+        CHECK(why.find("not signed by a trusted CA (unknown issuer)") != std::string::npos);
+        auto p = plexus::ChannelOptions::create();
+        p.shared(false).add_tls_ca_pem(cert("ca.pem")).tls_server_name("wrong.example");
+        auto misnamed = plexus::Channel::create(target, &p);
+        why = rpc_error([&] { (void)misnamed.unary(UNARY, request("x")); }, 14);
+        CHECK(why.find("name mismatch") != std::string::npos);
+        CHECK(why.find("wrong.example") != std::string::npos);
+        passed++;
+    }
+    {  // Mutual TLS to the plexus server with a client certificate.
+        const char *target = getenv("PLEXUS_TEST_TLS_TARGET");
+        CHECK(target != nullptr);
+        auto o = plexus::ChannelOptions::create();
+        o.shared(false)
+            .tls(true)
+            .add_tls_ca_pem(cert("ca.pem"))
+            .tls_server_name("localhost")
+            .tls_identity_pem(cert("client.pem"), cert("client.key"));
+        auto mtls = plexus::Channel::create(target, &o);
+        CHECK(text_of(mtls.unary(UNARY, request("m"), nullptr, LONG_MS).message) == "m");
         passed++;
     }
     plexus::shutdown();
