@@ -3,7 +3,8 @@
 # 1. builds the manylinux_2_17 wheel (scripts/build-wheel.sh: the glibc and auditwheel checks
 #    run there), installs it with pip --no-index into a fresh venv whose PATH has no cargo,
 #    rustc or rustup, and runs the four call kinds (and an asyncio call, and an error status)
-#    against the Rust echo server with nothing but the standard library beside plexus;
+#    against the Rust echo server with nothing but the standard library beside plexus, and
+#    the same from every other CPython 3.9+ found here (pyenv's, python3.N on PATH);
 # 2. builds the sdist, installs it into another fresh venv with cargo present (libplexus
 #    compiled from the sdist's own Rust sources, into target/ so that built dependencies are
 #    reused) and makes a call;
@@ -183,7 +184,33 @@ step "wheel: the four call kinds against the echo server, from the wheel's venv"
 site=$("$work/venv-wheel/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
 (cd "$work" && "${no_rust[@]}" "$work/venv-wheel/bin/python" -c "$smoke" "$target" "$site")
 
-step "sdist: build it, pip install it into a fresh venv with cargo present, one call"
+step "wheel: the same calls from every other CPython 3.9+ on this machine (one py3-none wheel)"
+# Other interpreters: pyenv's, and python3.N on PATH; each version once.
+seen=" $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') "
+candidates=()
+if command -v pyenv >/dev/null 2>&1; then
+    candidates+=("$(pyenv root)"/versions/*/bin/python3)
+fi
+for minor in $(seq 9 20); do
+    candidates+=("$(command -v "python3.$minor" 2>/dev/null || true)")
+done
+for candidate in "${candidates[@]}"; do
+    [ -x "$candidate" ] || continue
+    version=$("${no_rust[@]}" "$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+        2>/dev/null) || continue
+    if [ "${version%%.*}" != 3 ] || [ "${version#3.}" -lt 9 ]; then continue; fi
+    case $seen in *" $version "*) continue ;; esac
+    seen+="$version "
+    echo "CPython $version ($candidate)"
+    "${no_rust[@]}" "$candidate" -m venv "$work/venv-$version"
+    "${no_rust[@]}" "$work/venv-$version/bin/python" -m pip install --quiet --no-index \
+        --disable-pip-version-check "$wheel"
+    site=$("$work/venv-$version/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+    (cd "$work" && "${no_rust[@]}" "$work/venv-$version/bin/python" -c "$smoke" "$target" "$site")
+done
+echo "CPython versions run:$seen"
+
+step "sdist: build it, pip install it into a fresh venv with cargo present, the same calls"
 sdist=$("$python" - "$work/dist" <<'EOF'
 import sys
 
