@@ -158,5 +158,8 @@ step "C ABI: C and C++ tests, sanitizers, valgrind (scripts/test-c.sh)"
 step "Python package: pip install ./bindings/python and its pytest suite (scripts/test-python.sh)"
 "$root/scripts/test-python.sh"
 
+step "Python wheel: installs and makes every call kind with no Rust on PATH; the sdist installs with cargo (scripts/test-wheel.sh)"
+"$root/scripts/test-wheel.sh"
+
 step "benchmark harness smoke run (scripts/test-bench.sh)"
 scripts/test-bench.sh

@@ -7,10 +7,16 @@
 2. writes a wheel holding the pure-Python package plus the library, tagged
    `py3-none-<platform>` because it carries native code but no CPython extension.
 
+The platform tag is this interpreter's (`linux_x86_64`) unless the `plat-name` config
+setting (`pip wheel -C plat-name=...`) or `$PLEXUS_WHEEL_PLATFORM` names another: a wheel whose
+library was built for an older glibc or for musl (scripts/build-wheel.sh) is tagged
+`manylinux_2_17_x86_64` or `musllinux_1_2_x86_64` that way.
+
 It needs nothing but the standard library, so pip's isolated build environment downloads
-nothing. `build_sdist` packs the Python sources only: building a wheel from that sdist needs
-`$PLEXUS_LIBRARY` or `$PLEXUS_SOURCE_DIR`. `build_editable` (PEP 660) builds the library into
-the source tree and installs a path entry pointing at it.
+nothing. `build_sdist` packs the Python sources and the Rust sources of libplexus (crates
+`plexus` and `plexus-ffi` in a workspace of their own under `rust/`), so the sdist installs
+wherever cargo is. `build_editable` (PEP 660) builds the library into the source tree and
+installs a path entry pointing at it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +41,10 @@ VERSION = "0.1.0"
 HERE = Path(__file__).resolve().parent.parent  # bindings/python
 PACKAGE = HERE / NAME
 LIB_NAMES = ("libplexus.so", "libplexus.dylib")
+# Where an sdist keeps the Rust sources of libplexus.
+SDIST_RUST = "rust"
+# The crates libplexus is built from: the sdist's workspace holds these and nothing else.
+RUST_CRATES = ("core", "ffi")
 
 SUMMARY = "gRPC channels over libplexus (ctypes), shaped like grpcio's, with asyncio"
 
@@ -62,8 +73,23 @@ def _wheel_file(tag: str) -> str:
     return f"Wheel-Version: 1.0\nGenerator: plexus_build\nRoot-Is-Purelib: false\nTag: {tag}\n"
 
 
-def _platform_tag() -> str:
-    return sysconfig.get_platform().replace("-", "_").replace(".", "_")
+PLATFORM_ENV = "PLEXUS_WHEEL_PLATFORM"
+# A platform tag as PEP 425 spells one: lower-case letters, digits and underscores.
+_PLATFORM_TAG = re.compile(r"[a-z0-9_]+")
+
+
+def _platform_tag(config_settings=None) -> str:
+    """The wheel's platform tag: `plat-name` from the config settings, else
+    $PLEXUS_WHEEL_PLATFORM, else this interpreter's platform."""
+    given = (config_settings or {}).get("plat-name") or os.environ.get(PLATFORM_ENV)
+    if not given:
+        return sysconfig.get_platform().replace("-", "_").replace(".", "_")
+    if not isinstance(given, str) or not _PLATFORM_TAG.fullmatch(given):
+        raise RuntimeError(
+            f"plexus: platform tag {given!r} (plat-name or {PLATFORM_ENV}) is not a wheel "
+            "platform tag such as manylinux_2_17_x86_64 or musllinux_1_2_x86_64"
+        )
+    return given
 
 
 def _dist_info() -> str:
@@ -75,7 +101,12 @@ def _dist_info() -> str:
 
 def _workspace() -> Path:
     override = os.environ.get("PLEXUS_SOURCE_DIR")
-    root = Path(override).resolve() if override else HERE.parent.parent
+    if override:
+        root = Path(override).resolve()
+    elif (HERE / SDIST_RUST / "Cargo.toml").is_file():
+        root = HERE / SDIST_RUST  # an unpacked sdist
+    else:
+        root = HERE.parent.parent  # bindings/python in a checkout
     if not (root / "Cargo.toml").is_file() or not (root / "ffi" / "Cargo.toml").is_file():
         where = f"PLEXUS_SOURCE_DIR={override}" if override else f"{root}"
         raise RuntimeError(
@@ -180,8 +211,8 @@ def _write_dist_info(wheel: _WheelWriter, tag: str) -> str:
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     """Builds the wheel (with libplexus) into `wheel_directory`; returns its file name."""
+    tag = f"py3-none-{_platform_tag(config_settings)}"
     library = _library()
-    tag = f"py3-none-{_platform_tag()}"
     filename = f"{NAME}-{VERSION}-{tag}.whl"
     wheel = _WheelWriter(Path(wheel_directory) / filename)
     for path in _package_files():
@@ -193,11 +224,11 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     """PEP 660: builds libplexus into the source package and installs a path entry to it."""
+    tag = f"py3-none-{_platform_tag(config_settings)}"
     library = _library()
     target = PACKAGE / library.name
     shutil.copyfile(library, target)
     os.chmod(target, 0o755)
-    tag = f"py3-none-{_platform_tag()}"
     filename = f"{NAME}-{VERSION}-{tag}.whl"
     wheel = _WheelWriter(Path(wheel_directory) / filename)
     wheel.add(f"__editable__.{NAME}.pth", f"{HERE}\n".encode())
@@ -210,7 +241,9 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     info = Path(metadata_directory) / _dist_info()
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(_metadata(), encoding="utf-8")
-    (info / "WHEEL").write_text(_wheel_file(f"py3-none-{_platform_tag()}"), encoding="utf-8")
+    (info / "WHEEL").write_text(
+        _wheel_file(f"py3-none-{_platform_tag(config_settings)}"), encoding="utf-8"
+    )
     (info / "top_level.txt").write_text(f"{NAME}\n", encoding="utf-8")
     return info.name
 
@@ -227,9 +260,42 @@ get_requires_for_build_editable = get_requires_for_build_wheel
 get_requires_for_build_sdist = get_requires_for_build_wheel
 
 
+def _rust_files(root: Path):
+    """The files of the crates libplexus is built from (RUST_CRATES), build outputs left out."""
+    for crate in RUST_CRATES:
+        for path in sorted((root / crate).rglob("*")):
+            parts = path.relative_to(root).parts
+            if path.is_dir() or "target" in parts or "__pycache__" in parts:
+                continue
+            yield path
+
+
+def _sdist_manifest(root: Path) -> bytes:
+    """The workspace's Cargo.toml with its members cut down to RUST_CRATES, so that the
+    workspace settings (dependency versions, lints, the release profile) come along and the
+    crates the sdist leaves out are not looked for."""
+    text = (root / "Cargo.toml").read_text(encoding="utf-8")
+    members = ", ".join(f'"{crate}"' for crate in RUST_CRATES)
+    text, count = re.subn(r"(?m)^members\s*=\s*\[[^\]]*\]", f"members = [{members}]", text)
+    if count != 1:
+        raise RuntimeError(
+            f"plexus: found no single `members = [...]` line in {root / 'Cargo.toml'} to "
+            "narrow to the crates of libplexus"
+        )
+    return text.encode("utf-8")
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
 def build_sdist(sdist_directory, config_settings=None):
-    """Packs the Python sources (no Rust): a wheel built from it needs PLEXUS_LIBRARY or
-    PLEXUS_SOURCE_DIR."""
+    """Packs the Python sources and, under `rust/`, the Rust sources of libplexus with the
+    workspace's Cargo.toml and Cargo.lock: a wheel built from it needs only cargo."""
+    root = _workspace()
     base = f"{NAME}-{VERSION}"
     filename = f"{base}.tar.gz"
     with tarfile.open(Path(sdist_directory) / filename, "w:gz", format=tarfile.PAX_FORMAT) as tar:
@@ -239,8 +305,10 @@ def build_sdist(sdist_directory, config_settings=None):
         for path in files:
             if path.is_file():
                 tar.add(path, arcname=f"{base}/{path.relative_to(HERE).as_posix()}")
-        pkg_info = _metadata().encode("utf-8")
-        info = tarfile.TarInfo(f"{base}/PKG-INFO")
-        info.size = len(pkg_info)
-        tar.addfile(info, io.BytesIO(pkg_info))
+        rust = f"{base}/{SDIST_RUST}"
+        _add_bytes(tar, f"{rust}/Cargo.toml", _sdist_manifest(root))
+        tar.add(root / "Cargo.lock", arcname=f"{rust}/Cargo.lock")
+        for path in _rust_files(root):
+            tar.add(path, arcname=f"{rust}/{path.relative_to(root).as_posix()}")
+        _add_bytes(tar, f"{base}/PKG-INFO", _metadata().encode("utf-8"))
     return filename
