@@ -155,6 +155,9 @@ enum plexus_op
   PLEXUS_OP_FINISH = 6,
   // `plexus_call_initial_metadata_async`: `metadata` is set on PLEXUS_OK.
   PLEXUS_OP_INITIAL_METADATA = 7,
+  // `plexus_channel_watch_state_async`: `state` is the new state (PLEXUS_OK), or the state
+  // when the watch timed out (PLEXUS_ERR_TIMEOUT).
+  PLEXUS_OP_STATE_CHANGE = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -252,6 +255,8 @@ typedef struct plexus_event {
   struct plexus_status *status;
   // PLEXUS_OP_INITIAL_METADATA: the response headers (`plexus_metadata_free`).
   struct plexus_metadata *metadata;
+  // PLEXUS_OP_STATE_CHANGE: the channel's connectivity state.
+  plexus_connectivity_state state;
 } plexus_event;
 
 // One metadata entry, as read by `plexus_metadata_get_entry`. Its pointers are borrowed from the
@@ -679,7 +684,9 @@ plexus_result plexus_channel_state(const struct plexus_channel *channel,
 
 // Connects now instead of at the first call, and waits up to `timeout_ms` milliseconds
 // (negative: no limit) for the channel to be READY. Blocks the calling thread.
-// Thread-safe.
+// Thread-safe. The connection attempt (with the target's resolution) goes on in the
+// background when the wait ends first, so `timeout_ms` 0 starts connecting without waiting
+// (follow it with `plexus_channel_watch_state_async`).
 //
 // Returns PLEXUS_OK when ready; PLEXUS_ERR_RPC when the connection attempt failed (the text
 // says why; the channel keeps retrying with backoff); PLEXUS_ERR_TIMEOUT;
@@ -688,6 +695,27 @@ plexus_result plexus_channel_state(const struct plexus_channel *channel,
 // # Safety
 // `channel` is live.
 plexus_result plexus_channel_connect(const struct plexus_channel *channel, int64_t timeout_ms);
+
+// Watches the channel's connectivity state without blocking (C-core's
+// `grpc_channel_watch_connectivity_state`): a PLEXUS_OP_STATE_CHANGE event with `tag`
+// arrives on `cq` once the state differs from `last_observed` (a `plexus_connectivity_state`
+// value; at once if it differs already), with PLEXUS_OK and `event.state` the new state; or,
+// if `timeout_ms` milliseconds pass first (negative: no limit), with PLEXUS_ERR_TIMEOUT and
+// `event.state` the state then. Watching starts no connection (`plexus_channel_connect`
+// does). Any number of watches may be pending; each holds the channel until its event.
+// Thread-safe.
+//
+// Returns PLEXUS_OK when the watch started (exactly one event will follow); otherwise no
+// event follows: PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_ARGUMENT when `last_observed`
+// is not a state; PLEXUS_ERR_SHUTDOWN (runtime or queue shut down).
+//
+// # Safety
+// `channel` and `cq` are live. `tag` is passed back untouched.
+plexus_result plexus_channel_watch_state_async(const struct plexus_channel *channel,
+                                               int32_t last_observed,
+                                               int64_t timeout_ms,
+                                               const struct plexus_cq *cq,
+                                               void *tag);
 
 // Creates a completion queue, owned by the caller (free with `plexus_cq_free`).
 //

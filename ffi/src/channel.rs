@@ -2,13 +2,21 @@
 //! for the same target with equal options.
 
 use std::collections::HashMap;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use async_io::Timer;
+use futures_util::future::{Either, select};
 use std::sync::{Arc, Mutex, Weak};
 
 use core_plexus::{Channel, ConnectivityState};
 
 use crate::boundary::boundary;
-use crate::error::{Error, PLEXUS_ERR_RPC, PLEXUS_ERR_TIMEOUT, PLEXUS_OK, Result, plexus_result};
+use crate::cq::{Outcome, begin, plexus_cq, plexus_op};
+use crate::error::{
+    Error, PLEXUS_ERR_INVALID_ARGUMENT, PLEXUS_ERR_RPC, PLEXUS_ERR_TIMEOUT, PLEXUS_OK, Result,
+    plexus_result,
+};
 use crate::handle::{ArcHandle, BoxHandle, check_out, str_arg, write_out};
 use crate::options::{ChannelOptions, plexus_channel_options};
 use crate::runtime::{self, Interrupted};
@@ -179,10 +187,11 @@ pub unsafe extern "C" fn plexus_channel_free(channel: *const plexus_channel) {
 
 /// Connectivity state of a channel, as in gRPC's connectivity-semantics doc.
 #[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[allow(non_camel_case_types, reason = "C names")]
 pub enum plexus_connectivity_state {
     /// No connection and no attempt under way.
+    #[default]
     PLEXUS_STATE_IDLE = 0,
     /// A connection attempt is under way.
     PLEXUS_STATE_CONNECTING = 1,
@@ -278,7 +287,9 @@ pub unsafe extern "C" fn plexus_channel_state(
 
 /// Connects now instead of at the first call, and waits up to `timeout_ms` milliseconds
 /// (negative: no limit) for the channel to be READY. Blocks the calling thread.
-/// Thread-safe.
+/// Thread-safe. The connection attempt (with the target's resolution) goes on in the
+/// background when the wait ends first, so `timeout_ms` 0 starts connecting without waiting
+/// (follow it with `plexus_channel_watch_state_async`).
 ///
 /// Returns PLEXUS_OK when ready; PLEXUS_ERR_RPC when the connection attempt failed (the text
 /// says why; the channel keeps retrying with backoff); PLEXUS_ERR_TIMEOUT;
@@ -299,6 +310,80 @@ pub unsafe extern "C" fn plexus_channel_connect(
             Ok(Err(status)) => Err(Error::rpc(&status)),
             Err(why) => Err(interrupted(why, timeout_ms)),
         }
+    })
+}
+
+/// Watches the channel's connectivity state without blocking (C-core's
+/// `grpc_channel_watch_connectivity_state`): a PLEXUS_OP_STATE_CHANGE event with `tag`
+/// arrives on `cq` once the state differs from `last_observed` (a `plexus_connectivity_state`
+/// value; at once if it differs already), with PLEXUS_OK and `event.state` the new state; or,
+/// if `timeout_ms` milliseconds pass first (negative: no limit), with PLEXUS_ERR_TIMEOUT and
+/// `event.state` the state then. Watching starts no connection (`plexus_channel_connect`
+/// does). Any number of watches may be pending; each holds the channel until its event.
+/// Thread-safe.
+///
+/// Returns PLEXUS_OK when the watch started (exactly one event will follow); otherwise no
+/// event follows: PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_ARGUMENT when `last_observed`
+/// is not a state; PLEXUS_ERR_SHUTDOWN (runtime or queue shut down).
+///
+/// # Safety
+/// `channel` and `cq` are live. `tag` is passed back untouched.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_watch_state_async(
+    channel: *const plexus_channel,
+    last_observed: i32,
+    timeout_ms: i64,
+    cq: *const plexus_cq,
+    tag: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_channel_watch_state_async", || {
+        use plexus_connectivity_state::*;
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let shared = unsafe { channel_arg(channel) }?;
+        let last = [
+            PLEXUS_STATE_IDLE,
+            PLEXUS_STATE_CONNECTING,
+            PLEXUS_STATE_READY,
+            PLEXUS_STATE_TRANSIENT_FAILURE,
+            PLEXUS_STATE_SHUTDOWN,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == last_observed)
+        .ok_or_else(|| {
+            Error::new(
+                PLEXUS_ERR_INVALID_ARGUMENT,
+                format!("last_observed {last_observed} is not a connectivity state"),
+            )
+        })?;
+        let rt = runtime::get()?;
+        // SAFETY: as above.
+        let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_STATE_CHANGE) }?;
+        rt.spawn(async move {
+            let channel = &shared.channel;
+            let from = *[
+                ConnectivityState::Idle,
+                ConnectivityState::Connecting,
+                ConnectivityState::Ready,
+                ConnectivityState::TransientFailure,
+                ConnectivityState::Shutdown,
+            ]
+            .iter()
+            .find(|s| state_code(**s) == last)
+            .expect("every C state has a Rust one");
+            let changed = std::pin::pin!(channel.wait_for_state_change(from));
+            let limit = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+            let expired = std::pin::pin!(limit.map_or_else(Timer::never, Timer::after));
+            let (result, state) = match select(changed, expired).await {
+                Either::Left((state, _)) => (PLEXUS_OK, state),
+                Either::Right(_) => (PLEXUS_ERR_TIMEOUT, channel.state()),
+            };
+            let outcome = Outcome {
+                state: state_code(state),
+                ..Outcome::default()
+            };
+            completion.complete(result, outcome);
+        });
+        Ok(PLEXUS_OK)
     })
 }
 

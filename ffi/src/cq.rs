@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::boundary::boundary;
 use crate::bytes::plexus_bytes;
 use crate::call::{Call, plexus_call};
+use crate::channel::plexus_connectivity_state;
 use crate::error::{
     Error, PLEXUS_ERR_SHUTDOWN, PLEXUS_ERR_SYSTEM, PLEXUS_ERR_TIMEOUT, PLEXUS_OK, Result,
     plexus_result,
@@ -53,6 +54,9 @@ pub enum plexus_op {
     PLEXUS_OP_FINISH = 6,
     /// `plexus_call_initial_metadata_async`: `metadata` is set on PLEXUS_OK.
     PLEXUS_OP_INITIAL_METADATA = 7,
+    /// `plexus_channel_watch_state_async`: `state` is the new state (PLEXUS_OK), or the state
+    /// when the watch timed out (PLEXUS_ERR_TIMEOUT).
+    PLEXUS_OP_STATE_CHANGE = 8,
 }
 
 /// One finished operation, as `plexus_cq_next` writes it. The caller owns every non-NULL
@@ -75,6 +79,8 @@ pub struct plexus_event {
     pub status: *mut plexus_status,
     /// PLEXUS_OP_INITIAL_METADATA: the response headers (`plexus_metadata_free`).
     pub metadata: *mut plexus_metadata,
+    /// PLEXUS_OP_STATE_CHANGE: the channel's connectivity state.
+    pub state: plexus_connectivity_state,
 }
 
 /// A finished operation inside the queue.
@@ -86,6 +92,7 @@ pub(crate) struct Event {
     pub(crate) message: Option<Bytes>,
     pub(crate) status: Option<CallStatus>,
     pub(crate) metadata: Option<Metadata>,
+    state: plexus_connectivity_state,
 }
 
 impl Event {
@@ -104,6 +111,7 @@ impl Event {
             metadata: self
                 .metadata
                 .map_or(std::ptr::null_mut(), plexus_metadata::into_raw),
+            state: self.state,
         }
     }
 }
@@ -115,6 +123,8 @@ pub(crate) struct Outcome {
     pub(crate) message: Option<Bytes>,
     pub(crate) status: Option<CallStatus>,
     pub(crate) metadata: Option<Metadata>,
+    /// PLEXUS_OP_STATE_CHANGE's state (IDLE, unused, for every other operation).
+    pub(crate) state: plexus_connectivity_state,
 }
 
 /// The queue.
@@ -350,6 +360,7 @@ impl Completion {
             message: outcome.message,
             status: outcome.status,
             metadata: outcome.metadata,
+            state: outcome.state,
         });
     }
 }
@@ -365,6 +376,7 @@ impl Drop for Completion {
                 message: None,
                 status: None,
                 metadata: None,
+                state: plexus_connectivity_state::PLEXUS_STATE_IDLE,
             });
         }
     }

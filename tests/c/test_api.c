@@ -894,6 +894,64 @@ static void unary_n(const plexus_channel *ch, int n) {
     plexus_bytes_free(req);
 }
 
+/* The connectivity state through the completion queue, and a connection started with a zero
+ * timeout before the target is even resolved: it goes on in the background, and the watches
+ * follow it to READY with no other call. */
+static void test_watch_state(void) {
+    const char *t = test_target();
+    if (strncmp(t, "http://", 7) == 0) t += 7;
+    char target[256];
+    snprintf(target, sizeof target, "dns:///localhost%s", strrchr(t, ':'));
+    plexus_channel_options *o = NULL;
+    OK(plexus_channel_options_new(&o));
+    OK(plexus_channel_options_set_shared(o, false));
+    const plexus_channel *ch = NULL;
+    OK(plexus_channel_new(target, o, &ch));
+    plexus_channel_options_free(o);
+    const plexus_cq *cq = NULL;
+    OK(plexus_cq_new(&cq));
+    plexus_event ev;
+
+    EXPECT(plexus_channel_watch_state_async(ch, 99, -1, cq, NULL), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT(plexus_channel_watch_state_async(NULL, 0, -1, cq, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_watch_state_async(ch, 0, -1, NULL, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    /* IDLE, and nothing asks for a connection: the watch waits. */
+    OK(plexus_channel_watch_state_async(ch, PLEXUS_STATE_IDLE, -1, cq, (void *)1));
+    EXPECT(plexus_cq_next(cq, 0, &ev), PLEXUS_ERR_TIMEOUT);
+
+    plexus_result r = plexus_channel_connect(ch, 0);
+    CHECK(r == PLEXUS_ERR_TIMEOUT || r == PLEXUS_OK);
+    plexus_connectivity_state seen = PLEXUS_STATE_IDLE;
+    for (int i = 0; seen != PLEXUS_STATE_READY; i++) {
+        CHECK(i < 10);
+        ev = next_event(cq);
+        CHECK(ev.op == PLEXUS_OP_STATE_CHANGE && ev.result == PLEXUS_OK);
+        CHECK(ev.tag == (void *)1 && ev.state != seen);
+        CHECK(ev.state == PLEXUS_STATE_CONNECTING || ev.state == PLEXUS_STATE_READY);
+        seen = ev.state;
+        if (seen != PLEXUS_STATE_READY) {
+            OK(plexus_channel_watch_state_async(ch, seen, -1, cq, (void *)1));
+        }
+    }
+    /* A state other than the current one reports the current one at once. */
+    OK(plexus_channel_watch_state_async(ch, PLEXUS_STATE_IDLE, -1, cq, (void *)2));
+    ev = next_event(cq);
+    CHECK(ev.tag == (void *)2 && ev.result == PLEXUS_OK && ev.state == PLEXUS_STATE_READY);
+    /* No change within the timeout: PLEXUS_ERR_TIMEOUT with the state then. */
+    OK(plexus_channel_watch_state_async(ch, PLEXUS_STATE_READY, 20, cq, (void *)3));
+    ev = next_event(cq);
+    CHECK(ev.tag == (void *)3 && ev.op == PLEXUS_OP_STATE_CHANGE);
+    CHECK(ev.result == PLEXUS_ERR_TIMEOUT && ev.state == PLEXUS_STATE_READY);
+    CHECK(ev.call == NULL && ev.message == NULL && ev.status == NULL && ev.metadata == NULL);
+
+    OK(plexus_cq_shutdown(cq));
+    EXPECT(plexus_channel_watch_state_async(ch, PLEXUS_STATE_READY, -1, cq, NULL),
+           PLEXUS_ERR_SHUTDOWN);
+    EXPECT(plexus_cq_next(cq, LONG_MS, &ev), PLEXUS_ERR_SHUTDOWN);
+    plexus_cq_free(cq);
+    plexus_channel_free(ch);
+}
+
 /* Two channels created independently for one target share one connection; a channel that
  * opts out gets its own. */
 static void test_shared_channels(void) {
@@ -1259,6 +1317,7 @@ int main(void) {
     RUN(test_cq_unary);
     RUN(test_cq_unary_cancel);
     RUN(test_cq_streams);
+    RUN(test_watch_state);
     RUN(test_epoll_loop);
     RUN(test_shared_channels);
     RUN(test_compression);

@@ -69,6 +69,7 @@ class Event(Structure):
         ("message", c_void_p),
         ("status", c_void_p),
         ("metadata", c_void_p),
+        ("state", c_int32),
     ]
 
 

@@ -123,17 +123,29 @@ impl Channel {
         ChannelBuilder::new(target)
     }
 
-    /// Connects now instead of on the first call: resolves the target, starts connecting
-    /// (every endpoint under round_robin) and waits for READY. Fails with the connection
-    /// error if the channel goes to TRANSIENT_FAILURE first.
+    /// Starts connecting without waiting (C-core's `try_to_connect`): resolves the target and
+    /// connects (every endpoint under round_robin) in the background, so it goes on if the
+    /// caller stops waiting, even before the resolution has finished.
+    pub fn request_connection(&self) {
+        let inner = self.inner.clone();
+        self.inner.env.executor.spawn(Box::pin(async move {
+            if let Ok(list) = inner.resolved_endpoints().await {
+                if inner.balancer.connect_all() {
+                    list.iter().for_each(|s| s.request_connection());
+                } else if let Some(i) = inner.balancer.pick(&list) {
+                    list[i].request_connection();
+                }
+            }
+        }));
+    }
+
+    /// Connects now instead of on the first call: [starts connecting](Self::request_connection)
+    /// and waits for READY. Fails with the connection error if the channel goes to
+    /// TRANSIENT_FAILURE first; dropped early, the connection attempt goes on.
     pub async fn connect(&self) -> Result<(), Status> {
         let inner = &self.inner;
+        self.request_connection();
         let list = inner.resolved_endpoints().await?;
-        if inner.balancer.connect_all() {
-            list.iter().for_each(|s| s.request_connection());
-        } else if let Some(i) = inner.balancer.pick(&list) {
-            list[i].request_connection();
-        }
         loop {
             match inner.state.get() {
                 ConnectivityState::Ready => return Ok(()),
