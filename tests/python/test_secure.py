@@ -454,6 +454,39 @@ def test_plugin_failure_is_unavailable_with_grpcio_text(port, make, certs, how):
     assert results == [expected] * len(results)
 
 
+def test_malformed_plugin_metadata_fails_the_call(port, make, certs):
+    """An illegal key is UNAVAILABLE "Illegal metadata" as in grpcio; other malformed answers
+    (on which grpcio's call waits for its deadline) fail at once, saying what was wrong."""
+
+    def plexus_creds(answer):
+        return plexus.composite_channel_credentials(
+            make.ssl_channel_credentials(certs["ca.pem"]),
+            make.metadata_call_credentials(lambda context, callback: callback(answer, None)),
+        )
+
+    illegal = (("Bad Key", "v"),)
+    with plexus.secure_channel(f"localhost:{port}", plexus_creds(illegal)) as channel:
+        mine = outcome(lambda: unary(channel))
+    grpc_creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(certs["ca.pem"]),
+        grpc.metadata_call_credentials(lambda context, callback: callback(illegal, None)),
+    )
+    with grpc.secure_channel(f"localhost:{port}", grpc_creds) as g:
+        theirs = outcome(lambda: unary(g))
+    assert mine == theirs == (grpc.StatusCode.UNAVAILABLE, "Illegal metadata")
+    for answer, words in [
+        ((("x-a-bin", "not bytes"),), "must be bytes"),
+        ((("x-a", 5),), "must be a str"),
+        ("junk", "must be (key, value) pairs"),
+        ((("x-a",),), "must be (key, value) pairs"),
+    ]:
+        with plexus.secure_channel(f"localhost:{port}", plexus_creds(answer)) as channel:
+            code, details = outcome(lambda: unary(channel))
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert details.startswith("Getting metadata from plugin failed with error: ")
+        assert words in details
+
+
 def test_plugin_that_never_answers_runs_into_the_deadline(port, certs):
     creds = plexus.composite_channel_credentials(
         plexus.ssl_channel_credentials(certs["ca.pem"]),

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 from . import _ffi
@@ -487,6 +487,34 @@ def _plugin_metadata(plugin: _Plugin, context: AuthMetadataContext, wait: float 
     return callback.metadata
 
 
+_LEGAL_KEY = re.compile(r"[0-9a-z_.-]+\Z")
+
+
+def _checked_entry(entry: object) -> tuple[str, str | bytes]:
+    """One metadata entry a plugin gave, checked as grpcio's core checks it (an illegal key
+    is UNAVAILABLE "Illegal metadata"); raises CredentialsFailed."""
+
+    def failed(text: str) -> CredentialsFailed:
+        return CredentialsFailed(Status.local(StatusCode.UNAVAILABLE, text))
+
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+        raise failed(PLUGIN_FAILED + f"metadata entries must be (key, value) pairs, not {entry!r}")
+    key, value = entry
+    if isinstance(key, bytes):
+        key = key.decode("ascii", "replace")
+    if not isinstance(key, str) or not _LEGAL_KEY.match(key):
+        raise failed("Illegal metadata")
+    if key.endswith("-bin"):
+        if not isinstance(value, (bytes, bytearray)):
+            raise failed(PLUGIN_FAILED + f"the value of {key!r} must be bytes, not {value!r}")
+        return key, bytes(value)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        raise failed(PLUGIN_FAILED + f"the value of {key!r} must be a str, not {value!r}")
+    return key, value
+
+
 def run_plugins(
     plugins: tuple[_Plugin, ...],
     authority: str,
@@ -506,21 +534,16 @@ def run_plugins(
         answer = _plugin_metadata(plugin, context, wait)
         if answer is None:
             continue
-        if isinstance(answer, (str, bytes)) or not isinstance(answer, (Sequence, tuple)):
-            try:
-                answer = tuple(answer)
-            except TypeError:
-                raise CredentialsFailed(
-                    Status.local(
-                        StatusCode.UNAVAILABLE,
-                        PLUGIN_FAILED + f"metadata must be (key, value) pairs, not {answer!r}",
-                    )
-                ) from None
-        for entry in answer:
-            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-                text = f"metadata entries must be (key, value) pairs, not {entry!r}"
-                raise CredentialsFailed(Status.local(StatusCode.UNAVAILABLE, PLUGIN_FAILED + text))
-            out.append((entry[0], entry[1]))
+        try:
+            if isinstance(answer, (str, bytes)):
+                raise TypeError(answer)
+            entries = tuple(answer)
+        except TypeError:
+            text = f"metadata must be (key, value) pairs, not {answer!r}"
+            raise CredentialsFailed(
+                Status.local(StatusCode.UNAVAILABLE, PLUGIN_FAILED + text)
+            ) from None
+        out.extend(_checked_entry(entry) for entry in entries)
     left = None if timeout is None else timeout - (time.monotonic() - start)
     if left is not None and left <= 0:
         raise CredentialsFailed(Status.local(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
