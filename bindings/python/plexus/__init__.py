@@ -5,7 +5,9 @@
         stub = echo_pb2_grpc.EchoStub(channel)      # grpcio-tools stubs work unchanged
         reply = stub.Unary(echo_pb2.EchoRequest(message="hi"), timeout=5)
 
-`plexus.aio` has the asyncio channel. When grpcio is importable, errors derive from
+`plexus.secure_channel(target, plexus.ssl_channel_credentials(ca_pem))` connects over TLS;
+grpcio's credential objects work there too. `plexus.aio` has the asyncio channel.
+When grpcio is importable, errors derive from
 `grpc.RpcError` and codes are `grpc.StatusCode` members; without it plexus has its own.
 The shared library is the one installed with the package, or `$PLEXUS_LIBRARY`.
 """
@@ -20,6 +22,7 @@ from ._channel import (
     UnaryStreamMultiCallable,
     UnaryUnaryMultiCallable,
     insecure_channel,
+    secure_channel,
 )
 from ._common import (
     HAVE_GRPCIO,
@@ -32,6 +35,16 @@ from ._common import (
     SerializationError,
     StatusCode,
 )
+from ._credentials import (
+    AuthMetadataContext,
+    CallCredentials,
+    ChannelCredentials,
+    access_token_call_credentials,
+    composite_call_credentials,
+    composite_channel_credentials,
+    metadata_call_credentials,
+    ssl_channel_credentials,
+)
 from ._ffi import ForkedError, InvalidArgumentError, PlexusError
 from ._options import KEYWORDS as CHANNEL_OPTIONS
 
@@ -39,7 +52,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "AuthMetadataContext",
+    "CallCredentials",
     "Channel",
+    "ChannelCredentials",
     "ChannelConnectivity",
     "Compression",
     "ForkedError",
@@ -56,8 +72,14 @@ __all__ = [
     "StreamUnaryMultiCallable",
     "UnaryStreamMultiCallable",
     "UnaryUnaryMultiCallable",
+    "access_token_call_credentials",
+    "composite_call_credentials",
+    "composite_channel_credentials",
     "insecure_channel",
     "library_version",
+    "metadata_call_credentials",
+    "secure_channel",
+    "ssl_channel_credentials",
 ]
 
 

@@ -20,13 +20,14 @@ from ctypes import byref, c_int32, c_void_p
 from types import TracebackType
 from typing import Any, Callable, Generic, Literal, Optional, Tuple
 
-from . import _common, _ffi, _options
+from . import _common, _credentials, _ffi, _options
 from ._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
 from ._call_state import local_outcome, no_response, run_callbacks
 from ._common import CompressionArg, Deserializer, Metadata, MetadataArg, MultiCallableBase
 from ._common import Request, Response, RpcError, Serializer, Status, StatusCode, StatusView
 from ._common import call_options, closed_channel_error, free_options, read_status, serialize
 from ._common import take_bytes, take_metadata
+from ._credentials import CredentialsFailed, authorize
 from ._ffi import END_OF_STREAM, ERR_RPC, OK
 from ._options import ChannelOptions
 
@@ -138,7 +139,8 @@ class Channel(
 ):
     """A channel to one target, shaped like grpc.Channel.
 
-    Create it with `plexus.insecure_channel(target, options=None, **plexus_options)`.
+    Create it with `plexus.insecure_channel(target, options=None, **plexus_options)` or
+    `plexus.secure_channel(target, credentials, options=None, **plexus_options)`.
     Thread-safe. `close()` (or leaving a `with` block) cancels its streaming calls and
     futures and releases its connections once calls still running in other threads return.
     """
@@ -148,11 +150,15 @@ class Channel(
         target: str,
         options: ChannelOptions | None = None,
         compression: CompressionArg = None,
+        *,
+        credentials: object = None,
         **plexus_options: Any,
     ) -> None:
-        self._lib, self._handle, self._target = open_channel(
-            target, options, compression, plexus_options
+        self._lib, self._handle, self._target, self._auth = open_channel(
+            target, options, compression, plexus_options, credentials
         )
+        # The channel's own call credentials (empty: calls without `credentials=` skip auth).
+        self._plugins = self._auth.plugins if self._auth is not None else ()
         self._lock = threading.Lock()
         self._users = 0
         self._closed = False
@@ -302,15 +308,19 @@ def open_channel(
     options: ChannelOptions | None,
     compression: CompressionArg,
     plexus_options: dict[str, Any],
-) -> tuple[_ffi.Lib, int, str]:
-    """Validates the arguments and creates a plexus_channel: (lib, handle, target)."""
+    credentials: object = None,
+) -> tuple[_ffi.Lib, int, str, _credentials.ChannelAuth | None]:
+    """Validates the arguments and creates a plexus_channel, over TLS with `credentials`
+    (plexus's or grpcio's ChannelCredentials): (lib, handle, target, call authorization;
+    None for an insecure channel)."""
     if isinstance(target, bytes):
         target = target.decode("utf-8")
     if not isinstance(target, str):
         raise TypeError(f"target must be a str like 'host:port', not {type(target).__name__}")
     if not target or "\0" in target:
         raise ValueError(f"invalid target {target!r}")
-    if target[:8].lower() == "https://":
+    tls, tls_name, auth = _credentials.prepare(target, credentials, options)
+    if tls is None and target[:8].lower() == "https://":
         raise ValueError(
             f"invalid target {target!r}: an https:// target needs TLS, and this is an "
             "insecure channel; use host:port or http://"
@@ -322,12 +332,14 @@ def open_channel(
     opts = _options.build(lib, settings)
     out = c_void_p()
     try:
+        if tls is not None:
+            _credentials.apply_tls(lib, opts, tls, tls_name)
         rc = lib.channel_new(target.encode("utf-8"), opts, byref(out))
     finally:
         lib.channel_options_free(opts)
     if rc:
         raise lib.error(rc, f"cannot create a channel to {target!r}")
-    return lib, _ffi.handle(out), target
+    return lib, _ffi.handle(out), target, auth
 
 
 _WATCH_INTERVAL = 0.05
@@ -376,6 +388,13 @@ class _MultiCallable(MultiCallableBase[Channel], Generic[Request, Response]):
         MultiCallableBase.__init__(self, channel, method, serializer, deserializer)
         self._lib = channel._lib
 
+    def _authorize(
+        self, metadata: MetadataArg, credentials: object, timeout: float | None
+    ) -> tuple[MetadataArg, float | None]:
+        """The call's metadata and timeout once its call credentials have run (on this
+        thread); raises CredentialsFailed."""
+        return authorize(self._channel._auth, self._method, metadata, credentials, timeout)
+
 
 class UnaryUnaryMultiCallable(_MultiCallable[Request, Response]):
     """Calls one unary-unary method: `callable(request, timeout=None, metadata=None, ...)`."""
@@ -393,11 +412,19 @@ class UnaryUnaryMultiCallable(_MultiCallable[Request, Response]):
     ) -> _UnaryResult:
         lib = self._lib
         data = serialize(self._serializer, request)
+        channel = self._channel
+        if credentials is not None or channel._plugins:
+            try:
+                metadata, timeout = authorize(
+                    channel._auth, self._method, metadata, credentials, timeout
+                )
+            except CredentialsFailed as exc:
+                raise _InactiveRpcError(exc.status) from None
+            credentials = None
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
         resp = c_void_p()
         st = c_void_p()
-        channel = self._channel
         try:
             rc = lib.bytes_copy(data, len(data), byref(req))
             if rc:
@@ -715,6 +742,15 @@ class _UnaryFuture(_CallFuture):
         lib = self._lib
         channel = self._channel
         channel._track(self)
+        if credentials is not None or channel._plugins:
+            try:
+                metadata, timeout = authorize(
+                    channel._auth, method, metadata, credentials, timeout
+                )
+            except CredentialsFailed as exc:
+                self._finish(exc.status, None)
+                return
+            credentials = None
         dispatcher = _dispatcher(lib)
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
@@ -793,6 +829,12 @@ class _StreamingCall(_LiveCall):
             self._resolve()
         else:
             raise lib.error(rc, "could not start the call")
+
+    def _fail_locally(self, status: Status) -> _StreamingCall:
+        """Ends the call, never started, with `status` (call credentials refused it)."""
+        self._set_status(status)
+        self._resolve()
+        return self
 
     def __del__(self) -> None:
         handle, self._handle = getattr(self, "_handle", 0), 0
@@ -929,9 +971,15 @@ class UnaryStreamMultiCallable(_MultiCallable[Request, Response]):
         """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         data = serialize(self._serializer, request)
+        call = _StreamingCall(self._channel, self._deserializer, timeout)
+        if credentials is not None or self._channel._plugins:
+            try:
+                metadata, timeout = self._authorize(metadata, credentials, timeout)
+            except CredentialsFailed as exc:
+                return call._fail_locally(exc.status)
+            credentials = None
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         req = c_void_p()
-        call = _StreamingCall(self._channel, self._deserializer, timeout)
         try:
             lib.check(lib.bytes_copy(data, len(data), byref(req)))
             call._open(self._channel, self._method, req, opts)
@@ -959,8 +1007,14 @@ class StreamStreamMultiCallable(_MultiCallable[Request, Response]):
         """Starts the call; see the class docstring for what it returns."""
         lib = self._lib
         requests = iter(request_iterator)
-        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         call = _StreamingCall(self._channel, self._deserializer, timeout)
+        if credentials is not None or self._channel._plugins:
+            try:
+                metadata, timeout = self._authorize(metadata, credentials, timeout)
+            except CredentialsFailed as exc:
+                return call._fail_locally(exc.status)
+            credentials = None
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
@@ -1015,8 +1069,16 @@ class StreamUnaryMultiCallable(_MultiCallable[Request, Response]):
 
     def _open(self, args: _StreamUnaryArgs) -> _StreamUnaryCall:
         lib = self._lib
-        opts = call_options(lib, *args)
-        call = _StreamUnaryCall(self._channel, self._deserializer, args[0])
+        timeout, metadata, credentials, wait_for_ready, compression = args
+        call = _StreamUnaryCall(self._channel, self._deserializer, timeout)
+        if credentials is not None or self._channel._plugins:
+            try:
+                metadata, timeout = self._authorize(metadata, credentials, timeout)
+            except CredentialsFailed as exc:
+                call._fail_locally(exc.status)
+                return call
+            credentials = None
+        opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
         try:
             call._open(self._channel, self._method, None, opts)
         finally:
@@ -1157,3 +1219,21 @@ def insecure_channel(
     `options` takes grpcio's `[("grpc.keepalive_time_ms", 10000), ...]`; plexus options go
     by keyword (see `plexus.CHANNEL_OPTIONS`)."""
     return Channel(target, options, compression, **plexus_options)
+
+
+def secure_channel(
+    target: str,
+    credentials: object,
+    options: ChannelOptions | None = None,
+    compression: CompressionArg = None,
+    **plexus_options: Any,
+) -> Channel:
+    """A TLS channel to `target`, shaped like grpc.secure_channel.
+
+    `credentials` are `plexus.ssl_channel_credentials(...)` (or grpcio's, when grpcio is
+    installed), optionally composed with call credentials. `options` also takes grpcio's
+    `grpc.ssl_target_name_override` and `grpc.default_authority` (the name the server's
+    certificate is checked against, sent as SNI and `:authority`)."""
+    if credentials is None:
+        raise TypeError("secure_channel needs credentials (plexus.ssl_channel_credentials)")
+    return Channel(target, options, compression, credentials=credentials, **plexus_options)

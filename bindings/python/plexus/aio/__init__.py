@@ -9,6 +9,7 @@
 Calls wait on one completion queue per event loop through `loop.add_reader` on its file
 descriptor: no helper thread per call.
 
+`secure_channel(target, credentials, ...)` connects over TLS (see plexus.secure_channel).
 `insecure_channel(target, interceptors=[...])` takes grpc.aio's client interceptors (the
 interfaces below are grpc.aio's own when grpcio is importable).
 """
@@ -28,6 +29,7 @@ from ._channel import (
     UnaryUnaryCall,
     UnaryUnaryMultiCallable,
     insecure_channel,
+    secure_channel,
 )
 from ._interceptor import (
     ClientCallDetails,
@@ -57,4 +59,5 @@ __all__ = [
     "UnaryUnaryClientInterceptor",
     "UnaryUnaryMultiCallable",
     "insecure_channel",
+    "secure_channel",
 ]

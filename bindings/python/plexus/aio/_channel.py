@@ -23,6 +23,7 @@ from .. import _common, _ffi
 from .._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
 from .._call_state import local_outcome, no_response, run_callbacks
 from .._channel import CONNECT_WAIT_MS, open_channel
+from .._credentials import call_plugins
 from .._common import CompressionArg, Deserializer, LazyStatus, Metadata, MetadataArg
 from .._common import MultiCallableBase, Request, Response, RpcError, Serializer, Status
 from .._common import StatusCode, StatusView, call_options, closed_channel_error, free_options
@@ -713,6 +714,17 @@ class _MultiCallable(
         channel._track(call)
         return call
 
+    def _with_credentials(self, credentials: object) -> tuple[Any, ...]:
+        """The channel's interceptors for this kind, then the one running call credentials.
+        Checks `credentials` first: an object that is not call credentials raises here."""
+        from ._interceptor import CredentialsInterceptor
+
+        if credentials is not None:
+            call_plugins(credentials)
+        interceptors = self._channel._interceptors
+        mine = interceptors[self._slot] if interceptors is not None else ()
+        return (*mine, CredentialsInterceptor(self._channel))
+
     def _intercepted(
         self,
         loop: _Loop,
@@ -780,6 +792,17 @@ class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT, _I
         channel = self._channel
         loop = channel._loop_and_poller()
         interceptors = channel._interceptors
+        if credentials is not None or channel._plugins:
+            return self._intercepted(
+                loop,
+                self._with_credentials(credentials),
+                request,
+                timeout,
+                metadata,
+                credentials,
+                wait_for_ready,
+                compression,
+            )
         if interceptors is not None and interceptors[self._slot]:
             return self._intercepted(
                 loop,
@@ -841,6 +864,17 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT, _Int
                 f"{type(request_iterator).__name__}"
             )
         interceptors = channel._interceptors
+        if credentials is not None or channel._plugins:
+            return self._intercepted(
+                loop,
+                self._with_credentials(credentials),
+                request_iterator,
+                timeout,
+                metadata,
+                credentials,
+                wait_for_ready,
+                compression,
+            )
         if interceptors is not None and interceptors[self._slot]:
             return self._intercepted(
                 loop,
@@ -894,7 +928,9 @@ class Channel(
     """An asyncio channel to one target, shaped like grpc.aio.Channel.
 
     Create it with `plexus.aio.insecure_channel(target, options=None, compression=None,
-    interceptors=None, **plexus_options)`; `interceptors` are grpc.aio's client interceptors.
+    interceptors=None, **plexus_options)` or `plexus.aio.secure_channel(target, credentials,
+    ...)` with the same arguments after `credentials`; `interceptors` are grpc.aio's client
+    interceptors.
     Calls made from one event loop share that loop's completion queue; the channel itself
     may be used from several loops (one at a time per call)."""
 
@@ -904,6 +940,8 @@ class Channel(
         options: ChannelOptions | None = None,
         compression: CompressionArg = None,
         interceptors: Iterable[object] | None = None,
+        *,
+        credentials: object = None,
         **plexus_options: Any,
     ) -> None:
         # grpc.aio's interceptors by call kind; None without any (the calls' fast path).
@@ -916,9 +954,11 @@ class Channel(
                 self._interceptors = sorted_interceptors
         # Intercepted calls whose interceptors are still running (close() cancels them).
         self._intercepting: set[Any] = set()
-        self._lib, self._handle, self._target = open_channel(
-            target, options, compression, plexus_options
+        self._lib, self._handle, self._target, self._auth = open_channel(
+            target, options, compression, plexus_options, credentials
         )
+        # The channel's own call credentials (empty: calls without `credentials=` skip auth).
+        self._plugins = self._auth.plugins if self._auth is not None else ()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: _Poller | None = None
@@ -1044,3 +1084,20 @@ def insecure_channel(
     """An asyncio channel to `target` without TLS, shaped like grpc.aio.insecure_channel
     (`interceptors`: grpc.aio's client interceptors, outermost first)."""
     return Channel(target, options, compression, interceptors, **plexus_options)
+
+
+def secure_channel(
+    target: str,
+    credentials: object,
+    options: ChannelOptions | None = None,
+    compression: CompressionArg = None,
+    interceptors: Iterable[object] | None = None,
+    **plexus_options: Any,
+) -> Channel:
+    """An asyncio TLS channel to `target`, shaped like grpc.aio.secure_channel: `credentials`
+    are `plexus.ssl_channel_credentials(...)` or grpcio's (see `plexus.secure_channel`)."""
+    if credentials is None:
+        raise TypeError("secure_channel needs credentials (plexus.ssl_channel_credentials)")
+    return Channel(
+        target, options, compression, interceptors, credentials=credentials, **plexus_options
+    )

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Tuple
 
 from .._call_state import LOCAL_CANCEL
-from .._common import Metadata, MetadataArg, StatusCode
+from .._common import Metadata, MetadataArg, StatusCode, method_path
+from .._credentials import CredentialsFailed, needs_thread, plugins_for, run_plugins
 from ._channel import EOF, AioRpcError, _Call, _grpc_aio
 
 UNARY_UNARY, UNARY_STREAM, STREAM_UNARY, STREAM_STREAM = range(4)
@@ -689,3 +690,37 @@ def intercept(
     chain's end."""
     details = ClientCallDetails(method, timeout, _metadata(metadata), credentials, wait_for_ready)
     return _CLASSES[kind](channel, loop, interceptors, start, details, request)
+
+
+class CredentialsInterceptor:
+    """The innermost interceptor of a call with call credentials: runs them (metadata
+    plugins on a worker thread, never on the event loop) and starts the call with their
+    metadata added, or rejects it with the status they give."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    async def _authorize(self, continuation: Any, details: Any, request: Any) -> Any:
+        auth = self._channel._auth
+        metadata, timeout = details.metadata, details.timeout
+        try:
+            plugins = plugins_for(auth, details.credentials)
+            if plugins:
+                authority = auth.authority if auth is not None else ""
+                args = (plugins, authority, method_path(details.method), metadata, timeout)
+                if needs_thread(plugins):
+                    loop = asyncio.get_running_loop()
+                    metadata, timeout = await loop.run_in_executor(None, run_plugins, *args)
+                else:
+                    metadata, timeout = run_plugins(*args)
+        except CredentialsFailed as exc:
+            raise AioRpcError(exc.status) from None
+        authorized = ClientCallDetails(
+            details.method, timeout, _metadata(metadata), None, details.wait_for_ready
+        )
+        return await continuation(authorized, request)
+
+    intercept_unary_unary = _authorize
+    intercept_unary_stream = _authorize
+    intercept_stream_unary = _authorize
+    intercept_stream_stream = _authorize
