@@ -99,11 +99,11 @@ pub const CLIENTS: [&str; 6] = [
 ];
 
 /// Clients run only when `--clients` names them: plexus with a retry policy that never has
-/// to retry (the cost of retries being on).
-pub const EXTRA_CLIENTS: [&str; 1] = ["plexus-retry"];
+/// to retry, with retries on and off (the cost of retries being on).
+pub const EXTRA_CLIENTS: [&str; 2] = ["plexus-retry", "plexus-retry-off"];
 
 const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grpcio]
-    [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio,plexus-retry]
+    [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio,plexus-retry,plexus-retry-off]
     [--cases unary-1,unary-64,unary-4k-64,stream-64,stream-1m] [--rounds 3] [--duration 3]
     [--warmup 1] [--load 0] [--out benches/results] [--root REPO] [--python PATH]
     [--update-readme] [--smoke]
@@ -111,9 +111,10 @@ const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grp
 Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
 seconds (after `--warmup`) per cell, each client in its own process. plexus-smol is the
 plexus server or Rust client with everything (channel or server, and the client's call
-loops) on SmolExecutor instead of plexus's own pool. plexus-retry (only when named) is the
-plexus client with a service-config retry policy on the benchmark methods, which the
-servers never make it use: the cost of having retries on.
+loops) on SmolExecutor instead of plexus's own pool. plexus-retry and plexus-retry-off (only when
+named) are the plexus client with a service-config retry policy on the benchmark methods,
+which the servers never make it use, with retries enabled and disabled: the cost of having
+retries on.
 
 --load N starts N CPU hogs (`plexus-bench spin`, one busy loop each) before each pair's
 client and kills them after it; the results record N.
@@ -303,7 +304,8 @@ impl Env {
         match name {
             "plexus" => self.rust(&["client", "--impl", "plexus"]),
             "plexus-smol" => self.rust(&["client", "--impl", "plexus", "--executor", "smol"]),
-            "plexus-retry" => self.rust(&["client", "--impl", "plexus", "--retries"]),
+            "plexus-retry" => self.rust(&["client", "--impl", "plexus", "--retries", "on"]),
+            "plexus-retry-off" => self.rust(&["client", "--impl", "plexus", "--retries", "off"]),
             "tonic" => self.rust(&["client", "--impl", "tonic"]),
             "grpcio" => match &self.grpcio {
                 Ok(()) => self.python(&["client", "--impl", "grpcio"], &[]),

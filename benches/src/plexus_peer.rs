@@ -59,16 +59,19 @@ pub const RETRY_CONFIG: &str = r#"{"methodConfig": [{
 /// Runs one load run against `target` (`host:port`) with a plexus channel: every worker shares
 /// the one channel, as an application would. With [`ExecutorKind::Smol`] the channel's
 /// connection tasks and the workers that make the calls both run on [`SmolExecutor`], so
-/// nothing of the default pool is started.
+/// nothing of the default pool is started. `service_config` is a config and whether retries
+/// are enabled.
 pub fn run_client(
     target: &str,
     spec: &Spec,
     executor: ExecutorKind,
-    service_config: Option<&str>,
+    service_config: Option<(&str, bool)>,
 ) -> Result<Report, String> {
     let mut builder = Channel::builder(&format!("http://{target}"));
-    if let Some(config) = service_config {
-        builder = builder.default_service_config(config);
+    if let Some((config, retries)) = service_config {
+        builder = builder
+            .default_service_config(config)
+            .enable_retries(retries);
     }
     let builder = match executor {
         ExecutorKind::Default => builder.executor(DefaultExecutor),

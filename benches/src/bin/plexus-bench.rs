@@ -1,7 +1,7 @@
 //! `plexus-bench`: the benchmark harness's one binary.
 //!
 //! ```text
-//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries]
+//! plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries on|off]
 //!                     --rpc unary|streaming --concurrency N --payload BYTES --duration S
 //!                     --warmup S [--json]
 //! plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
@@ -21,7 +21,7 @@ use plexus_benches::plexus_peer::ExecutorKind;
 use plexus_benches::{hedge, hogs, matrix, memory, plexus_peer, tonic_peer};
 
 const USAGE: &str = "usage:
-  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries]
+  plexus-bench client --target HOST:PORT [--impl plexus|tonic] [--executor default|smol] [--retries on|off]
                       [--rpc unary|streaming] [--concurrency N] [--payload BYTES]
                       [--duration S] [--warmup S] [--json]
   plexus-bench server [--impl plexus|tonic] [--executor default|smol] --listen ADDR
@@ -32,8 +32,9 @@ const USAGE: &str = "usage:
   plexus-bench hedge [--help for its options]
 
 --executor (plexus only): default runs the channel or server and the client's call loops on
-plexus's own pool, smol on SmolExecutor (smol's async-executor). --retries (plexus only)
-gives the channel a service-config retry policy on the benchmark methods, never needed. spin burns one core until
+plexus's own pool, smol on SmolExecutor (smol's async-executor). --retries on|off (plexus
+only) gives the channel a service-config retry policy on the benchmark methods, never needed,
+with retries enabled (on) or disabled by enable_retries(false) (off): the cost of retries being on. spin burns one core until
 the process PID (default: its parent) is gone; `matrix --load N` runs N of them.";
 
 fn main() -> ExitCode {
@@ -81,8 +82,9 @@ fn client(raw: &[String]) -> Result<(), String> {
             "duration",
             "warmup",
             "executor",
+            "retries",
         ],
-        &["json", "retries"],
+        &["json"],
     )?;
     let target = args.required("target")?;
     let spec = Spec {
@@ -95,13 +97,20 @@ fn client(raw: &[String]) -> Result<(), String> {
     if spec.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
-    let retries = args.switch("retries");
+    let retries = match args.get("retries") {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(other) => return Err(format!("--retries must be on or off, not {other:?}")),
+    };
     let report = match (args.get("impl").unwrap_or("plexus"), executor(&args)?) {
         ("plexus", kind) => {
-            let config = retries.then_some(plexus_peer::RETRY_CONFIG);
+            let config = retries.map(|on| (plexus_peer::RETRY_CONFIG, on));
             plexus_peer::run_client(target, &spec, kind.unwrap_or_default(), config)?
         }
-        ("tonic", _) if retries => return Err("--retries is for --impl plexus only".into()),
+        ("tonic", _) if retries.is_some() => {
+            return Err("--retries is for --impl plexus only".into());
+        }
         ("tonic", None) => tonic_peer::run_client(target, &spec)?,
         ("tonic", Some(_)) => return Err("--executor is for --impl plexus only".into()),
         (other, _) => return Err(format!("--impl must be plexus or tonic, not {other:?}")),

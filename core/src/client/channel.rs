@@ -231,11 +231,12 @@ impl Channel {
     /// its message size limits where they are below the call's (or the channel's).
     pub(crate) fn method_options(&self, path: &str, mut options: CallOptions) -> CallOptions {
         let config = &self.inner.config;
-        let Some(method) = config
-            .service_config
-            .as_ref()
-            .and_then(|sc| sc.method(path))
-        else {
+        let Some(service_config) = &config.service_config else {
+            return options;
+        };
+        let method = service_config.method(path).cloned();
+        options.method_config = Some(method.clone());
+        let Some(method) = method else {
             return options;
         };
         if let Some(timeout) = method.timeout {

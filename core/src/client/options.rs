@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use super::service_config::MethodConfig;
 use crate::codec::Compression;
 use crate::metadata::Metadata;
 use crate::server::CallContext;
@@ -18,6 +21,9 @@ pub struct CallOptions {
     pub(crate) wait_for_ready: Option<bool>,
     /// The server call this one was made for: cancelling it cancels this call.
     pub(crate) parent: Option<CallContext>,
+    /// The service config's method config, once the channel has looked it up for this call
+    /// (`Some(None)`: looked up, none applies), so the retry plan need not look again.
+    pub(crate) method_config: Option<Option<Arc<MethodConfig>>>,
 }
 
 impl CallOptions {

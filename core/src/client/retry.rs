@@ -152,14 +152,18 @@ pub(crate) struct RetryPlan {
 
 impl RetryPlan {
     /// The plan for a new call to `path`.
-    pub(crate) fn new(channel: &Channel, path: &str, options: CallOptions) -> RetryPlan {
+    pub(crate) fn new(channel: &Channel, path: &str, mut options: CallOptions) -> RetryPlan {
         let config = &channel.inner.config;
-        let method = config
-            .service_config
-            .as_ref()
-            .and_then(|sc| sc.method(path))
-            .filter(|_| config.retries);
-        let (policy, hedging) = match method.and_then(|m| m.policy.as_ref()) {
+        // Looked up already when the channel applied the method config to the options.
+        let method = match options.method_config.take() {
+            Some(looked_up) => looked_up,
+            None => config
+                .service_config
+                .as_ref()
+                .and_then(|sc| sc.method(path).cloned()),
+        };
+        let method = method.filter(|_| config.retries);
+        let (policy, hedging) = match method.as_ref().and_then(|m| m.policy.as_ref()) {
             Some(AttemptPolicy::Retry(policy)) => (Some(policy.clone()), None),
             Some(AttemptPolicy::Hedging(policy)) => (None, Some(policy.clone())),
             None => (None, None),
