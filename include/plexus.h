@@ -1180,6 +1180,16 @@ plexus_result plexus_channel_options_set_service_config(struct plexus_channel_op
 plexus_result plexus_channel_options_set_enable_retries(struct plexus_channel_options *options,
                                                         bool enable);
 
+// Whether the service config's `healthCheckConfig` turns on client-side health checking
+// under round_robin (default true; false is C-core's `grpc.inhibit_health_checking`).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_channel_options_set_health_checking(struct plexus_channel_options *options,
+                                                         bool enable);
+
 // Request bytes one call keeps so that it can be retried (default 256 KiB); a call that
 // sends more commits to its current attempt.
 //

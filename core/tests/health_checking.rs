@@ -421,8 +421,9 @@ async fn pick_first_ignores_health_checking(exec: Exec) {
     assert!(s1.switch.watches() >= 1);
 }
 
-/// Without healthCheckConfig no Watch call is made and a NOT_SERVING server still gets calls;
-/// with it, the same servers see Watch calls and the NOT_SERVING one none of the calls.
+/// Without healthCheckConfig (or with health checking turned off on the channel) no Watch call
+/// is made and a NOT_SERVING server still gets calls; with it, the same servers see Watch calls
+/// and the NOT_SERVING one none of the calls.
 async fn no_health_check_config_makes_no_watch_call(exec: Exec) {
     let s1 = Backend::start(exec, "127.0.0.1", "s1", Some(NOT_SERVING));
     let s2 = Backend::start(exec, "127.0.0.2", "s2", Some(SERVING));
@@ -431,6 +432,16 @@ async fn no_health_check_config_makes_no_watch_call(exec: Exec) {
     assert_eq!(s1.switch.watches() + s2.switch.watches(), 0);
     assert_eq!(endpoint_state(&plain, 0), ConnectivityState::Ready);
     drop(plain);
+    // The config, with health checking turned off on the channel (A17's channel setting).
+    let inhibited = Channel::builder(&target(&[&s1, &s2]))
+        .executor(ExecHandle(exec))
+        .default_service_config(&service_config("round_robin", true))
+        .health_checking(false)
+        .build()
+        .expect("channel settings are valid");
+    call_until(&inhibited, "both servers answer", |seen| seen.len() == 2).await;
+    assert_eq!(s1.switch.watches() + s2.switch.watches(), 0);
+    drop(inhibited);
 
     let checked = channel(exec, &[&s1, &s2], &service_config("round_robin", true));
     let before = s1.hits();

@@ -855,6 +855,29 @@ pub unsafe extern "C" fn plexus_channel_options_set_enable_retries(
     })
 }
 
+/// Whether the service config's `healthCheckConfig` turns on client-side health checking
+/// under round_robin (default true; false is C-core's `grpc.inhibit_health_checking`).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_health_checking(
+    options: *mut plexus_channel_options,
+    enable: bool,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_health_checking", || {
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.health_checking = enable;
+                Ok(())
+            })
+        }
+    })
+}
+
 /// Request bytes one call keeps so that it can be retried (default 256 KiB); a call that
 /// sends more commits to its current attempt.
 ///

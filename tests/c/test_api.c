@@ -231,6 +231,7 @@ static void test_options(void) {
            "\"maxAttempts\": 3, \"initialBackoff\": \"0.1s\", \"maxBackoff\": \"1s\", "
            "\"backoffMultiplier\": 2, \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]}"));
     OK(plexus_channel_options_set_enable_retries(o, true));
+    OK(plexus_channel_options_set_health_checking(o, false));
     OK(plexus_channel_options_set_per_call_retry_buffer_size(o, 64 * 1024));
     OK(plexus_channel_options_set_retry_buffer_size(o, 8 * 1024 * 1024));
 
@@ -258,6 +259,7 @@ static void test_options(void) {
     CHECK(strstr(plexus_last_error(), "methodConfig[0].retryPolicy.maxAttempts") != NULL);
     EXPECT(plexus_channel_options_set_service_config(o, "not json"), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_enable_retries(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_health_checking(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_per_call_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_service_config(NULL, "{}"), PLEXUS_ERR_NULL_ARGUMENT);

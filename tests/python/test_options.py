@@ -37,6 +37,8 @@ def test_grpc_keys_map_to_plexus_settings():
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_concurrent_streams", 100),
             ("grpc.enable_retries", 0),
+            ("grpc.inhibit_health_checking", 1),
+            ("grpc.dns_min_time_between_resolutions_ms", 5_000),
             ("grpc.default_compression_algorithm", 2),
         ],
         {},
@@ -57,6 +59,8 @@ def test_grpc_keys_map_to_plexus_settings():
         "initial_stream_window_size": 1 << 20,
         "shared": False,
         "enable_retries": False,
+        "health_checking": False,
+        "min_resolve_interval": 5.0,
         "compression": 2,
     }
 
@@ -246,5 +250,8 @@ def test_plexus_keywords_are_accepted(target):
         idle_timeout=300,
         lb_policy="pick_first",
         user_agent="plexus-tests",
+        resolve_interval=60,
+        min_resolve_interval=5,
+        health_checking=False,
     ) as channel:
         assert channel.unary_unary("/plexus.peer.Echo/Unary")(b"", timeout=WAIT) == b""

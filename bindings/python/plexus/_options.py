@@ -44,6 +44,7 @@ KEYWORDS = {
     "compression": 'grpc.Compression value or "gzip"/"deflate"/"identity": request messages',
     "service_config": "str: gRPC service config JSON (per-method timeouts, retries, hedging)",
     "enable_retries": "bool: apply the service config's retry/hedging policies (default True)",
+    "health_checking": "bool: the service config's healthCheckConfig applies (default True)",
     "per_call_retry_buffer_size": "int bytes one call keeps for retries (default 256 KiB)",
     "retry_buffer_size": "int bytes all calls keep for retries together (default 16 MiB)",
 }
@@ -147,6 +148,7 @@ GRPC_KEYS: dict[str, Tuple[Optional[str], _Converter]] = {
     "grpc.default_compression_algorithm": ("compression", _int),
     "grpc.max_concurrent_streams": (None, _ignored_int),
     "grpc.enable_retries": ("enable_retries", _bool),
+    "grpc.inhibit_health_checking": ("health_checking", lambda k, v: not _bool(k, v)),
     "grpc.service_config": ("service_config", _str),
     "grpc.per_rpc_retry_buffer_size": ("per_call_retry_buffer_size", _int),
 }
@@ -321,6 +323,9 @@ def _apply(lib: _ffi.Lib, h: int, s: Mapping[str, Any]) -> None:
     if "enable_retries" in s:
         value = _bool("enable_retries", s["enable_retries"])
         check(lib.channel_options_set_enable_retries(h, value), "enable_retries")
+    if "health_checking" in s:
+        value = _bool("health_checking", s["health_checking"])
+        check(lib.channel_options_set_health_checking(h, value), "health_checking")
     for name, setter in (
         ("per_call_retry_buffer_size", lib.channel_options_set_per_call_retry_buffer_size),
         ("retry_buffer_size", lib.channel_options_set_retry_buffer_size),

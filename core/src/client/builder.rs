@@ -50,6 +50,8 @@ pub(crate) struct ChannelConfig {
     pub(crate) service_config: Option<Arc<ServiceConfig>>,
     /// Whether retry and hedging policies apply.
     pub(crate) retries: bool,
+    /// Whether `healthCheckConfig` turns on client-side health checking.
+    pub(crate) health_checking: bool,
     pub(crate) per_call_retry_buffer: usize,
     pub(crate) retry_buffer: usize,
 }
@@ -90,6 +92,7 @@ impl ChannelConfig {
             shuffle_addresses,
             service_config,
             retries: settings.enable_retries,
+            health_checking: settings.health_checking,
             per_call_retry_buffer: settings.per_call_retry_buffer_size,
             retry_buffer: settings.retry_buffer_size,
             conn: ConnConfig {
@@ -300,6 +303,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// Whether the service config's `healthCheckConfig` turns on client-side health checking
+    /// under round_robin (default true; gRFC A17's channel setting to turn it off whatever the
+    /// service config says).
+    pub fn health_checking(mut self, enable: bool) -> Self {
+        self.settings.health_checking = enable;
+        self
+    }
+
     /// Request bytes kept for retries: per call (default 256 KiB) and for the whole channel
     /// (default 16 MiB). A call that would keep more commits to its current attempt.
     pub fn retry_buffer_sizes(mut self, per_call: usize, per_channel: usize) -> Self {
@@ -438,6 +449,7 @@ fn health_check(
     let service = config
         .service_config
         .as_ref()
+        .filter(|_| config.health_checking)
         .and_then(|sc| sc.health_check_service.as_deref());
     match (service, &config.lb_policy) {
         (Some(service), LbPolicy::RoundRobin) => {

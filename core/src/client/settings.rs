@@ -80,6 +80,9 @@ pub struct ChannelSettings {
     /// Whether the service config's retry and hedging policies apply (default true, as in
     /// grpcio); transparent retries of streams the server never saw happen either way.
     pub enable_retries: bool,
+    /// Whether the service config's `healthCheckConfig` turns on client-side health checking
+    /// (default true; false is C-core's `grpc.inhibit_health_checking`).
+    pub health_checking: bool,
     /// Request bytes one call keeps for retries until it commits (default 256 KiB); a call
     /// that sends more commits to its current attempt.
     pub per_call_retry_buffer_size: usize,
@@ -113,6 +116,7 @@ impl Default for ChannelSettings {
             lb_policy: LbPolicy::default(),
             service_config: None,
             enable_retries: true,
+            health_checking: true,
             per_call_retry_buffer_size: DEFAULT_PER_CALL_RETRY_BUFFER_SIZE,
             retry_buffer_size: DEFAULT_RETRY_BUFFER_SIZE,
             user_agent: None,
