@@ -284,15 +284,20 @@ class Channel(
         on each change until unsubscribe() or close(), from plexus's connectivity thread
         (as grpcio does from one of its own). The changes come from the library's
         notifications (plexus_channel_watch_state_async), not from polling."""
+        current = self.get_state()
         with self._lock:
             if self._closed:
                 raise closed_channel_error()
-            self._subscribers.append(_Subscriber(callback))
+            self._subscribers.append(_Subscriber(callback, current))
             rearm = not self._watching
             self._watching = True
-        # Watching from SHUTDOWN, a state an open channel is never in, reports the current
-        # state at once: the new subscriber's first call. The first watch also re-arms.
-        self._watch(_ffi.STATE_SHUTDOWN, rearm)
+        if rearm:
+            # Pending before any connection attempt starts, so that the first change is
+            # seen however quickly it happens.
+            self._watch(current.value[0], True)
+        # Watching from SHUTDOWN, a state an open channel is never in, ends at once: it
+        # hands the subscriber its first state on the connectivity thread.
+        self._watch(_ffi.STATE_SHUTDOWN, False)
         if try_to_connect:
             self.get_state(try_to_connect=True)
 
@@ -302,8 +307,9 @@ class Channel(
             self._subscribers = [s for s in self._subscribers if s.callback is not callback]
 
     def _watch(self, last: int, rearm: bool) -> None:
-        """Starts a watch for a state other than `last`; its event calls `_on_state` on the
-        connectivity thread, and a re-arming watch then starts the next one."""
+        """Starts a watch for a state other than `last`. The event of a re-arming watch
+        reports the new state and starts the next watch; that of a one-shot watch only
+        delivers the first states of new subscribers. Both on the connectivity thread."""
         lib = self._lib
         dispatcher = _dispatcher(lib, _CONNECTIVITY)
         ref = weakref.ref(self)
@@ -311,7 +317,7 @@ class Channel(
         def on_event(op: int, result: int, call: int, message: int, status: int) -> None:
             channel = ref()
             if channel is not None:
-                channel._on_state(dispatcher.event.state, rearm)
+                channel._on_state(dispatcher.event.state if rearm else None)
 
         tag = dispatcher.register(on_event)
         rc = _ffi.ERR_SHUTDOWN
@@ -330,35 +336,49 @@ class Channel(
                 with self._lock:
                     self._watching = False
 
-    def _on_state(self, value: int, rearm: bool) -> None:
-        """A watch ended (a change, or its time ran out): subscribers that have not seen the
-        state get it, in order, on this (the connectivity) thread."""
-        state = _common.connectivity(value)
+    def _on_state(self, value: int | None) -> None:
+        """A watch ended. Each subscriber gets its first state (the one when it subscribed)
+        if it has not yet, then `value` (a re-arming watch's state: a change, or the state
+        when its time ran out) if that differs from the last it got; in order, on this (the
+        connectivity) thread. A re-arming watch then starts the next one."""
+        state = None if value is None else _common.connectivity(value)
         with self._lock:
             due = []
             for subscriber in self._subscribers:
-                if subscriber.last is not state:
+                states = []
+                if subscriber.last is None:
+                    subscriber.last = subscriber.first
+                    states.append(subscriber.first)
+                if state is not None and subscriber.last is not state:
                     subscriber.last = state
-                    due.append(subscriber.callback)
-            again = rearm and not self._closed and bool(self._subscribers)
-            if rearm and not again:
+                    states.append(state)
+                if states:
+                    due.append((subscriber.callback, states))
+            again = value is not None and not self._closed and bool(self._subscribers)
+            if value is not None and not again:
                 self._watching = False
-        for callback in due:
-            try:
-                callback(state)
-            except Exception:
-                _LOG.exception("plexus: connectivity callback failed")
-        if again:
+        for callback, states in due:
+            for each in states:
+                try:
+                    callback(each)
+                except Exception:
+                    _LOG.exception("plexus: connectivity callback failed")
+        if again and value is not None:
             self._watch(value, True)
 
 
 class _Subscriber:
-    """A connectivity callback and the last state it was given."""
+    """A connectivity callback, the state when it subscribed and the last state it got."""
 
-    __slots__ = ("callback", "last")
+    __slots__ = ("callback", "first", "last")
 
-    def __init__(self, callback: Callable[[_common.ChannelConnectivity], object]) -> None:
+    def __init__(
+        self,
+        callback: Callable[[_common.ChannelConnectivity], object],
+        first: _common.ChannelConnectivity,
+    ) -> None:
         self.callback = callback
+        self.first = first
         self.last: _common.ChannelConnectivity | None = None
 
 
