@@ -12,7 +12,9 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from ctypes import byref, c_int32, c_void_p
@@ -271,7 +273,19 @@ class Channel(
         ms = -1 if timeout is None else _common.timeout_ms(timeout)
         handle = self._acquire()
         try:
-            rc = self._lib.channel_connect(handle, ms)
+            if _wait.on_main_thread():
+                # In slices, for Ctrl-C: an ended wait leaves the attempt running.
+                deadline = None if ms < 0 else time.monotonic() + ms / 1000
+                while True:
+                    left = _wait.SLICE_MS
+                    if deadline is not None:
+                        rest = math.ceil((deadline - time.monotonic()) * 1000)
+                        left = min(left, max(0, rest))
+                    rc = self._lib.channel_connect(handle, left)
+                    if rc != _ffi.ERR_TIMEOUT or left < _wait.SLICE_MS:
+                        break
+            else:
+                rc = self._lib.channel_connect(handle, ms)
             if rc:
                 raise self._lib.error(rc, f"could not connect to {self._target!r}")
         finally:
@@ -817,7 +831,10 @@ class _CallFuture(_LiveCall):
                 except _InactiveRpcError as exc:
                     status = exc._status
         self._status = status
-        self._free_handle()
+        with self._handle_lock:  # cancel() reads the handle under this lock
+            handle, self._handle = self._handle, 0
+        if handle:
+            self._lib.call_free(handle)
         self._resolve()
 
 

@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import itertools
 import logging
+import threading
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from ctypes import byref, c_int32, c_void_p
@@ -184,11 +185,15 @@ _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
 )
 
 
+_pollers_lock = threading.Lock()  # event loops in several threads look up the table
+
+
 def _poller_for(lib: _ffi.Lib, loop: asyncio.AbstractEventLoop) -> _Poller:
-    found = _pollers.get(loop)
-    if found is None or found.lib is not lib:
-        found = _pollers[loop] = _Poller(lib, loop)
-    return found
+    with _pollers_lock:
+        found = _pollers.get(loop)
+        if found is None or found.lib is not lib:
+            found = _pollers[loop] = _Poller(lib, loop)
+        return found
 
 
 _WATCH_MS = 5_000
