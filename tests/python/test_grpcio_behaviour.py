@@ -90,6 +90,37 @@ def test_close_cancels_calls_in_other_threads_as_grpcio_does(target):
     assert "Channel closed!" in theirs["stream"][1]
 
 
+def test_aio_close_cancels_calls_as_grpc_aio_does(target):
+    import echo_pb2_grpc
+
+    async def outcomes(module):
+        extra = {"shared": False} if module is plexus.aio else {}
+        channel = module.insecure_channel(target, **extra)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        unary = stub.Unary(_req(delay_ms=20_000), timeout=WAIT)
+        stream = stub.ServerStream(_req(count=3, delay_ms=20_000), timeout=WAIT)
+        await stream.read()
+        reading = asyncio.ensure_future(stream.read())
+        await channel.channel_ready()
+        await channel.close()
+        seen = []
+        for call, waiting in ((unary, unary), (stream, reading)):
+            try:
+                await waiting
+                raised = "nothing"
+            except BaseException as exc:  # CancelledError is a BaseException
+                raised = type(exc).__name__
+            seen.append((raised, await call.code(), await call.details(), call.cancelled()))
+        return seen
+
+    ours = run_async(outcomes(plexus.aio))
+    theirs = run_async(outcomes(grpc.aio))
+    details = "Locally cancelled by application!"
+    cancelled = ("CancelledError", grpc.StatusCode.CANCELLED, details, True)
+    assert theirs == [cancelled, cancelled]
+    assert ours == theirs
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 
 _SIGINT_SCRIPT = textwrap.dedent(

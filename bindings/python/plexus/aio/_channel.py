@@ -20,7 +20,7 @@ from ctypes import byref, c_int32, c_void_p
 from typing import TYPE_CHECKING, Any, Callable, Generic, Tuple, TypeVar, Union
 
 from .. import _common, _ffi
-from .._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from .._call_state import CallState, describe, deserialize, library_status
 from .._call_state import local_outcome, no_response, run_callbacks
 from .._channel import open_channel
 from .._credentials import call_plugins
@@ -994,7 +994,8 @@ class Channel(
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel. With `grace` (seconds), calls in progress get that long to
-        finish; then (or at once) they are cancelled. Idempotent."""
+        finish; then (or at once) they are cancelled as by their cancel(), as grpc.aio does.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -1002,8 +1003,10 @@ class Channel(
         if grace and calls:
             waits = [asyncio.shield(c._end_future()) for c in calls]
             await asyncio.wait(waits, timeout=grace)
+        # As grpc.aio: each call is cancel()ed, so awaiting it raises CancelledError and
+        # its details are "Locally cancelled by application!".
         for call in calls:
-            call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
+            call.cancel()
         for intercepted in list(self._intercepting):
             intercepted._cancel_chain()
         self._free()
