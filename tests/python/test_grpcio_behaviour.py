@@ -33,8 +33,9 @@ def _req(**kwargs):
 
 
 def _close_outcomes(channel, target):
-    """Starts a blocking unary call, a server-streaming iteration and a unary future, each
-    waiting on the server, from other threads; closes the channel; returns how each ended."""
+    """Starts a blocking unary call, a server-streaming and a bidi iteration, a unary future
+    and a client-streaming future, each waiting on the server, from other threads; closes
+    the channel; returns how each ended."""
     import echo_pb2_grpc
 
     stub = echo_pb2_grpc.EchoStub(channel)
@@ -59,20 +60,49 @@ def _close_outcomes(channel, target):
         next(responses)
         list(responses)
 
+    gate = threading.Event()  # holds the bidi call's request stream open until the end
+    bidi_open = threading.Event()
+
+    def requests():
+        yield _req(message="a")
+        gate.wait(WAIT)
+
+    def bidi():
+        responses = stub.Bidi(requests(), timeout=WAIT)
+        next(responses)
+        bidi_open.set()
+        list(responses)
+
     future = stub.Unary.future(_req(delay_ms=20_000), timeout=WAIT)
+    sent = threading.Event()
+
+    def uploads():
+        yield _req(message="a")
+        sent.set()  # the first request went out: the call is open
+        gate.wait(WAIT * 4)  # longer than the callers wait for the outcome
+
+    upload = stub.ClientStream.future(uploads(), timeout=WAIT)
     threads = [
         threading.Thread(target=record, args=("unary", unary)),
         threading.Thread(target=record, args=("stream", stream)),
+        threading.Thread(target=record, args=("bidi", bidi)),
         threading.Thread(target=record, args=("future", lambda: future.result(timeout=WAIT))),
+        threading.Thread(target=record, args=("upload", lambda: upload.result(timeout=WAIT))),
     ]
     for thread in threads:
         thread.start()
     # The three calls are waiting on the server.
     wait_until(lambda: nap_stats(observer)[0] >= before + 3, what="the server to start the calls")
+    assert bidi_open.wait(WAIT)
+    assert sent.wait(WAIT)
     channel.close()
-    for thread in threads:
-        thread.join(WAIT)
-        assert not thread.is_alive(), "a call outlived its channel's close()"
+    # The request iterators are still blocked: close() does not wait for them.
+    try:
+        for thread in threads:
+            thread.join(WAIT * 2)
+            assert not thread.is_alive(), "a call outlived its channel's close()"
+    finally:
+        gate.set()
     observer.close()
     return outcomes
 
@@ -82,12 +112,13 @@ def test_close_cancels_calls_in_other_threads_as_grpcio_does(target):
     ours = _close_outcomes(plexus.insecure_channel(target, shared=False), target)
     theirs = _close_outcomes(grpc.insecure_channel(target), target)
     cancelled = (grpc.StatusCode.CANCELLED, "Channel closed!")
-    assert ours == {"unary": cancelled, "stream": cancelled, "future": cancelled}
-    assert theirs["unary"] == theirs["future"] == cancelled
+    assert ours == dict.fromkeys(("unary", "stream", "bidi", "future", "upload"), cancelled)
+    assert theirs["unary"] == theirs["future"] == theirs["upload"] == cancelled
     # grpcio's core words a stream cancelled while a receive was pending "Stream removed
     # (Channel closed!)"; the code and the reason are the same.
-    assert theirs["stream"][0] is grpc.StatusCode.CANCELLED
-    assert "Channel closed!" in theirs["stream"][1]
+    for kind in ("stream", "bidi"):
+        assert theirs[kind][0] is grpc.StatusCode.CANCELLED
+        assert "Channel closed!" in theirs[kind][1]
 
 
 def test_aio_close_cancels_calls_as_grpc_aio_does(target):

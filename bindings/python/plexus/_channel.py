@@ -1345,11 +1345,11 @@ class _StreamUnaryFuture(_CallFuture):
         if stream is not None and local is not None:
             stream._cancel_with(local.code, local.details)
 
-    def cancel(self) -> bool:
-        """Cancels the call if it is still running; returns whether it did. The future is
-        done at once, as grpcio's is: its worker thread may be blocked in the request
-        iterator for as long as that iterator blocks, and the outcome is decided already."""
-        if not _CallFuture.cancel(self):
+    def _cancel_with(self, code: StatusCode, details: str, by_user: bool = False) -> bool:
+        """Ends the call here (cancel(), the channel's close()). The future is done at once,
+        as grpcio's is: its worker thread may be blocked in the request iterator for as long
+        as that iterator blocks, and the outcome is decided already."""
+        if not _CallFuture._cancel_with(self, code, details, by_user):
             return False
         local = self._local
         if local is not None:
