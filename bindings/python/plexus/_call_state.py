@@ -28,6 +28,8 @@ ITERATOR_FAILED = "Exception iterating requests!"
 """The details of a call whose request iterator raised (grpcio's text)."""
 CHANNEL_CLOSED = "Channel closed!"
 """The details of a call ended by its channel's close() (grpcio's text)."""
+INTERRUPTED = "Interrupted by KeyboardInterrupt"
+"""The details of a call cancelled because Ctrl-C interrupted the thread waiting on it."""
 NO_RESPONSE = "the server ended the call without a response message"
 """The details of a unary-response call that ended OK without a message."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -20,8 +21,9 @@ from ctypes import byref, c_int32, c_void_p
 from types import TracebackType
 from typing import Any, Callable, Generic, Literal, Optional, Tuple
 
-from . import _common, _credentials, _ffi, _options
-from ._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from . import _common, _credentials, _ffi, _options, _wait
+from ._call_state import CHANNEL_CLOSED, INTERRUPTED, CallState, describe, deserialize
+from ._call_state import library_status
 from ._call_state import local_outcome, no_response, run_callbacks
 from ._common import CompressionArg, Deserializer, Metadata, MetadataArg, MultiCallableBase
 from ._common import Request, Response, RpcError, Serializer, Status, StatusCode, StatusView
@@ -163,9 +165,11 @@ class Channel(
         self._users = 0
         self._closed = False
         self._calls: weakref.WeakSet[_LiveCall] = weakref.WeakSet()
-        self._subscriptions: list[Callable[[Any], object]] = []
-        self._watcher: threading.Thread | None = None
-        self._connecting = False
+        # Handles of blocking unary calls in flight (close() cancels them); a handle leaves
+        # the set, under the lock, before its thread frees it.
+        self._inflight: set[int] = set()
+        self._subscribers: list[_Subscriber] = []
+        self._watching = False  # a re-arming connectivity watch is pending
         self._kinds = _KINDS
 
     # -- lifetime --
@@ -177,11 +181,25 @@ class Channel(
             self._users += 1
         return self._handle
 
-    def _release(self) -> None:
+    def _release(self, call: int = 0) -> None:
+        """Ends a use of the handle; `call`, a blocking unary call it started, is then in
+        flight (or cancelled at once if the channel closed meanwhile)."""
         with self._lock:
             self._users -= 1
+            if call:
+                if self._closed:
+                    self._lib.call_cancel(call)
+                else:
+                    self._inflight.add(call)
             if self._closed and self._users == 0:
                 self._free()
+
+    def _forget(self, call: int) -> bool:
+        """Takes a blocking unary call out of the in-flight set before it is freed; returns
+        whether the channel was closed (a CANCELLED outcome is then the close's)."""
+        with self._lock:
+            self._inflight.discard(call)
+            return self._closed
 
     def _free(self) -> None:
         handle, self._handle = self._handle, 0
@@ -195,19 +213,21 @@ class Channel(
             self._calls.add(call)
 
     def close(self) -> None:
-        """Closes the channel: its streaming calls and futures end with CANCELLED, new
-        calls raise ValueError, and the connections close (when no other channel shares
-        them) once blocking calls running in other threads return. Idempotent."""
+        """Closes the channel: calls in progress in any thread end with CANCELLED
+        ("Channel closed!", as grpcio's), new calls raise ValueError, connectivity callbacks
+        stop, and the connections close when no other channel shares them. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             calls = list(self._calls)
+            for call in self._inflight:
+                self._lib.call_cancel(call)  # never blocks
+            self._subscribers = []
             if self._users == 0:
                 self._free()
-        for call in calls:
-            call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
-        self._subscriptions.clear()
+        for live in calls:
+            live._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
 
     def __enter__(self) -> Channel:
         return self
@@ -241,37 +261,31 @@ class Channel(
         try:
             state = c_int32()
             self._lib.check(self._lib.channel_state(handle, byref(state)))
+            if try_to_connect and state.value == _ffi.STATE_IDLE:
+                # Returns at once; resolution and connection go on in the library.
+                self._lib.channel_connect(handle, 0)
         finally:
             self._release()
-        if try_to_connect and state.value == 0:
-            self._kick_connect()
         return _common.connectivity(state.value)
-
-    def _kick_connect(self) -> None:
-        """Starts connecting without blocking the caller. plexus_channel_connect with a
-        zero wait drops its attempt if name resolution has not finished, so one helper
-        thread runs a bounded blocking connect instead (at most one per channel)."""
-        with self._lock:
-            if self._closed or self._connecting:
-                return
-            self._connecting = True
-            self._users += 1
-
-        def connect() -> None:
-            try:
-                self._lib.channel_connect(self._handle, CONNECT_WAIT_MS)
-            finally:
-                self._connecting = False
-                self._release()
-
-        threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
 
     def connect(self, timeout: float | None = None) -> None:
         """Connects now and waits up to `timeout` seconds for READY; raises on failure."""
         ms = -1 if timeout is None else _common.timeout_ms(timeout)
         handle = self._acquire()
         try:
-            rc = self._lib.channel_connect(handle, ms)
+            if _wait.on_main_thread():
+                # In slices, for Ctrl-C: an ended wait leaves the attempt running.
+                deadline = None if ms < 0 else time.monotonic() + ms / 1000
+                while True:
+                    left = _wait.SLICE_MS
+                    if deadline is not None:
+                        rest = math.ceil((deadline - time.monotonic()) * 1000)
+                        left = min(left, max(0, rest))
+                    rc = self._lib.channel_connect(handle, left)
+                    if rc != _ffi.ERR_TIMEOUT or left < _wait.SLICE_MS:
+                        break
+            else:
+                rc = self._lib.channel_connect(handle, ms)
             if rc:
                 raise self._lib.error(rc, f"could not connect to {self._target!r}")
         finally:
@@ -280,27 +294,114 @@ class Channel(
     def subscribe(
         self, callback: Callable[[_common.ChannelConnectivity], object], try_to_connect: bool = False
     ) -> None:
-        """Calls `callback(state)` with the current ChannelConnectivity state and on each
-        change, from a watcher thread (as grpcio does)."""
+        """Calls `callback(state)` with the current ChannelConnectivity state at once, then
+        on each change until unsubscribe() or close(), from plexus's connectivity thread
+        (as grpcio does from one of its own). The changes come from the library's
+        notifications (plexus_channel_watch_state_async), not from polling."""
+        current = self.get_state()
         with self._lock:
             if self._closed:
                 raise closed_channel_error()
-            self._subscriptions.append(callback)
-            if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=_watch,
-                    args=(weakref.ref(self),),
-                    name="plexus-connectivity",
-                    daemon=True,
-                )
-                self._watcher.start()
+            self._subscribers.append(_Subscriber(callback, current))
+            rearm = not self._watching
+            self._watching = True
+        if rearm:
+            # Pending before any connection attempt starts, so that the first change is
+            # seen however quickly it happens.
+            self._watch(current.value[0], True)
+        # Watching from SHUTDOWN, a state an open channel is never in, ends at once: it
+        # hands the subscriber its first state on the connectivity thread.
+        self._watch(_ffi.STATE_SHUTDOWN, False)
         if try_to_connect:
             self.get_state(try_to_connect=True)
 
     def unsubscribe(self, callback: Callable[[_common.ChannelConnectivity], object]) -> None:
         """Stops calling `callback`."""
         with self._lock:
-            self._subscriptions = [c for c in self._subscriptions if c is not callback]
+            self._subscribers = [s for s in self._subscribers if s.callback is not callback]
+
+    def _watch(self, last: int, rearm: bool) -> None:
+        """Starts a watch for a state other than `last`. The event of a re-arming watch
+        reports the new state and starts the next watch; that of a one-shot watch only
+        delivers the first states of new subscribers. Both on the connectivity thread."""
+        lib = self._lib
+        dispatcher = _dispatcher(lib, _CONNECTIVITY)
+        ref = weakref.ref(self)
+
+        def on_event(op: int, result: int, call: int, message: int, status: int) -> None:
+            channel = ref()
+            if channel is not None:
+                channel._on_state(dispatcher.event.state if rearm else None)
+
+        tag = dispatcher.register(on_event)
+        rc = _ffi.ERR_SHUTDOWN
+        try:
+            handle = self._acquire()
+        except ValueError:
+            pass  # closed
+        else:
+            try:
+                rc = lib.channel_watch_state_async(handle, last, _WATCH_MS, dispatcher.cq, tag)
+            finally:
+                self._release()
+        if rc != OK:
+            dispatcher.handlers.pop(tag, None)
+            if rearm:
+                with self._lock:
+                    self._watching = False
+
+    def _on_state(self, value: int | None) -> None:
+        """A watch ended. Each subscriber gets its first state (the one when it subscribed)
+        if it has not yet, then `value` (a re-arming watch's state: a change, or the state
+        when its time ran out) if that differs from the last it got; in order, on this (the
+        connectivity) thread. A re-arming watch then starts the next one."""
+        state = None if value is None else _common.connectivity(value)
+        with self._lock:
+            due = []
+            for subscriber in self._subscribers:
+                states = []
+                if subscriber.last is None:
+                    subscriber.last = subscriber.first
+                    states.append(subscriber.first)
+                if state is not None and subscriber.last is not state:
+                    subscriber.last = state
+                    states.append(state)
+                if states:
+                    due.append((subscriber.callback, states))
+            again = value is not None and not self._closed and bool(self._subscribers)
+            if value is not None and not again:
+                self._watching = False
+        for callback, states in due:
+            for each in states:
+                try:
+                    callback(each)
+                except Exception:
+                    _LOG.exception("plexus: connectivity callback failed")
+        if again and value is not None:
+            self._watch(value, True)
+
+
+class _Subscriber:
+    """A connectivity callback, the state when it subscribed and the last state it got."""
+
+    __slots__ = ("callback", "first", "last")
+
+    def __init__(
+        self,
+        callback: Callable[[_common.ChannelConnectivity], object],
+        first: _common.ChannelConnectivity,
+    ) -> None:
+        self.callback = callback
+        self.first = first
+        self.last: _common.ChannelConnectivity | None = None
+
+
+_CONNECTIVITY = "plexus-connectivity"
+"""The name of the thread that delivers connectivity callbacks (one per process)."""
+_WATCH_MS = 5_000
+"""How long one connectivity watch lasts before it is renewed: a pending watch holds the
+library's channel, so this bounds how long an unsubscribed or closed channel is kept."""
+_CLOSED_STATUS = Status.local(StatusCode.CANCELLED, CHANNEL_CLOSED)
 
 
 def open_channel(
@@ -340,36 +441,6 @@ def open_channel(
     if rc:
         raise lib.error(rc, f"cannot create a channel to {target!r}")
     return lib, _ffi.handle(out), target, auth
-
-
-_WATCH_INTERVAL = 0.05
-CONNECT_WAIT_MS = 60_000
-"""How long a background connect may wait: longer than plexus's default 20 s connect timeout."""
-
-
-def _watch(ref: weakref.ref[Channel]) -> None:
-    """Connectivity watcher: polls the state (libplexus has no change callback) and calls
-    the subscribers on every change, starting with the current state."""
-    last = None
-    while True:
-        channel = ref()
-        if channel is None or channel._closed:
-            return
-        subscribers = list(channel._subscriptions)
-        if subscribers:
-            try:
-                state = channel.get_state()
-            except Exception:
-                return
-            if state is not last:
-                for callback in subscribers:
-                    try:
-                        callback(state)
-                    except Exception:
-                        _LOG.exception("plexus: connectivity callback failed")
-                last = state
-        del channel
-        time.sleep(_WATCH_INTERVAL)
 
 
 # --------------------------------------------------------------------------- unary-unary
@@ -422,25 +493,52 @@ class UnaryUnaryMultiCallable(_MultiCallable[Request, Response]):
                 raise _InactiveRpcError(exc.status) from None
             credentials = None
         opts = call_options(lib, timeout, metadata, credentials, wait_for_ready, compression)
+        waiter = _wait.waiter(lib)
         req = c_void_p()
-        resp = c_void_p()
-        st = c_void_p()
+        call = 0
         try:
             rc = lib.bytes_copy(data, len(data), byref(req))
             if rc:
                 raise lib.error(rc)
+            # A cancellable call on this thread's queue: close() in another thread and
+            # Ctrl-C (the wait is sliced on the main thread) can end it.
             handle = channel._acquire()
             try:
-                rc = lib.unary(handle, self._method, req, opts, -1, byref(resp), byref(st))
+                rc = lib.unary_call_async(
+                    handle, self._method, req, opts, waiter.cq, None, waiter.out_ref
+                )
+                if rc == OK:
+                    call = waiter.out.value or 0
             finally:
-                channel._release()
+                channel._release(call)
         finally:
             lib.bytes_free(req)
             free_options(lib, opts)
+        if rc:
+            raise lib.error(rc, "unary call failed")
+        try:
+            rc = waiter.next(waiter.cq, waiter.limit, waiter.event_ref)
+            while rc == _ffi.ERR_TIMEOUT:  # a slice of the main thread's wait ended
+                rc = waiter.next(waiter.cq, waiter.limit, waiter.event_ref)
+        except BaseException:  # KeyboardInterrupt: the call is cancelled with its queue
+            waiter.discard()
+            raise
+        finally:
+            closed = channel._forget(call)
+            lib.call_free(call)
+        if rc != OK:
+            raise lib.error(rc, "unary call failed")
+        event = waiter.event
+        rc = event.result
         if rc == OK:
-            return take_bytes(lib, _ffi.handle(resp)), _ffi.handle(st)
+            return take_bytes(lib, event.message or 0), event.status or 0
         if rc == ERR_RPC:
-            raise _InactiveRpcError(read_status(lib, _ffi.handle(st)))
+            status = read_status(lib, event.status or 0)
+            if closed and status.code is StatusCode.CANCELLED:
+                status = local_outcome(_CLOSED_STATUS, status)
+            raise _InactiveRpcError(status)
+        if event.status:
+            lib.status_free(event.status)
         raise lib.error(rc, "unary call failed")
 
     def __call__(
@@ -502,27 +600,33 @@ _EventHandler = Callable[[int, int, int, int, int], None]
 
 
 class _Dispatcher:
-    """One completion queue and the thread that drains it, for one copy of libplexus."""
+    """One completion queue and the thread that drains it, for one copy of libplexus.
+    `event` is the event being handled (a handler may read fields it is not given)."""
 
-    def __init__(self, lib: _ffi.Lib) -> None:
+    def __init__(self, lib: _ffi.Lib, name: str) -> None:
         out = c_void_p()
         lib.check(lib.cq_new(byref(out)))
         self.lib = lib
         self.cq = _ffi.handle(out)
+        self.event = _ffi.Event()
+        # Handlers are added by any thread and popped by the draining one: single dict
+        # operations, atomic with the GIL and under free-threading's per-object locks.
         self.handlers: dict[int, _EventHandler] = {}
+        self._tag_lock = threading.Lock()
         self._tags = itertools.count(1).__next__
-        self._thread = threading.Thread(target=self._run, name="plexus-futures", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def register(self, handler: _EventHandler) -> int:
         """Records `handler` for a new tag and returns the tag."""
-        tag = self._tags()
+        with self._tag_lock:
+            tag = self._tags()
         self.handlers[tag] = handler
         return tag
 
     def _run(self) -> None:
         lib = self.lib
-        event = _ffi.Event()
+        event = self.event
         nxt = lib.cq_next
         handlers = self.handlers
         while True:
@@ -544,24 +648,30 @@ class _Dispatcher:
         self.lib.cq_shutdown(self.cq)
 
 
-_dispatchers: dict[int, _Dispatcher] = {}
+_dispatchers: dict[tuple[int, str], _Dispatcher] = {}
 _dispatcher_lock = threading.Lock()
+_FUTURES = "plexus-futures"
+"""The name of the thread that completes unary futures (one per process)."""
 
 
-def _dispatcher(lib: _ffi.Lib) -> _Dispatcher:
-    found = _dispatchers.get(lib.generation)
+def _dispatcher(lib: _ffi.Lib, name: str = _FUTURES) -> _Dispatcher:
+    """The process's dispatcher called `name` for `lib`, started on first use."""
+    key = (lib.generation, name)
+    found = _dispatchers.get(key)
     if found is not None and found.lib is lib:
         return found
     with _dispatcher_lock:
-        found = _dispatchers.get(lib.generation)
+        found = _dispatchers.get(key)
         if found is None or found.lib is not lib:
-            found = _dispatchers[lib.generation] = _Dispatcher(lib)
+            found = _dispatchers[key] = _Dispatcher(lib, name)
         return found
 
 
 @atexit.register
 def _stop_dispatchers() -> None:
-    for dispatcher in list(_dispatchers.values()):
+    with _dispatcher_lock:
+        dispatchers = list(_dispatchers.values())
+    for dispatcher in dispatchers:
         try:
             dispatcher.shutdown()
         except Exception:
@@ -721,7 +831,10 @@ class _CallFuture(_LiveCall):
                 except _InactiveRpcError as exc:
                     status = exc._status
         self._status = status
-        self._free_handle()
+        with self._handle_lock:  # cancel() reads the handle under this lock
+            handle, self._handle = self._handle, 0
+        if handle:
+            self._lib.call_free(handle)
         self._resolve()
 
 
@@ -809,26 +922,54 @@ class _StreamingCall(_LiveCall):
     ) -> None:
         """Starts the call (blocking until the stream opens or the call fails)."""
         lib = self._lib
-        out = c_void_p()
-        st = c_void_p()
+        if _wait.on_main_thread():
+            call, rc, st = self._start_interruptibly(channel, method, first, opts)
+        else:
+            out = c_void_p()
+            status = c_void_p()
+            handle = channel._acquire()
+            try:
+                if first is None:
+                    rc = lib.call_start(handle, method, opts, -1, byref(out), byref(status))
+                else:
+                    rc = lib.call_start_server_streaming(
+                        handle, method, first, opts, -1, byref(out), byref(status)
+                    )
+            finally:
+                channel._release()
+            call, st = _ffi.handle(out), _ffi.handle(status)
+        if rc == OK:
+            self._handle = call
+            channel._track(self)
+        elif rc == ERR_RPC:
+            self._set_status(read_status(lib, st))
+            self._resolve()
+        else:
+            raise lib.error(rc, "could not start the call")
+
+    def _start_interruptibly(
+        self, channel: Channel, method: bytes, first: c_void_p | None, opts: int | None
+    ) -> tuple[int, int, int]:
+        """Starts the call on the thread's queue and waits in slices (the main thread's way,
+        so that Ctrl-C is seen while the stream opens): (call, result, status)."""
+        lib = self._lib
+        waiter = _wait.waiter(lib)
         handle = channel._acquire()
         try:
             if first is None:
-                rc = lib.call_start(handle, method, opts, -1, byref(out), byref(st))
+                rc = lib.call_start_async(handle, method, opts, waiter.cq, None)
             else:
-                rc = lib.call_start_server_streaming(
-                    handle, method, first, opts, -1, byref(out), byref(st)
+                rc = lib.call_start_server_streaming_async(
+                    handle, method, first, opts, waiter.cq, None
                 )
         finally:
             channel._release()
         if rc == OK:
-            self._handle = _ffi.handle(out)
-            channel._track(self)
-        elif rc == ERR_RPC:
-            self._set_status(read_status(lib, _ffi.handle(st)))
-            self._resolve()
-        else:
-            raise lib.error(rc, "could not start the call")
+            rc = waiter.wait()
+        if rc != OK:
+            return 0, rc, 0
+        event = waiter.event
+        return event.call or 0, event.result, event.status or 0
 
     def _fail_locally(self, status: Status) -> _StreamingCall:
         """Ends the call, never started, with `status` (call credentials refused it)."""
@@ -854,7 +995,7 @@ class _StreamingCall(_LiveCall):
         with self._recv_lock:
             if self._status is None:
                 msg = c_void_p()
-                rc = lib.call_recv(self._handle, -1, byref(msg))
+                rc = self._wait_for(lib.call_recv, msg)
                 if rc == OK:
                     return self._decode(take_bytes(lib, _ffi.handle(msg)))
                 if rc != END_OF_STREAM:
@@ -866,6 +1007,15 @@ class _StreamingCall(_LiveCall):
         raise self
 
     next = __next__
+
+    def _wait_for(self, fn: Callable[[Any, int, Any], int], out: c_void_p) -> int:
+        """`fn(call, no limit, &out)`, a receive-side wait; interruptible on the main thread,
+        where KeyboardInterrupt also cancels the call."""
+        try:
+            return _wait.sliced(fn, self._handle, byref(out))
+        except BaseException:
+            self._cancel_with(StatusCode.CANCELLED, INTERRUPTED)
+            raise
 
     def _decode(self, data: bytes) -> Any:
         try:
@@ -880,7 +1030,7 @@ class _StreamingCall(_LiveCall):
             return
         lib = self._lib
         st = c_void_p()
-        rc = lib.call_finish(self._handle, -1, byref(st))
+        rc = self._wait_for(lib.call_finish, st)
         if rc not in (OK, ERR_RPC):
             status = Status.local(StatusCode.UNKNOWN, str(lib.error(rc)))
         else:
@@ -916,7 +1066,7 @@ class _StreamingCall(_LiveCall):
                 return self._initial
             if self._status is None:
                 md = c_void_p()
-                rc = self._lib.call_initial_metadata(self._handle, -1, byref(md))
+                rc = self._wait_for(self._lib.call_initial_metadata, md)
                 if rc == OK:
                     self._initial = take_metadata(self._lib, md.value)
                     return self._initial
@@ -1039,7 +1189,7 @@ class _StreamUnaryCall(_StreamingCall):
         with self._recv_lock:
             if self._status is None and self._handle:
                 msg = c_void_p()
-                rc = lib.call_recv(self._handle, -1, byref(msg))
+                rc = self._wait_for(lib.call_recv, msg)
                 if rc == OK:
                     payload = take_bytes(lib, _ffi.handle(msg))
                 elif rc != END_OF_STREAM:
@@ -1195,11 +1345,11 @@ class _StreamUnaryFuture(_CallFuture):
         if stream is not None and local is not None:
             stream._cancel_with(local.code, local.details)
 
-    def cancel(self) -> bool:
-        """Cancels the call if it is still running; returns whether it did. The future is
-        done at once, as grpcio's is: its worker thread may be blocked in the request
-        iterator for as long as that iterator blocks, and the outcome is decided already."""
-        if not _CallFuture.cancel(self):
+    def _cancel_with(self, code: StatusCode, details: str, by_user: bool = False) -> bool:
+        """Ends the call here (cancel(), the channel's close()). The future is done at once,
+        as grpcio's is: its worker thread may be blocked in the request iterator for as long
+        as that iterator blocks, and the outcome is decided already."""
+        if not _CallFuture._cancel_with(self, code, details, by_user):
             return False
         local = self._local
         if local is not None:

@@ -407,10 +407,14 @@ def call_options(
             return handle
     handle = _new_options(lib, timeout, None, False, None)
     if (kind is float or kind is int) and len(cache) < _OPTIONS_CACHE_LIMIT:
+        # Marked shared before another thread can find it in the cache, so that no
+        # free_options() frees it; the loser of a race frees its own copy.
+        shared = lib.shared_options
+        shared.add(handle)
         kept = cache.setdefault(timeout, handle)
         if kept != handle:
+            shared.discard(handle)
             lib.call_options_free(handle)
-        lib.shared_options.add(kept)
         return kept
     return handle
 

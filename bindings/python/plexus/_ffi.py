@@ -56,6 +56,11 @@ OP_RECV = 4
 OP_CLOSE_SEND = 5
 OP_FINISH = 6
 OP_INITIAL_METADATA = 7
+OP_STATE_CHANGE = 8
+
+# Connectivity states (enum plexus_connectivity_state).
+STATE_IDLE = 0
+STATE_SHUTDOWN = 4
 
 
 class Event(Structure):
@@ -135,6 +140,7 @@ _SIGNATURES = {
     "plexus_channel_get_stats": (_R, [_P, POINTER(ChannelStats)]),
     "plexus_channel_state": (_R, [_P, POINTER(c_int32)]),
     "plexus_channel_connect": (_R, [_P, c_int64]),
+    "plexus_channel_watch_state_async": (_R, [_P, c_int32, c_int64, _P, _P]),
     "plexus_cq_new": (_R, [_OUT]),
     "plexus_cq_next": (_R, [_P, c_int64, POINTER(Event)]),
     "plexus_cq_fd": (_R, [_P, POINTER(c_int32)]),

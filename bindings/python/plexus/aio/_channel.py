@@ -20,9 +20,9 @@ from ctypes import byref, c_int32, c_void_p
 from typing import TYPE_CHECKING, Any, Callable, Generic, Tuple, TypeVar, Union
 
 from .. import _common, _ffi
-from .._call_state import CHANNEL_CLOSED, CallState, describe, deserialize, library_status
+from .._call_state import CallState, describe, deserialize, library_status
 from .._call_state import local_outcome, no_response, run_callbacks
-from .._channel import CONNECT_WAIT_MS, open_channel
+from .._channel import open_channel
 from .._credentials import call_plugins
 from .._common import CompressionArg, Deserializer, LazyStatus, Metadata, MetadataArg
 from .._common import MultiCallableBase, Request, Response, RpcError, Serializer, Status
@@ -120,8 +120,9 @@ class _Poller:
         self.handlers: dict[int, _Handler] = {}
         self.register = self._register
         self._tags = itertools.count(1).__next__
-        self._event = _ffi.Event()
-        self._event_ref = byref(self._event)
+        # The event being handled (a handler may read fields it is not given: `state`).
+        self.event = _ffi.Event()
+        self._event_ref = byref(self.event)
         loop.add_reader(self.fd, self._drain)
 
     def _register(self, handler: _Handler) -> int:
@@ -132,7 +133,7 @@ class _Poller:
     def _drain(self) -> None:
         nxt = self.lib.cq_next
         cq = self.cq
-        ev = self._event
+        ev = self.event
         ref = self._event_ref
         pop = self.handlers.pop
         while nxt(cq, 0, ref) == OK:
@@ -184,11 +185,20 @@ _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
 )
 
 
+_pollers_lock = threading.Lock()  # event loops in several threads look up the table
+
+
 def _poller_for(lib: _ffi.Lib, loop: asyncio.AbstractEventLoop) -> _Poller:
-    found = _pollers.get(loop)
-    if found is None or found.lib is not lib:
-        found = _pollers[loop] = _Poller(lib, loop)
-    return found
+    with _pollers_lock:
+        found = _pollers.get(loop)
+        if found is None or found.lib is not lib:
+            found = _pollers[loop] = _Poller(lib, loop)
+        return found
+
+
+_WATCH_MS = 5_000
+"""How long one connectivity watch lasts before wait_for_state_change renews it: a pending
+watch holds the library's channel, so this bounds how long a cancelled wait keeps it."""
 
 
 def _library_status(lib: _ffi.Lib, result: int) -> Status:
@@ -963,8 +973,6 @@ class Channel(
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: _Poller | None = None
         self._calls: dict[int, _Call] = {}  # calls in flight, by id; each removes itself at its end
-        self._connecting = False
-        self._connect_lock = threading.Lock()
         self._kinds = _KINDS
 
     def _loop_and_poller(self) -> tuple[asyncio.AbstractEventLoop, _Poller]:
@@ -986,7 +994,8 @@ class Channel(
 
     async def close(self, grace: float | None = None) -> None:
         """Closes the channel. With `grace` (seconds), calls in progress get that long to
-        finish; then (or at once) they are cancelled. Idempotent."""
+        finish; then (or at once) they are cancelled as by their cancel(), as grpc.aio does.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -994,14 +1003,13 @@ class Channel(
         if grace and calls:
             waits = [asyncio.shield(c._end_future()) for c in calls]
             await asyncio.wait(waits, timeout=grace)
+        # As grpc.aio: each call is cancel()ed, so awaiting it raises CancelledError and
+        # its details are "Locally cancelled by application!".
         for call in calls:
-            call._cancel_with(StatusCode.CANCELLED, CHANNEL_CLOSED)
+            call.cancel()
         for intercepted in list(self._intercepting):
             intercepted._cancel_chain()
-        with self._connect_lock:
-            # A connect thread still using the handle frees it when it returns.
-            if not self._connecting:
-                self._free()
+        self._free()
 
     def _free(self) -> None:
         handle, self._handle = self._handle, 0
@@ -1028,31 +1036,40 @@ class Channel(
         handle = self._live_handle()
         state = c_int32()
         self._lib.check(self._lib.channel_state(handle, byref(state)))
-        if try_to_connect and state.value == 0 and not self._connecting:
-            # plexus_channel_connect with a zero wait drops its attempt if name resolution
-            # has not finished: one helper thread runs a bounded blocking connect instead.
-            self._connecting = True
-            lib = self._lib
-
-            def connect() -> None:
-                try:
-                    lib.channel_connect(handle, CONNECT_WAIT_MS)
-                finally:
-                    with self._connect_lock:
-                        self._connecting = False
-                        if self._closed:
-                            self._free()
-
-            threading.Thread(target=connect, name="plexus-connect", daemon=True).start()
+        if try_to_connect and state.value == _ffi.STATE_IDLE:
+            # Returns at once; resolution and connection go on in the library.
+            self._lib.channel_connect(handle, 0)
         return _common.connectivity(state.value)
 
     async def wait_for_state_change(
         self, last_observed_state: _common.ChannelConnectivity
     ) -> None:
-        """Returns once the state differs from `last_observed_state` (polled: libplexus has
-        no change notification)."""
-        while self.get_state() == last_observed_state:
-            await asyncio.sleep(0.02)
+        """Returns once the state differs from `last_observed_state`: the library reports
+        the change on the loop's completion queue (plexus_channel_watch_state_async)."""
+        loop, poller = self._loop_and_poller()
+        last = int(last_observed_state.value[0])
+        lib = self._lib
+        while True:
+            handle = self._live_handle()
+            changed: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+            def on_event(
+                result: int, call: int, message: int, status: int, metadata: int,
+                changed: asyncio.Future[tuple[int, int]] = changed,
+            ) -> None:
+                if not changed.done():
+                    changed.set_result((result, poller.event.state))
+
+            tag = poller.register(on_event)
+            rc = lib.channel_watch_state_async(handle, last, _WATCH_MS, poller.cq, tag)
+            if rc:
+                poller.handlers.pop(tag, None)
+                raise lib.error(rc, "could not watch the channel's state")
+            # A watch that ran out of time (it is bounded so that a cancelled wait does not
+            # hold the channel for long) is renewed unless the state moved meanwhile.
+            result, state = await changed
+            if result == OK or state != last:
+                return
 
     async def channel_ready(self) -> None:
         """Connects if needed and returns once the channel is READY."""
