@@ -724,6 +724,15 @@ class _MultiCallable(
         channel._track(call)
         return call
 
+    def _chain(self, credentials: object) -> tuple[Any, ...]:
+        """The interceptors a call of this kind goes through (empty: none, the direct path):
+        the channel's, then the one running call credentials if there are any."""
+        channel = self._channel
+        if credentials is not None or channel._plugins:
+            return self._with_credentials(credentials)
+        interceptors = channel._interceptors
+        return interceptors[self._slot] if interceptors is not None else ()
+
     def _with_credentials(self, credentials: object) -> tuple[Any, ...]:
         """The channel's interceptors for this kind, then the one running call credentials.
         Checks `credentials` first: an object that is not call credentials raises here."""
@@ -799,30 +808,11 @@ class _UnaryRequestMultiCallable(_MultiCallable[Request, Response, _AnyCallT, _I
         compression: CompressionArg = None,
     ) -> _AnyCallT | _InterceptedT:
         """Starts the call; see the class docstring for what it returns."""
-        channel = self._channel
-        loop = channel._loop_and_poller()
-        interceptors = channel._interceptors
-        if credentials is not None or channel._plugins:
+        loop = self._channel._loop_and_poller()
+        chain = self._chain(credentials)
+        if chain:
             return self._intercepted(
-                loop,
-                self._with_credentials(credentials),
-                request,
-                timeout,
-                metadata,
-                credentials,
-                wait_for_ready,
-                compression,
-            )
-        if interceptors is not None and interceptors[self._slot]:
-            return self._intercepted(
-                loop,
-                interceptors[self._slot],
-                request,
-                timeout,
-                metadata,
-                credentials,
-                wait_for_ready,
-                compression,
+                loop, chain, request, timeout, metadata, credentials, wait_for_ready, compression
             )
         data = serialize(self._serializer, request)
         return self._start(
@@ -873,22 +863,11 @@ class _StreamRequestMultiCallable(_MultiCallable[Request, Response, _CallT, _Int
                 f"request_iterator must be an iterator or async iterator, not "
                 f"{type(request_iterator).__name__}"
             )
-        interceptors = channel._interceptors
-        if credentials is not None or channel._plugins:
+        chain = self._chain(credentials)
+        if chain:
             return self._intercepted(
                 loop,
-                self._with_credentials(credentials),
-                request_iterator,
-                timeout,
-                metadata,
-                credentials,
-                wait_for_ready,
-                compression,
-            )
-        if interceptors is not None and interceptors[self._slot]:
-            return self._intercepted(
-                loop,
-                interceptors[self._slot],
+                chain,
                 request_iterator,
                 timeout,
                 metadata,
