@@ -1156,6 +1156,20 @@ plexus_result plexus_channel_options_set_lb_policy(struct plexus_channel_options
 plexus_result plexus_channel_options_set_user_agent(struct plexus_channel_options *options,
                                                     const char *user_agent);
 
+// The `:authority` of every call instead of the target's (NUL-terminated `host[:port]`,
+// copied), as grpcio's `grpc.default_authority`: to reach a virtual host through an IP
+// address or a proxy. With TLS the server's certificate is checked against it too, unless
+// `plexus_channel_options_set_tls_server_name` names another. A malformed authority fails
+// `plexus_channel_new` with PLEXUS_ERR_INVALID_ARGUMENT.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+// PLEXUS_ERR_INVALID_UTF8.
+//
+// # Safety
+// `options` is live; `authority` is a NUL-terminated string.
+plexus_result plexus_channel_options_set_authority(struct plexus_channel_options *options,
+                                                   const char *authority);
+
 // The default service config: gRPC's service config as JSON (NUL-terminated, copied), with
 // per-method `timeout`, `waitForReady`, `maxRequestMessageBytes`,
 // `maxResponseMessageBytes`, `retryPolicy` or `hedgingPolicy`, and `retryThrottling` and

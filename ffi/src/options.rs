@@ -799,6 +799,35 @@ pub unsafe extern "C" fn plexus_channel_options_set_user_agent(
     })
 }
 
+/// The `:authority` of every call instead of the target's (NUL-terminated `host[:port]`,
+/// copied), as grpcio's `grpc.default_authority`: to reach a virtual host through an IP
+/// address or a proxy. With TLS the server's certificate is checked against it too, unless
+/// `plexus_channel_options_set_tls_server_name` names another. A malformed authority fails
+/// `plexus_channel_new` with PLEXUS_ERR_INVALID_ARGUMENT.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument;
+/// PLEXUS_ERR_INVALID_UTF8.
+///
+/// # Safety
+/// `options` is live; `authority` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_channel_options_set_authority(
+    options: *mut plexus_channel_options,
+    authority: *const c_char,
+) -> plexus_result {
+    boundary("plexus_channel_options_set_authority", || {
+        // SAFETY: authority is a C string or NULL (checked).
+        let authority = unsafe { str_arg(authority, "authority") }?;
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set(options, |o| {
+                o.authority = Some(authority.to_string());
+                Ok(())
+            })
+        }
+    })
+}
+
 /// The default service config: gRPC's service config as JSON (NUL-terminated, copied), with
 /// per-method `timeout`, `waitForReady`, `maxRequestMessageBytes`,
 /// `maxResponseMessageBytes`, `retryPolicy` or `hedgingPolicy`, and `retryThrottling` and

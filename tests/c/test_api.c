@@ -232,6 +232,7 @@ static void test_options(void) {
            "\"backoffMultiplier\": 2, \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]}"));
     OK(plexus_channel_options_set_enable_retries(o, true));
     OK(plexus_channel_options_set_health_checking(o, false));
+    OK(plexus_channel_options_set_authority(o, "virtual.example:443"));
     OK(plexus_channel_options_set_per_call_retry_buffer_size(o, 64 * 1024));
     OK(plexus_channel_options_set_retry_buffer_size(o, 8 * 1024 * 1024));
 
@@ -260,6 +261,7 @@ static void test_options(void) {
     EXPECT(plexus_channel_options_set_service_config(o, "not json"), PLEXUS_ERR_INVALID_ARGUMENT);
     EXPECT(plexus_channel_options_set_enable_retries(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_health_checking(NULL, true), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT(plexus_channel_options_set_authority(o, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_per_call_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_retry_buffer_size(NULL, 1), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT(plexus_channel_options_set_service_config(NULL, "{}"), PLEXUS_ERR_NULL_ARGUMENT);

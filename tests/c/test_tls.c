@@ -56,7 +56,7 @@ static plexus_channel_options *tls_options(const char *ca, const char *name, int
     uint8_t *pem = read_cert(ca, &len);
     OK(plexus_channel_options_add_tls_ca_pem(o, pem, len));
     free(pem); /* copied */
-    OK(plexus_channel_options_set_tls_server_name(o, name));
+    if (name != NULL) OK(plexus_channel_options_set_tls_server_name(o, name));
     if (identity) {
         size_t cert_len = 0, key_len = 0;
         uint8_t *cert = read_cert("client.pem", &cert_len);
@@ -288,6 +288,26 @@ static void test_plexus_mtls(void) {
     test_wrong_ca_and_name(target, 1);
 }
 
+/* An :authority override is also the name the certificate is checked against (grpcio's
+ * grpc.default_authority): the test certificate is valid for *.test.google.fr, not for the
+ * IP address the target names. */
+static void test_authority(void) {
+    const char *target = env("PLEXUS_TEST_GRPCIO_TLS_TARGET");
+    plexus_channel_options *o = tls_options("ca.pem", NULL, 0);
+    OK(plexus_channel_options_set_authority(o, "foo.test.google.fr"));
+    outcome r = call_once(target, o, NULL);
+    CHECK(r.rc == PLEXUS_OK && r.code == 0);
+    plexus_channel_options_free(o);
+    o = tls_options("ca.pem", NULL, 0);
+    OK(plexus_channel_options_set_authority(o, "wrong.example:443"));
+    expect_unavailable(call_once(target, o, NULL), "not valid for name \"wrong.example\"");
+    OK(plexus_channel_options_set_authority(o, "bad authority!"));
+    const plexus_channel *ch = NULL;
+    EXPECT(plexus_channel_new(target, o, &ch), PLEXUS_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(plexus_last_error(), "invalid authority") != NULL);
+    plexus_channel_options_free(o);
+}
+
 /* A TLS server that does not agree to ALPN h2 is refused with a text that says so. */
 static void test_no_h2(void) {
     plexus_channel_options *o = tls_options("ca.pem", "localhost", 0);
@@ -348,6 +368,7 @@ int main(void) {
     RUN(test_grpcio_tls);
     RUN(test_grpcio_mtls);
     RUN(test_plexus_mtls);
+    RUN(test_authority);
     RUN(test_no_h2);
     RUN(test_bad_pems);
     OK(plexus_shutdown());

@@ -285,16 +285,24 @@ def test_default_authority(port, make, certs, kind):
             assert whoami(g)["authority"] == "bar.test.google.fr"
 
 
-def test_default_authority_that_plexus_cannot_send_is_refused(certs):
+def test_default_authority_with_a_name_override_and_on_insecure_channels(port, certs, kind):
+    """With both options the certificate is checked by the override and :authority is the
+    default authority, as in grpcio; an insecure channel sends it too; a malformed one is
+    refused."""
     creds = plexus.ssl_channel_credentials(certs["ca.pem"])
+    grpc_creds = grpc.ssl_channel_credentials(certs["ca.pem"])
     both = OVERRIDE + [("grpc.default_authority", "bar.test.google.fr")]
-    with pytest.raises(ValueError, match="no separate :authority setter"):
-        plexus.secure_channel("127.0.0.1:1", creds, both)
-    with pytest.raises(ValueError, match="grpc.default_authority"):
-        plexus.insecure_channel("127.0.0.1:1", [("grpc.default_authority", "x.test")])
-    # The same name twice is fine.
-    same = OVERRIDE + [("grpc.default_authority", "foo.test.google.fr")]
-    plexus.secure_channel("127.0.0.1:1", creds, same).close()
+    target = f"127.0.0.1:{port}"
+    with plexus.secure_channel(target, creds, both) as channel:
+        assert unary(channel)[1] == "hi"
+        mine = whoami(channel)["authority"] if kind == "grpcio" else None
+    with grpc.secure_channel(target, grpc_creds, both) as g:
+        assert unary(g)[1] == "hi"
+        theirs = whoami(g)["authority"] if kind == "grpcio" else None
+    assert mine == theirs
+    with pytest.raises(plexus.InvalidArgumentError, match="invalid authority"):
+        plexus.insecure_channel("127.0.0.1:1", [("grpc.default_authority", "bad authority!")])
+    plexus.insecure_channel("127.0.0.1:1", [("grpc.default_authority", "x.test")]).close()
 
 
 def test_default_roots_come_from_grpc_default_ssl_roots_file_path(port, certs, monkeypatch):

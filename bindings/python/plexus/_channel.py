@@ -1382,8 +1382,9 @@ def secure_channel(
 
     `credentials` are `plexus.ssl_channel_credentials(...)` (or grpcio's, when grpcio is
     installed), optionally composed with call credentials. `options` also takes grpcio's
-    `grpc.ssl_target_name_override` and `grpc.default_authority` (the name the server's
-    certificate is checked against, sent as SNI and `:authority`)."""
+    `grpc.ssl_target_name_override` (the name the server's certificate is checked against,
+    sent as SNI) and `grpc.default_authority` (every call's `:authority`, and the name checked
+    when there is no override), as grpcio does."""
     if credentials is None:
         raise TypeError("secure_channel needs credentials (plexus.ssl_channel_credentials)")
     return Channel(target, options, compression, credentials=credentials, **plexus_options)

@@ -356,25 +356,14 @@ def prepare(
 ) -> tuple[ChannelCredentials | None, str | None, ChannelAuth | None]:
     """Checks a channel's credentials and TLS options: (TLS credentials, TLS name,
     call authorization), all None for an insecure channel."""
+    # grpc.default_authority itself is a channel option (_options.GRPC_KEYS): libplexus sends
+    # it as :authority and, unless the TLS name is overridden, checks the certificate by it.
     authority = _option(options, AUTHORITY_KEY)
     if credentials is None:
-        if authority is not None:
-            raise ValueError(
-                f"channel option {AUTHORITY_KEY!r}: plexus can set the :authority only "
-                "through the TLS server name (libplexus has no :authority setter for "
-                "insecure channels); use it with plexus.secure_channel"
-            )
         return None, None, None
     tls = as_channel_credentials(credentials)
-    override = _option(options, TLS_NAME_KEY)
-    if override is not None and authority is not None and override != authority:
-        raise ValueError(
-            f"channel options {TLS_NAME_KEY!r}={override!r} and {AUTHORITY_KEY!r}="
-            f"{authority!r} differ: libplexus sends the TLS server name as :authority "
-            "and has no separate :authority setter; give one of them"
-        )
-    name = override or authority
-    auth = ChannelAuth(True, tls._plugins, name or target_authority(target))
+    name = _option(options, TLS_NAME_KEY)
+    auth = ChannelAuth(True, tls._plugins, authority or name or target_authority(target))
     return tls, name, auth
 
 

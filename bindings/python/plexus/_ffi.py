@@ -176,6 +176,7 @@ _SIGNATURES = {
     "plexus_channel_options_set_service_config": (_R, [_P, c_char_p]),
     "plexus_channel_options_set_enable_retries": (_R, [_P, c_bool]),
     "plexus_channel_options_set_health_checking": (_R, [_P, c_bool]),
+    "plexus_channel_options_set_authority": (_R, [_P, c_char_p]),
     "plexus_channel_options_set_per_call_retry_buffer_size": (_R, [_P, c_size_t]),
     "plexus_channel_options_set_retry_buffer_size": (_R, [_P, c_size_t]),
     "plexus_call_options_new": (_R, [_OUT]),

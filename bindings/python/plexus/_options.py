@@ -45,6 +45,7 @@ KEYWORDS = {
     "service_config": "str: gRPC service config JSON (per-method timeouts, retries, hedging)",
     "enable_retries": "bool: apply the service config's retry/hedging policies (default True)",
     "health_checking": "bool: the service config's healthCheckConfig applies (default True)",
+    "authority": "str host[:port]: every call's :authority (and TLS name unless overridden)",
     "per_call_retry_buffer_size": "int bytes one call keeps for retries (default 256 KiB)",
     "retry_buffer_size": "int bytes all calls keep for retries together (default 16 MiB)",
 }
@@ -149,6 +150,7 @@ GRPC_KEYS: dict[str, Tuple[Optional[str], _Converter]] = {
     "grpc.max_concurrent_streams": (None, _ignored_int),
     "grpc.enable_retries": ("enable_retries", _bool),
     "grpc.inhibit_health_checking": ("health_checking", lambda k, v: not _bool(k, v)),
+    "grpc.default_authority": ("authority", _str),
     "grpc.service_config": ("service_config", _str),
     "grpc.per_rpc_retry_buffer_size": ("per_call_retry_buffer_size", _int),
 }
@@ -332,6 +334,11 @@ def _apply(lib: _ffi.Lib, h: int, s: Mapping[str, Any]) -> None:
     ):
         if name in s:
             check(setter(h, min(_int(name, s[name]), _SIZE_MAX)), name)
+    if "authority" in s:
+        authority = _str("authority", s["authority"])
+        if "\0" in authority:
+            raise ValueError("channel option 'authority' contains a NUL character")
+        check(lib.channel_options_set_authority(h, authority.encode("utf-8")), "authority")
     if "user_agent" in s:
         agent = _str("user_agent", s["user_agent"])
         if "\0" in agent:

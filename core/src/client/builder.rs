@@ -325,6 +325,16 @@ impl ChannelBuilder {
         self
     }
 
+    /// Sends `authority` as every call's `:authority` instead of the target's, as grpcio's
+    /// `grpc.default_authority` (to reach a virtual host through an IP address or a proxy).
+    /// With TLS the server's certificate is checked against it too, unless the TLS config
+    /// names a server. A malformed authority fails [`build`](Self::build) with
+    /// INVALID_ARGUMENT.
+    pub fn authority(mut self, authority: &str) -> Self {
+        self.settings.authority = Some(authority.to_string());
+        self
+    }
+
     /// Reports every call's and attempt's measurements to `metrics` (see
     /// [`crate::metrics`]).
     pub fn metrics(mut self, metrics: impl Metrics) -> Self {
@@ -376,8 +386,22 @@ impl ChannelBuilder {
     }
 
     fn try_build(self) -> Result<Channel, Status> {
-        #[cfg_attr(not(feature = "tls"), expect(unused_mut, reason = "TLS may adjust it"))]
         let mut target = Target::parse(&self.target)?;
+        let authority = self
+            .settings
+            .authority
+            .as_deref()
+            .map(|a| {
+                a.parse::<http::uri::Authority>().map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "invalid authority {a:?}: expected host[:port]"
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(authority) = &authority {
+            target.authority = authority.clone();
+        }
         let config = ChannelConfig::new(&self.settings)?;
         let resolver = self.resolver.unwrap_or_else(|| resolver_for(&target));
         let connector = self.connector.unwrap_or_else(|| Arc::new(SocketConnector));
@@ -388,6 +412,10 @@ impl ChannelBuilder {
             self.settings.tls.as_ref(),
             connector,
         )?;
+        // The given authority wins over a TLS server name's for `:authority`.
+        if let Some(authority) = authority {
+            target.authority = authority;
+        }
         let executor = self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor));
         let throttling = config.service_config.as_ref().and_then(|sc| sc.throttling);
         let retry_budget = Arc::new(RetryBudget::new(

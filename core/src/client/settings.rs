@@ -91,6 +91,10 @@ pub struct ChannelSettings {
     pub retry_buffer_size: usize,
     /// An application name put before plexus's own in the `user-agent` header.
     pub user_agent: Option<String>,
+    /// The `:authority` of every call instead of the target's (grpcio's
+    /// `grpc.default_authority`); with TLS, also the name the server's certificate is checked
+    /// against unless the TLS config names one.
+    pub authority: Option<String>,
     /// TLS settings; `None` uses TLS only for `https://` targets.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::transport::tls::ClientTlsConfig>,
@@ -120,6 +124,7 @@ impl Default for ChannelSettings {
             per_call_retry_buffer_size: DEFAULT_PER_CALL_RETRY_BUFFER_SIZE,
             retry_buffer_size: DEFAULT_RETRY_BUFFER_SIZE,
             user_agent: None,
+            authority: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
