@@ -21,7 +21,7 @@ use h2::SendStream;
 use h2::client::ResponseFuture as H2ResponseFuture;
 
 use super::call::CallShared;
-use super::retry::Pushback;
+use super::retry::{Pushback, replay_onto};
 use super::service_config::HedgingPolicy;
 use super::subchannel::StreamSlot;
 use crate::metrics::AttemptClock;
@@ -316,15 +316,7 @@ impl CallShared {
             stream.send_reset(h2::Reason::CANCEL);
             return false;
         };
-        let frames = replay.frames.clone();
-        let end = half.closed;
-        let count = frames.len();
-        for (i, frame) in frames.into_iter().enumerate() {
-            let _ = stream.send_data(frame, end && i + 1 == count);
-        }
-        if end && count == 0 {
-            let _ = stream.send_data(Bytes::new(), true);
-        }
+        replay_onto(&mut stream, &replay.frames, half.closed);
         if half.dead.take().is_some() {
             // Every earlier attempt failed: this one is where messages go now.
             half.stream = stream;

@@ -328,22 +328,22 @@ impl CallShared {
         if half.reset {
             stream.send_reset(h2::Reason::CANCEL);
         } else {
-            // h2 queues data beyond the window and sends it as credit arrives.
-            let frames = half
-                .replay
-                .as_ref()
-                .map(|r| r.frames.clone())
-                .unwrap_or_default();
-            let end = half.closed;
-            let count = frames.len();
-            for (i, frame) in frames.into_iter().enumerate() {
-                let _ = stream.send_data(frame, end && i + 1 == count);
-            }
-            if end && count == 0 {
-                let _ = stream.send_data(Bytes::new(), true);
-            }
+            let frames = half.replay.as_ref().map_or(&[][..], |r| &r.frames[..]);
+            replay_onto(&mut stream, frames, half.closed);
         }
         half.stream = stream;
+    }
+}
+
+/// Sends what a call sent so far (`frames`) on a new attempt's `stream`, then END_STREAM if
+/// the request was `closed`. h2 queues data beyond the window and sends it as credit arrives.
+pub(super) fn replay_onto(stream: &mut SendStream<Bytes>, frames: &[Bytes], closed: bool) {
+    let count = frames.len();
+    for (i, frame) in frames.iter().enumerate() {
+        let _ = stream.send_data(frame.clone(), closed && i + 1 == count);
+    }
+    if closed && count == 0 {
+        let _ = stream.send_data(Bytes::new(), true);
     }
 }
 

@@ -650,23 +650,20 @@ impl Subchannel {
         };
         conn.draining = true;
         // A17: the Watch ends with its connection's GOAWAY; another connection carries it.
-        let moved = self.move_watch_off(&mut set, id);
-        let usable = set.conns.iter().any(|c| !c.draining);
-        self.maybe_connect(&mut set);
-        let connecting = set.connecting > 0;
-        drop(set);
-        if moved {
-            (self.env.on_state_change)();
-        }
-        if !usable && !connecting && self.state.get() == ConnectivityState::Ready {
-            self.set_state(ConnectivityState::Idle);
-        }
+        self.connection_lost(set, id);
         (self.env.on_goaway)();
     }
 
     fn connection_closed(self: &Arc<Self>, id: u64) {
         let mut set = self.lock();
         set.conns.retain(|c| c.id != id);
+        self.connection_lost(set, id);
+    }
+
+    /// Connection `id` takes no more streams (draining or gone): the health Watch moves off
+    /// it, a new connection opens if calls are waiting, and the subchannel is IDLE if no
+    /// other connection is usable.
+    fn connection_lost(self: &Arc<Self>, mut set: MutexGuard<'_, Connections>, id: u64) {
         let moved = self.move_watch_off(&mut set, id);
         let usable = set.conns.iter().any(|c| !c.draining);
         self.maybe_connect(&mut set);
