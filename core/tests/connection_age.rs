@@ -140,12 +140,21 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
     let target = serve(Server::builder().max_connection_idle(Duration::from_secs(1)));
     let (channel, connections) = channel(&target);
     run(async {
-        // A call three times the idle limit long keeps its connection: the next call, right
-        // after it, still finds it.
-        let reply = channel.unary(NAP, Bytes::from_static(b"3000"), CallOptions::new());
-        reply.await.unwrap();
+        // A call three times the idle limit long keeps its connection: no GOAWAY (which
+        // would take the channel out of READY) arrives before its answer. An answer and a
+        // later GOAWAY come in that order on the one connection, and `select` looks at the
+        // call first, so this holds however slow the machine is.
         let reply = channel.unary(ECHO, Bytes::from_static(b"z"), CallOptions::new());
         assert_eq!(reply.await.unwrap().into_message(), "z");
+        assert_eq!(channel.state(), ConnectivityState::Ready);
+        let long = channel.unary(NAP, Bytes::from_static(b"3000"), CallOptions::new());
+        let left = channel.wait_for_state_change(ConnectivityState::Ready);
+        match select(pin!(long), pin!(left)).await {
+            Either::Left((reply, _)) => {
+                reply.unwrap();
+            }
+            Either::Right((state, _)) => panic!("a busy connection went {state:?}"),
+        }
         assert_eq!(connections.count(), 1);
 
         // Then nothing: the server says GOAWAY and the channel goes IDLE.
