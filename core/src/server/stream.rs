@@ -237,8 +237,10 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Sinks still held elsewhere (a task the handler spawned) fail from now on.
+        // Sinks still held elsewhere (a task the handler spawned) fail from now on, and
+        // whoever waits for the call to end (a task of the handler's, a C host) learns it did.
         self.items.close();
+        self.context.cancel();
         if let Some(observer) = self.observer.take() {
             observer.done(&Status::cancelled("the client cancelled the call"));
         }
