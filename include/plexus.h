@@ -1613,8 +1613,8 @@ plexus_result plexus_server_call_recv(const struct plexus_server_call *call,
 // `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
 // (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
 //
-// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
-// event follows).
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_BUSY while another receive runs;
+// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows for these).
 //
 // # Safety
 // `call` and `cq` are live.

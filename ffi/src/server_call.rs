@@ -236,10 +236,9 @@ impl ServerCall {
         )
     }
 
-    /// The next request: `Some`, `None` at the end of the stream (or of the call), or the
-    /// status the stream failed with (the call was ended with it).
-    async fn recv(self: &Arc<Self>) -> Result<std::result::Result<Option<Bytes>, Status>> {
-        let mut requests = self
+    /// Takes the request stream for one receive; BUSY while another receive holds it.
+    fn take_requests(self: &Arc<Self>) -> Result<Requests> {
+        let stream = self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -250,18 +249,9 @@ impl ServerCall {
                     "another receive is in progress on this call",
                 )
             })?;
-        let next = until_cancelled(&self.cancel, requests.message()).await;
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(requests);
-        Ok(match next {
-            Ok(Ok(message)) => Ok(message),
-            // Cancelled by the client or the server: the call is over, PLEXUS_OP_SERVER_DONE
-            // says why.
-            Err(_) => Ok(None),
-            Ok(Err(status)) if status.code() == Code::Cancelled => Ok(None),
-            Ok(Err(status)) => {
-                self.end_with(status.clone());
-                Err(status)
-            }
+        Ok(Requests {
+            call: self.clone(),
+            stream: Some(stream),
         })
     }
 
@@ -297,6 +287,44 @@ impl ServerCall {
     fn cancel_call(&self, why: &str) {
         self.cancel.cancel();
         self.end_with(Status::cancelled(why));
+    }
+}
+
+/// One receive's hold on the request stream, given back when dropped (also when a blocking
+/// receive times out, so nothing is lost).
+struct Requests {
+    call: Arc<ServerCall>,
+    stream: Option<RequestStream<Bytes>>,
+}
+
+impl Requests {
+    /// The next request: `Some`, `None` at the end of the stream (or of the call), or the
+    /// status the stream failed with (the call was ended with it).
+    async fn next(mut self) -> std::result::Result<Option<Bytes>, Status> {
+        let call = self.call.clone();
+        let stream = self.stream.as_mut().expect("held until drop");
+        let next = until_cancelled(&call.cancel, stream.message()).await;
+        // Given back before the result can be seen.
+        drop(self);
+        match next {
+            Ok(Ok(message)) => Ok(message),
+            // Cancelled by the client or the server: the call is over, PLEXUS_OP_SERVER_DONE
+            // says why.
+            Err(_) => Ok(None),
+            Ok(Err(status)) if status.code() == Code::Cancelled => Ok(None),
+            Ok(Err(status)) => {
+                call.end_with(status.clone());
+                Err(status)
+            }
+        }
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            *self.call.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        }
     }
 }
 
@@ -518,8 +546,9 @@ pub unsafe extern "C" fn plexus_server_call_recv(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         check_out(message, "message")?;
-        let received = runtime::block_on(timeout_ms, call.recv())
-            .map_err(|why| interrupted(why, timeout_ms))??;
+        let requests = call.take_requests()?;
+        let received = runtime::block_on(timeout_ms, requests.next())
+            .map_err(|why| interrupted(why, timeout_ms))?;
         match received {
             Ok(Some(bytes)) => {
                 // SAFETY: message was checked and is writable.
@@ -535,8 +564,8 @@ pub unsafe extern "C" fn plexus_server_call_recv(
 /// `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
 /// (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
 ///
-/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
-/// event follows).
+/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_BUSY while another receive runs;
+/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows for these).
 ///
 /// # Safety
 /// `call` and `cq` are live.
@@ -550,13 +579,11 @@ pub unsafe extern "C" fn plexus_server_call_recv_async(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         let rt = runtime::get()?;
+        let requests = call.take_requests()?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_RECV) }?;
         rt.spawn(async move {
-            let (result, outcome) = match call.recv().await {
-                Ok(received) => recv_result(received),
-                Err(busy) => (busy.code, Outcome::default()),
-            };
+            let (result, outcome) = recv_result(requests.next().await);
             completion.complete(result, outcome);
         });
         Ok(PLEXUS_OK)
@@ -625,9 +652,10 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata_async(
         // SAFETY: as above.
         let metadata = unsafe { metadata_arg(metadata) }?;
         let rt = runtime::get()?;
+        // Checked before the operation is registered: a registered one always reports.
+        check_headers(&call)?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND_INITIAL_METADATA) }?;
-        check_headers(&call)?;
         rt.spawn(async move {
             let result = match call.send_initial_metadata(metadata).await {
                 Ok(()) => PLEXUS_OK,
