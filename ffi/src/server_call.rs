@@ -49,8 +49,88 @@ pub const PLEXUS_SEND_NO_COMPRESS: u32 = 1;
 struct Finish {
     last: Option<Bytes>,
     status: Status,
-    /// The host gave it with `plexus_server_call_finish` (not a cancel or a failed receive).
-    from_host: bool,
+    /// The host gave it with `plexus_server_call_finish` (not a cancel or a failed receive),
+    /// with its place after the sends started before it.
+    from_host: Option<Turn>,
+}
+
+/// The order in which the host started its sends, initial metadata and finish: each takes a
+/// turn when the host calls the function and goes out only when its turn comes, so two
+/// `_async` sends started one after the other arrive in that order, and a finish right after
+/// them waits for them.
+#[derive(Default)]
+struct Turns {
+    state: Mutex<TurnState>,
+    next_served: Event,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// The next turn to hand out.
+    next: u64,
+    /// The turn that may go now.
+    serving: u64,
+    /// Turns given up before they came (a send whose wait timed out).
+    skipped: std::collections::BTreeSet<u64>,
+}
+
+/// One place in a call's [`Turns`]; ends the turn (or gives it up) when dropped.
+struct Turn {
+    turns: Arc<Turns>,
+    number: u64,
+}
+
+impl Turns {
+    fn lock(&self) -> MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next place in line.
+    fn take(self: &Arc<Self>) -> Turn {
+        let mut state = self.lock();
+        let number = state.next;
+        state.next += 1;
+        Turn {
+            turns: self.clone(),
+            number,
+        }
+    }
+}
+
+impl Turn {
+    /// Waits until every turn before this one has ended.
+    async fn wait(&self) {
+        loop {
+            if self.turns.lock().serving == self.number {
+                return;
+            }
+            let listener = self.turns.next_served.listen();
+            if self.turns.lock().serving == self.number {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut state = self.turns.lock();
+        if state.serving == self.number {
+            state.serving += 1;
+        } else {
+            state.skipped.insert(self.number);
+        }
+        loop {
+            let serving = state.serving;
+            if !state.skipped.remove(&serving) {
+                break;
+            }
+            state.serving += 1;
+        }
+        drop(state);
+        self.turns.next_served.notify(usize::MAX);
+    }
 }
 
 /// The finish on its way from the host to the handler task.
@@ -78,6 +158,8 @@ pub(crate) struct ServerCall {
     headers_sent: AtomicBool,
     /// Set by `plexus_server_call_cancel` (and a freed, unfinished call): stops waiting sends.
     cancel: Cancel,
+    /// The order of the host's sends and finish.
+    turns: Arc<Turns>,
     /// How the call ended when not with the host's status (for PLEXUS_OP_SERVER_DONE).
     ended: Mutex<Option<Status>>,
     /// The handler task returned the host's status: the call ended as the host asked.
@@ -107,6 +189,7 @@ impl ServerCall {
             host_finished: AtomicBool::new(false),
             headers_sent: AtomicBool::new(false),
             cancel: Cancel::default(),
+            turns: Arc::default(),
             ended: Mutex::new(None),
             completed: AtomicBool::new(false),
         })
@@ -151,7 +234,7 @@ impl ServerCall {
         if self.give(Finish {
             last: None,
             status,
-            from_host: false,
+            from_host: None,
         }) {
             self.record_end(ended);
         }
@@ -186,6 +269,17 @@ impl ServerCall {
             status,
             from_host,
         } = finish;
+        if let Some(turn) = &from_host {
+            // After the sends the host started before finishing (or until the call ends).
+            if let Either::Right(_) = select(
+                std::pin::pin!(turn.wait()),
+                std::pin::pin!(self.context.cancelled()),
+            )
+            .await
+            {
+                return Err(Status::cancelled("the call ended"));
+            }
+        }
         if let Some(message) = last {
             self.headers_sent.store(true, Ordering::Release);
             let sent = match until_cancelled(&self.cancel, self.sink.send(message)).await {
@@ -199,7 +293,7 @@ impl ServerCall {
         }
         let trailers = status.metadata().clone();
         self.sink.set_trailers(trailers);
-        if from_host {
+        if from_host.is_some() {
             self.completed.store(true, Ordering::Release);
         }
         match status.code() {
@@ -255,21 +349,36 @@ impl ServerCall {
         })
     }
 
-    /// Sends one response message.
-    async fn send(&self, message: Bytes, flags: u32) -> std::result::Result<(), Status> {
+    /// Sends one response message in `turn`.
+    async fn send(
+        &self,
+        turn: Turn,
+        message: Bytes,
+        flags: u32,
+    ) -> std::result::Result<(), Status> {
         let options = SendOptions::new().compress(flags & PLEXUS_SEND_NO_COMPRESS == 0);
         self.headers_sent.store(true, Ordering::Release);
-        match until_cancelled(&self.cancel, self.sink.send_with(message, options)).await {
+        let send = async {
+            turn.wait().await;
+            self.sink.send_with(message, options).await
+        };
+        match until_cancelled(&self.cancel, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Status::cancelled("the server cancelled the call")),
         }
     }
 
+    /// Sends the response headers in `turn`.
     async fn send_initial_metadata(
         &self,
+        turn: Turn,
         metadata: core_plexus::Metadata,
     ) -> std::result::Result<(), Status> {
-        match until_cancelled(&self.cancel, self.sink.send_initial_metadata(metadata)).await {
+        let send = async {
+            turn.wait().await;
+            self.sink.send_initial_metadata(metadata).await
+        };
+        match until_cancelled(&self.cancel, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Status::cancelled("the server cancelled the call")),
         }
@@ -613,7 +722,8 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata(
         // SAFETY: as above.
         let metadata = unsafe { metadata_arg(metadata) }?;
         check_headers(&call)?;
-        runtime::block_on(timeout_ms, call.send_initial_metadata(metadata))
+        let turn = call.turns.take();
+        runtime::block_on(timeout_ms, call.send_initial_metadata(turn, metadata))
             .map_err(|why| interrupted(why, timeout_ms))?
             .map_err(|status| send_failed(&status))?;
         Ok(PLEXUS_OK)
@@ -656,8 +766,9 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata_async(
         check_headers(&call)?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND_INITIAL_METADATA) }?;
+        let turn = call.turns.take();
         rt.spawn(async move {
-            let result = match call.send_initial_metadata(metadata).await {
+            let result = match call.send_initial_metadata(turn, metadata).await {
                 Ok(()) => PLEXUS_OK,
                 Err(_) => PLEXUS_ERR_RPC,
             };
@@ -693,7 +804,8 @@ pub unsafe extern "C" fn plexus_server_call_send(
         // SAFETY: as above.
         let message = unsafe { bytes_ref(message) }?;
         call.check_open()?;
-        match runtime::block_on(timeout_ms, call.send(message, flags)) {
+        let turn = call.turns.take();
+        match runtime::block_on(timeout_ms, call.send(turn, message, flags)) {
             Ok(Ok(())) => Ok(PLEXUS_OK),
             Ok(Err(status)) => Err(failed_send(&call, status)),
             Err(Interrupted::Timeout) => {
@@ -741,8 +853,9 @@ pub unsafe extern "C" fn plexus_server_call_send_async(
         let rt = runtime::get()?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND) }?;
+        let turn = call.turns.take();
         rt.spawn(async move {
-            let result = match call.send(message, flags).await {
+            let result = match call.send(turn, message, flags).await {
                 Ok(()) => PLEXUS_OK,
                 Err(status) => failed_send(&call, status).code,
             };
@@ -779,7 +892,7 @@ pub unsafe extern "C" fn plexus_server_call_finish(
 ) -> plexus_result {
     boundary("plexus_server_call_finish", || {
         // SAFETY: the caller passes live handles or NULL (checked).
-        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
         // SAFETY: as above.
         let last = unsafe { optional_bytes(last_message) }?;
         let text = if message.is_null() {
@@ -807,7 +920,7 @@ pub unsafe extern "C" fn plexus_server_call_finish(
         call.give(Finish {
             last,
             status: status.with_metadata(trailers),
-            from_host: true,
+            from_host: Some(call.turns.take()),
         });
         Ok(PLEXUS_OK)
     })
