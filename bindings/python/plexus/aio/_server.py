@@ -22,7 +22,8 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from ctypes import byref, c_bool, c_char_p, c_int32, c_int64, c_void_p
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from collections.abc import Sequence
 
 from .. import _common, _ffi
 from .._common import CompressionArg, Metadata, StatusCode, _metadata_handle
@@ -94,12 +95,10 @@ def _code_value(code: Any) -> int:
 # --------------------------------------------------------------------------- the context
 
 
-class ServicerContext(_ContextBase):  # type: ignore[misc]
+class ServicerContext(_ContextBase):
     """One incoming call as its handler sees it (grpc.aio.ServicerContext)."""
 
-    def __init__(
-        self, server: Server, handle: int, request: int, method_handler: Any
-    ) -> None:
+    def __init__(self, server: Server, handle: int, request: int, method_handler: Any) -> None:
         self._server = server
         self._lib = server._lib
         self._loop = server._running_loop()
@@ -178,9 +177,11 @@ class ServicerContext(_ContextBase):  # type: ignore[misc]
             await self._run(handler)
         except AbortError:
             self._finish(self._code or StatusCode.UNKNOWN, self._details or "")
-        except (_CallOver, asyncio.CancelledError):
+        except _CallOver:
+            pass  # the end-of-call event says how it ended
+        except asyncio.CancelledError:
             if not self._over:
-                raise
+                raise  # cancelled from outside (the loop is closing): the call is cancelled
         except Exception as exc:
             if self._aborted:
                 self._finish(self._code or StatusCode.UNKNOWN, self._details or "")
@@ -214,8 +215,8 @@ class ServicerContext(_ContextBase):  # type: ignore[misc]
                 response = await self._in_executor(fn, argument, _SyncServicerContext(self))
             else:
                 response = await fn(argument, self)
-            data = self._serialize(response)
-            if self._no_compress_next:
+            data: bytes | None = self._serialize(response)
+            if self._no_compress_next and data is not None:
                 await self._send(data)
                 data = None
             self._finish_ok(data)
@@ -244,8 +245,10 @@ class ServicerContext(_ContextBase):  # type: ignore[misc]
         return _NO_REQUEST if request is EOF else request
 
     def _finish_ok(self, data: bytes | None) -> None:
+        """The handler returned: its status (OK unless set_code said otherwise) after `data`;
+        a handler that swallowed its abort() still ends with the abort's status."""
         code = self._code or StatusCode.OK
-        self._finish(code, self._details or "", data)
+        self._finish(code, self._details or "", None if self._aborted else data)
 
     def _finish(self, code: StatusCode, details: str, data: bytes | None = None) -> None:
         """Sends the status (after `data`, a last response message) and the trailers."""
@@ -451,11 +454,11 @@ class ServicerContext(_ContextBase):  # type: ignore[misc]
             self._lib.check(self._lib.server_call_peer(self._handle, byref(out)))
         return (out.value or b"").decode("utf-8", "replace")
 
-    def peer_identities(self) -> Optional[Sequence[bytes]]:
+    def peer_identities(self) -> Sequence[bytes] | None:
         """The client's TLS identities: not exposed by libplexus (None)."""
         return None
 
-    def peer_identity_key(self) -> Optional[str]:
+    def peer_identity_key(self) -> str | None:
         """The property naming the client's identity: not exposed by libplexus (None)."""
         return None
 
@@ -520,7 +523,9 @@ class _SyncServicerContext:
         """Sends the response headers now."""
         self._wait(self._context.send_initial_metadata(initial_metadata))
 
-    def abort(self, code: StatusCode, details: str = "", trailing_metadata: Sequence[Any] = ()) -> NoReturn:
+    def abort(
+        self, code: StatusCode, details: str = "", trailing_metadata: Sequence[Any] = ()
+    ) -> NoReturn:
         """Ends the call with this status (raises)."""
         self._context._abort(code, details, trailing_metadata)
 
@@ -534,7 +539,7 @@ class _SyncServicerContext:
 _NEW, _STARTED, _STOPPING, _STOPPED = range(4)
 
 
-class Server(_ServerBase):  # type: ignore[misc]
+class Server(_ServerBase):
     """An asyncio gRPC server on libplexus, shaped like grpc.aio.Server. Create it with
     `plexus.aio.server(...)`, inside the event loop that will run it."""
 
@@ -582,7 +587,9 @@ class Server(_ServerBase):  # type: ignore[misc]
                 raise AttributeError(f"{handler!r} is not a grpc.GenericRpcHandler")
         self._generic.extend(generic_rpc_handlers)
 
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, Any]
+    ) -> None:
         """Registers `method_handlers` (method name -> grpc.RpcMethodHandler) of
         `service_name`; they take precedence over generic handlers."""
         for method, handler in method_handlers.items():
@@ -612,7 +619,9 @@ class Server(_ServerBase):  # type: ignore[misc]
         if not isinstance(address, str):
             raise TypeError(f"address must be a str, not {type(address).__name__}")
         port = c_int32(0)
-        rc = self._lib.server_add_listener(self._handle, address.encode("utf-8"), tls or None, byref(port))
+        rc = self._lib.server_add_listener(
+            self._handle, address.encode("utf-8"), tls or None, byref(port)
+        )
         if rc:
             raise RuntimeError(f"Failed to bind to address {address}: {self._lib.last_error()}")
         return port.value
@@ -698,9 +707,7 @@ class Server(_ServerBase):  # type: ignore[misc]
         async def through(index: int, d: Any) -> Any:
             if index == len(interceptors):
                 return lookup(d)
-            return await interceptors[index].intercept_service(
-                lambda nd: through(index + 1, nd), d
-            )
+            return await interceptors[index].intercept_service(lambda nd: through(index + 1, nd), d)
 
         return await through(0, details)
 
@@ -734,8 +741,9 @@ class Server(_ServerBase):  # type: ignore[misc]
         lib = self._lib
         for tag in self._tags:
 
-            def refuse(result: int, call: int, message: int, status: int, metadata: int,
-                       tag: int = tag) -> None:
+            def refuse(
+                result: int, call: int, message: int, status: int, metadata: int, tag: int = tag
+            ) -> None:
                 poller.handlers[tag] = refuse
                 server_call = poller.event.server_call
                 if server_call:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 from ctypes import byref, c_void_p
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 from .. import _common, _ffi
 from .._common import CompressionArg, Metadata, compression_name
@@ -60,27 +61,27 @@ _INT_MAX = 2**31 - 1  # grpc's "never" for connection ages and idle times
 def _int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"server option {key!r}: value must be an int, not {type(value).__name__}")
-    return value
+    return int(value)
 
 
 def _size(key: str, value: Any) -> int:
-    value = _int(key, value)
-    if value < -1:
-        raise ValueError(f"server option {key!r}: {value} is not a size (-1 means unlimited)")
-    return _SIZE_MAX if value == -1 else value
+    size = _int(key, value)
+    if size < -1:
+        raise ValueError(f"server option {key!r}: {size} is not a size (-1 means unlimited)")
+    return _SIZE_MAX if size == -1 else size
 
 
 def _u32(key: str, value: Any) -> int:
-    value = _int(key, value)
-    if not 0 <= value <= 2**32 - 1:
-        raise ValueError(f"server option {key!r}: {value} is out of range")
-    return value
+    number = _int(key, value)
+    if not 0 <= number <= 2**32 - 1:
+        raise ValueError(f"server option {key!r}: {number} is out of range")
+    return number
 
 
 def _ms(key: str, value: Any) -> int:
     """A grpc duration in ms; grpc's INT_MAX (and negative values) mean never (-1)."""
-    value = _int(key, value)
-    return -1 if value < 0 or value >= _INT_MAX else value
+    ms = _int(key, value)
+    return -1 if ms < 0 or ms >= _INT_MAX else ms
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -93,7 +94,7 @@ def _compression(key: str, value: Any) -> bytes:
     return name
 
 
-_Setter = Tuple[str, Callable[[str, Any], Any]]
+_Setter = tuple[str, Callable[[str, Any], Any]]
 
 SERVER_KEYS: dict[str, _Setter] = {
     "grpc.max_receive_message_length": ("max_receive_message_size", _size),
@@ -119,7 +120,7 @@ keys are ignored, as grpcio ignores arguments nobody reads."""
 
 def server_options(
     lib: _ffi.Lib,
-    options: Iterable[Tuple[str, Any]] | None,
+    options: Iterable[tuple[str, Any]] | None,
     maximum_concurrent_rpcs: int | None,
     compression: CompressionArg,
 ) -> int:
