@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 from collections.abc import Sequence
 
 from .. import _common, _ffi
-from .._common import CompressionArg, Metadata, StatusCode, _metadata_handle
+from .._common import STATUS_DETAILS_KEY, CompressionArg, Metadata, StatusCode
+from .._common import _metadata_handle
 from .._common import compression_name, read_metadata, take_bytes
 from .._ffi import END_OF_STREAM, OK
 from ._channel import EOF, _free_event, _Poller, _poller_for
@@ -260,7 +261,7 @@ class ServicerContext(_ContextBase):
         trailers = 0
         try:
             try:
-                trailers = _metadata_handle(lib, self._trailers) if self._trailers else 0
+                trailers = self._trailers_handle()
             except Exception as exc:
                 code, details, data = StatusCode.UNKNOWN, unexpected(exc), None
             if data is not None:
@@ -275,6 +276,24 @@ class ServicerContext(_ContextBase):
                 lib.bytes_free(message)
             if trailers:
                 lib.metadata_free(trailers)
+
+    def _trailers_handle(self) -> int:
+        """The trailing metadata for plexus_server_call_finish (0: none). The status details
+        (grpc-status-details-bin, from abort_with_status) go in as a binary entry when the
+        library takes that key; when it refuses the reserved grpc- prefix they are dropped
+        with a warning rather than failing the call."""
+        if not self._trailers:
+            return 0
+        details = [v for k, v in self._trailers if k == STATUS_DETAILS_KEY]
+        rest = [(k, v) for k, v in self._trailers if k != STATUS_DETAILS_KEY]
+        lib = self._lib
+        handle = _metadata_handle(lib, rest)
+        for value in details:
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if lib.metadata_append_bin(handle, STATUS_DETAILS_KEY.encode(), value, len(value)):
+                _LOG.warning("plexus.aio: the status details were dropped: %s", lib.last_error())
+        return handle
 
     # -- messages --
 
@@ -373,26 +392,30 @@ class ServicerContext(_ContextBase):
     async def abort(
         self, code: StatusCode, details: str = "", trailing_metadata: Sequence[Any] = ()
     ) -> NoReturn:
-        """Ends the call with `code` and `details` (and trailers): raises AbortError, which the
-        server turns into that status. A second abort keeps the first status, as grpc.aio."""
+        """Ends the call now with `code`, `details` (and trailers), then raises AbortError.
+        A second abort raises RuntimeError and changes nothing, as grpc.aio."""
         self._abort(code, details, trailing_metadata)
-
-    def _abort(self, code: StatusCode, details: str, trailing_metadata: Sequence[Any]) -> NoReturn:
-        if not self._aborted:
-            self._aborted = True
-            if code is StatusCode.OK:
-                _LOG.error("abort() called with StatusCode.OK; returning UNKNOWN")
-                code = StatusCode.UNKNOWN
-            _code_value(code)
-            self._code = code
-            self._details = details
-            if trailing_metadata:
-                self._trailers = metadata_tuple(trailing_metadata)
+        self._finish(self._code or StatusCode.UNKNOWN, self._details or "")
         raise AbortError()
+
+    def _abort(self, code: StatusCode, details: str, trailing_metadata: Sequence[Any]) -> None:
+        """Records the abort's status (sent by the caller, or by _serve once AbortError
+        reaches it from a handler thread)."""
+        if self._aborted:
+            raise RuntimeError("Abort already called!")
+        self._aborted = True
+        if code is StatusCode.OK:
+            _LOG.error("abort() called with StatusCode.OK; returning UNKNOWN")
+            code = StatusCode.UNKNOWN
+        _code_value(code)
+        self._code = code
+        self._details = details
+        if trailing_metadata:
+            self._trailers = metadata_tuple(trailing_metadata)
 
     async def abort_with_status(self, status: Any) -> NoReturn:
         """abort() with a grpc.Status (code, details, trailing_metadata)."""
-        self._abort(status.code, status.details, status.trailing_metadata)
+        await self.abort(status.code, status.details, status.trailing_metadata)
 
     def set_trailing_metadata(self, trailing_metadata: Sequence[Any]) -> None:
         """Sets the trailing metadata sent with the status."""
@@ -528,10 +551,11 @@ class _SyncServicerContext:
     ) -> NoReturn:
         """Ends the call with this status (raises)."""
         self._context._abort(code, details, trailing_metadata)
+        raise AbortError()
 
     def abort_with_status(self, status: Any) -> NoReturn:
         """abort() with a grpc.Status."""
-        self._context._abort(status.code, status.details, status.trailing_metadata)
+        self.abort(status.code, status.details, status.trailing_metadata)
 
 
 # --------------------------------------------------------------------------- the server
