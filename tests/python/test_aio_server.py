@@ -215,7 +215,8 @@ def test_context_methods(client):
                 assert ("x-initial", "yes") in list(await call.initial_metadata())
                 assert ("x-trailer", "done") in list(await call.trailing_metadata())
                 assert servicer.seen["peer"].startswith("ipv4:127.0.0.1:")
-                assert 0 < servicer.seen["remaining"] <= WAIT
+                # grpc-timeout is sent in whole units, rounded up: allow a little above WAIT.
+                assert 0 < servicer.seen["remaining"] <= WAIT + 1
                 assert servicer.seen["code"] is None
                 reply = await stub.Unary(Req(message="context"))
                 assert reply.index == 0  # no deadline: time_remaining() is None
@@ -524,5 +525,66 @@ def test_bad_arguments_are_clear_errors():
         with pytest.raises(ValueError, match="ServerInterceptor"):
             plexus.aio.server(interceptors=[object()])
         await server.stop(None)
+
+    run_async(main())
+
+
+class CompressingServicer(Servicer):
+    async def ServerStream(self, request, context):
+        context.set_compression(grpc.Compression.Gzip)
+        for i in range(request.count):
+            if i == 1:
+                context.disable_next_message_compression()
+            yield Resp(message="z" * 1000, index=i)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_compression(client):
+    """Responses compressed by the server's default and by set_compression (with one message
+    left uncompressed) arrive intact."""
+
+    async def main():
+        kwargs = dict(servicer=CompressingServicer(), compression=grpc.Compression.Deflate)
+        async with serving(**kwargs) as (port, _, _):
+            async with channel_for(client, port) as channel:
+                stub = echo_pb2_grpc.EchoStub(channel)
+                reply = await stub.Unary(Req(message="c" * 5000), timeout=WAIT)
+                assert reply.message == "c" * 5000
+                call = stub.ServerStream(Req(count=3), timeout=WAIT)
+                got = [(r.index, r.message) async for r in call]
+                assert got == [(i, "z" * 1000) for i in range(3)]
+
+    run_async(main())
+
+
+@pytest.mark.parametrize("kind", ["plexus", "grpcio"])
+def test_oversize_message_in_a_request_stream(kind):
+    async def main():
+        options = [("grpc.max_receive_message_length", 1024)]
+        async with serving(kind, options=options) as (port, _, _):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                requests = [Req(message="small"), Req(payload=b"\x00" * 5000)]
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await echo_pb2_grpc.EchoStub(channel).ClientStream(iter(requests), timeout=WAIT)
+                return err.value.code()
+
+    assert run_async(main()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unix_socket_port():
+    async def main():
+        path = Path(tempfile.mkdtemp(prefix="plexus-aio-server-")) / "s.sock"
+        server = plexus.aio.server()
+        echo_pb2_grpc.add_EchoServicer_to_server(Servicer(), server)
+        server.add_insecure_port(f"unix:{path}")
+        await server.start()
+        try:
+            async with plexus.aio.insecure_channel(f"unix:{path}") as channel:
+                reply = await echo_pb2_grpc.EchoStub(channel).Unary(
+                    Req(message="uds"), timeout=WAIT
+                )
+                assert reply.message == "uds"
+        finally:
+            await server.stop(None)
 
     run_async(main())
