@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from ctypes import byref, c_bool, c_char_p, c_int32, c_int64, c_void_p
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 from collections.abc import Sequence
 
 from .. import _common, _ffi
@@ -194,16 +194,10 @@ class ServicerContext(_ContextBase):
             self._finish(code, unexpected(exc))
 
     async def _run(self, handler: Any) -> None:
-        request_streaming = bool(handler.request_streaming)
-        response_streaming = bool(handler.response_streaming)
-        if request_streaming:
-            fn = handler.stream_stream if response_streaming else handler.stream_unary
-        else:
-            fn = handler.unary_stream if response_streaming else handler.unary_unary
+        request_streaming, response_streaming, fn, sync, asyncgen = _plan(handler)
         if fn is None:
             self._finish(StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
             return
-        sync = not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
         if request_streaming:
             argument: Any = self._sync_requests() if sync else self._requests()
         else:
@@ -222,7 +216,7 @@ class ServicerContext(_ContextBase):
                 data = None
             self._finish_ok(data)
             return
-        if inspect.isasyncgenfunction(fn):
+        if asyncgen:
             async for response in fn(argument, self):
                 await self.write(response)
         elif sync:
@@ -519,6 +513,33 @@ class ServicerContext(_ContextBase):
 
 _DONE = object()
 _NO_REQUEST = object()
+
+_Plan = tuple[bool, bool, Optional[Callable[..., Any]], bool, bool]
+_plans: dict[int, tuple[Any, _Plan]] = {}
+_PLANS_LIMIT = 4096
+
+
+def _plan(handler: Any) -> _Plan:
+    """How to run a grpc.RpcMethodHandler: (request streaming, response streaming, the
+    behaviour, whether it is a plain function, whether it is an async generator). Kept
+    per handler object (with the object, so that its id stays its own): asking inspect on
+    every call costs more than the rest of a unary call's Python."""
+    found = _plans.get(id(handler))
+    if found is not None and found[0] is handler:
+        return found[1]
+    request_streaming = bool(handler.request_streaming)
+    response_streaming = bool(handler.response_streaming)
+    if request_streaming:
+        fn = handler.stream_stream if response_streaming else handler.stream_unary
+    else:
+        fn = handler.unary_stream if response_streaming else handler.unary_unary
+    asyncgen = inspect.isasyncgenfunction(fn)
+    sync = not (asyncgen or inspect.iscoroutinefunction(fn))
+    plan = (request_streaming, response_streaming, fn, sync, asyncgen)
+    if len(_plans) >= _PLANS_LIMIT:
+        _plans.clear()  # generic handlers may build a handler per call: never grow unbounded
+    _plans[id(handler)] = (handler, plan)
+    return plan
 
 
 class _SyncServicerContext:
