@@ -402,6 +402,24 @@ def test_stop_without_grace_cancels_the_call_in_flight():
     run_async(main())
 
 
+def test_stop_cancels_what_outlives_the_grace():
+    async def main():
+        async with serving() as (port, servicer, server):
+            async with plexus.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = echo_pb2_grpc.EchoStub(channel)
+                call = stub.Unary(Req(message="block"), timeout=WAIT)
+                await asyncio.wait_for(servicer.started.wait(), WAIT)
+                # The handler never returns by itself: only the end of the grace ends it.
+                await asyncio.wait_for(server.stop(0.2), WAIT)
+                assert servicer.seen.get("handler_cancelled") is True
+                with pytest.raises(grpc.RpcError) as err:
+                    await call
+                assert err.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+                assert await server.wait_for_termination(0) is False
+
+    run_async(main())
+
+
 def test_sync_handlers_run_in_the_migration_pool():
     class SyncServicer(echo_pb2_grpc.EchoServicer):
         def Unary(self, request, context):
