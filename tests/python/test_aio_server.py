@@ -281,12 +281,6 @@ def test_errors_as_grpc_aio(case):
     run_async(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plexus_metadata_append_bin refuses the grpc- prefix, so the trailer "
-    "grpc-status-details-bin that plexus_server_call_finish turns into the status details "
-    "cannot be built through the C ABI",
-)
 def test_abort_with_status_sends_the_details():
     async def main():
         code, details, trailers = await _outcome("plexus", request=Req(message="abortstatus"))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 from collections.abc import Sequence
 
 from .. import _common, _ffi
-from .._common import STATUS_DETAILS_KEY, CompressionArg, Metadata, StatusCode
+from .._common import CompressionArg, Metadata, StatusCode
 from .._common import _metadata_handle
 from .._common import compression_name, read_metadata, take_bytes
 from .._ffi import END_OF_STREAM, OK
@@ -272,22 +272,11 @@ class ServicerContext(_ContextBase):
                 lib.metadata_free(trailers)
 
     def _trailers_handle(self) -> int:
-        """The trailing metadata for plexus_server_call_finish (0: none). The status details
-        (grpc-status-details-bin, from abort_with_status) go in as a binary entry when the
-        library takes that key; when it refuses the reserved grpc- prefix they are dropped
-        with a warning rather than failing the call."""
+        """The trailing metadata for plexus_server_call_finish (0: none); a
+        grpc-status-details-bin entry (abort_with_status) becomes the status details."""
         if not self._trailers:
             return 0
-        details = [v for k, v in self._trailers if k == STATUS_DETAILS_KEY]
-        rest = [(k, v) for k, v in self._trailers if k != STATUS_DETAILS_KEY]
-        lib = self._lib
-        handle = _metadata_handle(lib, rest)
-        for value in details:
-            if isinstance(value, str):
-                value = value.encode("utf-8")
-            if lib.metadata_append_bin(handle, STATUS_DETAILS_KEY.encode(), value, len(value)):
-                _LOG.warning("plexus.aio: the status details were dropped: %s", lib.last_error())
-        return handle
+        return _metadata_handle(self._lib, self._trailers)
 
     # -- messages --
 
