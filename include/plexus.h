@@ -1553,6 +1553,18 @@ plexus_result plexus_server_call_method(const struct plexus_server_call *call, c
 // `call` is live; `peer` is writable.
 plexus_result plexus_server_call_peer(const struct plexus_server_call *call, const char **peer);
 
+// Writes the client's TLS certificate (the leaf, DER-encoded) to `*der` and its length to
+// `*len`, for authorizing mutual-TLS clients; NULL and 0 when the connection is not TLS or
+// the client sent none. Borrowed: valid until the call is freed.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `der` and `len` are writable.
+plexus_result plexus_server_call_peer_certificate(const struct plexus_server_call *call,
+                                                  const uint8_t **der,
+                                                  size_t *len);
+
 // Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 // never free it.
 //

@@ -515,6 +515,39 @@ pub unsafe extern "C" fn plexus_server_call_peer(
     })
 }
 
+/// Writes the client's TLS certificate (the leaf, DER-encoded) to `*der` and its length to
+/// `*len`, for authorizing mutual-TLS clients; NULL and 0 when the connection is not TLS or
+/// the client sent none. Borrowed: valid until the call is freed.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `der` and `len` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_peer_certificate(
+    call: *const plexus_server_call,
+    der: *mut *const u8,
+    len: *mut usize,
+) -> plexus_result {
+    boundary("plexus_server_call_peer_certificate", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(der, "der")?;
+        check_out(len, "len")?;
+        let leaf = call
+            .context
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map_or((std::ptr::null(), 0), |cert| (cert.as_ptr(), cert.len()));
+        // SAFETY: der and len were checked and are writable.
+        unsafe {
+            write_out(der, "der", leaf.0)?;
+            write_out(len, "len", leaf.1)?;
+        }
+        Ok(PLEXUS_OK)
+    })
+}
+
 /// Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 /// never free it.
 ///
