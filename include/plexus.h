@@ -1565,6 +1565,17 @@ plexus_result plexus_server_call_peer_certificate(const struct plexus_server_cal
                                                   const uint8_t **der,
                                                   size_t *len);
 
+// Writes to `*compressed` whether the last request message handed out (in the
+// PLEXUS_OP_SERVER_CALL event, or by the last receive) arrived compressed (its
+// Compressed-Flag set); it was inflated either way. False before any message.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `compressed` is writable.
+plexus_result plexus_server_call_last_message_compressed(const struct plexus_server_call *call,
+                                                         bool *compressed);
+
 // Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 // never free it.
 //

@@ -164,6 +164,11 @@ pub(crate) struct ServerCall {
     ended: Mutex<Option<Status>>,
     /// The handler task returned the host's status: the call ended as the host asked.
     completed: AtomicBool,
+    /// Whether the last request handed out (in the event or by a receive) arrived compressed.
+    last_compressed: AtomicBool,
+    /// A receive saw the call end under it (a cancel, a lost connection) before the server's
+    /// own bookkeeping did: the call counts as over from then on.
+    seen_over: AtomicBool,
 }
 
 impl ServerCall {
@@ -171,6 +176,7 @@ impl ServerCall {
         context: CallContext,
         requests: RequestStream<Bytes>,
         sink: ResponseSink<Bytes>,
+        first_compressed: bool,
     ) -> Arc<ServerCall> {
         let text = |s: String| CString::new(s.replace('\0', " ")).unwrap_or_default();
         Arc::new(ServerCall {
@@ -192,6 +198,8 @@ impl ServerCall {
             turns: Arc::default(),
             ended: Mutex::new(None),
             completed: AtomicBool::new(false),
+            last_compressed: AtomicBool::new(first_compressed),
+            seen_over: AtomicBool::new(false),
         })
     }
 
@@ -413,14 +421,28 @@ impl Requests {
         let call = self.call.clone();
         let stream = self.stream.as_mut().expect("held until drop");
         let next = until_cancelled(&call.cancel, stream.message()).await;
+        if let Ok(Ok(Some(_))) = &next {
+            let compressed = stream.last_message_compressed();
+            call.last_compressed.store(compressed, Ordering::Release);
+        }
         // Given back before the result can be seen.
         drop(self);
         match next {
             Ok(Ok(message)) => Ok(message),
-            // Cancelled by the client or the server: the call is over, PLEXUS_OP_SERVER_DONE
-            // says why.
+            // Cancelled by the server.
             Err(_) => Ok(None),
-            Ok(Err(status)) if status.code() == Code::Cancelled => Ok(None),
+            // The call ended under the stream (the client cancelled, the connection or the
+            // server went away, the deadline passed): the end of the requests;
+            // PLEXUS_OP_SERVER_DONE says why.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    Code::Cancelled | Code::Unavailable | Code::DeadlineExceeded
+                ) =>
+            {
+                call.seen_over.store(true, Ordering::Release);
+                Ok(None)
+            }
             Ok(Err(status)) => {
                 call.end_with(status.clone());
                 Err(status)
@@ -548,6 +570,30 @@ pub unsafe extern "C" fn plexus_server_call_peer_certificate(
     })
 }
 
+/// Writes to `*compressed` whether the last request message handed out (in the
+/// PLEXUS_OP_SERVER_CALL event, or by the last receive) arrived compressed (its
+/// Compressed-Flag set); it was inflated either way. False before any message.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `compressed` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_last_message_compressed(
+    call: *const plexus_server_call,
+    compressed: *mut bool,
+) -> plexus_result {
+    boundary("plexus_server_call_last_message_compressed", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(compressed, "compressed")?;
+        let flag = call.last_compressed.load(Ordering::Acquire);
+        // SAFETY: compressed was checked and is writable.
+        unsafe { write_out(compressed, "compressed", flag) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
 /// Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 /// never free it.
 ///
@@ -614,7 +660,9 @@ pub unsafe extern "C" fn plexus_server_call_is_cancelled(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::as_ref(call) }?;
         check_out(cancelled, "cancelled")?;
-        let over = call.context.is_cancelled() || call.cancel.is_cancelled();
+        let over = call.context.is_cancelled()
+            || call.cancel.is_cancelled()
+            || call.seen_over.load(Ordering::Acquire);
         // SAFETY: cancelled was checked and is writable.
         unsafe { write_out(cancelled, "cancelled", over) }?;
         Ok(PLEXUS_OK)
