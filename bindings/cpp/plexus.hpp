@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -1092,6 +1093,8 @@ struct ServerState {
     std::condition_variable stopped_cv;
     bool started = false;
     bool stopped = false;
+    /// Set once shutdown returned: calls still queued are cancelled, not handled.
+    std::atomic<bool> draining{false};
 
     /// The method whose tag `tag` is, or null.
     [[nodiscard]] const ServerMethod *method_of(void *tag) const noexcept {
@@ -1111,7 +1114,7 @@ struct ServerState {
             }
             if (!ev || ev->op != PLEXUS_OP_SERVER_CALL) continue;
             const ServerMethod *method = method_of(ev->tag);
-            if (method == nullptr || ev->result != PLEXUS_OK) continue;
+            if (method == nullptr || ev->result != PLEXUS_OK || draining) continue;
             dispatch(*method, std::move(ev->server_call), std::move(ev->message));
         }
     }
@@ -1248,6 +1251,7 @@ class Server {
         }
         if (!workers.empty()) {
             // Calls still queued belong to closed connections: the workers free them.
+            s.draining = true;
             s.own_cq.shutdown();
             for (auto &worker : workers) worker.join();
         }
