@@ -203,9 +203,13 @@ int main() {
                         [&](ServerContext &ctx, plexus::ServerReader &r, plexus::ServerWriter &) {
                             shutdown_seen.open();
                             Bytes m;
-                            while (r.read(m)) {
+                            try {
+                                while (r.read(m)) {
+                                }
+                            } catch (const plexus::Error &e) {
+                                CHECK(e.code() == PLEXUS_ERR_RPC);
                             }
-                            shutdown_read_ended = ctx.is_cancelled();
+                            shutdown_read_ended = wait_cancelled(ctx);
                             return ServerStatus();
                         })
         .catch_all([](ServerContext &ctx, plexus::ServerReader &r, plexus::ServerWriter &w) {
@@ -408,7 +412,13 @@ int main() {
         doomed->bidi_streaming("/t.S/Forever", [&](ServerContext &, plexus::ServerReader &r, plexus::ServerWriter &) {
             entered.open();
             Bytes m;
-            while (r.read(m)) {
+            try {
+                while (r.read(m)) {
+                }
+            } catch (const plexus::Error &e) {
+                // The cancelled stream may end as a failure (the connection went away).
+                ended = e.code() == PLEXUS_ERR_RPC;
+                throw;
             }
             ended = true;
             return ServerStatus();
