@@ -19,12 +19,12 @@
 #ifndef PLEXUS_HPP
 #define PLEXUS_HPP
 
-#include <cstddef>
-#include <cstdint>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -967,7 +967,8 @@ class ServerReader {
     explicit ServerReader(ServerContext &ctx) noexcept : ctx_(ctx) {}
     /// Waits for the next request into `message`; false when the client half-closed or the
     /// call ended. Throws Error(PLEXUS_ERR_RPC) when the request stream failed (a message
-    /// over the size limit, bad compression): plexus already ended the call with that status.
+    /// over the size limit, bad compression, the connection cut): the call is then over,
+    /// and what the handler answers goes nowhere.
     [[nodiscard]] bool read(Bytes &message, std::int64_t timeout_ms = forever) {
         plexus_bytes *out = nullptr;
         plexus_result rc = plexus_server_call_recv(ctx_.call(), timeout_ms, &out);
