@@ -403,8 +403,9 @@ int main(int argc, char **argv) {
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    // libplexus can write to a TLS connection whose client is already gone, and SIGPIPE's
-    // default action would end the server then (Rust, Python and Node hosts ignore it).
+    // libplexus writes to sockets with writev, which raises SIGPIPE when the client has just
+    // gone, and SIGPIPE's default action would end the server (Rust, Python and Node hosts
+    // ignore it).
     signal(SIGPIPE, SIG_IGN);
     try {
         std::optional<plexus::ServerTls> tls;
