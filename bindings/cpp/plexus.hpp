@@ -905,6 +905,13 @@ class ServerContext {
         detail::check(plexus_server_call_is_cancelled(call(), &out));
         return out;
     }
+    /// Whether the last request message handed to the handler (the unary or server-streaming
+    /// request, or the last one read) arrived compressed; it was inflated either way.
+    [[nodiscard]] bool last_message_compressed() const {
+        bool out = false;
+        detail::check(plexus_server_call_last_message_compressed(call(), &out));
+        return out;
+    }
     /// Response compression for this call ("identity", "gzip", "deflate"); applies when the
     /// client accepts it and the response headers have not gone out yet.
     void set_compression(const std::string &name) {

@@ -9,9 +9,9 @@
 // and server.key in the directory $PLEXUS_INTEROP_CERTS names (as interop/src/features.rs
 // reads them). SIGTERM or SIGINT shuts it down, calls in flight getting SHUTDOWN_GRACE_MS.
 //
-// The C ABI does not tell a handler whether a request message arrived compressed, so
-// CompressedRequest is not implemented: expect_compressed is ignored. CompressedResponse is:
-// a unary call compresses its response when response_compressed is true, a streaming call
+// CompressedRequest: a request with expect_compressed set that arrived uncompressed is
+// answered INVALID_ARGUMENT (the other way round is fine: clients may not be able to send one
+// message of a compressed stream uncompressed, as grpc's interop servers allow). CompressedResponse: a unary call compresses its response when response_compressed is true, a streaming call
 // compresses (gzip) and sends each message uncompressed unless its `compressed` is true.
 // UnimplementedService is not registered, so calls to it get UNIMPLEMENTED from plexus.
 #include <algorithm>
@@ -142,9 +142,17 @@ ServerStatus empty_call(ServerContext &ctx, const Bytes &, Bytes &response) {
     return {};
 }
 
+/// CompressedRequest: INVALID_ARGUMENT when a message expected compressed was not.
+std::optional<ServerStatus> check_compressed(const ServerContext &ctx,
+                                             const std::optional<bool> &expect) {
+    if (!expect.value_or(false) || ctx.last_message_compressed()) return std::nullopt;
+    return ServerStatus(code::invalid_argument, "expected a compressed request");
+}
+
 ServerStatus unary_call(ServerContext &ctx, const Bytes &request, Bytes &response) {
     proto::SimpleRequest req;
     parse(request, req);
+    if (auto status = check_compressed(ctx, req.expect_compressed)) return std::move(*status);
     if (req.response_compressed) ctx.set_compression(*req.response_compressed ? ALGORITHM : "identity");
     echo_metadata(ctx);
     if (auto status = echo_status(req.response_status)) return std::move(*status);
@@ -192,6 +200,7 @@ ServerStatus streaming_input_call(ServerContext &ctx, plexus::ServerReader &read
     while (reader.read(message)) {
         proto::StreamingInputCallRequest req;
         parse(message, req);
+        if (auto status = check_compressed(ctx, req.expect_compressed)) return std::move(*status);
         if (req.payload) total += static_cast<std::int64_t>(req.payload->body.size());
     }
     if (ctx.is_cancelled()) return over();
@@ -403,10 +412,6 @@ int main(int argc, char **argv) {
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    // libplexus writes to sockets with writev, which raises SIGPIPE when the client has just
-    // gone, and SIGPIPE's default action would end the server (Rust, Python and Node hosts
-    // ignore it).
-    signal(SIGPIPE, SIG_IGN);
     try {
         std::optional<plexus::ServerTls> tls;
         if (flags.use_tls) {
