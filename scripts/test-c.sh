@@ -2,8 +2,8 @@
 # The C ABI suite. Builds libplexus (debug) and runs the C and C++ programs of tests/c against
 # the Rust echo server (plexus-peer, tests/peer), plain and over mutual TLS, against plexus
 # servers a test runs in its own process (test_server: the server half of the ABI), and, for
-# the TLS tests, grpcio echo servers over TLS and mutual TLS (tests/c/grpcio_tls_server.py, run with
-# the venv's Python: $PLEXUS_TEST_PYTHON, else .venv/bin/python, made here as
+# the TLS tests, grpcio echo servers over TLS and mutual TLS (tests/c/grpcio_tls_server.py,
+# run with the venv's Python: $PLEXUS_TEST_PYTHON, else .venv/bin/python, made here as
 # scripts/test.sh makes it when missing): linked dynamically, linked statically,
 # built with -fsanitize=address,undefined (the C and C++ side is instrumented; the Rust
 # library is the normal build, since instrumenting Rust needs a nightly toolchain), and under
