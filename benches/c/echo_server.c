@@ -8,14 +8,14 @@
  *
  * Prints `listening on HOST:PORT` (the bound port) once it accepts calls, then serves until it
  * is killed. Every event comes out of one completion queue that N threads (default: one per
- * core) wait on: incoming calls are registered on it, and the streaming calls' receives and
- * sends report to it too. A unary call costs one event: the request arrives in it and
- * plexus_server_call_finish answers with the response and the status in one step.
+ * core) wait on: incoming calls are registered on it, and the streaming calls' receives
+ * report to it too. A unary call costs one event: the request arrives in it and
+ * plexus_server_call_finish answers with the response and the status in one step. A
+ * streaming message costs one event (its receive) and a blocking send.
  *
  * Built by benches/c/build-echo-server.sh. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -165,28 +165,18 @@ static plexus_bytes *answer(const plexus_bytes *request, int32_t *code, const ch
 /* Registration tags: which method an incoming call is for. */
 static int unary_tag, streaming_tag;
 
-/* One StreamingCall: a receive and a send may be outstanding at once, each holding a
- * reference; the call is freed when the last one is done. */
-typedef struct {
-    const plexus_server_call *call;
-    atomic_int refs;
-} stream;
-
+/* The one queue: incoming calls and the streams' receives. */
 static const plexus_cq *cq;
 
-static void stream_unref(stream *s) {
-    if (atomic_fetch_sub(&s->refs, 1) == 1) {
-        plexus_server_call_free(s->call);
-        free(s);
-    }
-}
-
-static void stream_recv(stream *s) {
-    atomic_fetch_add(&s->refs, 1);
-    int32_t rc = plexus_server_call_recv_async(s->call, cq, s);
-    if (rc != PLEXUS_OK) {
-        /* Only when the queue is shut down or the call is over: nothing left to do. */
-        stream_unref(s);
+/* One StreamingCall. Its receives report to the queue; each response is sent with the
+ * blocking send from the thread that took the request (it returns once the message is handed
+ * to the connection, which for ping-pong is at once, and saves an event per message), then
+ * the next receive is asked for. So one operation at most is outstanding, and the status
+ * goes out after every response. */
+static void stream_recv(const plexus_server_call *call) {
+    if (plexus_server_call_recv_async(call, cq, (void *)call) != PLEXUS_OK) {
+        /* Only when the queue is shut down: nothing left to do. */
+        plexus_server_call_free(call);
     }
 }
 
@@ -201,42 +191,30 @@ static void on_unary(const plexus_server_call *call, plexus_bytes *request) {
     plexus_server_call_free(call);
 }
 
-static void on_stream_start(const plexus_server_call *call) {
-    stream *s = malloc(sizeof *s);
-    if (s == NULL) {
-        plexus_server_call_free(call); /* the client sees CANCELLED */
-        return;
-    }
-    s->call = call;
-    atomic_init(&s->refs, 1);
-    stream_recv(s);
-    stream_unref(s);
-}
-
-static void on_stream_recv(stream *s, const plexus_event *ev) {
+static void on_stream_recv(const plexus_server_call *call, const plexus_event *ev) {
     if (ev->result == PLEXUS_OK) {
         int32_t code = 0;
         const char *why = NULL;
         plexus_bytes *resp = answer(ev->message, &code, &why);
         plexus_bytes_free(ev->message);
         if (resp == NULL) {
-            (void)plexus_server_call_finish(s->call, NULL, code, why, NULL);
-        } else {
-            /* Ping-pong: the next request may be read while this response goes out; the
-             * send completes as a PLEXUS_OP_SEND event tagged with the stream. */
-            atomic_fetch_add(&s->refs, 1);
-            if (plexus_server_call_send_async(s->call, resp, 0, cq, s) != PLEXUS_OK) {
-                atomic_fetch_sub(&s->refs, 1);
-            }
-            plexus_bytes_free(resp);
-            stream_recv(s);
+            (void)plexus_server_call_finish(call, NULL, code, why, NULL);
+            plexus_server_call_free(call);
+            return;
         }
+        int32_t rc = plexus_server_call_send(call, resp, 0, -1);
+        plexus_bytes_free(resp);
+        if (rc == PLEXUS_OK) {
+            stream_recv(call);
+            return;
+        }
+        /* The call is over (the client went away). */
     } else if (ev->result == PLEXUS_END_OF_STREAM) {
-        (void)plexus_server_call_finish(s->call, NULL, 0, NULL, NULL);
+        (void)plexus_server_call_finish(call, NULL, 0, NULL, NULL);
     }
     /* PLEXUS_ERR_RPC: plexus already ended the call. */
     plexus_status_free(ev->status);
-    stream_unref(s);
+    plexus_server_call_free(call);
 }
 
 static void *worker(void *arg) {
@@ -252,15 +230,11 @@ static void *worker(void *arg) {
                 on_unary(ev.server_call, ev.message);
             } else {
                 plexus_bytes_free(ev.message);
-                on_stream_start(ev.server_call);
+                stream_recv(ev.server_call);
             }
             break;
         case PLEXUS_OP_RECV:
             on_stream_recv(ev.tag, &ev);
-            break;
-        case PLEXUS_OP_SEND:
-            plexus_status_free(ev.status);
-            stream_unref(ev.tag);
             break;
         default:
             fprintf(stderr, "plexus-echo-server-c: unexpected event op %d\n", (int)ev.op);

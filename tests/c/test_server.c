@@ -93,6 +93,9 @@ static int md_has(const plexus_metadata *md, const char *key, const char *want) 
 static plexus_event stash[STASH];
 static int stashed = 0;
 
+/* The line of the test waiting for an event, for the message when none comes. */
+static int waiting_line = 0;
+
 /* The next event of `q`, waiting for its fd to become readable with poll(). */
 static plexus_event wait_event(const plexus_cq *q) {
     int32_t fd = -1;
@@ -105,6 +108,9 @@ static plexus_event wait_event(const plexus_cq *q) {
         EXPECT(rc, PLEXUS_ERR_TIMEOUT);
         struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
         int n = poll(&p, 1, LONG_MS);
+        if (n != 1 || !(p.revents & POLLIN)) {
+            fprintf(stderr, "no event came for the wait at line %d\n", waiting_line);
+        }
         CHECK(n == 1 && (p.revents & POLLIN));
     }
     CHECK(!"the queue's fd stayed readable with no event to take");
@@ -112,7 +118,8 @@ static plexus_event wait_event(const plexus_cq *q) {
 }
 
 /* The event with `tag` (events with other tags wait in the stash for their turn). */
-static plexus_event take(const plexus_cq *q, const void *tag) {
+#define take(q, tag) (waiting_line = __LINE__, take_event(q, tag))
+static plexus_event take_event(const plexus_cq *q, const void *tag) {
     for (int i = 0; i < stashed; i++) {
         if (stash[i].tag == tag) {
             plexus_event ev = stash[i];
