@@ -1123,9 +1123,12 @@ static void test_deadline(void) {
     int32_t code = code_of(ev.status);
     CHECK(code == 4 || code == 1);
     plexus_status_free(ev.status);
+    /* Over by the server's own timer: the deadline is behind it. (The client's RST_STREAM
+     * may come first: its clock started earlier.) */
     int64_t remaining = -5;
     OK(plexus_server_call_deadline(call, &remaining));
-    CHECK(remaining == 0);
+    CHECK(remaining >= 0 && remaining <= 1000);
+    if (code == 4) CHECK(remaining == 0);
     bool cancelled = false;
     OK(plexus_server_call_is_cancelled(call, &cancelled));
     CHECK(cancelled);
