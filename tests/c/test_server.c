@@ -246,6 +246,8 @@ static struct {
     char x_test[64];
     int64_t deadline;
     int had_message;
+    size_t cert_len;    /* the client's TLS certificate, DER */
+    uint8_t cert_first; /* its first byte (0x30: a DER SEQUENCE) */
 } seen = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void record(const plexus_server_call *call, const plexus_bytes *message) {
@@ -256,10 +258,14 @@ static void record(const plexus_server_call *call, const plexus_bytes *message) 
     OK(plexus_server_call_peer(call, &peer));
     OK(plexus_server_call_metadata(call, &md));
     OK(plexus_server_call_deadline(call, &deadline));
-    const uint8_t *value = NULL;
-    size_t len = 0;
+    const uint8_t *value = NULL, *der = NULL;
+    size_t len = 0, der_len = 0;
     OK(plexus_metadata_get(md, "x-test", &value, &len));
+    OK(plexus_server_call_peer_certificate(call, &der, &der_len));
+    CHECK((der == NULL) == (der_len == 0));
     pthread_mutex_lock(&seen.lock);
+    seen.cert_len = der_len;
+    seen.cert_first = der_len ? der[0] : 0;
     snprintf(seen.method, sizeof seen.method, "%s", method);
     snprintf(seen.peer, sizeof seen.peer, "%s", peer);
     snprintf(seen.x_test, sizeof seen.x_test, "%.*s", (int)len, value ? (const char *)value : "");
@@ -429,6 +435,7 @@ static void test_listeners(void) {
         CHECK(code == 0);
         pthread_mutex_lock(&seen.lock);
         CHECK(strncmp(seen.peer, targets[i].peer_prefix, strlen(targets[i].peer_prefix)) == 0);
+        CHECK(seen.cert_len == 0); /* not TLS */
         pthread_mutex_unlock(&seen.lock);
         plexus_channel_free(ch);
     }
@@ -490,6 +497,14 @@ static void test_tls(void) {
                 CHECK(rc == PLEXUS_ERR_RPC && code != 0);
             } else {
                 OK(rc);
+                /* The host sees the client's certificate where the listener asked for one. */
+                pthread_mutex_lock(&seen.lock);
+                if (identity && port_i > 0) {
+                    CHECK(seen.cert_len > 0 && seen.cert_first == 0x30);
+                } else {
+                    CHECK(seen.cert_len == 0);
+                }
+                pthread_mutex_unlock(&seen.lock);
             }
             plexus_channel_free(ch);
         }
@@ -1559,11 +1574,18 @@ static void test_options(void) {
     fx_start(&f);
     const plexus_cq *q = f.cq;
     static int T_CLIENT;
+    plexus_call_options *gzip = NULL;
+    OK(plexus_call_options_new(&gzip));
+    OK(plexus_call_options_set_compression(gzip, "gzip"));
     for (int i = 0; i < 3; i++) {
         plexus_bytes *req = request_text("compressed"), *msg = NULL;
-        OK(plexus_unary_async(f.channel, M_UNARY, req, NULL, q, &T_CLIENT));
+        /* The first request goes compressed; the host can tell. */
+        OK(plexus_unary_async(f.channel, M_UNARY, req, i == 0 ? gzip : NULL, q, &T_CLIENT));
         plexus_bytes_free(req);
         const plexus_server_call *call = take_call(q, &TAG_UNARY, &msg);
+        bool compressed = i != 0;
+        OK(plexus_server_call_last_message_compressed(call, &compressed));
+        CHECK(compressed == (i == 0));
         if (i == 1) OK(plexus_server_call_set_compression(call, "deflate"));
         if (i == 2) OK(plexus_server_call_set_compression(call, "identity"));
         EXPECT_ERR(plexus_server_call_set_compression(call, "zstd"), PLEXUS_ERR_INVALID_ARGUMENT);
@@ -1575,6 +1597,7 @@ static void test_options(void) {
         plexus_bytes_free(ev.message);
         plexus_status_free(ev.status);
     }
+    plexus_call_options_free(gzip);
     fx_end(&f);
 }
 
@@ -1668,6 +1691,10 @@ static void test_bad_arguments(void) {
     plexus_bytes *m = NULL;
     EXPECT_ERR(plexus_server_call_method(NULL, &s), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_peer(NULL, &s), PLEXUS_ERR_NULL_ARGUMENT);
+    const uint8_t *der = NULL;
+    size_t der_len = 0;
+    EXPECT_ERR(plexus_server_call_peer_certificate(NULL, &der, &der_len), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_call_last_message_compressed(NULL, &b), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_metadata(NULL, &md), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_deadline(NULL, &ms), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_is_cancelled(NULL, &b), PLEXUS_ERR_NULL_ARGUMENT);
@@ -1700,6 +1727,9 @@ static void test_bad_arguments(void) {
     const plexus_server_call *call = take_call(f.cq, &TAG_UNARY, NULL);
     EXPECT_ERR(plexus_server_call_method(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_peer(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_call_peer_certificate(call, NULL, &der_len), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_call_peer_certificate(call, &der, NULL), PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_call_last_message_compressed(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_metadata(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_deadline(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
     EXPECT_ERR(plexus_server_call_is_cancelled(call, NULL), PLEXUS_ERR_NULL_ARGUMENT);
