@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the benchmark matrix: servers {plexus, plexus-smol, tonic, grpcio} x clients {plexus,
-# plexus-smol, plexus-c, plexus-py, tonic, grpcio} x the five cases, alternating rounds,
+# Runs the benchmark matrix: servers {plexus, plexus-smol, plexus-c, tonic, grpcio} x clients
+# {plexus, plexus-smol, plexus-c, plexus-py, tonic, grpcio} x the five cases, alternating rounds,
 # medians; writes benches/results/latest.{json,md,svg} (latest-loadN.* with --load N, N CPU
 # hogs beside each pair). plexus-smol is plexus with everything on SmolExecutor. Installs what
 # it needs: grpcio into the repo's .venv, the release build of plexus-bench (and of libplexus,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C ABI suite. Builds libplexus (debug) and runs the C and C++ programs of tests/c against
-# the Rust echo server (plexus-peer, tests/peer), plain and over mutual TLS, and, for the TLS
-# tests, grpcio echo servers over TLS and mutual TLS (tests/c/grpcio_tls_server.py, run with
-# the venv's Python: $PLEXUS_TEST_PYTHON, else .venv/bin/python, made here as
+# the Rust echo server (plexus-peer, tests/peer), plain and over mutual TLS, against plexus
+# servers a test runs in its own process (test_server: the server half of the ABI), and, for
+# the TLS tests, grpcio echo servers over TLS and mutual TLS (tests/c/grpcio_tls_server.py,
+# run with the venv's Python: $PLEXUS_TEST_PYTHON, else .venv/bin/python, made here as
 # scripts/test.sh makes it when missing): linked dynamically, linked statically,
 # built with -fsanitize=address,undefined (the C and C++ side is instrumented; the Rust
 # library is the normal build, since instrumenting Rust needs a nightly toolchain), and under
@@ -82,7 +83,7 @@ cxxflags=(-std=c++17 "${warn[@]}" -g -Iinclude -Ibindings/cpp -Itests/c)
 dyn=(-L"$lib" -lplexus -Wl,-rpath,"$lib" -pthread -ldl)
 static=("$lib/libplexus.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl)
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
-c_tests=(test_api test_threads test_shutdown test_fork test_tls)
+c_tests=(test_api test_threads test_shutdown test_fork test_tls test_server)
 for t in "${c_tests[@]}"; do
     cc "${cflags[@]}" "tests/c/$t.c" -o "$out/$t" "${dyn[@]}" &
     cc "${cflags[@]}" "${san[@]}" "tests/c/$t.c" -o "$out/$t-asan" "${dyn[@]}" &
@@ -96,6 +97,7 @@ c++ "${cxxflags[@]}" "${san[@]}" tests/c/test_cpp_server.cpp -o "$out/test_cpp_s
 wait
 c++ "${cxxflags[@]}" bindings/cpp/example.cpp -o "$out/example_cpp" "${dyn[@]}" &
 cc "${cflags[@]}" tests/c/test_api.c -o "$out/test_api-static" "${static[@]}" &
+cc "${cflags[@]}" tests/c/test_server.c -o "$out/test_server-static" "${static[@]}" &
 wait
 
 step "start the echo server (plexus-peer)"
@@ -158,6 +160,7 @@ step "C and C++ tests"
 for t in "${c_tests[@]}" test_cpp test_cpp_server; do run "$t" "$out/$t"; done
 run "example_cpp" "$out/example_cpp" "$PLEXUS_TEST_TARGET"
 run "test_api linked with libplexus.a" "$out/test_api-static"
+run "test_server linked with libplexus.a" "$out/test_server-static"
 
 step "C and C++ tests with AddressSanitizer and UndefinedBehaviorSanitizer"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
@@ -173,6 +176,7 @@ run "test_api (valgrind)" "${vg[@]}" "$out/test_api"
 PLEXUS_TEST_CALLS=25 run "test_threads, 8 x 25 calls (valgrind)" "${vg[@]}" "$out/test_threads"
 run "test_shutdown (valgrind)" "${vg[@]}" "$out/test_shutdown"
 run "test_tls (valgrind)" "${vg[@]}" "$out/test_tls"
+run "test_server (valgrind)" "${vg[@]}" "$out/test_server"
 run "test_cpp (valgrind)" "${vg[@]}" "$out/test_cpp"
 run "test_cpp_server (valgrind)" "${vg[@]}" "$out/test_cpp_server"
 # test_fork is not run under valgrind: in a child forked from a threaded process, the

@@ -337,7 +337,8 @@ fn settings_line(results: &Value) -> String {
 const LEGEND: &str = "`plexus`: the Rust client or server on plexus's default executor (its \
     own work-stealing pool); `plexus-smol`: the same code with the channel or server and the \
     client's call loops on `SmolExecutor` (smol's async-executor), nothing on the pool; \
-    `plexus-c`: the C client through libplexus; `plexus-py`: the Python package (`plexus.aio`); \
+    `plexus-c`: the C client through libplexus, or the C echo server on its server ABI; \
+    `plexus-py`: the Python package (`plexus.aio`); \
     `tonic`: tonic on a multi-threaded tokio runtime; `grpcio`: grpcio's Python asyncio API.";
 
 /// The full results as markdown (`latest.md`).

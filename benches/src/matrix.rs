@@ -85,8 +85,9 @@ pub const CASES: [Case; 5] = [
     },
 ];
 
-/// Servers, in table order: plexus on its default executor and on `SmolExecutor`; the peers.
-pub const SERVERS: [&str; 4] = ["plexus", "plexus-smol", "tonic", "grpcio"];
+/// Servers, in table order: plexus on its default executor and on `SmolExecutor`, the C echo
+/// server on the C ABI; the peers.
+pub const SERVERS: [&str; 5] = ["plexus", "plexus-smol", "plexus-c", "tonic", "grpcio"];
 /// Clients, in table order: plexus in Rust (default executor, then `SmolExecutor`), through
 /// the C ABI and from Python; the peers.
 pub const CLIENTS: [&str; 6] = [
@@ -108,7 +109,8 @@ pub const EXTRA_SERVERS: [&str; 3] = ["grpcio-sync", "plexus-py", "plexus-py-syn
 /// to retry, with retries on and off (the cost of retries being on).
 pub const EXTRA_CLIENTS: [&str; 2] = ["plexus-retry", "plexus-retry-off"];
 
-const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grpcio,grpcio-sync,plexus-py,plexus-py-sync]
+const USAGE: &str = "plexus-bench matrix
+    [--servers plexus,plexus-smol,plexus-c,tonic,grpcio,grpcio-sync,plexus-py,plexus-py-sync]
     [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio,plexus-retry,plexus-retry-off]
     [--cases unary-1,unary-64,unary-4k-64,stream-64,stream-1m] [--rounds 3] [--duration 3]
     [--warmup 1] [--load 0] [--out benches/results] [--root REPO] [--python PATH]
@@ -117,9 +119,11 @@ const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grp
 Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
 seconds (after `--warmup`) per cell, each client in its own process. plexus-smol is the
 plexus server or Rust client with everything (channel or server, and the client's call
-loops) on SmolExecutor instead of plexus's own pool. grpcio-sync, plexus-py and plexus-py-sync
+loops) on SmolExecutor instead of plexus's own pool. The plexus-c server is the C echo server
+on libplexus's server ABI (benches/c/echo_server.c). grpcio-sync, plexus-py and plexus-py-sync
 (only when named) are Python servers running one grpcio-generated servicer: grpcio's
-thread-pool server (grpcio is its asyncio one), plexus.aio.server and plexus.server. plexus-retry and plexus-retry-off (only when
+thread-pool server (grpcio is its asyncio one), plexus.aio.server and plexus.server.
+plexus-retry and plexus-retry-off (only when
 named) are the plexus client with a service-config retry policy on the benchmark methods,
 which the servers never make it use, with retries enabled and disabled: the cost of having
 retries on.
@@ -302,6 +306,7 @@ impl Env {
         match name {
             "plexus" => self.rust(&["server", "--impl", "plexus"]),
             "plexus-smol" => self.rust(&["server", "--impl", "plexus", "--executor", "smol"]),
+            "plexus-c" => c_program(root, "build-echo-server.sh", "server"),
             "tonic" => self.rust(&["server", "--impl", "tonic"]),
             "grpcio" => match &self.grpcio {
                 Ok(()) => self.python(&["server"], &[]),
@@ -331,7 +336,7 @@ impl Env {
                 Err(why) => Peer::Skipped(why.clone()),
             },
             "plexus-py" => self.plexus_python(root, &["client", "--impl", "plexus"]),
-            "plexus-c" => plexus_c(root),
+            "plexus-c" => c_program(root, "build-bench-client.sh", "client"),
             other => Peer::Skipped(format!("unknown client {other}")),
         }
     }
@@ -379,16 +384,18 @@ impl Env {
     }
 }
 
-/// Hook: the C client through libplexus's C ABI (ffi/, branch `ffi`). It is built by
-/// `benches/c/build-bench-client.sh`, which prints the binary's path; it takes the same flags
-/// and prints the same JSON as `plexus-bench client`.
-fn plexus_c(root: &Path) -> Peer {
+/// Hook: the C client (benches/c/bench_client.c) or the C echo server (benches/c/echo_server.c)
+/// through libplexus's C ABI. Each is built by its script in benches/c (`script`), which prints
+/// the binary's path; the client takes the same flags and prints the same JSON as
+/// `plexus-bench client`, the server takes `--listen` and prints the same line as
+/// `plexus-bench server`. `command` is the first argument, `client` or `server`.
+fn c_program(root: &Path, script: &str, command: &str) -> Peer {
     if !root.join("include/plexus.h").is_file() {
         return Peer::Skipped("the C ABI (include/plexus.h) is not in this checkout yet".into());
     }
-    let script = root.join("benches/c/build-bench-client.sh");
+    let script = root.join("benches/c").join(script);
     if !script.is_file() {
-        return Peer::Skipped("no C benchmark client (benches/c/build-bench-client.sh) yet".into());
+        return Peer::Skipped(format!("no {} yet", script.display()));
     }
     match Command::new("bash")
         .arg(&script)
@@ -399,12 +406,13 @@ fn plexus_c(root: &Path) -> Peer {
             let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
             Peer::Ready {
                 program: PathBuf::from(path),
-                args: vec!["client".into()],
+                args: vec![command.into()],
                 env: Vec::new(),
             }
         }
         Ok(out) => Peer::Skipped(format!(
-            "building the C client failed (exit {:?})",
+            "building with {} failed (exit {:?})",
+            script.display(),
             out.status.code()
         )),
         Err(e) => Peer::Skipped(format!("cannot run {}: {e}", script.display())),
