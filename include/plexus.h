@@ -1684,7 +1684,8 @@ plexus_result plexus_server_call_send_initial_metadata_async(const struct plexus
 // call is over (cancelled; PLEXUS_OP_SERVER_DONE says why) or the message is bigger than
 // the server's max send size (the call then ends RESOURCE_EXHAUSTED); PLEXUS_ERR_TIMEOUT,
 // in which case the call is cancelled (part of the message may have gone out);
-// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
+// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_INVALID_ARGUMENT for unknown flags;
+// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
 //
 // # Safety
 // `call` and `message` are live.
@@ -1696,7 +1697,8 @@ plexus_result plexus_server_call_send(const struct plexus_server_call *call,
 // `plexus_server_call_send` without blocking: reports PLEXUS_OP_SEND with `tag` on `cq`.
 //
 // Returns PLEXUS_OK (the event follows); PLEXUS_ERR_WRONG_STATE after the finish;
-// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows).
+// PLEXUS_ERR_INVALID_ARGUMENT for unknown flags; PLEXUS_ERR_NULL_ARGUMENT;
+// PLEXUS_ERR_SHUTDOWN (no event follows for these).
 //
 // # Safety
 // `call`, `message` and `cq` are live.

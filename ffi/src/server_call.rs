@@ -459,6 +459,17 @@ impl Drop for Requests {
     }
 }
 
+/// Refuses flag bits this version does not know, so a host's typo is not silently ignored.
+fn check_flags(flags: u32) -> Result<()> {
+    if flags & !PLEXUS_SEND_NO_COMPRESS != 0 {
+        return Err(Error::new(
+            PLEXUS_ERR_INVALID_ARGUMENT,
+            format!("unknown send flags {flags:#x} (known: PLEXUS_SEND_NO_COMPRESS)"),
+        ));
+    }
+    Ok(())
+}
+
 /// A failed send: the call is over.
 fn send_failed(status: &Status) -> Error {
     Error::new(
@@ -868,7 +879,8 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata_async(
 /// call is over (cancelled; PLEXUS_OP_SERVER_DONE says why) or the message is bigger than
 /// the server's max send size (the call then ends RESOURCE_EXHAUSTED); PLEXUS_ERR_TIMEOUT,
 /// in which case the call is cancelled (part of the message may have gone out);
-/// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
+/// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_INVALID_ARGUMENT for unknown flags;
+/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
 ///
 /// # Safety
 /// `call` and `message` are live.
@@ -884,6 +896,7 @@ pub unsafe extern "C" fn plexus_server_call_send(
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         // SAFETY: as above.
         let message = unsafe { bytes_ref(message) }?;
+        check_flags(flags)?;
         call.check_open()?;
         let turn = call.turns.take();
         match runtime::block_on(timeout_ms, call.send(turn, message, flags)) {
@@ -913,7 +926,8 @@ fn failed_send(call: &ServerCall, status: Status) -> Error {
 /// `plexus_server_call_send` without blocking: reports PLEXUS_OP_SEND with `tag` on `cq`.
 ///
 /// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_WRONG_STATE after the finish;
-/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows).
+/// PLEXUS_ERR_INVALID_ARGUMENT for unknown flags; PLEXUS_ERR_NULL_ARGUMENT;
+/// PLEXUS_ERR_SHUTDOWN (no event follows for these).
 ///
 /// # Safety
 /// `call`, `message` and `cq` are live.
@@ -930,6 +944,7 @@ pub unsafe extern "C" fn plexus_server_call_send_async(
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         // SAFETY: as above.
         let message = unsafe { bytes_ref(message) }?;
+        check_flags(flags)?;
         call.check_open()?;
         let rt = runtime::get()?;
         // SAFETY: as above.

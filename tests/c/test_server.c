@@ -753,6 +753,10 @@ static void test_unary_status_and_metadata(void) {
     CHECK(ev.op == PLEXUS_OP_START && ev.result == PLEXUS_OK);
     client = ev.call;
     msg = request_text("first");
+    /* Flag bits this version does not know are refused, not ignored. */
+    EXPECT_ERR(plexus_server_call_send(call, msg, 99, LONG_MS), PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(plexus_server_call_send_async(call, msg, 2, q, &T_CLIENT),
+               PLEXUS_ERR_INVALID_ARGUMENT);
     OK(plexus_server_call_send(call, msg, 0, LONG_MS));
     EXPECT_ERR(plexus_server_call_send_initial_metadata(call, initial, LONG_MS),
                PLEXUS_ERR_WRONG_STATE);
