@@ -13,6 +13,11 @@
  *   plexus_bytes        messages: copied, wrapped caller memory (released exactly once), or
  *                       received and read in place.
  *   plexus_metadata     ASCII and binary (-bin) metadata; plexus_status the outcome of a call.
+ *   plexus_server       a server: listeners (TCP, Unix, abstract, each plaintext or TLS),
+ *                       methods registered by path and kind (or a catch-all), incoming calls
+ *                       delivered as PLEXUS_OP_SERVER_CALL events on a plexus_cq.
+ *   plexus_server_call  one incoming call: recv, send, send_initial_metadata (blocking with a
+ *                       timeout, or _async), finish (never blocks), cancel, done_async.
  *
  * RESULTS AND ERRORS
  *   Every function that can fail returns a plexus_result (an int32_t; 0 is PLEXUS_OK) and
@@ -58,6 +63,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+// `plexus_server_call_send` flag: send this message uncompressed on a call that compresses
+// its responses.
+#define PLEXUS_SEND_NO_COMPRESS 1
 
 // The result of every plexus function that returns one. The values are stable: they never
 // change meaning and are never renumbered; new codes get new numbers. Read them as integers.
@@ -158,12 +167,46 @@ enum plexus_op
   // `plexus_channel_watch_state_async`: `state` is the new state (PLEXUS_OK), or the state
   // when the watch timed out (PLEXUS_ERR_TIMEOUT).
   PLEXUS_OP_STATE_CHANGE = 8,
+  // An incoming call on a registered method or the catch-all (the tag given at
+  // registration): `server_call` is set; for UNARY and SERVER_STREAMING methods `message`
+  // holds the single request.
+  PLEXUS_OP_SERVER_CALL = 9,
+  // `plexus_server_call_send_initial_metadata_async`.
+  PLEXUS_OP_SEND_INITIAL_METADATA = 10,
+  // `plexus_server_call_done_async`: PLEXUS_OK when the call ended with the host's status;
+  // PLEXUS_ERR_RPC when it did not, with `status` saying why.
+  PLEXUS_OP_SERVER_DONE = 11,
+  // `plexus_server_shutdown_async`: every connection of the server is closed.
+  PLEXUS_OP_SERVER_SHUTDOWN = 12,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum plexus_op plexus_op;
 #else
 typedef int32_t plexus_op;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// How a registered method's calls arrive.
+enum plexus_method_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // One request, one response: the request comes in the PLEXUS_OP_SERVER_CALL event.
+  PLEXUS_METHOD_UNARY = 0,
+  // A stream of requests (read with `plexus_server_call_recv`), one response.
+  PLEXUS_METHOD_CLIENT_STREAMING = 1,
+  // One request (in the event), a stream of responses.
+  PLEXUS_METHOD_SERVER_STREAMING = 2,
+  // Streams both ways.
+  PLEXUS_METHOD_BIDI_STREAMING = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum plexus_method_kind plexus_method_kind;
+#else
+typedef int32_t plexus_method_kind;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -208,6 +251,26 @@ typedef struct plexus_cq plexus_cq;
 // `plexus_metadata_free`. Not thread-safe while being modified; reading from several
 // threads at once is safe.
 typedef struct plexus_metadata plexus_metadata;
+
+// A gRPC server. Thread-safe: any function may be called from any thread. Created by
+// `plexus_server_new`, owned by the caller, freed with `plexus_server_free`.
+typedef struct plexus_server plexus_server;
+
+// One call the server received. Thread-safe: it may be used from any thread; one receive
+// at a time; sends from several threads each go out whole. Owned by the host from its
+// PLEXUS_OP_SERVER_CALL event; free with `plexus_server_call_free`.
+typedef struct plexus_server_call plexus_server_call;
+
+// Settings for `plexus_server_new`: core's `ServerSettings`, one setter per field. Owned by
+// the caller; free with `plexus_server_options_free`. The server copies them, so they may be
+// freed or reused right after. Not thread-safe while being modified.
+typedef struct plexus_server_options plexus_server_options;
+
+// TLS for one listener (`plexus_server_add_listener`): the server's certificate chain and
+// key, and optionally the roots that client certificates must chain to. Owned by the caller;
+// free with `plexus_server_tls_free`; a listener copies it. Not thread-safe while being
+// modified.
+typedef struct plexus_server_tls plexus_server_tls;
 
 // The outcome of a call: gRPC status code, message, binary details, and the response's
 // initial and trailing metadata. Owned by the caller; free with `plexus_status_free`.
@@ -257,6 +320,9 @@ typedef struct plexus_event {
   struct plexus_metadata *metadata;
   // PLEXUS_OP_STATE_CHANGE: the channel's connectivity state.
   plexus_connectivity_state state;
+  // PLEXUS_OP_SERVER_CALL: the incoming call, owned by the caller
+  // (`plexus_server_call_free`).
+  const struct plexus_server_call *server_call;
 } plexus_event;
 
 // One metadata entry, as read by `plexus_metadata_get_entry`. Its pointers are borrowed from the
@@ -1292,6 +1358,18 @@ void plexus_call_options_free(struct plexus_call_options *options);
 // `options` is live.
 plexus_result plexus_call_options_set_timeout_ms(struct plexus_call_options *options, int64_t ms);
 
+// Makes calls with these options calls on behalf of the server call `parent` (NULL clears
+// it): they get its deadline when it is earlier than their own timeout, and are cancelled
+// with CANCELLED when it is cancelled (its client gave up, its deadline passed, its
+// connection went away). The options keep what they need of `parent`, which may be freed.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live; `parent` is NULL or live.
+plexus_result plexus_call_options_set_parent(struct plexus_call_options *options,
+                                             const struct plexus_server_call *parent);
+
 // The request metadata: a copy of `metadata` (NULL clears it). The caller keeps ownership
 // of `metadata`.
 //
@@ -1340,6 +1418,532 @@ plexus_result plexus_call_options_set_max_receive_message_size(struct plexus_cal
 // `options` is live.
 plexus_result plexus_call_options_set_max_send_message_size(struct plexus_call_options *options,
                                                             size_t bytes);
+
+// Creates a server with `options` (NULL: defaults; copied, so they may be freed right
+// after). It serves nothing until methods are registered, listeners added and
+// `plexus_server_start` called. Owned by the caller: free with `plexus_server_free`.
+//
+// Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL;
+// PLEXUS_ERR_INVALID_ARGUMENT when the options do not go together (the connection window
+// below the stream window).
+//
+// # Safety
+// `options` is NULL or live; `out` is writable.
+plexus_result plexus_server_new(const struct plexus_server_options *options,
+                                const struct plexus_server **out);
+
+// Routes calls to `path` (NUL-terminated, `/package.Service/Method`; `kind` a
+// `plexus_method_kind`) to the host: each
+// becomes a PLEXUS_OP_SERVER_CALL event with `tag` on `cq` (the server keeps the queue
+// alive). For UNARY and SERVER_STREAMING methods plexus reads the single request first and
+// puts it in the event (a call with none or several is answered INTERNAL without reaching
+// the host). Only before `plexus_server_start`.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8;
+// PLEXUS_ERR_INVALID_ARGUMENT for a malformed path, a path registered twice or an unknown
+// kind; PLEXUS_ERR_WRONG_STATE after `plexus_server_start` or shutdown.
+//
+// # Safety
+// `server` and `cq` are live; `path` is a NUL-terminated string.
+plexus_result plexus_server_register_method(const struct plexus_server *server,
+                                            const char *path,
+                                            int32_t kind,
+                                            const struct plexus_cq *cq,
+                                            void *tag);
+
+// Routes calls to every path not registered with `plexus_server_register_method` to the
+// host, as PLEXUS_OP_SERVER_CALL events with `tag` on `cq` and no message in the event (read
+// the requests with `plexus_server_call_recv`; `plexus_server_call_method` gives the path).
+// Without a catch-all such calls get UNIMPLEMENTED. Only before `plexus_server_start`.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_WRONG_STATE after
+// `plexus_server_start`, after shutdown, or when a catch-all is already set.
+//
+// # Safety
+// `server` and `cq` are live.
+plexus_result plexus_server_register_catch_all(const struct plexus_server *server,
+                                               const struct plexus_cq *cq,
+                                               void *tag);
+
+// Binds a listening socket now, before or after `plexus_server_start` (a server that runs
+// accepts on it at once): `host:port` or `[v6]:port` (port 0 picks a free one), `unix:path`
+// or `unix:///abs/path` (a stale socket file at the path is replaced; the file is removed
+// when the server is freed), or `unix-abstract:name` (Linux). `tls` NULL serves plaintext;
+// otherwise every connection on this listener speaks TLS with a copy of those settings.
+// `port` may be NULL; otherwise it receives the bound TCP port (0 for Unix sockets).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8;
+// PLEXUS_ERR_INVALID_ARGUMENT for a malformed address or TLS settings that do not load (bad
+// PEM, key not matching); PLEXUS_ERR_SYSTEM when the socket cannot be bound (in use, no
+// permission: the text has the OS error); PLEXUS_ERR_WRONG_STATE after shutdown started;
+// PLEXUS_ERR_SHUTDOWN after `plexus_shutdown`.
+//
+// # Safety
+// `server` is live; `address` is a NUL-terminated string; `tls` is NULL or live; `port` is
+// NULL or writable.
+plexus_result plexus_server_add_listener(const struct plexus_server *server,
+                                         const char *address,
+                                         const struct plexus_server_tls *tls,
+                                         int32_t *port);
+
+// Starts serving: accepts connections on every listener added so far (and on those added
+// later), and routes their calls to the registered methods. Returns at once.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_WRONG_STATE when already started or
+// shut down; PLEXUS_ERR_SHUTDOWN after `plexus_shutdown`.
+//
+// # Safety
+// `server` is live.
+plexus_result plexus_server_start(const struct plexus_server *server);
+
+// Shuts the server down: stops accepting, sends GOAWAY so clients start no new calls here,
+// lets the calls in flight finish for up to `grace_ms` milliseconds (negative: no limit),
+// then cancels the rest (their hosts see PLEXUS_OP_SERVER_DONE with PLEXUS_ERR_RPC and
+// their sends fail), and returns once every connection is closed. No PLEXUS_OP_SERVER_CALL
+// event comes after it returns. Blocks the calling thread, so it must not run on a thread
+// that the calls in flight need to finish (answer them from other threads, or use
+// `plexus_server_shutdown_async`). Idempotent: a second call waits as well.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN after `plexus_shutdown`
+// (which closed everything already).
+//
+// # Safety
+// `server` is live.
+plexus_result plexus_server_shutdown(const struct plexus_server *server, int64_t grace_ms);
+
+// `plexus_server_shutdown` without blocking: reports PLEXUS_OP_SERVER_SHUTDOWN with `tag`
+// on `cq` once every connection is closed.
+//
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN when
+// the queue or the runtime is shut down (no event follows).
+//
+// # Safety
+// `server` and `cq` are live.
+plexus_result plexus_server_shutdown_async(const struct plexus_server *server,
+                                           int64_t grace_ms,
+                                           const struct plexus_cq *cq,
+                                           void *tag);
+
+// Releases the caller's handle. A server still running is shut down with no grace (its
+// calls are cancelled) in the background; call `plexus_server_shutdown` first for a
+// graceful stop. Calls the host still holds stay valid until freed. NULL is a no-op.
+//
+// # Safety
+// `server` is NULL or live, not used again.
+void plexus_server_free(const struct plexus_server *server);
+
+// Writes the call's method path (`/package.Service/Method`) to `*method`. Borrowed: valid
+// until the call is freed.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `method` is writable.
+plexus_result plexus_server_call_method(const struct plexus_server_call *call, const char **method);
+
+// Writes where the client connected from to `*peer`, in gRPC's forms:
+// `ipv4:127.0.0.1:5555`, `ipv6:[::1]:5555`, `unix:` (an unnamed Unix socket) or
+// `unix:/path`. Borrowed: valid until the call is freed.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `peer` is writable.
+plexus_result plexus_server_call_peer(const struct plexus_server_call *call, const char **peer);
+
+// Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
+// never free it.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `metadata` is writable.
+plexus_result plexus_server_call_metadata(const struct plexus_server_call *call,
+                                          const struct plexus_metadata **metadata);
+
+// Writes the milliseconds left before the client's deadline to `*remaining_ms` (0 once it
+// passed), or -1 when the client set none.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `remaining_ms` is writable.
+plexus_result plexus_server_call_deadline(const struct plexus_server_call *call,
+                                          int64_t *remaining_ms);
+
+// Writes whether the call is over to `*cancelled`: true once the client cancelled, the
+// deadline passed, the connection went away or the server cancelled it, and also once it
+// ended normally.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `cancelled` is writable.
+plexus_result plexus_server_call_is_cancelled(const struct plexus_server_call *call,
+                                              bool *cancelled);
+
+// Compresses this call's responses with `name` (`"identity"`, `"gzip"` or `"deflate"`),
+// if the client accepts it (else they go out uncompressed) and the response headers have
+// not gone out yet (else nothing changes).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8;
+// PLEXUS_ERR_INVALID_ARGUMENT for another name.
+//
+// # Safety
+// `call` is live; `name` is a NUL-terminated string.
+plexus_result plexus_server_call_set_compression(const struct plexus_server_call *call,
+                                                 const char *name);
+
+// Receives the next request message, waiting up to `timeout_ms` milliseconds (negative: no
+// limit). The message is owned by the caller (`plexus_bytes_free`), read in place. Blocks.
+//
+// Returns PLEXUS_OK and writes `*message`; PLEXUS_END_OF_STREAM when the client half-closed,
+// or the call is over (PLEXUS_OP_SERVER_DONE says how); PLEXUS_ERR_TIMEOUT (nothing is lost);
+// PLEXUS_ERR_BUSY while another receive runs; PLEXUS_ERR_RPC when the request stream failed
+// (an oversize message: RESOURCE_EXHAUSTED; one that does not inflate: INTERNAL), in which
+// case plexus already ended the call with that status; PLEXUS_ERR_NULL_ARGUMENT;
+// PLEXUS_ERR_SHUTDOWN.
+//
+// # Safety
+// `call` is live; `message` is writable.
+plexus_result plexus_server_call_recv(const struct plexus_server_call *call,
+                                      int64_t timeout_ms,
+                                      struct plexus_bytes **message);
+
+// `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
+// (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
+//
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
+// event follows).
+//
+// # Safety
+// `call` and `cq` are live.
+plexus_result plexus_server_call_recv_async(const struct plexus_server_call *call,
+                                            const struct plexus_cq *cq,
+                                            void *tag);
+
+// Sends the response headers with `metadata` (NULL: none; copied). Optional: the first
+// message or the finish sends them otherwise. Waits up to `timeout_ms` milliseconds
+// (negative: no limit). Blocks.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_WRONG_STATE after a message or the finish (the headers
+// went out already); PLEXUS_ERR_RPC when the call is over; PLEXUS_ERR_INVALID_ARGUMENT for
+// metadata that cannot be sent; PLEXUS_ERR_TIMEOUT; PLEXUS_ERR_NULL_ARGUMENT;
+// PLEXUS_ERR_SHUTDOWN.
+//
+// # Safety
+// `call` is live; `metadata` is NULL or live.
+plexus_result plexus_server_call_send_initial_metadata(const struct plexus_server_call *call,
+                                                       const struct plexus_metadata *metadata,
+                                                       int64_t timeout_ms);
+
+// `plexus_server_call_send_initial_metadata` without blocking: reports
+// PLEXUS_OP_SEND_INITIAL_METADATA with `tag` on `cq`.
+//
+// Returns PLEXUS_OK (the event follows); the argument and state errors of the blocking form
+// (no event follows); PLEXUS_ERR_SHUTDOWN.
+//
+// # Safety
+// `call` and `cq` are live; `metadata` is NULL or live.
+plexus_result plexus_server_call_send_initial_metadata_async(const struct plexus_server_call *call,
+                                                             const struct plexus_metadata *metadata,
+                                                             const struct plexus_cq *cq,
+                                                             void *tag);
+
+// Sends one response message (borrowed: the caller still frees `message`; wrapped memory is
+// released once it went out), waiting up to `timeout_ms` milliseconds (negative: no limit)
+// for HTTP/2 flow control. `flags`: 0, or PLEXUS_SEND_NO_COMPRESS. Sends from several
+// threads each go out whole. Blocks.
+//
+// Returns PLEXUS_OK once the message is handed to the connection; PLEXUS_ERR_RPC when the
+// call is over (cancelled; PLEXUS_OP_SERVER_DONE says why) or the message is bigger than
+// the server's max send size (the call then ends RESOURCE_EXHAUSTED); PLEXUS_ERR_TIMEOUT,
+// in which case the call is cancelled (part of the message may have gone out);
+// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
+//
+// # Safety
+// `call` and `message` are live.
+plexus_result plexus_server_call_send(const struct plexus_server_call *call,
+                                      const struct plexus_bytes *message,
+                                      uint32_t flags,
+                                      int64_t timeout_ms);
+
+// `plexus_server_call_send` without blocking: reports PLEXUS_OP_SEND with `tag` on `cq`.
+//
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_WRONG_STATE after the finish;
+// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows).
+//
+// # Safety
+// `call`, `message` and `cq` are live.
+plexus_result plexus_server_call_send_async(const struct plexus_server_call *call,
+                                            const struct plexus_bytes *message,
+                                            uint32_t flags,
+                                            const struct plexus_cq *cq,
+                                            void *tag);
+
+// Ends the call: sends `last_message` if not NULL (borrowed; the usual way to answer a unary
+// call in one step), then the status `code` (0..16) with `message` (NULL: empty) and
+// `trailers` (NULL: none; copied). A binary trailer `grpc-status-details-bin` becomes the
+// status details. Never blocks: the status goes out after the messages already sent. A
+// call that is already over (cancelled) still returns PLEXUS_OK: nothing goes out, and
+// PLEXUS_OP_SERVER_DONE says it was cancelled.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_WRONG_STATE when the call was already finished;
+// PLEXUS_ERR_INVALID_ARGUMENT for a code outside 0..16; PLEXUS_ERR_NULL_ARGUMENT;
+// PLEXUS_ERR_INVALID_UTF8.
+//
+// # Safety
+// `call` is live; `last_message` and `trailers` are NULL or live; `message` is NULL or a
+// NUL-terminated string.
+plexus_result plexus_server_call_finish(const struct plexus_server_call *call,
+                                        const struct plexus_bytes *last_message,
+                                        int32_t code,
+                                        const char *message,
+                                        const struct plexus_metadata *trailers);
+
+// Ends the call now with CANCELLED (the client sees CANCELLED); waiting sends and receives
+// return. Idempotent; no effect on a call that is over.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live.
+plexus_result plexus_server_call_cancel(const struct plexus_server_call *call);
+
+// Reports PLEXUS_OP_SERVER_DONE with `tag` on `cq` once the call is over: result PLEXUS_OK
+// when it ended with the status given to `plexus_server_call_finish`, PLEXUS_ERR_RPC when it
+// did not (the client cancelled, the deadline passed, the connection went away, the server
+// cancelled or shut down), with `status` saying why (CANCELLED, DEADLINE_EXCEEDED, or the
+// status a failed request stream ended it with). May be asked more than once.
+//
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
+// event follows).
+//
+// # Safety
+// `call` and `cq` are live.
+plexus_result plexus_server_call_done_async(const struct plexus_server_call *call,
+                                            const struct plexus_cq *cq,
+                                            void *tag);
+
+// Releases the host's handle. A call not finished yet is cancelled (the client sees
+// CANCELLED). Operations still running on it complete normally. NULL is a no-op.
+//
+// # Safety
+// `call` is NULL or live, not used again.
+void plexus_server_call_free(const struct plexus_server_call *call);
+
+// Creates server options with every setting at its default, owned by the caller (free with
+// `plexus_server_options_free`).
+//
+// Returns PLEXUS_OK and writes `*out`; PLEXUS_ERR_NULL_ARGUMENT if `out` is NULL.
+//
+// # Safety
+// `out` is valid for a write.
+plexus_result plexus_server_options_new(struct plexus_server_options **out);
+
+// Frees server options. NULL is a no-op.
+//
+// # Safety
+// `options` is NULL or live, not used again.
+void plexus_server_options_free(struct plexus_server_options *options);
+
+// Compresses responses with `name` (`"identity"`, the default, `"gzip"` or `"deflate"`) on
+// every call whose client accepts it; a call may choose otherwise with
+// `plexus_server_call_set_compression`. Compressed requests are inflated whatever this says.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8;
+// PLEXUS_ERR_INVALID_ARGUMENT for another name.
+//
+// # Safety
+// `options` is live; `name` is a NUL-terminated string.
+plexus_result plexus_server_options_set_compression(struct plexus_server_options *options,
+                                                    const char *name);
+
+// Calls open at once over the whole server, every connection together (0, the default: no limit). A call beyond it is answered RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" (grpcio's words for its `maximum_concurrent_rpcs`) and never reaches the host.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_concurrent_calls(struct plexus_server_options *options,
+                                                             uint32_t calls);
+
+// SETTINGS_MAX_CONCURRENT_STREAMS: calls open at once on one connection (default 100).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_concurrent_streams(struct plexus_server_options *options,
+                                                               uint32_t streams);
+
+// Largest request message accepted, in bytes (default 4 MiB); a bigger one ends its call with RESOURCE_EXHAUSTED.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_receive_message_size(struct plexus_server_options *options,
+                                                                 size_t bytes);
+
+// Largest response message sent, in bytes (default unlimited); a bigger one ends its call with RESOURCE_EXHAUSTED.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_send_message_size(struct plexus_server_options *options,
+                                                              size_t bytes);
+
+// Initial HTTP/2 stream window; setting it pins the windows instead of adapting them to the measured bandwidth-delay product.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_initial_stream_window_size(struct plexus_server_options *options,
+                                                                   uint32_t bytes);
+
+// Initial HTTP/2 connection window; setting it pins the windows.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_initial_connection_window_size(struct plexus_server_options *options,
+                                                                       uint32_t bytes);
+
+// Whether flow-control windows follow the measured bandwidth-delay product (default: yes unless a window size is set).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_adaptive_window(struct plexus_server_options *options,
+                                                        bool adaptive);
+
+// Largest HTTP/2 frame accepted (default 16384; 16384 to 16777215).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_frame_size(struct plexus_server_options *options,
+                                                       uint32_t bytes);
+
+// Sends a keepalive PING after this many milliseconds without a frame from a client (default 2 hours; negative: never).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_keepalive_time_ms(struct plexus_server_options *options,
+                                                          int64_t ms);
+
+// Closes a connection whose keepalive PING is unanswered for this many milliseconds (default 20000; above 0).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_keepalive_timeout_ms(struct plexus_server_options *options,
+                                                             int64_t ms);
+
+// Shortest interval, in milliseconds, allowed between a client's PINGs while calls are open (default 5 minutes); a client pinging faster is sent GOAWAY ENHANCE_YOUR_CALM.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_keepalive_min_ping_interval_ms(struct plexus_server_options *options,
+                                                                       int64_t ms);
+
+// Whether clients may ping at that interval while no call is open (default false).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_keepalive_permit_without_calls(struct plexus_server_options *options,
+                                                                       bool permit);
+
+// Time a new connection has to finish its TLS handshake and HTTP/2 preface, in milliseconds (default 20000; negative: no limit).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_handshake_timeout_ms(struct plexus_server_options *options,
+                                                             int64_t ms);
+
+// Largest request header block accepted, metadata included (default 16384).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_header_list_size(struct plexus_server_options *options,
+                                                             uint32_t bytes);
+
+// Sends GOAWAY to, and closes, a connection with no call for this many milliseconds (gRFC A9; default and negative: never).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_connection_idle_ms(struct plexus_server_options *options,
+                                                               int64_t ms);
+
+// Sends GOAWAY to a connection this many milliseconds old, ±10 % (gRFC A9; default and negative: never): its clients reconnect and re-resolve, which spreads them over new servers.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_connection_age_ms(struct plexus_server_options *options,
+                                                              int64_t ms);
+
+// How long calls in flight have after an age GOAWAY before the connection closes under them, in milliseconds (default and negative: as long as they take).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL; PLEXUS_ERR_INVALID_ARGUMENT for a value out of range.
+//
+// # Safety
+// `options` is live.
+plexus_result plexus_server_options_set_max_connection_age_grace_ms(struct plexus_server_options *options,
+                                                                    int64_t ms);
+
+// Creates TLS settings presenting `cert_chain_pem` (the server's certificate first, then
+// intermediates) with `private_key_pem` (PKCS#8, PKCS#1 or SEC1), both copied. Only HTTP/2 is
+// offered over ALPN. The PEMs are parsed when a listener is added, which names what is
+// wrong with them.
+//
+// Returns PLEXUS_OK and writes `*out` (caller owns it); PLEXUS_ERR_NULL_ARGUMENT;
+// PLEXUS_ERR_INVALID_UTF8.
+//
+// # Safety
+// `cert_chain_pem` and `private_key_pem` are NUL-terminated strings; `out` is writable.
+plexus_result plexus_server_tls_new(const char *cert_chain_pem,
+                                    const char *private_key_pem,
+                                    struct plexus_server_tls **out);
+
+// Asks clients for a certificate that chains to the roots in `ca_pem` (copied; one or more
+// PEM certificates; calling again adds more). With `require_client_cert` a client without
+// one fails the handshake; without it such clients are let in (and a handler sees no
+// certificate).
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8.
+//
+// # Safety
+// `tls` is live; `ca_pem` is a NUL-terminated string.
+plexus_result plexus_server_tls_set_client_ca_pem(struct plexus_server_tls *tls,
+                                                  const char *ca_pem,
+                                                  bool require_client_cert);
+
+// Frees TLS settings. NULL is a no-op.
+//
+// # Safety
+// `tls` is NULL or live, not used again.
+void plexus_server_tls_free(struct plexus_server_tls *tls);
 
 // Writes the gRPC status code (0 OK to 16 UNAUTHENTICATED, as in the gRPC spec) to `*code`.
 // Thread-safe.

@@ -1,14 +1,17 @@
-"""The Python peers of the benchmark harness: a BenchmarkService server on grpcio, and a load
-generator that drives grpcio's or plexus's asyncio channel with the same grpcio-tools stubs.
+"""The Python peers of the benchmark harness: a BenchmarkService server, and a load generator
+that drives grpcio's or plexus's asyncio channel with the same grpcio-tools stubs.
 
-    python bench_peer.py server --listen 127.0.0.1:0
+    python bench_peer.py server --listen 127.0.0.1:0 [--impl grpcio|plexus] [--api aio|sync]
     python bench_peer.py client --impl grpcio|plexus --target HOST:PORT --rpc unary|streaming
         --concurrency N --payload BYTES --duration S --warmup S [--json]
 
 The client takes the flags of `plexus-bench client` and prints the same report (one JSON line
 with --json). Latency percentiles are exact (every sample of the window is kept and sorted),
-not from an HDR histogram: a Python client completes few enough calls for that. Both sides use
-asyncio (grpc.aio), grpcio's fastest Python API. The stubs are generated at run time from
+not from an HDR histogram: a Python client completes few enough calls for that. The client uses
+asyncio (grpc.aio), grpcio's fastest Python API. The server runs one grpcio-generated servicer
+on grpcio's server or on plexus's (plexus.server / plexus.aio.server, the Rust server under a
+grpcio-shaped API), with async methods for `--api aio` and plain ones on a thread pool of
+`--workers` threads for `--api sync`, so the pairs compare the same Python code. The stubs are generated at run time from
 interop/proto by tests/interop/py/stubs.py ($PLEXUS_INTEROP_STUBS names a directory that
 already holds them).
 """
@@ -181,9 +184,27 @@ def bench_response(request, context):
     )
 
 
+class SyncBenchmarkService(benchmark_service_pb2_grpc.BenchmarkServiceServicer):
+    """UnaryCall and StreamingCall as the plexus interop server answers them, for the
+    thread-pool servers; the other methods stay UNIMPLEMENTED (the harness does not drive
+    them)."""
+
+    def UnaryCall(self, request, context):
+        response = bench_response(request, context)
+        if response is None:
+            context.abort(context.code(), context.details())
+        return response
+
+    def StreamingCall(self, request_iterator, context):
+        for request in request_iterator:
+            response = bench_response(request, context)
+            if response is None:
+                context.abort(context.code(), context.details())
+            yield response
+
+
 class BenchmarkService(benchmark_service_pb2_grpc.BenchmarkServiceServicer):
-    """UnaryCall and StreamingCall as the plexus interop server answers them; the other
-    methods stay UNIMPLEMENTED (the harness does not drive them)."""
+    """The same service with async methods, for the asyncio servers."""
 
     async def UnaryCall(self, request, context):
         response = bench_response(request, context)
@@ -199,18 +220,41 @@ class BenchmarkService(benchmark_service_pb2_grpc.BenchmarkServiceServicer):
             yield response
 
 
-async def server(args) -> None:
-    import grpc.aio
-
-    srv = grpc.aio.server()
-    benchmark_service_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), srv)
-    port = srv.add_insecure_port(args.listen)
+def listening(args, port: int) -> None:
     if port == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
-    await srv.start()
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
+
+
+async def aio_server(args) -> None:
+    if args.impl == "plexus":
+        import plexus.aio as aio
+    else:
+        import grpc.aio as aio
+
+    srv = aio.server()
+    benchmark_service_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), srv)
+    port = srv.add_insecure_port(args.listen)
+    await srv.start()
+    listening(args, port)
     await srv.wait_for_termination()
+
+
+def sync_server(args) -> None:
+    from concurrent import futures
+
+    if args.impl == "plexus":
+        import plexus as impl
+    else:
+        import grpc as impl
+
+    srv = impl.server(futures.ThreadPoolExecutor(max_workers=args.workers))
+    benchmark_service_pb2_grpc.add_BenchmarkServiceServicer_to_server(SyncBenchmarkService(), srv)
+    port = srv.add_insecure_port(args.listen)
+    srv.start()
+    listening(args, port)
+    srv.wait_for_termination()
 
 
 def main() -> None:
@@ -218,6 +262,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("server")
     s.add_argument("--listen", default="127.0.0.1:0")
+    s.add_argument("--impl", choices=("grpcio", "plexus"), default="grpcio")
+    s.add_argument("--api", choices=("aio", "sync"), default="aio")
+    # grpcio's examples use 10; the harness drives up to 64 calls at once.
+    s.add_argument("--workers", type=int, default=64)
     c = sub.add_parser("client")
     c.add_argument("--impl", choices=("grpcio", "plexus"), default="grpcio")
     c.add_argument("--target", required=True)
@@ -230,7 +278,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "server":
         try:
-            asyncio.run(server(args))
+            if args.api == "aio":
+                asyncio.run(aio_server(args))
+            else:
+                sync_server(args)
         except KeyboardInterrupt:
             pass
         return

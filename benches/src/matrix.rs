@@ -98,11 +98,17 @@ pub const CLIENTS: [&str; 6] = [
     "grpcio",
 ];
 
+/// Servers run only when `--servers` names them: the Python servers, each running the same
+/// grpcio-generated servicer: grpcio's thread-pool server (`grpcio` is its asyncio one), and
+/// plexus's grpcio-shaped servers over the Rust server, asyncio (`plexus-py`) and thread-pool
+/// (`plexus-py-sync`).
+pub const EXTRA_SERVERS: [&str; 3] = ["grpcio-sync", "plexus-py", "plexus-py-sync"];
+
 /// Clients run only when `--clients` names them: plexus with a retry policy that never has
 /// to retry, with retries on and off (the cost of retries being on).
 pub const EXTRA_CLIENTS: [&str; 2] = ["plexus-retry", "plexus-retry-off"];
 
-const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grpcio]
+const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grpcio,grpcio-sync,plexus-py,plexus-py-sync]
     [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio,plexus-retry,plexus-retry-off]
     [--cases unary-1,unary-64,unary-4k-64,stream-64,stream-1m] [--rounds 3] [--duration 3]
     [--warmup 1] [--load 0] [--out benches/results] [--root REPO] [--python PATH]
@@ -111,7 +117,9 @@ const USAGE: &str = "plexus-bench matrix [--servers plexus,plexus-smol,tonic,grp
 Runs every server x client pair on every case, `--rounds` alternating rounds of `--duration`
 seconds (after `--warmup`) per cell, each client in its own process. plexus-smol is the
 plexus server or Rust client with everything (channel or server, and the client's call
-loops) on SmolExecutor instead of plexus's own pool. plexus-retry and plexus-retry-off (only when
+loops) on SmolExecutor instead of plexus's own pool. grpcio-sync, plexus-py and plexus-py-sync
+(only when named) are Python servers running one grpcio-generated servicer: grpcio's
+thread-pool server (grpcio is its asyncio one), plexus.aio.server and plexus.server. plexus-retry and plexus-retry-off (only when
 named) are the plexus client with a service-config retry policy on the benchmark methods,
 which the servers never make it use, with retries enabled and disabled: the cost of having
 retries on.
@@ -191,8 +199,10 @@ pub fn main(raw: &[String]) -> Result<(), String> {
     let servers = args.list("servers", &SERVERS);
     let clients = args.list("clients", &CLIENTS);
     for s in &servers {
-        if !SERVERS.contains(&s.as_str()) {
-            return Err(format!("unknown server {s:?} (known: {SERVERS:?})"));
+        if !SERVERS.contains(&s.as_str()) && !EXTRA_SERVERS.contains(&s.as_str()) {
+            return Err(format!(
+                "unknown server {s:?} (known: {SERVERS:?} and {EXTRA_SERVERS:?})"
+            ));
         }
     }
     for c in &clients {
@@ -287,7 +297,8 @@ impl Env {
         }
     }
 
-    fn server(&self, name: &str) -> Peer {
+    fn server(&self, name: &str, root: &Path) -> Peer {
+        let sync = ["server", "--api", "sync"];
         match name {
             "plexus" => self.rust(&["server", "--impl", "plexus"]),
             "plexus-smol" => self.rust(&["server", "--impl", "plexus", "--executor", "smol"]),
@@ -296,6 +307,14 @@ impl Env {
                 Ok(()) => self.python(&["server"], &[]),
                 Err(why) => Peer::Skipped(why.clone()),
             },
+            "grpcio-sync" => match &self.grpcio {
+                Ok(()) => self.python(&sync, &[]),
+                Err(why) => Peer::Skipped(why.clone()),
+            },
+            "plexus-py" => self.plexus_python(root, &["server", "--impl", "plexus"]),
+            "plexus-py-sync" => {
+                self.plexus_python(root, &["server", "--impl", "plexus", "--api", "sync"])
+            }
             other => Peer::Skipped(format!("unknown server {other}")),
         }
     }
@@ -311,15 +330,16 @@ impl Env {
                 Ok(()) => self.python(&["client", "--impl", "grpcio"], &[]),
                 Err(why) => Peer::Skipped(why.clone()),
             },
-            "plexus-py" => self.plexus_python(root),
+            "plexus-py" => self.plexus_python(root, &["client", "--impl", "plexus"]),
             "plexus-c" => plexus_c(root),
             other => Peer::Skipped(format!("unknown client {other}")),
         }
     }
 
-    /// Hook: plexus's Python package (bindings/python, branch `python`) driving the same
-    /// grpcio-tools stubs as the grpcio client, through `plexus.aio`.
-    fn plexus_python(&self, root: &Path) -> Peer {
+    /// bench_peer.py with `args` on plexus's Python package (bindings/python): its client
+    /// drives the same grpcio-tools stubs as the grpcio client, its servers run the same
+    /// servicer as grpcio's.
+    fn plexus_python(&self, root: &Path, args: &[&str]) -> Peer {
         if let Err(why) = &self.grpcio {
             return Peer::Skipped(why.clone());
         }
@@ -349,7 +369,7 @@ impl Env {
             .stderr(Stdio::piped())
             .output();
         match probe {
-            Ok(out) if out.status.success() => self.python(&["client", "--impl", "plexus"], &env),
+            Ok(out) if out.status.success() => self.python(args, &env),
             Ok(out) => Peer::Skipped(format!(
                 "`import plexus.aio` failed (benches/run.sh builds libplexus): {}",
                 last_line(&String::from_utf8_lossy(&out.stderr))
@@ -632,7 +652,7 @@ fn run_in(settings: &Settings, work: &Path, began: Instant) -> Result<(), String
     let mut skipped: Vec<Value> = Vec::new();
     let mut servers = Vec::new();
     for name in &settings.servers {
-        let peer = env.server(name);
+        let peer = env.server(name, &settings.root);
         match &peer {
             Peer::Skipped(why) => {
                 println!("server {name}: skipped: {why}");

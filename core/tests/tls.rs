@@ -927,3 +927,54 @@ impl Connector for Recorder {
         SocketConnector.connect(address)
     }
 }
+
+/// One server, two listeners: TLS on the one that was given its own config, plaintext on the
+/// other (grpcio's `add_secure_port` beside `add_insecure_port`), the same routes on both.
+#[test]
+fn a_listener_with_its_own_tls_beside_a_plaintext_one() {
+    let server = echo().build().unwrap();
+    let plain = Listener::bind_tcp("127.0.0.1:0").unwrap();
+    let secure = Listener::bind_tcp("127.0.0.1:0")
+        .unwrap()
+        .tls(&server_tls())
+        .unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    let secure_addr = secure.local_addr().unwrap();
+    for listener in [plain, secure] {
+        let s = server.clone();
+        SmolExecutor.spawn(Box::pin(async move {
+            let _ = s.serve(listener).await;
+        }));
+    }
+    let by_addr = |target: &str, addr: SocketAddr| {
+        Channel::builder(target).resolver(StaticResolver::new([Address::Tcp(addr)]))
+    };
+    run(async {
+        let tls = by_addr("https://localhost", secure_addr)
+            .tls(client_tls())
+            .build()
+            .unwrap();
+        assert_eq!(say(&tls, "over tls").await.unwrap(), "over tls");
+        let cleartext = by_addr("http://localhost", plain_addr).build().unwrap();
+        assert_eq!(
+            say(&cleartext, "in the clear").await.unwrap(),
+            "in the clear"
+        );
+        // Plaintext against the TLS listener fails, and says why.
+        let wrong = by_addr("http://localhost", secure_addr).build().unwrap();
+        expect_failure(say(&wrong, "x").await, Code::Unavailable, &["TLS"]);
+        server.shutdown(Duration::ZERO).await;
+    });
+}
+
+/// A listener's TLS config that cannot load is a configuration error naming the problem.
+#[test]
+fn a_listener_tls_config_that_does_not_load_is_refused() {
+    let bad = ServerTlsConfig::new(Identity::from_pem("not a pem", "nor this"));
+    let err = Listener::bind_tcp("127.0.0.1:0")
+        .unwrap()
+        .tls(&bad)
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}

@@ -19,6 +19,7 @@ use crate::error::{
 };
 use crate::handle::{ArcHandle, BoxHandle, check_out, write_out};
 use crate::metadata::{Metadata, plexus_metadata};
+use crate::server_call::{ServerCall, plexus_server_call};
 use crate::status::{CallStatus, plexus_status};
 
 /// A completion queue: finished asynchronous operations wait here as tagged events.
@@ -57,6 +58,17 @@ pub enum plexus_op {
     /// `plexus_channel_watch_state_async`: `state` is the new state (PLEXUS_OK), or the state
     /// when the watch timed out (PLEXUS_ERR_TIMEOUT).
     PLEXUS_OP_STATE_CHANGE = 8,
+    /// An incoming call on a registered method or the catch-all (the tag given at
+    /// registration): `server_call` is set; for UNARY and SERVER_STREAMING methods `message`
+    /// holds the single request.
+    PLEXUS_OP_SERVER_CALL = 9,
+    /// `plexus_server_call_send_initial_metadata_async`.
+    PLEXUS_OP_SEND_INITIAL_METADATA = 10,
+    /// `plexus_server_call_done_async`: PLEXUS_OK when the call ended with the host's status;
+    /// PLEXUS_ERR_RPC when it did not, with `status` saying why.
+    PLEXUS_OP_SERVER_DONE = 11,
+    /// `plexus_server_shutdown_async`: every connection of the server is closed.
+    PLEXUS_OP_SERVER_SHUTDOWN = 12,
 }
 
 /// One finished operation, as `plexus_cq_next` writes it. The caller owns every non-NULL
@@ -81,6 +93,9 @@ pub struct plexus_event {
     pub metadata: *mut plexus_metadata,
     /// PLEXUS_OP_STATE_CHANGE: the channel's connectivity state.
     pub state: plexus_connectivity_state,
+    /// PLEXUS_OP_SERVER_CALL: the incoming call, owned by the caller
+    /// (`plexus_server_call_free`).
+    pub server_call: *const plexus_server_call,
 }
 
 /// A finished operation inside the queue.
@@ -93,6 +108,7 @@ pub(crate) struct Event {
     pub(crate) status: Option<CallStatus>,
     pub(crate) metadata: Option<Metadata>,
     state: plexus_connectivity_state,
+    server_call: Option<Arc<ServerCall>>,
 }
 
 impl Event {
@@ -112,6 +128,9 @@ impl Event {
                 .metadata
                 .map_or(std::ptr::null_mut(), plexus_metadata::into_raw),
             state: self.state,
+            server_call: self
+                .server_call
+                .map_or(std::ptr::null(), plexus_server_call::into_raw),
         }
     }
 }
@@ -125,6 +144,8 @@ pub(crate) struct Outcome {
     pub(crate) metadata: Option<Metadata>,
     /// PLEXUS_OP_STATE_CHANGE's state (IDLE, unused, for every other operation).
     pub(crate) state: plexus_connectivity_state,
+    /// PLEXUS_OP_SERVER_CALL's call.
+    pub(crate) server_call: Option<Arc<ServerCall>>,
 }
 
 /// The queue.
@@ -361,6 +382,7 @@ impl Completion {
             status: outcome.status,
             metadata: outcome.metadata,
             state: outcome.state,
+            server_call: outcome.server_call,
         });
     }
 }
@@ -377,6 +399,7 @@ impl Drop for Completion {
                 status: None,
                 metadata: None,
                 state: plexus_connectivity_state::PLEXUS_STATE_IDLE,
+                server_call: None,
             });
         }
     }

@@ -17,7 +17,8 @@
 //!
 //! # Modules
 //! `boundary` (the one panic boundary), `handle` (every pointer conversion), `error`,
-//! `runtime`, `bytes`, `metadata`, `status`, `options`, `channel`, `unary`, `call`, `cq`.
+//! `runtime`, `bytes`, `metadata`, `status`, `options`, `channel`, `unary`, `call`, `cq`,
+//! `server` (with `server_options` and `server_call`).
 #![allow(non_camel_case_types, reason = "C type names")]
 #![expect(
     unreachable_pub,
@@ -35,6 +36,9 @@ mod hooks;
 mod metadata;
 mod options;
 mod runtime;
+mod server;
+mod server_call;
+mod server_options;
 mod status;
 mod unary;
 

@@ -9,7 +9,7 @@ use core_plexus::{BackoffConfig, CallOptions, Certificate, ChannelSettings, Iden
 
 use crate::boundary::boundary;
 use crate::error::{Error, PLEXUS_OK, Result, plexus_result};
-use crate::handle::{BoxHandle, str_arg, write_out};
+use crate::handle::{ArcHandle, BoxHandle, str_arg, write_out};
 use crate::hooks::{
     CallCredentials, CallHooks, plexus_call_credentials_fn, plexus_call_end_hook,
     plexus_call_start_hook,
@@ -62,7 +62,7 @@ impl Default for ChannelOptions {
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string.
-unsafe fn compression_arg(name: *const c_char) -> Result<Compression> {
+pub(crate) unsafe fn compression_arg(name: *const c_char) -> Result<Compression> {
     // SAFETY: per this function's contract.
     let name = unsafe { str_arg(name, "compression") }?;
     Compression::from_name(name).ok_or_else(|| {
@@ -1047,6 +1047,8 @@ pub(crate) struct CallOpts {
     max_send: Option<usize>,
     wait_for_ready: bool,
     compression: Option<Compression>,
+    /// The server call this call is made for (deadline and cancellation propagate).
+    parent: Option<core_plexus::CallContext>,
 }
 
 impl CallOpts {
@@ -1066,6 +1068,9 @@ impl CallOpts {
         }
         if let Some(v) = self.compression {
             options = options.compression(v);
+        }
+        if let Some(parent) = &self.parent {
+            options = options.child_of(parent);
         }
         options
     }
@@ -1151,6 +1156,41 @@ pub unsafe extern "C" fn plexus_call_options_set_timeout_ms(
         unsafe {
             set_call(options, |o| {
                 o.timeout = crate::runtime::timeout_arg(ms);
+                Ok(())
+            })
+        }
+    })
+}
+
+/// Makes calls with these options calls on behalf of the server call `parent` (NULL clears
+/// it): they get its deadline when it is earlier than their own timeout, and are cancelled
+/// with CANCELLED when it is cancelled (its client gave up, its deadline passed, its
+/// connection went away). The options keep what they need of `parent`, which may be freed.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT if `options` is NULL.
+///
+/// # Safety
+/// `options` is live; `parent` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_call_options_set_parent(
+    options: *mut plexus_call_options,
+    parent: *const crate::server_call::plexus_server_call,
+) -> plexus_result {
+    boundary("plexus_call_options_set_parent", || {
+        let parent = if parent.is_null() {
+            None
+        } else {
+            // SAFETY: parent is live (checked non-NULL).
+            Some(
+                unsafe { crate::server_call::plexus_server_call::as_ref(parent) }?
+                    .context()
+                    .clone(),
+            )
+        };
+        // SAFETY: the caller passes a live object or NULL (checked).
+        unsafe {
+            set_call(options, |o| {
+                o.parent = parent;
                 Ok(())
             })
         }

@@ -22,7 +22,7 @@ use crate::proto::recv::MessageReader;
 use crate::response::Response;
 use crate::rt::BoxFuture;
 use crate::status::Status;
-use crate::transport::{CertificateDer, PeerCertificates};
+use crate::transport::{CertificateDer, PeerCertificates, RemoteAddr};
 
 /// Facts about a call that a handler may consult at any time: method, deadline, metadata,
 /// compression and whether the call was cancelled; and the response compression it may
@@ -39,6 +39,7 @@ struct ContextInner {
     cancelled: AtomicBool,
     event: Event,
     peer_certificates: Option<PeerCertificates>,
+    remote_addr: Option<RemoteAddr>,
     /// The request's `grpc-encoding`.
     request_compression: Compression,
     /// What the client's `grpc-accept-encoding` lists.
@@ -79,6 +80,7 @@ impl CallContext {
         metadata: Metadata,
         compression: CallCompression,
         peer_certificates: Option<PeerCertificates>,
+        remote_addr: Option<RemoteAddr>,
         previous_attempts: u32,
     ) -> CallContext {
         CallContext {
@@ -95,6 +97,7 @@ impl CallContext {
                     sent: None,
                 }),
                 peer_certificates,
+                remote_addr,
                 previous_attempts,
                 pushback_ms: AtomicI64::new(NO_PUSHBACK),
             }),
@@ -144,6 +147,14 @@ impl CallContext {
     /// authorizing mutual-TLS clients; `None` without TLS or when the client sent none.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.inner.peer_certificates.as_ref().map(|p| &*p.0)
+    }
+
+    /// Where the client connected from (its TCP address, or a Unix socket); `None` for a
+    /// connection handed to [`Server::serve_connection`](crate::Server::serve_connection),
+    /// whose origin plexus does not know. Displays as gRPC's peer strings
+    /// (`ipv4:127.0.0.1:5000`).
+    pub fn remote_addr(&self) -> Option<&RemoteAddr> {
+        self.inner.remote_addr.as_ref()
     }
 
     /// The compression of the request messages (`grpc-encoding`; `Identity` when the client

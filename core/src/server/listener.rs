@@ -9,13 +9,24 @@ use std::path::PathBuf;
 
 use async_io::Async;
 
-use crate::transport::BoxedIo;
-use crate::transport::Socket;
+use crate::transport::{BoxedIo, RemoteAddr, Socket};
 
 /// A bound socket a [`Server`](super::Server) accepts connections on.
-#[derive(Debug)]
 pub struct Listener {
     kind: Kind,
+    /// TLS for this listener's connections alone, overriding the server's.
+    #[cfg(feature = "tls")]
+    tls: Option<futures_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Listener");
+        d.field("kind", &self.kind);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish()
+    }
 }
 
 #[derive(Debug)]
@@ -28,16 +39,39 @@ enum Kind {
 }
 
 impl Listener {
+    fn new(kind: Kind) -> Listener {
+        Listener {
+            kind,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Serves this listener's connections over TLS with `config`, whatever the server's own
+    /// TLS setting (so one server can listen in plaintext on one socket and over TLS on
+    /// another, as grpcio's `add_insecure_port` and `add_secure_port` do). A config that does
+    /// not build is a configuration [`Error`](crate::Error).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: &crate::ServerTlsConfig) -> Result<Listener, crate::Error> {
+        let acceptor = config
+            .acceptor()
+            .map_err(|status| crate::Error::from_status(crate::error::Kind::Config, status))?;
+        self.tls = Some(acceptor);
+        Ok(self)
+    }
+
+    /// This listener's own TLS, if [`tls`](Self::tls) set one.
+    #[cfg(feature = "tls")]
+    pub(crate) fn acceptor(&self) -> Option<&futures_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
     /// Binds a TCP socket; port 0 picks a free port (see [`Listener::local_addr`]).
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> io::Result<Listener> {
         let mut last = None;
         for addr in addr.to_socket_addrs()? {
             match Async::<TcpListener>::bind(addr) {
-                Ok(listener) => {
-                    return Ok(Listener {
-                        kind: Kind::Tcp(listener),
-                    });
-                }
+                Ok(listener) => return Ok(Listener::new(Kind::Tcp(listener))),
                 Err(err) => last = Some(err),
             }
         }
@@ -51,9 +85,7 @@ impl Listener {
     pub fn bind_unix(path: impl AsRef<Path>) -> io::Result<Listener> {
         let path = path.as_ref().to_path_buf();
         let listener = Async::<std::os::unix::net::UnixListener>::bind(&path)?;
-        Ok(Listener {
-            kind: Kind::Unix(listener, Some(path)),
-        })
+        Ok(Listener::new(Kind::Unix(listener, Some(path))))
     }
 
     /// Binds a Unix socket in Linux's abstract namespace under `name` (any bytes, at most
@@ -75,9 +107,7 @@ impl Listener {
         }
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
         let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-        Ok(Listener {
-            kind: Kind::Unix(Async::new(listener)?, None),
-        })
+        Ok(Listener::new(Kind::Unix(Async::new(listener)?, None)))
     }
 
     /// The bound TCP address (None for a Unix socket).
@@ -98,18 +128,20 @@ impl Listener {
         }
     }
 
-    pub(crate) async fn accept(&self) -> io::Result<BoxedIo> {
+    /// The next connection and where it came from.
+    pub(crate) async fn accept(&self) -> io::Result<(BoxedIo, RemoteAddr)> {
         match &self.kind {
             Kind::Tcp(l) => {
-                let (stream, _) = l.accept().await?;
+                let (stream, addr) = l.accept().await?;
                 // gRPC messages are latency-sensitive; Nagle only adds delay.
                 stream.get_ref().set_nodelay(true)?;
-                Ok(Box::new(Socket::new(stream)))
+                Ok((Box::new(Socket::new(stream)), RemoteAddr::Tcp(addr)))
             }
             #[cfg(unix)]
             Kind::Unix(l, _) => {
-                let (stream, _) = l.accept().await?;
-                Ok(Box::new(Socket::new(stream)))
+                let (stream, addr) = l.accept().await?;
+                let path = addr.as_pathname().map(Path::to_path_buf);
+                Ok((Box::new(Socket::new(stream)), RemoteAddr::Unix(path)))
             }
         }
     }

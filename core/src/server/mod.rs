@@ -15,6 +15,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,7 +45,13 @@ use crate::proto::tap::{FrameTap, Role};
 use crate::response::Response;
 use crate::rt::{Compat, DefaultExecutor, Executor, yield_now};
 use crate::status::Status;
-use crate::transport::Io;
+use crate::transport::{Io, RemoteAddr};
+
+/// A TLS acceptor where the `tls` feature has one; nothing without it.
+#[cfg(feature = "tls")]
+type TlsAcceptor = futures_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type TlsAcceptor = std::convert::Infallible;
 
 /// Default SETTINGS_MAX_CONCURRENT_STREAMS: 100, the value RFC 9113 §6.5.2 recommends as a
 /// minimum and grpc-go's and C-core's common production setting.
@@ -84,6 +91,8 @@ struct ServerConfig {
 #[derive(Default)]
 pub struct ServerBuilder {
     routes: HashMap<String, ErasedHandler>,
+    /// Serves the paths no route matches, if set.
+    fallback: Option<ErasedHandler>,
     /// A path routed twice, which `build` refuses.
     duplicate: Option<String>,
     settings: ServerSettings,
@@ -160,6 +169,29 @@ impl ServerBuilder {
         Fut: Future<Output = Result<(), Status>> + Send + 'static,
     {
         self.route(path, handler::bidi_streaming(codec, handler))
+    }
+
+    /// Serves every path that no route matches with a bidirectional-streaming handler (a
+    /// proxy, or a host that looks methods up itself; the path is
+    /// [`CallContext::method`]). Without one such calls get UNIMPLEMENTED.
+    pub fn fallback<C, F, Fut>(mut self, codec: C, handler: F) -> Self
+    where
+        C: Codec,
+        F: Fn(Request<RequestStream<C::Decode>>, ResponseSink<C::Encode>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.fallback = Some(handler::bidi_streaming(codec, handler));
+        self
+    }
+
+    /// Calls open at once over the whole server; calls beyond it are refused with
+    /// RESOURCE_EXHAUSTED before any handler runs (default: no limit).
+    pub fn max_concurrent_calls(mut self, calls: u32) -> Self {
+        self.settings.max_concurrent_calls = Some(calls);
+        self
     }
 
     /// SETTINGS_MAX_CONCURRENT_STREAMS per connection (default 100).
@@ -392,6 +424,8 @@ impl ServerBuilder {
         Ok(Server {
             inner: Arc::new(ServerInner {
                 routes: self.routes,
+                fallback: self.fallback,
+                open_calls: Arc::new(AtomicUsize::new(0)),
                 services,
                 config: ServerConfig { settings, pings },
                 executor: self.executor.unwrap_or_else(|| Arc::new(DefaultExecutor)),
@@ -408,6 +442,9 @@ impl ServerBuilder {
 
 pub(crate) struct ServerInner {
     routes: HashMap<String, ErasedHandler>,
+    fallback: Option<ErasedHandler>,
+    /// Calls open now, counted against `max_concurrent_calls`.
+    open_calls: Arc<AtomicUsize>,
     services: HashSet<String>,
     config: ServerConfig,
     executor: Arc<dyn Executor>,
@@ -451,7 +488,16 @@ impl Server {
             let accept = std::pin::pin!(listener.accept());
             let stop = std::pin::pin!(shutdown.graceful_started());
             match select(accept, stop).await {
-                Either::Left((Ok(io), _)) => self.spawn_connection(io),
+                Either::Left((Ok((io, addr)), _)) => {
+                    #[cfg(feature = "tls")]
+                    let tls = listener.acceptor().or(self.inner.tls.as_ref()).cloned();
+                    #[cfg(not(feature = "tls"))]
+                    let tls = None;
+                    let server = self.clone();
+                    self.inner.executor.spawn(Box::pin(async move {
+                        let _ = server.serve_accepted(io, Some(addr), tls).await;
+                    }));
+                }
                 Either::Left((Err(err), _)) => {
                     if is_fatal_accept_error(&err) {
                         return Err(Error::from(err));
@@ -505,10 +551,25 @@ impl Server {
     /// protocol error (its status RESOURCE_EXHAUSTED). A connection that ends by shutdown or
     /// by the client leaving gives `Ok`.
     pub async fn serve_connection<I: Io>(&self, io: I) -> Result<(), Error> {
+        #[cfg(feature = "tls")]
+        let tls = self.inner.tls.clone();
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        self.serve_accepted(io, None, tls).await
+    }
+
+    /// [`serve_connection`](Self::serve_connection) with the client's address and the TLS
+    /// to use (the listener's own, or the server's).
+    async fn serve_accepted<I: Io>(
+        &self,
+        io: I,
+        remote: Option<RemoteAddr>,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<(), Error> {
         // A timeout too large for the clock (Duration::MAX) means none.
         let deadline = Instant::now().checked_add(self.inner.config.settings.handshake_timeout);
         #[cfg(feature = "tls")]
-        if let Some(acceptor) = &self.inner.tls {
+        if let Some(acceptor) = &tls {
             let inner = &self.inner;
             let _active = inner.shutdown.track();
             let timeout = inner.config.settings.handshake_timeout;
@@ -528,17 +589,20 @@ impl Server {
                 }
                 Either::Right(_) => return Ok(()),
             };
-            return Box::pin(self.serve_http2(io, peer, deadline)).await;
+            return Box::pin(self.serve_http2(io, peer, remote, deadline)).await;
         }
-        self.serve_http2(io, None, deadline).await
+        #[cfg(not(feature = "tls"))]
+        let _: Option<TlsAcceptor> = tls;
+        self.serve_http2(io, None, remote, deadline).await
     }
 
     /// Serves HTTP/2 on `io`, whose preface must arrive by `deadline`; every request carries
-    /// `peer` (the client's TLS certificates).
+    /// `peer` (the client's TLS certificates) and `remote` (its address).
     async fn serve_http2<I: Io>(
         &self,
         io: I,
         peer: Option<crate::transport::PeerCertificates>,
+        remote: Option<RemoteAddr>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
         let inner = &self.inner;
@@ -602,6 +666,9 @@ impl Server {
                 Next::Accepted(Some(Ok((mut request, respond)))) => {
                     if let Some(peer) = &peer {
                         request.extensions_mut().insert(peer.clone());
+                    }
+                    if let Some(remote) = &remote {
+                        request.extensions_mut().insert(remote.clone());
                     }
                     let server = inner.clone();
                     let call = stream::serve(server, request, respond);

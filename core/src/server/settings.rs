@@ -58,6 +58,10 @@ pub struct ServerSettings {
     /// How long calls in flight have after that GOAWAY before the connection is closed
     /// under them (MAX_CONNECTION_AGE_GRACE; default `Duration::MAX`, as long as they take).
     pub max_connection_age_grace: Duration,
+    /// Calls open at once over the whole server, every connection together; a call beyond
+    /// it is answered RESOURCE_EXHAUSTED without reaching a handler (grpcio's
+    /// `maximum_concurrent_rpcs`; default `None`, no limit).
+    pub max_concurrent_calls: Option<u32>,
     /// TLS settings; `None` serves plaintext.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::transport::tls::ServerTlsConfig>,
@@ -80,6 +84,7 @@ impl Default for ServerSettings {
             max_connection_idle: Duration::MAX,
             max_connection_age: Duration::MAX,
             max_connection_age_grace: Duration::MAX,
+            max_concurrent_calls: None,
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -3,6 +3,7 @@
 
 use std::future::poll_fn;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -43,13 +44,23 @@ pub(crate) async fn serve(
         return reject(respond, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
     let path = parts.uri.path();
-    let Some(handler) = server.routes.get(path).cloned() else {
+    let Some(handler) = server
+        .routes
+        .get(path)
+        .or(server.fallback.as_ref())
+        .cloned()
+    else {
         let status = match path.rsplit_once('/') {
             Some((service, _)) if server.services.contains(service.trim_start_matches('/')) => {
                 Status::unimplemented(format!("unknown method {path}"))
             }
             _ => Status::unimplemented(format!("unknown service in {path}")),
         };
+        return trailers_only(&mut respond, &status);
+    };
+    let Some(_open) = OpenCall::start(&server) else {
+        // grpcio's words, so clients that match on them keep working.
+        let status = Status::resource_exhausted("Concurrent RPC limit exceeded!");
         return trailers_only(&mut respond, &status);
     };
     let deadline = match parts.headers.get(headers::GRPC_TIMEOUT) {
@@ -105,6 +116,7 @@ pub(crate) async fn serve(
         metadata,
         compression,
         parts.extensions.get().cloned(),
+        parts.extensions.get().cloned(),
         parts
             .headers
             .get(headers::GRPC_PREVIOUS_RPC_ATTEMPTS)
@@ -143,6 +155,37 @@ pub(crate) async fn serve(
         metrics,
     };
     poll_fn(|cx| driver.poll(cx)).await;
+}
+
+/// One call counted against the server's `max_concurrent_calls` while it lives.
+struct OpenCall(Option<Arc<AtomicUsize>>);
+
+impl OpenCall {
+    /// Counts a new call; `None` when the server is at its limit.
+    fn start(server: &ServerInner) -> Option<OpenCall> {
+        let Some(limit) = server.config.settings.max_concurrent_calls else {
+            return Some(OpenCall(None));
+        };
+        let open = &server.open_calls;
+        let mut now = open.load(Ordering::Relaxed);
+        loop {
+            if now >= limit as usize {
+                return None;
+            }
+            match open.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(OpenCall(Some(open.clone()))),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if let Some(open) = &self.0 {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 fn far_future() -> Instant {
@@ -194,8 +237,10 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Sinks still held elsewhere (a task the handler spawned) fail from now on.
+        // Sinks still held elsewhere (a task the handler spawned) fail from now on, and
+        // whoever waits for the call to end (a task of the handler's, a C host) learns it did.
         self.items.close();
+        self.context.cancel();
         if let Some(observer) = self.observer.take() {
             observer.done(&Status::cancelled("the client cancelled the call"));
         }

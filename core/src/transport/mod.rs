@@ -69,6 +69,33 @@ impl From<SocketAddr> for Address {
     }
 }
 
+/// Where a server's client connected from, as a handler sees it
+/// ([`CallContext::remote_addr`](crate::CallContext::remote_addr)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemoteAddr {
+    /// A TCP client's address and port.
+    Tcp(SocketAddr),
+    /// A Unix-socket client: its socket's path, `None` when it is unnamed (the usual case) or
+    /// abstract.
+    Unix(Option<PathBuf>),
+}
+
+impl fmt::Display for RemoteAddr {
+    /// gRPC's peer strings, as grpcio's `context.peer()` gives them: `ipv4:127.0.0.1:5000`,
+    /// `ipv6:[::1]:5000`, `unix:/path` (`unix:` for an unnamed socket).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteAddr::Tcp(SocketAddr::V4(addr)) => write!(f, "ipv4:{addr}"),
+            RemoteAddr::Tcp(SocketAddr::V6(addr)) => write!(f, "ipv6:{addr}"),
+            RemoteAddr::Unix(path) => match path {
+                Some(path) => write!(f, "unix:{}", path.display()),
+                None => f.write_str("unix:"),
+            },
+        }
+    }
+}
+
 /// The certificate chain a TLS peer presented (leaf first), carried from a server connection
 /// to the calls on it.
 #[derive(Debug, Clone)]

@@ -1,0 +1,860 @@
+//! `plexus_server_call`: one incoming call as the host answers it. Its route's handler task
+//! ([`ServerCall::serve`]) waits for the host's finish and then ends the call; the host's
+//! receives and sends run as their own operations against the same request stream and
+//! response sink.
+
+use std::ffi::{CString, c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use core_plexus::server::{CallContext, RequestStream, ResponseSink};
+use core_plexus::{Code, SendOptions, Status};
+use event_listener::Event;
+use futures_util::future::{Either, select};
+
+use crate::boundary::boundary;
+use crate::bytes::{bytes_ref, plexus_bytes};
+use crate::channel::interrupted;
+use crate::cq::{Outcome, begin, plexus_cq, plexus_op};
+use crate::error::{
+    Error, PLEXUS_END_OF_STREAM, PLEXUS_ERR_BUSY, PLEXUS_ERR_INVALID_ARGUMENT, PLEXUS_ERR_RPC,
+    PLEXUS_ERR_TIMEOUT, PLEXUS_OK, Result, plexus_result,
+};
+use crate::handle::{ArcHandle, BoxHandle, check_out, str_arg, write_out};
+use crate::metadata::{Metadata, plexus_metadata};
+use crate::options::compression_arg;
+use crate::runtime::{self, Cancel, Interrupted, until_cancelled};
+use crate::server::optional_bytes;
+use crate::status::CallStatus;
+
+/// One call the server received. Thread-safe: it may be used from any thread; one receive
+/// at a time; sends from several threads each go out whole. Owned by the host from its
+/// PLEXUS_OP_SERVER_CALL event; free with `plexus_server_call_free`.
+pub struct plexus_server_call {
+    _private: [u8; 0],
+}
+
+impl ArcHandle for plexus_server_call {
+    type Rust = ServerCall;
+    const NAME: &'static str = "call";
+}
+
+/// `plexus_server_call_send` flag: send this message uncompressed on a call that compresses
+/// its responses.
+pub const PLEXUS_SEND_NO_COMPRESS: u32 = 1;
+
+/// How the call is to end, as the handler task takes it.
+struct Finish {
+    last: Option<Bytes>,
+    status: Status,
+    /// The host gave it with `plexus_server_call_finish` (not a cancel or a failed receive).
+    from_host: bool,
+}
+
+/// The finish on its way from the host to the handler task.
+enum FinishSlot {
+    Waiting,
+    Given(Finish),
+    Taken,
+}
+
+/// What a `plexus_server_call` holds.
+pub(crate) struct ServerCall {
+    context: CallContext,
+    method: CString,
+    peer: CString,
+    metadata: Metadata,
+    /// The request stream; `None` while a receive holds it.
+    requests: Mutex<Option<RequestStream<Bytes>>>,
+    sink: ResponseSink<Bytes>,
+    finish: Mutex<FinishSlot>,
+    /// Notified when a finish is given.
+    finish_given: Event,
+    /// Set by the host's finish: later sends and finishes are refused.
+    host_finished: AtomicBool,
+    /// A message or the initial metadata went out: initial metadata no longer can.
+    headers_sent: AtomicBool,
+    /// Set by `plexus_server_call_cancel` (and a freed, unfinished call): stops waiting sends.
+    cancel: Cancel,
+    /// How the call ended when not with the host's status (for PLEXUS_OP_SERVER_DONE).
+    ended: Mutex<Option<Status>>,
+    /// The handler task returned the host's status: the call ended as the host asked.
+    completed: AtomicBool,
+}
+
+impl ServerCall {
+    pub(crate) fn new(
+        context: CallContext,
+        requests: RequestStream<Bytes>,
+        sink: ResponseSink<Bytes>,
+    ) -> Arc<ServerCall> {
+        let text = |s: String| CString::new(s.replace('\0', " ")).unwrap_or_default();
+        Arc::new(ServerCall {
+            method: text(context.method().to_string()),
+            peer: text(
+                context
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), ToString::to_string),
+            ),
+            metadata: Metadata::from_core(context.metadata().clone()),
+            context,
+            requests: Mutex::new(Some(requests)),
+            sink,
+            finish: Mutex::new(FinishSlot::Waiting),
+            finish_given: Event::new(),
+            host_finished: AtomicBool::new(false),
+            headers_sent: AtomicBool::new(false),
+            cancel: Cancel::default(),
+            ended: Mutex::new(None),
+            completed: AtomicBool::new(false),
+        })
+    }
+
+    /// The call's context, for client calls made on its behalf.
+    pub(crate) fn context(&self) -> &CallContext {
+        &self.context
+    }
+
+    fn slot(&self) -> MutexGuard<'_, FinishSlot> {
+        self.finish.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `finish` to the handler task unless one was given already; returns whether
+    /// this one was taken.
+    fn give(&self, finish: Finish) -> bool {
+        let mut slot = self.slot();
+        if !matches!(*slot, FinishSlot::Waiting) {
+            return false;
+        }
+        *slot = FinishSlot::Given(finish);
+        drop(slot);
+        self.finish_given.notify(usize::MAX);
+        true
+    }
+
+    fn take(&self) -> Option<Finish> {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, FinishSlot::Taken) {
+            FinishSlot::Given(finish) => Some(finish),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Ends the call with `status` (not the host's: a cancel, a failed receive).
+    fn end_with(&self, status: Status) {
+        let ended = status.clone();
+        if self.give(Finish {
+            last: None,
+            status,
+            from_host: false,
+        }) {
+            self.record_end(ended);
+        }
+    }
+
+    fn record_end(&self, status: Status) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.get_or_insert(status);
+    }
+
+    /// The handler task's part: waits for the finish (or the end of the call), sends the
+    /// last message and returns the status for core to send.
+    pub(crate) async fn serve(self: Arc<Self>) -> std::result::Result<(), Status> {
+        let finish = loop {
+            if let Some(finish) = self.take() {
+                break finish;
+            }
+            let given = self.finish_given.listen();
+            if let Some(finish) = self.take() {
+                break finish;
+            }
+            if self.context.is_cancelled() {
+                return Err(Status::cancelled("the call ended"));
+            }
+            if let Either::Right(_) = select(given, std::pin::pin!(self.context.cancelled())).await
+            {
+                return Err(Status::cancelled("the call ended"));
+            }
+        };
+        let Finish {
+            last,
+            status,
+            from_host,
+        } = finish;
+        if let Some(message) = last {
+            self.headers_sent.store(true, Ordering::Release);
+            let sent = match until_cancelled(&self.cancel, self.sink.send(message)).await {
+                Ok(sent) => sent,
+                Err(_) => Err(Status::cancelled("the server cancelled the call")),
+            };
+            if let Err(failed) = sent {
+                self.record_end(failed.clone());
+                return Err(failed);
+            }
+        }
+        let trailers = status.metadata().clone();
+        self.sink.set_trailers(trailers);
+        if from_host {
+            self.completed.store(true, Ordering::Release);
+        }
+        match status.code() {
+            Code::Ok => Ok(()),
+            _ => Err(status.with_metadata(core_plexus::Metadata::new())),
+        }
+    }
+
+    /// Why the call ended, when it did not end with the host's status.
+    fn end_reason(&self) -> Status {
+        if let Some(status) = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return status;
+        }
+        if self
+            .context
+            .deadline()
+            .is_some_and(|at| at <= Instant::now())
+        {
+            return Status::deadline_exceeded("the call's deadline passed");
+        }
+        Status::cancelled("the client cancelled the call, or its connection closed")
+    }
+
+    /// Waits until the call is over; OK when it ended with the host's status, else the
+    /// RPC error with why.
+    async fn done(&self) -> (plexus_result, Option<CallStatus>) {
+        self.context.cancelled().await;
+        if self.completed.load(Ordering::Acquire) {
+            return (PLEXUS_OK, None);
+        }
+        (
+            PLEXUS_ERR_RPC,
+            Some(CallStatus::new(&self.end_reason(), None)),
+        )
+    }
+
+    /// The next request: `Some`, `None` at the end of the stream (or of the call), or the
+    /// status the stream failed with (the call was ended with it).
+    async fn recv(self: &Arc<Self>) -> Result<std::result::Result<Option<Bytes>, Status>> {
+        let mut requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                Error::new(
+                    PLEXUS_ERR_BUSY,
+                    "another receive is in progress on this call",
+                )
+            })?;
+        let next = until_cancelled(&self.cancel, requests.message()).await;
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(requests);
+        Ok(match next {
+            Ok(Ok(message)) => Ok(message),
+            // Cancelled by the client or the server: the call is over, PLEXUS_OP_SERVER_DONE
+            // says why.
+            Err(_) => Ok(None),
+            Ok(Err(status)) if status.code() == Code::Cancelled => Ok(None),
+            Ok(Err(status)) => {
+                self.end_with(status.clone());
+                Err(status)
+            }
+        })
+    }
+
+    /// Sends one response message.
+    async fn send(&self, message: Bytes, flags: u32) -> std::result::Result<(), Status> {
+        let options = SendOptions::new().compress(flags & PLEXUS_SEND_NO_COMPRESS == 0);
+        self.headers_sent.store(true, Ordering::Release);
+        match until_cancelled(&self.cancel, self.sink.send_with(message, options)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(Status::cancelled("the server cancelled the call")),
+        }
+    }
+
+    async fn send_initial_metadata(
+        &self,
+        metadata: core_plexus::Metadata,
+    ) -> std::result::Result<(), Status> {
+        match until_cancelled(&self.cancel, self.sink.send_initial_metadata(metadata)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(Status::cancelled("the server cancelled the call")),
+        }
+    }
+
+    /// Refuses sends after the host's finish.
+    fn check_open(&self) -> Result<()> {
+        if self.host_finished.load(Ordering::Acquire) {
+            return Err(Error::wrong_state("the call was already finished"));
+        }
+        Ok(())
+    }
+
+    /// Ends the call now with CANCELLED (the host's cancel, or a call freed unfinished).
+    fn cancel_call(&self, why: &str) {
+        self.cancel.cancel();
+        self.end_with(Status::cancelled(why));
+    }
+}
+
+/// A failed send: the call is over.
+fn send_failed(status: &Status) -> Error {
+    Error::new(
+        PLEXUS_ERR_RPC,
+        format!(
+            "the call is over, the message was not sent ({}: {}); PLEXUS_OP_SERVER_DONE says why",
+            status.code().name(),
+            status.message()
+        ),
+    )
+}
+
+/// Metadata to send from an optional argument.
+///
+/// # Safety
+/// `metadata` is NULL or live.
+unsafe fn metadata_arg(metadata: *const plexus_metadata) -> Result<core_plexus::Metadata> {
+    if metadata.is_null() {
+        return Ok(core_plexus::Metadata::new());
+    }
+    // SAFETY: per this function's contract.
+    Ok(unsafe { plexus_metadata::as_ref(metadata) }?.core().clone())
+}
+
+/// Writes a borrowed string of the call to `*out`.
+///
+/// # Safety
+/// `call` is NULL or live; `out` is NULL or writable.
+unsafe fn borrowed_text(
+    call: *const plexus_server_call,
+    out: *mut *const c_char,
+    text: fn(&ServerCall) -> &CString,
+) -> Result<plexus_result> {
+    // SAFETY: per this function's contract.
+    let call = unsafe { plexus_server_call::as_ref(call) }?;
+    check_out(out, "out")?;
+    // SAFETY: out was checked and is writable.
+    unsafe { write_out(out, "out", text(call).as_ptr()) }?;
+    Ok(PLEXUS_OK)
+}
+
+/// Writes the call's method path (`/package.Service/Method`) to `*method`. Borrowed: valid
+/// until the call is freed.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `method` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_method(
+    call: *const plexus_server_call,
+    method: *mut *const c_char,
+) -> plexus_result {
+    boundary("plexus_server_call_method", || {
+        // SAFETY: forwarded from the caller, with the same contract.
+        unsafe { borrowed_text(call, method, |c| &c.method) }
+    })
+}
+
+/// Writes where the client connected from to `*peer`, in gRPC's forms:
+/// `ipv4:127.0.0.1:5555`, `ipv6:[::1]:5555`, `unix:` (an unnamed Unix socket) or
+/// `unix:/path`. Borrowed: valid until the call is freed.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `peer` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_peer(
+    call: *const plexus_server_call,
+    peer: *mut *const c_char,
+) -> plexus_result {
+    boundary("plexus_server_call_peer", || {
+        // SAFETY: forwarded from the caller, with the same contract.
+        unsafe { borrowed_text(call, peer, |c| &c.peer) }
+    })
+}
+
+/// Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
+/// never free it.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `metadata` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_metadata(
+    call: *const plexus_server_call,
+    metadata: *mut *const plexus_metadata,
+) -> plexus_result {
+    boundary("plexus_server_call_metadata", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(metadata, "metadata")?;
+        let md = plexus_metadata::borrow_raw(&call.metadata);
+        // SAFETY: metadata was checked and is writable.
+        unsafe { write_out(metadata, "metadata", md) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Writes the milliseconds left before the client's deadline to `*remaining_ms` (0 once it
+/// passed), or -1 when the client set none.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `remaining_ms` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_deadline(
+    call: *const plexus_server_call,
+    remaining_ms: *mut i64,
+) -> plexus_result {
+    boundary("plexus_server_call_deadline", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(remaining_ms, "remaining_ms")?;
+        let left = call.context.deadline().map_or(-1, |at| {
+            let left = at.saturating_duration_since(Instant::now());
+            i64::try_from(left.as_millis()).unwrap_or(i64::MAX)
+        });
+        // SAFETY: remaining_ms was checked and is writable.
+        unsafe { write_out(remaining_ms, "remaining_ms", left) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Writes whether the call is over to `*cancelled`: true once the client cancelled, the
+/// deadline passed, the connection went away or the server cancelled it, and also once it
+/// ended normally.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `cancelled` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_is_cancelled(
+    call: *const plexus_server_call,
+    cancelled: *mut bool,
+) -> plexus_result {
+    boundary("plexus_server_call_is_cancelled", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(cancelled, "cancelled")?;
+        let over = call.context.is_cancelled() || call.cancel.is_cancelled();
+        // SAFETY: cancelled was checked and is writable.
+        unsafe { write_out(cancelled, "cancelled", over) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Compresses this call's responses with `name` (`"identity"`, `"gzip"` or `"deflate"`),
+/// if the client accepts it (else they go out uncompressed) and the response headers have
+/// not gone out yet (else nothing changes).
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_INVALID_UTF8;
+/// PLEXUS_ERR_INVALID_ARGUMENT for another name.
+///
+/// # Safety
+/// `call` is live; `name` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_set_compression(
+    call: *const plexus_server_call,
+    name: *const c_char,
+) -> plexus_result {
+    boundary("plexus_server_call_set_compression", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        // SAFETY: as above.
+        let compression = unsafe { compression_arg(name) }?;
+        call.context.set_response_compression(compression);
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// The result of a receive, as the blocking and the asynchronous forms report it.
+fn recv_result(received: std::result::Result<Option<Bytes>, Status>) -> (plexus_result, Outcome) {
+    match received {
+        Ok(Some(message)) => (
+            PLEXUS_OK,
+            Outcome {
+                message: Some(message),
+                ..Outcome::default()
+            },
+        ),
+        Ok(None) => (PLEXUS_END_OF_STREAM, Outcome::default()),
+        Err(status) => (
+            PLEXUS_ERR_RPC,
+            Outcome {
+                status: Some(CallStatus::new(&status, None)),
+                ..Outcome::default()
+            },
+        ),
+    }
+}
+
+/// Receives the next request message, waiting up to `timeout_ms` milliseconds (negative: no
+/// limit). The message is owned by the caller (`plexus_bytes_free`), read in place. Blocks.
+///
+/// Returns PLEXUS_OK and writes `*message`; PLEXUS_END_OF_STREAM when the client half-closed,
+/// or the call is over (PLEXUS_OP_SERVER_DONE says how); PLEXUS_ERR_TIMEOUT (nothing is lost);
+/// PLEXUS_ERR_BUSY while another receive runs; PLEXUS_ERR_RPC when the request stream failed
+/// (an oversize message: RESOURCE_EXHAUSTED; one that does not inflate: INTERNAL), in which
+/// case plexus already ended the call with that status; PLEXUS_ERR_NULL_ARGUMENT;
+/// PLEXUS_ERR_SHUTDOWN.
+///
+/// # Safety
+/// `call` is live; `message` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_recv(
+    call: *const plexus_server_call,
+    timeout_ms: i64,
+    message: *mut *mut plexus_bytes,
+) -> plexus_result {
+    boundary("plexus_server_call_recv", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        check_out(message, "message")?;
+        let received = runtime::block_on(timeout_ms, call.recv())
+            .map_err(|why| interrupted(why, timeout_ms))??;
+        match received {
+            Ok(Some(bytes)) => {
+                // SAFETY: message was checked and is writable.
+                unsafe { write_out(message, "message", plexus_bytes::into_raw(bytes)) }?;
+                Ok(PLEXUS_OK)
+            }
+            Ok(None) => Ok(PLEXUS_END_OF_STREAM),
+            Err(status) => Err(Error::rpc(&status)),
+        }
+    })
+}
+
+/// `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
+/// (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
+///
+/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
+/// event follows).
+///
+/// # Safety
+/// `call` and `cq` are live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_recv_async(
+    call: *const plexus_server_call,
+    cq: *const plexus_cq,
+    tag: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_call_recv_async", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        let rt = runtime::get()?;
+        // SAFETY: as above.
+        let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_RECV) }?;
+        rt.spawn(async move {
+            let (result, outcome) = match call.recv().await {
+                Ok(received) => recv_result(received),
+                Err(busy) => (busy.code, Outcome::default()),
+            };
+            completion.complete(result, outcome);
+        });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Sends the response headers with `metadata` (NULL: none; copied). Optional: the first
+/// message or the finish sends them otherwise. Waits up to `timeout_ms` milliseconds
+/// (negative: no limit). Blocks.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_WRONG_STATE after a message or the finish (the headers
+/// went out already); PLEXUS_ERR_RPC when the call is over; PLEXUS_ERR_INVALID_ARGUMENT for
+/// metadata that cannot be sent; PLEXUS_ERR_TIMEOUT; PLEXUS_ERR_NULL_ARGUMENT;
+/// PLEXUS_ERR_SHUTDOWN.
+///
+/// # Safety
+/// `call` is live; `metadata` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_send_initial_metadata(
+    call: *const plexus_server_call,
+    metadata: *const plexus_metadata,
+    timeout_ms: i64,
+) -> plexus_result {
+    boundary("plexus_server_call_send_initial_metadata", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        // SAFETY: as above.
+        let metadata = unsafe { metadata_arg(metadata) }?;
+        check_headers(&call)?;
+        runtime::block_on(timeout_ms, call.send_initial_metadata(metadata))
+            .map_err(|why| interrupted(why, timeout_ms))?
+            .map_err(|status| send_failed(&status))?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Refuses initial metadata once the headers went out.
+fn check_headers(call: &ServerCall) -> Result<()> {
+    call.check_open()?;
+    if call.headers_sent.swap(true, Ordering::AcqRel) {
+        return Err(Error::wrong_state(
+            "the response headers were already sent (initial metadata goes before the first message)",
+        ));
+    }
+    Ok(())
+}
+
+/// `plexus_server_call_send_initial_metadata` without blocking: reports
+/// PLEXUS_OP_SEND_INITIAL_METADATA with `tag` on `cq`.
+///
+/// Returns PLEXUS_OK (the event follows); the argument and state errors of the blocking form
+/// (no event follows); PLEXUS_ERR_SHUTDOWN.
+///
+/// # Safety
+/// `call` and `cq` are live; `metadata` is NULL or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_send_initial_metadata_async(
+    call: *const plexus_server_call,
+    metadata: *const plexus_metadata,
+    cq: *const plexus_cq,
+    tag: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_call_send_initial_metadata_async", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        // SAFETY: as above.
+        let metadata = unsafe { metadata_arg(metadata) }?;
+        let rt = runtime::get()?;
+        // SAFETY: as above.
+        let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND_INITIAL_METADATA) }?;
+        check_headers(&call)?;
+        rt.spawn(async move {
+            let result = match call.send_initial_metadata(metadata).await {
+                Ok(()) => PLEXUS_OK,
+                Err(_) => PLEXUS_ERR_RPC,
+            };
+            completion.complete(result, Outcome::default());
+        });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Sends one response message (borrowed: the caller still frees `message`; wrapped memory is
+/// released once it went out), waiting up to `timeout_ms` milliseconds (negative: no limit)
+/// for HTTP/2 flow control. `flags`: 0, or PLEXUS_SEND_NO_COMPRESS. Sends from several
+/// threads each go out whole. Blocks.
+///
+/// Returns PLEXUS_OK once the message is handed to the connection; PLEXUS_ERR_RPC when the
+/// call is over (cancelled; PLEXUS_OP_SERVER_DONE says why) or the message is bigger than
+/// the server's max send size (the call then ends RESOURCE_EXHAUSTED); PLEXUS_ERR_TIMEOUT,
+/// in which case the call is cancelled (part of the message may have gone out);
+/// PLEXUS_ERR_WRONG_STATE after the finish; PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN.
+///
+/// # Safety
+/// `call` and `message` are live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_send(
+    call: *const plexus_server_call,
+    message: *const plexus_bytes,
+    flags: u32,
+    timeout_ms: i64,
+) -> plexus_result {
+    boundary("plexus_server_call_send", || {
+        // SAFETY: the caller passes live handles or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        // SAFETY: as above.
+        let message = unsafe { bytes_ref(message) }?;
+        call.check_open()?;
+        match runtime::block_on(timeout_ms, call.send(message, flags)) {
+            Ok(Ok(())) => Ok(PLEXUS_OK),
+            Ok(Err(status)) => Err(failed_send(&call, status)),
+            Err(Interrupted::Timeout) => {
+                call.cancel_call("a send timed out on the server");
+                Err(Error::new(
+                    PLEXUS_ERR_TIMEOUT,
+                    format!("timed out after {timeout_ms} ms; the call was cancelled"),
+                ))
+            }
+            Err(why) => Err(interrupted(why, timeout_ms)),
+        }
+    })
+}
+
+/// A send that failed: a message too big for the server's max send size ends the call with
+/// that status (the client learns why); otherwise the call was over already.
+fn failed_send(call: &ServerCall, status: Status) -> Error {
+    if status.code() == Code::ResourceExhausted {
+        call.end_with(status.clone());
+    }
+    send_failed(&status)
+}
+
+/// `plexus_server_call_send` without blocking: reports PLEXUS_OP_SEND with `tag` on `cq`.
+///
+/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_WRONG_STATE after the finish;
+/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows).
+///
+/// # Safety
+/// `call`, `message` and `cq` are live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_send_async(
+    call: *const plexus_server_call,
+    message: *const plexus_bytes,
+    flags: u32,
+    cq: *const plexus_cq,
+    tag: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_call_send_async", || {
+        // SAFETY: the caller passes live handles or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        // SAFETY: as above.
+        let message = unsafe { bytes_ref(message) }?;
+        call.check_open()?;
+        let rt = runtime::get()?;
+        // SAFETY: as above.
+        let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND) }?;
+        rt.spawn(async move {
+            let result = match call.send(message, flags).await {
+                Ok(()) => PLEXUS_OK,
+                Err(status) => failed_send(&call, status).code,
+            };
+            completion.complete(result, Outcome::default());
+        });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// The key whose binary value is a status's details (`google.rpc.Status`).
+const STATUS_DETAILS_KEY: &str = "grpc-status-details-bin";
+
+/// Ends the call: sends `last_message` if not NULL (borrowed; the usual way to answer a unary
+/// call in one step), then the status `code` (0..16) with `message` (NULL: empty) and
+/// `trailers` (NULL: none; copied). A binary trailer `grpc-status-details-bin` becomes the
+/// status details. Never blocks: the status goes out after the messages already sent. A
+/// call that is already over (cancelled) still returns PLEXUS_OK: nothing goes out, and
+/// PLEXUS_OP_SERVER_DONE says it was cancelled.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_WRONG_STATE when the call was already finished;
+/// PLEXUS_ERR_INVALID_ARGUMENT for a code outside 0..16; PLEXUS_ERR_NULL_ARGUMENT;
+/// PLEXUS_ERR_INVALID_UTF8.
+///
+/// # Safety
+/// `call` is live; `last_message` and `trailers` are NULL or live; `message` is NULL or a
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_finish(
+    call: *const plexus_server_call,
+    last_message: *const plexus_bytes,
+    code: i32,
+    message: *const c_char,
+    trailers: *const plexus_metadata,
+) -> plexus_result {
+    boundary("plexus_server_call_finish", || {
+        // SAFETY: the caller passes live handles or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        // SAFETY: as above.
+        let last = unsafe { optional_bytes(last_message) }?;
+        let text = if message.is_null() {
+            ""
+        } else {
+            // SAFETY: message is a NUL-terminated string (checked non-NULL).
+            unsafe { str_arg(message, "message") }?
+        };
+        // SAFETY: as above.
+        let mut trailers = unsafe { metadata_arg(trailers) }?;
+        if !(0..=16).contains(&code) {
+            return Err(Error::new(
+                PLEXUS_ERR_INVALID_ARGUMENT,
+                format!("status code {code} is not a gRPC code (0..16)"),
+            ));
+        }
+        if call.host_finished.swap(true, Ordering::AcqRel) {
+            return Err(Error::wrong_state("the call was already finished"));
+        }
+        let mut status = Status::new(Code::from_i32(code), text);
+        if let Some(details) = trailers.get_bin(STATUS_DETAILS_KEY) {
+            trailers.remove(STATUS_DETAILS_KEY);
+            status = status.with_details(details);
+        }
+        call.give(Finish {
+            last,
+            status: status.with_metadata(trailers),
+            from_host: true,
+        });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Ends the call now with CANCELLED (the client sees CANCELLED); waiting sends and receives
+/// return. Idempotent; no effect on a call that is over.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_cancel(
+    call: *const plexus_server_call,
+) -> plexus_result {
+    boundary("plexus_server_call_cancel", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        call.cancel_call("the server cancelled the call");
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Reports PLEXUS_OP_SERVER_DONE with `tag` on `cq` once the call is over: result PLEXUS_OK
+/// when it ended with the status given to `plexus_server_call_finish`, PLEXUS_ERR_RPC when it
+/// did not (the client cancelled, the deadline passed, the connection went away, the server
+/// cancelled or shut down), with `status` saying why (CANCELLED, DEADLINE_EXCEEDED, or the
+/// status a failed request stream ended it with). May be asked more than once.
+///
+/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
+/// event follows).
+///
+/// # Safety
+/// `call` and `cq` are live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_done_async(
+    call: *const plexus_server_call,
+    cq: *const plexus_cq,
+    tag: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_call_done_async", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
+        let rt = runtime::get()?;
+        // SAFETY: as above.
+        let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SERVER_DONE) }?;
+        rt.spawn(async move {
+            let (result, status) = call.done().await;
+            completion.complete(
+                result,
+                Outcome {
+                    status,
+                    ..Outcome::default()
+                },
+            );
+        });
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Releases the host's handle. A call not finished yet is cancelled (the client sees
+/// CANCELLED). Operations still running on it complete normally. NULL is a no-op.
+///
+/// # Safety
+/// `call` is NULL or live, not used again.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_free(call: *const plexus_server_call) {
+    boundary("plexus_server_call_free", || {
+        // SAFETY: the caller gives up a live handle or NULL.
+        if let Some(call) = unsafe { plexus_server_call::take(call) } {
+            if !call.host_finished.load(Ordering::Acquire) {
+                call.cancel_call("the server dropped the call without finishing it");
+            }
+        }
+        Ok(())
+    })
+}
