@@ -29,6 +29,7 @@ key/certificate pair is used and the others are ignored with a warning.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import logging
 import threading
 import time
@@ -1129,7 +1130,9 @@ def _stop_all_at_exit() -> None:
 
 _register_atexit = getattr(threading, "_register_atexit", None)
 if _register_atexit is not None:
-    # Runs before concurrent.futures joins its workers (registered later, so called first).
+    # concurrent.futures.thread registers the hook that joins pool workers when it is first
+    # imported; importing it first makes this hook the later one, which runs first.
+    importlib.import_module("concurrent.futures.thread")
     _register_atexit(_stop_all_at_exit)
 else:  # pragma: no cover - every supported Python has it
     import atexit
