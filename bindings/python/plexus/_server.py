@@ -1104,7 +1104,9 @@ class _ServerState:
             if rc != OK:
                 _LOG.error("plexus.server: shutdown failed: %s", lib.error(rc))
         finally:
-            lib.server_free(self.server)
+            # Later calls on the Server see a NULL handle (a clear error), never a freed one.
+            server, self.server = self.server, 0
+            lib.server_free(server)
             lib.cq_shutdown(self.cq)
             with self.lock:
                 self.cq_shut = True
