@@ -861,6 +861,8 @@ plexus_result plexus_metadata_append(struct plexus_metadata *metadata,
 
 // Appends a binary entry: `key` (NUL-terminated, ending in `-bin`) and `len` bytes at
 // `value` (NULL allowed when `len` is 0), copied and sent base64-encoded. Not thread-safe.
+// `grpc-status-details-bin`, the one `grpc-` key allowed, carries a status's details in
+// the trailers given to `plexus_server_call_finish`.
 //
 // Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument; PLEXUS_ERR_INVALID_UTF8
 // for a key that is not UTF-8; PLEXUS_ERR_INVALID_ARGUMENT for a bad key.
@@ -1551,6 +1553,29 @@ plexus_result plexus_server_call_method(const struct plexus_server_call *call, c
 // `call` is live; `peer` is writable.
 plexus_result plexus_server_call_peer(const struct plexus_server_call *call, const char **peer);
 
+// Writes the client's TLS certificate (the leaf, DER-encoded) to `*der` and its length to
+// `*len`, for authorizing mutual-TLS clients; NULL and 0 when the connection is not TLS or
+// the client sent none. Borrowed: valid until the call is freed.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `der` and `len` are writable.
+plexus_result plexus_server_call_peer_certificate(const struct plexus_server_call *call,
+                                                  const uint8_t **der,
+                                                  size_t *len);
+
+// Writes to `*compressed` whether the last request message handed out (in the
+// PLEXUS_OP_SERVER_CALL event, or by the last receive) arrived compressed (its
+// Compressed-Flag set); it was inflated either way. False before any message.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+//
+// # Safety
+// `call` is live; `compressed` is writable.
+plexus_result plexus_server_call_last_message_compressed(const struct plexus_server_call *call,
+                                                         bool *compressed);
+
 // Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 // never free it.
 //
@@ -1613,8 +1638,8 @@ plexus_result plexus_server_call_recv(const struct plexus_server_call *call,
 // `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
 // (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
 //
-// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
-// event follows).
+// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_BUSY while another receive runs;
+// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows for these).
 //
 // # Safety
 // `call` and `cq` are live.

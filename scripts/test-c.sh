@@ -91,6 +91,9 @@ done
 c++ "${cxxflags[@]}" tests/c/test_cpp.cpp -o "$out/test_cpp" "${dyn[@]}" &
 c++ "${cxxflags[@]}" "${san[@]}" tests/c/test_cpp.cpp -o "$out/test_cpp-asan" "${dyn[@]}" &
 wait
+c++ "${cxxflags[@]}" tests/c/test_cpp_server.cpp -o "$out/test_cpp_server" "${dyn[@]}" &
+c++ "${cxxflags[@]}" "${san[@]}" tests/c/test_cpp_server.cpp -o "$out/test_cpp_server-asan" "${dyn[@]}" &
+wait
 c++ "${cxxflags[@]}" bindings/cpp/example.cpp -o "$out/example_cpp" "${dyn[@]}" &
 cc "${cflags[@]}" tests/c/test_api.c -o "$out/test_api-static" "${static[@]}" &
 wait
@@ -152,14 +155,14 @@ run() {
 }
 
 step "C and C++ tests"
-for t in "${c_tests[@]}" test_cpp; do run "$t" "$out/$t"; done
+for t in "${c_tests[@]}" test_cpp test_cpp_server; do run "$t" "$out/$t"; done
 run "example_cpp" "$out/example_cpp" "$PLEXUS_TEST_TARGET"
 run "test_api linked with libplexus.a" "$out/test_api-static"
 
 step "C and C++ tests with AddressSanitizer and UndefinedBehaviorSanitizer"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for t in "${c_tests[@]}" test_cpp; do run "$t (asan+ubsan)" "$out/$t-asan"; done
+for t in "${c_tests[@]}" test_cpp test_cpp_server; do run "$t (asan+ubsan)" "$out/$t-asan"; done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 step "valgrind: no invalid accesses, nothing definitely or indirectly lost"
@@ -171,6 +174,7 @@ PLEXUS_TEST_CALLS=25 run "test_threads, 8 x 25 calls (valgrind)" "${vg[@]}" "$ou
 run "test_shutdown (valgrind)" "${vg[@]}" "$out/test_shutdown"
 run "test_tls (valgrind)" "${vg[@]}" "$out/test_tls"
 run "test_cpp (valgrind)" "${vg[@]}" "$out/test_cpp"
+run "test_cpp_server (valgrind)" "${vg[@]}" "$out/test_cpp_server"
 # test_fork is not run under valgrind: in a child forked from a threaded process, the
 # parent's threads are gone and valgrind reports what only they referenced as lost.
 

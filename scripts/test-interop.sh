@@ -162,6 +162,41 @@ start_server plexus-py+tls "$work/server-plexus-py-tls.log" "${plexus_py[@]}" "$
 ports[plexus-py+tls]=$port
 # ---- end of plexus-py servers ----
 
+# ---- plexus-cpp: the C++ interop server on bindings/cpp/plexus.hpp (tests/interop/cpp) ------
+# Served to plexus's, grpcio's and grpc-js's clients, plaintext and over TLS. Set
+# PLEXUS_INTEROP_DIRECTIONS to shell patterns (space-separated, e.g. "*plexus-cpp*") to run
+# only the directions matching one of them.
+step "interop: the C++ interop server (plexus-cpp)"
+cpp_server_bin=$(tests/interop/cpp/build.sh)
+start_server plexus-cpp "$work/server-plexus-cpp.log" "$cpp_server_bin" --port=0
+ports[plexus-cpp]=$port
+start_server plexus-cpp+tls "$work/server-plexus-cpp-tls.log" "$cpp_server_bin" --port=0 --use_tls=true
+ports[plexus-cpp+tls]=$port
+cpp_directions=("plexus->plexus-cpp" "grpcio->plexus-cpp" "grpc-js->plexus-cpp")
+PLAIN_DIRECTIONS+=("${cpp_directions[@]}")
+for direction in "${cpp_directions[@]}"; do TLS_DIRECTIONS+=("$direction+tls"); done
+DIRECTIONS=("${PLAIN_DIRECTIONS[@]}" "${TLS_DIRECTIONS[@]}")
+if [ -n "${PLEXUS_INTEROP_DIRECTIONS:-}" ]; then
+    read -r -a direction_patterns <<<"$PLEXUS_INTEROP_DIRECTIONS"
+    selected() {
+        local direction pattern
+        for direction in "$@"; do
+            for pattern in "${direction_patterns[@]}"; do
+                # shellcheck disable=SC2053 # patterns on purpose
+                if [[ $direction == $pattern ]]; then
+                    echo "$direction"
+                    break
+                fi
+            done
+        done
+    }
+    mapfile -t PLAIN_DIRECTIONS < <(selected "${PLAIN_DIRECTIONS[@]}")
+    mapfile -t TLS_DIRECTIONS < <(selected "${TLS_DIRECTIONS[@]}")
+    DIRECTIONS=("${PLAIN_DIRECTIONS[@]}" "${TLS_DIRECTIONS[@]}")
+    echo "only the directions matching $PLEXUS_INTEROP_DIRECTIONS: ${DIRECTIONS[*]}"
+fi
+# ---- end of plexus-cpp ------------------------------------------------------------------------
+
 # The client command of a direction ("CLIENT->SERVER", "+tls" for TLS), without --test_case.
 # Over TLS every client trusts only the test CA and verifies $TLS_NAME, the standard interop
 # flags; the plexus client reads the CA from $PLEXUS_INTEROP_CERTS, the peers from --ca_file.

@@ -234,6 +234,9 @@ fn decode_bin(value: &HeaderValue) -> impl Iterator<Item = Bytes> + '_ {
         .filter_map(|part| BASE64.decode(part.trim_ascii()).ok().map(Bytes::from))
 }
 
+/// The trailer that carries a status's details.
+const STATUS_DETAILS_KEY: &str = "grpc-status-details-bin";
+
 fn validate_key(key: &str, binary: bool) -> Result<HeaderName, Status> {
     let bad = |why: &str| {
         Err(Status::internal(format!(
@@ -249,7 +252,10 @@ fn validate_key(key: &str, binary: bool) -> Result<HeaderName, Status> {
     {
         return bad("only 0-9, a-z, '_', '-' and '.' are allowed");
     }
-    if key.starts_with("grpc-") {
+    // grpc-status-details-bin is the one grpc- key an application sets: a status's details
+    // (google.rpc.Status) in trailing metadata, as grpcio's abort_with_status and grpc-go's
+    // status package put them.
+    if key.starts_with("grpc-") && key != STATUS_DETAILS_KEY {
         return bad("the grpc- prefix is reserved");
     }
     if RESERVED.contains(&key) {
@@ -348,6 +354,19 @@ mod tests {
         assert!(md.append("x", "line\nbreak").is_err());
         assert!(md.append("x", "caf\u{e9}").is_err());
         assert!(md.is_empty());
+    }
+
+    #[test]
+    fn status_details_are_the_one_grpc_key_an_application_sets() {
+        let mut md = Metadata::new();
+        md.append_bin("grpc-status-details-bin", b"details")
+            .unwrap();
+        assert_eq!(
+            md.get_bin("grpc-status-details-bin").unwrap().as_ref(),
+            b"details"
+        );
+        assert!(md.append_bin("grpc-other-bin", b"x").is_err());
+        assert!(md.append("grpc-status", "0").is_err());
     }
 
     #[test]

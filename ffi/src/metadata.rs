@@ -153,6 +153,8 @@ pub unsafe extern "C" fn plexus_metadata_append(
 
 /// Appends a binary entry: `key` (NUL-terminated, ending in `-bin`) and `len` bytes at
 /// `value` (NULL allowed when `len` is 0), copied and sent base64-encoded. Not thread-safe.
+/// `grpc-status-details-bin`, the one `grpc-` key allowed, carries a status's details in
+/// the trailers given to `plexus_server_call_finish`.
 ///
 /// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT for a NULL argument; PLEXUS_ERR_INVALID_UTF8
 /// for a key that is not UTF-8; PLEXUS_ERR_INVALID_ARGUMENT for a bad key.

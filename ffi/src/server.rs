@@ -161,10 +161,11 @@ async fn incoming(
     sink: ResponseSink<Bytes>,
 ) -> std::result::Result<(), Status> {
     let (context, mut requests) = request.into_parts();
-    let first = if target.single_request {
-        Some(single_request(&mut requests).await?)
+    let (first, compressed) = if target.single_request {
+        let (message, compressed) = single_request(&mut requests).await?;
+        (Some(message), compressed)
     } else {
-        None
+        (None, false)
     };
     let completion = target
         .cq
@@ -172,7 +173,7 @@ async fn incoming(
         .map_err(|_| {
             Status::unavailable("the server's completion queue for this method was shut down")
         })?;
-    let call = ServerCall::new(context, requests, sink);
+    let call = ServerCall::new(context, requests, sink, compressed);
     completion.complete(
         PLEXUS_OK,
         Outcome {
@@ -184,20 +185,23 @@ async fn incoming(
     call.serve().await
 }
 
-/// The one request of a unary or server-streaming call; INTERNAL for none or more, as grpc
-/// answers them.
-async fn single_request(requests: &mut RequestStream<Bytes>) -> std::result::Result<Bytes, Status> {
+/// The one request of a unary or server-streaming call, and whether it arrived compressed;
+/// INTERNAL for none or more, as grpc answers them.
+async fn single_request(
+    requests: &mut RequestStream<Bytes>,
+) -> std::result::Result<(Bytes, bool), Status> {
     let Some(message) = requests.message().await? else {
         return Err(Status::internal(
             "client sent no request message for a unary request",
         ));
     };
+    let compressed = requests.last_message_compressed();
     if requests.message().await?.is_some() {
         return Err(Status::internal(
             "client sent more than one request message for a unary request",
         ));
     }
-    Ok(message)
+    Ok((message, compressed))
 }
 
 /// A listening socket for an address in gRPC's forms: `host:port`, `[v6]:port`,

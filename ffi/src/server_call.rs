@@ -49,8 +49,88 @@ pub const PLEXUS_SEND_NO_COMPRESS: u32 = 1;
 struct Finish {
     last: Option<Bytes>,
     status: Status,
-    /// The host gave it with `plexus_server_call_finish` (not a cancel or a failed receive).
-    from_host: bool,
+    /// The host gave it with `plexus_server_call_finish` (not a cancel or a failed receive),
+    /// with its place after the sends started before it.
+    from_host: Option<Turn>,
+}
+
+/// The order in which the host started its sends, initial metadata and finish: each takes a
+/// turn when the host calls the function and goes out only when its turn comes, so two
+/// `_async` sends started one after the other arrive in that order, and a finish right after
+/// them waits for them.
+#[derive(Default)]
+struct Turns {
+    state: Mutex<TurnState>,
+    next_served: Event,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// The next turn to hand out.
+    next: u64,
+    /// The turn that may go now.
+    serving: u64,
+    /// Turns given up before they came (a send whose wait timed out).
+    skipped: std::collections::BTreeSet<u64>,
+}
+
+/// One place in a call's [`Turns`]; ends the turn (or gives it up) when dropped.
+struct Turn {
+    turns: Arc<Turns>,
+    number: u64,
+}
+
+impl Turns {
+    fn lock(&self) -> MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next place in line.
+    fn take(self: &Arc<Self>) -> Turn {
+        let mut state = self.lock();
+        let number = state.next;
+        state.next += 1;
+        Turn {
+            turns: self.clone(),
+            number,
+        }
+    }
+}
+
+impl Turn {
+    /// Waits until every turn before this one has ended.
+    async fn wait(&self) {
+        loop {
+            if self.turns.lock().serving == self.number {
+                return;
+            }
+            let listener = self.turns.next_served.listen();
+            if self.turns.lock().serving == self.number {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut state = self.turns.lock();
+        if state.serving == self.number {
+            state.serving += 1;
+        } else {
+            state.skipped.insert(self.number);
+        }
+        loop {
+            let serving = state.serving;
+            if !state.skipped.remove(&serving) {
+                break;
+            }
+            state.serving += 1;
+        }
+        drop(state);
+        self.turns.next_served.notify(usize::MAX);
+    }
 }
 
 /// The finish on its way from the host to the handler task.
@@ -78,10 +158,17 @@ pub(crate) struct ServerCall {
     headers_sent: AtomicBool,
     /// Set by `plexus_server_call_cancel` (and a freed, unfinished call): stops waiting sends.
     cancel: Cancel,
+    /// The order of the host's sends and finish.
+    turns: Arc<Turns>,
     /// How the call ended when not with the host's status (for PLEXUS_OP_SERVER_DONE).
     ended: Mutex<Option<Status>>,
     /// The handler task returned the host's status: the call ended as the host asked.
     completed: AtomicBool,
+    /// Whether the last request handed out (in the event or by a receive) arrived compressed.
+    last_compressed: AtomicBool,
+    /// A receive saw the call end under it (a cancel, a lost connection) before the server's
+    /// own bookkeeping did: the call counts as over from then on.
+    seen_over: AtomicBool,
 }
 
 impl ServerCall {
@@ -89,6 +176,7 @@ impl ServerCall {
         context: CallContext,
         requests: RequestStream<Bytes>,
         sink: ResponseSink<Bytes>,
+        first_compressed: bool,
     ) -> Arc<ServerCall> {
         let text = |s: String| CString::new(s.replace('\0', " ")).unwrap_or_default();
         Arc::new(ServerCall {
@@ -107,8 +195,11 @@ impl ServerCall {
             host_finished: AtomicBool::new(false),
             headers_sent: AtomicBool::new(false),
             cancel: Cancel::default(),
+            turns: Arc::default(),
             ended: Mutex::new(None),
             completed: AtomicBool::new(false),
+            last_compressed: AtomicBool::new(first_compressed),
+            seen_over: AtomicBool::new(false),
         })
     }
 
@@ -151,7 +242,7 @@ impl ServerCall {
         if self.give(Finish {
             last: None,
             status,
-            from_host: false,
+            from_host: None,
         }) {
             self.record_end(ended);
         }
@@ -186,6 +277,17 @@ impl ServerCall {
             status,
             from_host,
         } = finish;
+        if let Some(turn) = &from_host {
+            // After the sends the host started before finishing (or until the call ends).
+            if let Either::Right(_) = select(
+                std::pin::pin!(turn.wait()),
+                std::pin::pin!(self.context.cancelled()),
+            )
+            .await
+            {
+                return Err(Status::cancelled("the call ended"));
+            }
+        }
         if let Some(message) = last {
             self.headers_sent.store(true, Ordering::Release);
             let sent = match until_cancelled(&self.cancel, self.sink.send(message)).await {
@@ -199,7 +301,7 @@ impl ServerCall {
         }
         let trailers = status.metadata().clone();
         self.sink.set_trailers(trailers);
-        if from_host {
+        if from_host.is_some() {
             self.completed.store(true, Ordering::Release);
         }
         match status.code() {
@@ -236,10 +338,9 @@ impl ServerCall {
         )
     }
 
-    /// The next request: `Some`, `None` at the end of the stream (or of the call), or the
-    /// status the stream failed with (the call was ended with it).
-    async fn recv(self: &Arc<Self>) -> Result<std::result::Result<Option<Bytes>, Status>> {
-        let mut requests = self
+    /// Takes the request stream for one receive; BUSY while another receive holds it.
+    fn take_requests(self: &Arc<Self>) -> Result<Requests> {
+        let stream = self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -250,36 +351,42 @@ impl ServerCall {
                     "another receive is in progress on this call",
                 )
             })?;
-        let next = until_cancelled(&self.cancel, requests.message()).await;
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(requests);
-        Ok(match next {
-            Ok(Ok(message)) => Ok(message),
-            // Cancelled by the client or the server: the call is over, PLEXUS_OP_SERVER_DONE
-            // says why.
-            Err(_) => Ok(None),
-            Ok(Err(status)) if status.code() == Code::Cancelled => Ok(None),
-            Ok(Err(status)) => {
-                self.end_with(status.clone());
-                Err(status)
-            }
+        Ok(Requests {
+            call: self.clone(),
+            stream: Some(stream),
         })
     }
 
-    /// Sends one response message.
-    async fn send(&self, message: Bytes, flags: u32) -> std::result::Result<(), Status> {
+    /// Sends one response message in `turn`.
+    async fn send(
+        &self,
+        turn: Turn,
+        message: Bytes,
+        flags: u32,
+    ) -> std::result::Result<(), Status> {
         let options = SendOptions::new().compress(flags & PLEXUS_SEND_NO_COMPRESS == 0);
         self.headers_sent.store(true, Ordering::Release);
-        match until_cancelled(&self.cancel, self.sink.send_with(message, options)).await {
+        let send = async {
+            turn.wait().await;
+            self.sink.send_with(message, options).await
+        };
+        match until_cancelled(&self.cancel, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Status::cancelled("the server cancelled the call")),
         }
     }
 
+    /// Sends the response headers in `turn`.
     async fn send_initial_metadata(
         &self,
+        turn: Turn,
         metadata: core_plexus::Metadata,
     ) -> std::result::Result<(), Status> {
-        match until_cancelled(&self.cancel, self.sink.send_initial_metadata(metadata)).await {
+        let send = async {
+            turn.wait().await;
+            self.sink.send_initial_metadata(metadata).await
+        };
+        match until_cancelled(&self.cancel, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Status::cancelled("the server cancelled the call")),
         }
@@ -297,6 +404,58 @@ impl ServerCall {
     fn cancel_call(&self, why: &str) {
         self.cancel.cancel();
         self.end_with(Status::cancelled(why));
+    }
+}
+
+/// One receive's hold on the request stream, given back when dropped (also when a blocking
+/// receive times out, so nothing is lost).
+struct Requests {
+    call: Arc<ServerCall>,
+    stream: Option<RequestStream<Bytes>>,
+}
+
+impl Requests {
+    /// The next request: `Some`, `None` at the end of the stream (or of the call), or the
+    /// status the stream failed with (the call was ended with it).
+    async fn next(mut self) -> std::result::Result<Option<Bytes>, Status> {
+        let call = self.call.clone();
+        let stream = self.stream.as_mut().expect("held until drop");
+        let next = until_cancelled(&call.cancel, stream.message()).await;
+        if let Ok(Ok(Some(_))) = &next {
+            let compressed = stream.last_message_compressed();
+            call.last_compressed.store(compressed, Ordering::Release);
+        }
+        // Given back before the result can be seen.
+        drop(self);
+        match next {
+            Ok(Ok(message)) => Ok(message),
+            // Cancelled by the server.
+            Err(_) => Ok(None),
+            // The call ended under the stream (the client cancelled, the connection or the
+            // server went away, the deadline passed): the end of the requests;
+            // PLEXUS_OP_SERVER_DONE says why.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    Code::Cancelled | Code::Unavailable | Code::DeadlineExceeded
+                ) =>
+            {
+                call.seen_over.store(true, Ordering::Release);
+                Ok(None)
+            }
+            Ok(Err(status)) => {
+                call.end_with(status.clone());
+                Err(status)
+            }
+        }
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            *self.call.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        }
     }
 }
 
@@ -378,6 +537,63 @@ pub unsafe extern "C" fn plexus_server_call_peer(
     })
 }
 
+/// Writes the client's TLS certificate (the leaf, DER-encoded) to `*der` and its length to
+/// `*len`, for authorizing mutual-TLS clients; NULL and 0 when the connection is not TLS or
+/// the client sent none. Borrowed: valid until the call is freed.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `der` and `len` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_peer_certificate(
+    call: *const plexus_server_call,
+    der: *mut *const u8,
+    len: *mut usize,
+) -> plexus_result {
+    boundary("plexus_server_call_peer_certificate", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(der, "der")?;
+        check_out(len, "len")?;
+        let leaf = call
+            .context
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map_or((std::ptr::null(), 0), |cert| (cert.as_ptr(), cert.len()));
+        // SAFETY: der and len were checked and are writable.
+        unsafe {
+            write_out(der, "der", leaf.0)?;
+            write_out(len, "len", leaf.1)?;
+        }
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Writes to `*compressed` whether the last request message handed out (in the
+/// PLEXUS_OP_SERVER_CALL event, or by the last receive) arrived compressed (its
+/// Compressed-Flag set); it was inflated either way. False before any message.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT.
+///
+/// # Safety
+/// `call` is live; `compressed` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_call_last_message_compressed(
+    call: *const plexus_server_call,
+    compressed: *mut bool,
+) -> plexus_result {
+    boundary("plexus_server_call_last_message_compressed", || {
+        // SAFETY: the caller passes a live handle or NULL (checked).
+        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        check_out(compressed, "compressed")?;
+        let flag = call.last_compressed.load(Ordering::Acquire);
+        // SAFETY: compressed was checked and is writable.
+        unsafe { write_out(compressed, "compressed", flag) }?;
+        Ok(PLEXUS_OK)
+    })
+}
+
 /// Writes the request metadata to `*metadata`. Borrowed: valid until the call is freed;
 /// never free it.
 ///
@@ -444,7 +660,9 @@ pub unsafe extern "C" fn plexus_server_call_is_cancelled(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::as_ref(call) }?;
         check_out(cancelled, "cancelled")?;
-        let over = call.context.is_cancelled() || call.cancel.is_cancelled();
+        let over = call.context.is_cancelled()
+            || call.cancel.is_cancelled()
+            || call.seen_over.load(Ordering::Acquire);
         // SAFETY: cancelled was checked and is writable.
         unsafe { write_out(cancelled, "cancelled", over) }?;
         Ok(PLEXUS_OK)
@@ -518,8 +736,9 @@ pub unsafe extern "C" fn plexus_server_call_recv(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         check_out(message, "message")?;
-        let received = runtime::block_on(timeout_ms, call.recv())
-            .map_err(|why| interrupted(why, timeout_ms))??;
+        let requests = call.take_requests()?;
+        let received = runtime::block_on(timeout_ms, requests.next())
+            .map_err(|why| interrupted(why, timeout_ms))?;
         match received {
             Ok(Some(bytes)) => {
                 // SAFETY: message was checked and is writable.
@@ -535,8 +754,8 @@ pub unsafe extern "C" fn plexus_server_call_recv(
 /// `plexus_server_call_recv` without blocking: reports PLEXUS_OP_RECV with `tag` on `cq`
 /// (`message` set on PLEXUS_OK; `status` set on PLEXUS_ERR_RPC).
 ///
-/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no
-/// event follows).
+/// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_BUSY while another receive runs;
+/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN (no event follows for these).
 ///
 /// # Safety
 /// `call` and `cq` are live.
@@ -550,13 +769,11 @@ pub unsafe extern "C" fn plexus_server_call_recv_async(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::clone_arc(call) }?;
         let rt = runtime::get()?;
+        let requests = call.take_requests()?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_RECV) }?;
         rt.spawn(async move {
-            let (result, outcome) = match call.recv().await {
-                Ok(received) => recv_result(received),
-                Err(busy) => (busy.code, Outcome::default()),
-            };
+            let (result, outcome) = recv_result(requests.next().await);
             completion.complete(result, outcome);
         });
         Ok(PLEXUS_OK)
@@ -586,7 +803,8 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata(
         // SAFETY: as above.
         let metadata = unsafe { metadata_arg(metadata) }?;
         check_headers(&call)?;
-        runtime::block_on(timeout_ms, call.send_initial_metadata(metadata))
+        let turn = call.turns.take();
+        runtime::block_on(timeout_ms, call.send_initial_metadata(turn, metadata))
             .map_err(|why| interrupted(why, timeout_ms))?
             .map_err(|status| send_failed(&status))?;
         Ok(PLEXUS_OK)
@@ -625,11 +843,13 @@ pub unsafe extern "C" fn plexus_server_call_send_initial_metadata_async(
         // SAFETY: as above.
         let metadata = unsafe { metadata_arg(metadata) }?;
         let rt = runtime::get()?;
+        // Checked before the operation is registered: a registered one always reports.
+        check_headers(&call)?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND_INITIAL_METADATA) }?;
-        check_headers(&call)?;
+        let turn = call.turns.take();
         rt.spawn(async move {
-            let result = match call.send_initial_metadata(metadata).await {
+            let result = match call.send_initial_metadata(turn, metadata).await {
                 Ok(()) => PLEXUS_OK,
                 Err(_) => PLEXUS_ERR_RPC,
             };
@@ -665,7 +885,8 @@ pub unsafe extern "C" fn plexus_server_call_send(
         // SAFETY: as above.
         let message = unsafe { bytes_ref(message) }?;
         call.check_open()?;
-        match runtime::block_on(timeout_ms, call.send(message, flags)) {
+        let turn = call.turns.take();
+        match runtime::block_on(timeout_ms, call.send(turn, message, flags)) {
             Ok(Ok(())) => Ok(PLEXUS_OK),
             Ok(Err(status)) => Err(failed_send(&call, status)),
             Err(Interrupted::Timeout) => {
@@ -713,8 +934,9 @@ pub unsafe extern "C" fn plexus_server_call_send_async(
         let rt = runtime::get()?;
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SEND) }?;
+        let turn = call.turns.take();
         rt.spawn(async move {
-            let result = match call.send(message, flags).await {
+            let result = match call.send(turn, message, flags).await {
                 Ok(()) => PLEXUS_OK,
                 Err(status) => failed_send(&call, status).code,
             };
@@ -751,7 +973,7 @@ pub unsafe extern "C" fn plexus_server_call_finish(
 ) -> plexus_result {
     boundary("plexus_server_call_finish", || {
         // SAFETY: the caller passes live handles or NULL (checked).
-        let call = unsafe { plexus_server_call::as_ref(call) }?;
+        let call = unsafe { plexus_server_call::clone_arc(call) }?;
         // SAFETY: as above.
         let last = unsafe { optional_bytes(last_message) }?;
         let text = if message.is_null() {
@@ -779,7 +1001,7 @@ pub unsafe extern "C" fn plexus_server_call_finish(
         call.give(Finish {
             last,
             status: status.with_metadata(trailers),
-            from_host: true,
+            from_host: Some(call.turns.take()),
         });
         Ok(PLEXUS_OK)
     })

@@ -127,21 +127,45 @@ where
     }
 }
 
-impl<T: async_io::IoSafe + io::Write> futures_io::AsyncWrite for Socket<T> {
+impl<T: async_io::IoSafe + io::Write + std::os::fd::AsFd> futures_io::AsyncWrite for Socket<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // sendmsg with MSG_NOSIGNAL instead of writev: writing to a socket whose peer
+            // closed would raise SIGPIPE, which kills a C host that has not ignored it (Rust
+            // programs and Python ignore it, C programs do not). The error comes back as
+            // EPIPE instead.
+            use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
+            loop {
+                let sent = sendmsg(
+                    this.io.get_ref(),
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                );
+                match sent {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(rustix::io::Errno::AGAIN) => ready!(this.io.poll_writable(cx))?,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(err) => return Poll::Ready(Err(err.into())),
+                }
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

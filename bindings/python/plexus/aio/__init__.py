@@ -12,6 +12,11 @@ descriptor: no helper thread per call.
 `secure_channel(target, credentials, ...)` connects over TLS (see plexus.secure_channel).
 `insecure_channel(target, interceptors=[...])` takes grpc.aio's client interceptors (the
 interfaces below are grpc.aio's own when grpcio is importable).
+
+`server(migration_thread_pool=None, handlers=None, interceptors=None, options=None,
+maximum_concurrent_rpcs=None, compression=None)` serves grpc.aio-style servicers (async
+handlers; grpcio-tools' generated add_XServicer_to_server works unchanged) on the same
+completion queue.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ._channel import (
     insecure_channel,
     secure_channel,
 )
+from ._server import AbortError, Server, ServicerContext, server
 from ._interceptor import (
     ClientCallDetails,
     ClientInterceptor,
@@ -60,4 +66,8 @@ __all__ = [
     "UnaryUnaryMultiCallable",
     "insecure_channel",
     "secure_channel",
+    "server",
+    "AbortError",
+    "Server",
+    "ServicerContext",
 ]
