@@ -387,11 +387,6 @@ def test_abort_with_status_trailers(servers, channels):
     assert seen["plexus"][:2] == seen["grpcio"][:2] == (grpc.StatusCode.FAILED_PRECONDITION, "v")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libplexus refuses the grpc-status-details-bin key in a metadata list, the way "
-    "plexus_server_call_finish takes the status details (reported on issue 19)",
-)
 def test_abort_with_status_details(servers, channels):
     seen = _abort_with_status(servers, channels)
     assert seen["plexus"][2] == seen["grpcio"][2] == b"\x08\x09\x12\x04rich"
@@ -499,12 +494,7 @@ def test_client_cancel_during_client_stream(fresh, channels):
         assert running.probe.done.wait(WAIT)
     finally:
         stop.set()
-    # The iterator raises grpc.RpcError (as grpcio's does). libplexus may report the reset
-    # as the end of the request stream a moment before it reports the call cancelled; the
-    # handler then sees the stream end normally (reported on issue 19). Either way the call
-    # ends cancelled and the callback runs.
-    error = running.probe.seen["iterator_error"]
-    assert error is None or isinstance(error, grpc.RpcError)
+    assert isinstance(running.probe.seen["iterator_error"], grpc.RpcError)
     assert running.probe.seen["callback_ran"] is True
     with pytest.raises(grpc.FutureCancelledError):
         future.result(timeout=WAIT)

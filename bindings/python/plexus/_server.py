@@ -84,7 +84,6 @@ _BIND_FAILED = (
     "detailed error message."
 )
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CODE_NUMBERS = {code: code.value[0] for code in StatusCode}
 _INT_MAX = 2**31 - 1
 _SIZE_MAX = 2**64 - 1
@@ -430,24 +429,6 @@ def _details_bytes(details: Any) -> bytes:
     return out
 
 
-def _trailers_handle(lib: _ffi.Lib, trailers: Any) -> int:
-    """The trailing metadata as a plexus_metadata. A libplexus that refuses the reserved
-    grpc-status-details-bin key in metadata lists loses the rich details (logged) rather
-    than the whole status."""
-    try:
-        return _metadata_handle(lib, trailers)
-    except _ffi.InvalidArgumentError:
-        kept = [item for item in trailers if item[0] != _STATUS_DETAILS_KEY]
-        if len(kept) == len(trailers):
-            raise
-        _LOG.warning(
-            "plexus.server: this libplexus does not take %s in trailing metadata; the "
-            "status goes out without its details",
-            _STATUS_DETAILS_KEY,
-        )
-        return _metadata_handle(lib, kept)
-
-
 class ServicerContext(_ContextBase):
     """grpc.ServicerContext of one call served by plexus.server."""
 
@@ -693,7 +674,7 @@ class ServicerContext(_ContextBase):
         trailers = None
         try:
             if self._trailers:
-                trailers = _trailers_handle(lib, self._trailers)
+                trailers = _metadata_handle(lib, self._trailers)
             rc = lib.server_call_finish(call, msg, code, details or None, trailers)
         except Exception as exc:
             _LOG.error("plexus.server: bad trailing metadata %r: %s", self._trailers, exc)
