@@ -35,6 +35,11 @@ CASES=(
     timeout_on_sleeping_server concurrent_large_unary benchmark_unary benchmark_streaming
 )
 PLAIN_DIRECTIONS=("plexus->plexus" "plexus->grpcio" "grpcio->plexus" "plexus->grpc-js" "grpc-js->plexus")
+# ---- plexus-py: the grpcio interop servicers, unchanged, on plexus.server (Python) ----
+PLAIN_DIRECTIONS+=("grpcio->plexus-py" "grpc-js->plexus-py" "plexus->plexus-py")
+# Its servicers are grpcio's: they cannot see whether a request arrived compressed either.
+PEER_LIMITS+=("*->plexus-py*:client_compressed_*")
+# ---- end of plexus-py ----
 TLS_DIRECTIONS=()
 for direction in "${PLAIN_DIRECTIONS[@]}"; do TLS_DIRECTIONS+=("$direction+tls"); done
 DIRECTIONS=("${PLAIN_DIRECTIONS[@]}" "${TLS_DIRECTIONS[@]}")
@@ -147,6 +152,15 @@ if [ -z "$node_skip" ]; then
         node tests/interop/node/interop_server.js --port=0 "${peer_tls[@]}"
     ports[grpc-js+tls]=$port
 fi
+# ---- plexus-py servers: interop_server.py on plexus.server, loading this tree's libplexus ----
+cargo build --release --quiet -p plexus-ffi
+plexus_py=(env PLEXUS_LIBRARY="$root/target/release/libplexus.so" PYTHONPATH="$root/bindings/python"
+    "$python" tests/interop/py/interop_server.py --server_impl=plexus --port=0)
+start_server plexus-py "$work/server-plexus-py.log" "${plexus_py[@]}"
+ports[plexus-py]=$port
+start_server plexus-py+tls "$work/server-plexus-py-tls.log" "${plexus_py[@]}" "${peer_tls[@]}"
+ports[plexus-py+tls]=$port
+# ---- end of plexus-py servers ----
 
 # ---- plexus-cpp: the C++ interop server on bindings/cpp/plexus.hpp (tests/interop/cpp) ------
 # Served to plexus's, grpcio's and grpc-js's clients, plaintext and over TLS. Set

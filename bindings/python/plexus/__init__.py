@@ -7,6 +7,8 @@
 
 `plexus.secure_channel(target, plexus.ssl_channel_credentials(ca_pem))` connects over TLS;
 grpcio's credential objects work there too. `plexus.aio` has the asyncio channel.
+`plexus.server(thread_pool)` serves grpcio-tools servicers on libplexus's server, with
+grpc.server's shape.
 When grpcio is importable, errors derive from
 `grpc.RpcError` and codes are `grpc.StatusCode` members; without it plexus has its own.
 The shared library is the one installed with the package, or `$PLEXUS_LIBRARY`.
@@ -47,6 +49,15 @@ from ._credentials import (
 )
 from ._ffi import ForkedError, InvalidArgumentError, PlexusError
 from ._options import KEYWORDS as CHANNEL_OPTIONS
+from ._server import (
+    SERVER_OPTIONS,
+    HandlerCallDetails,
+    Server,
+    ServerCredentials,
+    ServicerContext,
+    server,
+    ssl_server_credentials,
+)
 
 __version__ = "0.1.0"
 
@@ -59,6 +70,7 @@ __all__ = [
     "ChannelConnectivity",
     "Compression",
     "ForkedError",
+    "HandlerCallDetails",
     "FutureCancelledError",
     "FutureTimeoutError",
     "HAVE_GRPCIO",
@@ -66,6 +78,10 @@ __all__ = [
     "Metadatum",
     "PlexusError",
     "RpcError",
+    "SERVER_OPTIONS",
+    "Server",
+    "ServerCredentials",
+    "ServicerContext",
     "SerializationError",
     "StatusCode",
     "StreamStreamMultiCallable",
@@ -79,7 +95,9 @@ __all__ = [
     "library_version",
     "metadata_call_credentials",
     "secure_channel",
+    "server",
     "ssl_channel_credentials",
+    "ssl_server_credentials",
 ]
 
 

@@ -57,6 +57,19 @@ OP_CLOSE_SEND = 5
 OP_FINISH = 6
 OP_INITIAL_METADATA = 7
 OP_STATE_CHANGE = 8
+OP_SERVER_CALL = 9
+OP_SEND_INITIAL_METADATA = 10
+OP_SERVER_DONE = 11
+OP_SERVER_SHUTDOWN = 12
+
+# Server method kinds (enum plexus_method_kind).
+METHOD_UNARY = 0
+METHOD_CLIENT_STREAMING = 1
+METHOD_SERVER_STREAMING = 2
+METHOD_BIDI_STREAMING = 3
+
+# plexus_server_call_send flags.
+SEND_NO_COMPRESS = 1
 
 # Connectivity states (enum plexus_connectivity_state).
 STATE_IDLE = 0
@@ -206,77 +219,57 @@ _SIGNATURES = {
     "plexus_unary": (_R, [_P, c_char_p, _P, _P, c_int64, _OUT, _OUT]),
     "plexus_unary_async": (_R, [_P, c_char_p, _P, _P, _P, _P]),
     "plexus_unary_call_async": (_R, [_P, c_char_p, _P, _P, _P, _P, _OUT]),
+    # --- server ABI ---
+    "plexus_server_options_new": (_R, [_OUT]),
+    "plexus_server_options_free": (None, [_P]),
+    "plexus_server_options_set_max_concurrent_calls": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_max_concurrent_streams": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_max_receive_message_size": (_R, [_P, c_size_t]),
+    "plexus_server_options_set_max_send_message_size": (_R, [_P, c_size_t]),
+    "plexus_server_options_set_initial_stream_window_size": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_initial_connection_window_size": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_adaptive_window": (_R, [_P, c_bool]),
+    "plexus_server_options_set_max_frame_size": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_keepalive_time_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_keepalive_timeout_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_keepalive_min_ping_interval_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_keepalive_permit_without_calls": (_R, [_P, c_bool]),
+    "plexus_server_options_set_handshake_timeout_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_max_header_list_size": (_R, [_P, c_uint32]),
+    "plexus_server_options_set_max_connection_idle_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_max_connection_age_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_max_connection_age_grace_ms": (_R, [_P, c_int64]),
+    "plexus_server_options_set_compression": (_R, [_P, c_char_p]),
+    "plexus_server_tls_new": (_R, [c_char_p, c_char_p, _OUT]),
+    "plexus_server_tls_set_client_ca_pem": (_R, [_P, c_char_p, c_bool]),
+    "plexus_server_tls_free": (None, [_P]),
+    "plexus_server_new": (_R, [_P, _OUT]),
+    "plexus_server_register_method": (_R, [_P, c_char_p, c_int32, _P, _P]),
+    "plexus_server_register_catch_all": (_R, [_P, _P, _P]),
+    "plexus_server_add_listener": (_R, [_P, c_char_p, _P, POINTER(c_int32)]),
+    "plexus_server_start": (_R, [_P]),
+    "plexus_server_shutdown": (_R, [_P, c_int64]),
+    "plexus_server_shutdown_async": (_R, [_P, c_int64, _P, _P]),
+    "plexus_server_free": (None, [_P]),
+    "plexus_server_call_method": (_R, [_P, POINTER(c_char_p)]),
+    "plexus_server_call_peer": (_R, [_P, POINTER(c_char_p)]),
+    "plexus_server_call_metadata": (_R, [_P, _OUT]),
+    "plexus_server_call_deadline": (_R, [_P, POINTER(c_int64)]),
+    "plexus_server_call_is_cancelled": (_R, [_P, POINTER(c_bool)]),
+    "plexus_server_call_set_compression": (_R, [_P, c_char_p]),
+    "plexus_server_call_recv": (_R, [_P, c_int64, _OUT]),
+    "plexus_server_call_recv_async": (_R, [_P, _P, _P]),
+    "plexus_server_call_send_initial_metadata": (_R, [_P, _P, c_int64]),
+    "plexus_server_call_send_initial_metadata_async": (_R, [_P, _P, _P, _P]),
+    "plexus_server_call_send": (_R, [_P, _P, c_uint32, c_int64]),
+    "plexus_server_call_send_async": (_R, [_P, _P, c_uint32, _P, _P]),
+    "plexus_server_call_finish": (_R, [_P, _P, c_int32, c_char_p, _P]),
+    "plexus_server_call_cancel": (_R, [_P]),
+    "plexus_server_call_done_async": (_R, [_P, _P, _P]),
+    "plexus_server_call_free": (None, [_P]),
+    "plexus_call_options_set_parent": (_R, [_P, _P]),
+    # --- end of server ABI ---
 }
-
-
-# --- server ABI (same block as srv-py; keep one at merge) ---
-# include/plexus.h: the server, its options, server TLS and incoming calls.
-OP_SERVER_CALL = 9
-OP_SEND_INITIAL_METADATA = 10
-OP_SERVER_DONE = 11
-OP_SERVER_SHUTDOWN = 12
-
-# enum plexus_method_kind
-METHOD_UNARY = 0
-METHOD_CLIENT_STREAMING = 1
-METHOD_SERVER_STREAMING = 2
-METHOD_BIDI_STREAMING = 3
-
-SEND_NO_COMPRESS = 1
-"""plexus_server_call_send flag: this message goes out uncompressed."""
-
-_SIGNATURES.update(
-    {
-        "plexus_server_options_new": (_R, [_OUT]),
-        "plexus_server_options_free": (None, [_P]),
-        "plexus_server_options_set_max_concurrent_calls": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_max_concurrent_streams": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_max_receive_message_size": (_R, [_P, c_size_t]),
-        "plexus_server_options_set_max_send_message_size": (_R, [_P, c_size_t]),
-        "plexus_server_options_set_initial_stream_window_size": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_initial_connection_window_size": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_adaptive_window": (_R, [_P, c_bool]),
-        "plexus_server_options_set_max_frame_size": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_keepalive_time_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_keepalive_timeout_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_keepalive_min_ping_interval_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_keepalive_permit_without_calls": (_R, [_P, c_bool]),
-        "plexus_server_options_set_handshake_timeout_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_max_header_list_size": (_R, [_P, c_uint32]),
-        "plexus_server_options_set_max_connection_idle_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_max_connection_age_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_max_connection_age_grace_ms": (_R, [_P, c_int64]),
-        "plexus_server_options_set_compression": (_R, [_P, c_char_p]),
-        "plexus_server_tls_new": (_R, [c_char_p, c_char_p, _OUT]),
-        "plexus_server_tls_set_client_ca_pem": (_R, [_P, c_char_p, c_bool]),
-        "plexus_server_tls_free": (None, [_P]),
-        "plexus_server_new": (_R, [_P, _OUT]),
-        "plexus_server_register_method": (_R, [_P, c_char_p, c_int32, _P, _P]),
-        "plexus_server_register_catch_all": (_R, [_P, _P, _P]),
-        "plexus_server_add_listener": (_R, [_P, c_char_p, _P, POINTER(c_int32)]),
-        "plexus_server_start": (_R, [_P]),
-        "plexus_server_shutdown": (_R, [_P, c_int64]),
-        "plexus_server_shutdown_async": (_R, [_P, c_int64, _P, _P]),
-        "plexus_server_free": (None, [_P]),
-        "plexus_server_call_method": (_R, [_P, POINTER(c_char_p)]),
-        "plexus_server_call_peer": (_R, [_P, POINTER(c_char_p)]),
-        "plexus_server_call_metadata": (_R, [_P, _OUT]),
-        "plexus_server_call_deadline": (_R, [_P, POINTER(c_int64)]),
-        "plexus_server_call_is_cancelled": (_R, [_P, POINTER(c_bool)]),
-        "plexus_server_call_set_compression": (_R, [_P, c_char_p]),
-        "plexus_server_call_recv": (_R, [_P, c_int64, _OUT]),
-        "plexus_server_call_recv_async": (_R, [_P, _P, _P]),
-        "plexus_server_call_send_initial_metadata": (_R, [_P, _P, c_int64]),
-        "plexus_server_call_send_initial_metadata_async": (_R, [_P, _P, _P, _P]),
-        "plexus_server_call_send": (_R, [_P, _P, c_uint32, c_int64]),
-        "plexus_server_call_send_async": (_R, [_P, _P, c_uint32, _P, _P]),
-        "plexus_server_call_finish": (_R, [_P, _P, c_int32, c_char_p, _P]),
-        "plexus_server_call_cancel": (_R, [_P]),
-        "plexus_server_call_done_async": (_R, [_P, _P, _P]),
-        "plexus_server_call_free": (None, [_P]),
-        "plexus_call_options_set_parent": (_R, [_P, _P]),
-    }
-)
 
 
 class PlexusError(RuntimeError):

@@ -3,8 +3,11 @@ interop matrix from the public interop test description (grpcio's own interop se
 in its wheel).
 
     python interop_server.py --port=PORT [--use_tls=true --tls_cert_file=F --tls_key_file=F]
+                             [--server_impl=grpcio|plexus]
 
-Prints "interop_server.py: listening on port N" once serving (--port=0 picks a free port) and
+--server_impl=plexus serves the same servicers, unchanged, on plexus.server (the plexus
+package from the repo's bindings/python when it is not installed; $PLEXUS_LIBRARY names the
+libplexus to load). Prints "interop_server.py: listening on port N" once serving (--port=0 picks a free port) and
 serves until killed.
 
 CompressedRequest is not implemented: a grpcio servicer cannot see whether a request arrived
@@ -159,9 +162,22 @@ class BenchmarkService(benchmark_service_pb2_grpc.BenchmarkServiceServicer):
             yield messages_pb2.SimpleResponse(payload=_payload(request.response_size, context))
 
 
-def start(port: int, tls: tuple[bytes, bytes] | None = None):
+def _server_factory(impl: str):
+    """grpc.server, or plexus.server for --server_impl=plexus."""
+    if impl == "grpcio":
+        return grpc.server
+    try:
+        import plexus
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bindings" / "python"))
+        import plexus
+    return plexus.server
+
+
+def start(port: int, tls: tuple[bytes, bytes] | None = None, impl: str = "grpcio"):
     """Starts the server on [::]:port; returns (server, bound port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    make = _server_factory(impl)
+    server = make(futures.ThreadPoolExecutor(max_workers=64))
     test_pb2_grpc.add_TestServiceServicer_to_server(TestService(), server)
     benchmark_service_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), server)
     address = f"[::]:{port}"
@@ -181,13 +197,19 @@ def main() -> int:
     flags.add_bool(parser, "--use_tls", "serve TLS with --tls_cert_file and --tls_key_file")
     parser.add_argument("--tls_cert_file", help="PEM certificate chain (with --use_tls)")
     parser.add_argument("--tls_key_file", help="PEM private key (with --use_tls)")
+    parser.add_argument(
+        "--server_impl",
+        choices=("grpcio", "plexus"),
+        default="grpcio",
+        help="serve on grpc.server (default) or on plexus.server",
+    )
     args = parser.parse_args()
     tls = None
     if args.use_tls:
         if not (args.tls_cert_file and args.tls_key_file):
             parser.error("--use_tls=true needs --tls_cert_file and --tls_key_file")
         tls = (Path(args.tls_key_file).read_bytes(), Path(args.tls_cert_file).read_bytes())
-    server, port = start(args.port, tls)
+    server, port = start(args.port, tls, args.server_impl)
     print(f"interop_server.py: listening on port {port}", flush=True)
     stop = threading.Event()
     try:
