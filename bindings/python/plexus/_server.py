@@ -29,6 +29,7 @@ key/certificate pair is used and the others are ignored with a warning.
 from __future__ import annotations
 
 import contextvars
+import gc
 import importlib
 import logging
 import threading
@@ -95,6 +96,11 @@ _KIND = {  # (request_streaming, response_streaming) -> plexus_method_kind
     (False, True): _ffi.METHOD_SERVER_STREAMING,
     (True, True): _ffi.METHOD_BIDI_STREAMING,
 }
+
+
+def method_kind(handler: Any) -> int:
+    """The libplexus method kind of a grpc.RpcMethodHandler."""
+    return _KIND[(bool(handler.request_streaming), bool(handler.response_streaming))]
 
 if not TYPE_CHECKING and _grpc is not None:
     _ContextBase = _grpc.ServicerContext
@@ -252,6 +258,25 @@ def _reading_of(
 _remember_grpcio_arguments()
 
 
+def _read_grpcio_object(credentials: object) -> ServerCredentials | None:
+    """The TLS material of a grpc.ssl_server_credentials(...) made before `import plexus`.
+
+    grpcio keeps the PEMs inside its Cython object, reachable only through the references the
+    garbage collector sees: the list [root_certificates, [SslPemKeyCertPair, ...]]. Whether a
+    client certificate was required is not reachable: with client roots, plexus requires one
+    (it refuses what grpcio might have let in, never the reverse)."""
+    inner = getattr(credentials, "_credentials", None)
+    for ref in gc.get_referents(inner) if inner is not None else ():
+        if not (isinstance(ref, list) and len(ref) == 2 and isinstance(ref[1], list)):
+            continue
+        roots, pairs = ref
+        if not pairs or type(pairs[0]).__name__ != "SslPemKeyCertPair":
+            continue
+        keys_and_chains = [(p.private_key, p.certificate_chain) for p in pairs]
+        return ssl_server_credentials(keys_and_chains, roots, roots is not None)
+    return None
+
+
 def as_server_credentials(credentials: object) -> ServerCredentials:
     """plexus's ServerCredentials for plexus's or grpcio's (grpc.ssl_server_credentials)."""
     if isinstance(credentials, ServerCredentials):
@@ -260,6 +285,9 @@ def as_server_credentials(credentials: object) -> ServerCredentials:
     if isinstance(remembered, ServerCredentials):
         return remembered
     if type(credentials).__name__ == "ServerCredentials":
+        read = _read_grpcio_object(credentials)
+        if read is not None:
+            return read
         raise TypeError(
             "cannot read these grpc.ServerCredentials: grpcio keeps their PEMs in C. Create "
             "them with grpc.ssl_server_credentials(...) after `import plexus` (plexus then "
@@ -1198,7 +1226,7 @@ class Server(_ServerBase):
             if path in state.registered:
                 state.registered[path] = handler
                 continue
-            kind = _KIND[(bool(handler.request_streaming), bool(handler.response_streaming))]
+            kind = method_kind(handler)
             tag = _FIRST_METHOD_TAG + len(state.by_tag)
             rc = lib.server_register_method(state.server, path.encode("utf-8"), kind, state.cq, tag)
             if rc != OK:

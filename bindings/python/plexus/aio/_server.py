@@ -31,9 +31,11 @@ from .._common import _metadata_handle
 from .._common import compression_name, read_metadata, take_bytes
 from .._ffi import END_OF_STREAM, OK
 from ._channel import EOF, _free_event, _Poller, _poller_for
-from ._server_context import METHOD_NOT_FOUND, NO_REQUEST, HandlerCallDetails
-from ._server_context import metadata_tuple, method_kind, server_options, server_tls
-from ._server_context import unexpected
+from .._server import UNIMPLEMENTED_DETAILS as METHOD_NOT_FOUND
+from .._server import HandlerCallDetails, method_kind
+from .._server import server_options_handle as server_options
+from .._server import server_tls_handle as server_tls
+from ._server_context import NO_REQUEST, metadata_tuple, unexpected
 
 _LOG = logging.getLogger("plexus.aio")
 
