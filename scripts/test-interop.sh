@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The gRPC interop matrix: every interop case (interop/src/client.rs) in five directions,
+# The gRPC interop matrix: every interop case (interop/src/client.rs) in eleven directions,
 #   plexus -> plexus, plexus -> grpcio, grpcio -> plexus, plexus -> grpc-js, grpc-js -> plexus,
+#   and plexus, grpcio and grpc-js -> plexus-cpp (the C++ interop server on plexus.hpp) and
+#   -> plexus-py (grpcio's interop servicers on plexus.server),
 # each in plaintext and over TLS ("+tls": certificates generated now by `plexus-peer certs`, the
 # client verifying the name foo.test.google.fr as the standard interop runs do), with the plexus
 # binaries from interop/ and the peers from tests/interop/ (Python in the repo's .venv, Node
 # from npm). Prints a table of results and fails if a case that should pass does not, or if a
 # case listed below as expected to fail passes (so the lists stay true).
 # Usage: scripts/test-interop.sh      (scripts/test.sh runs it as one step)
+#        PLEXUS_INTEROP_DIRECTIONS="*plexus-py* grpcio->plexus" scripts/test-interop.sh
+#        runs only the directions matching those shell patterns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
