@@ -767,6 +767,13 @@ def test_secure_port_requiring_client_certificates(fresh, certs, client):
     bare = client_module.secure_channel(target, client_module.ssl_channel_credentials(certs["ca.pem"]))
     try:
         assert echo_pb2_grpc.EchoStub(good).Unary(Req(message="m"), timeout=WAIT).message == "m"
+        # The handler sees the client's certificate, as grpcio's auth context gives it.
+        echo_pb2_grpc.EchoStub(good).Unary(Req(message="context"), timeout=WAIT)
+        assert running.probe.done.wait(WAIT)
+        auth = running.probe.seen["auth_context"]
+        assert auth["transport_security_type"] == [b"ssl"]
+        body = b"".join(certs["client.pem"].split(b"-----")[2].split())
+        assert body in b"".join(auth["x509_pem_cert"][0].split(b"-----")[2].split())
         with pytest.raises(grpc.RpcError) as info:
             echo_pb2_grpc.EchoStub(bare).Unary(Req(message="m"), timeout=WAIT)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

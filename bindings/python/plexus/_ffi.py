@@ -256,6 +256,7 @@ _SIGNATURES = {
     "plexus_server_call_metadata": (_R, [_P, _OUT]),
     "plexus_server_call_deadline": (_R, [_P, POINTER(c_int64)]),
     "plexus_server_call_is_cancelled": (_R, [_P, POINTER(c_bool)]),
+    "plexus_server_call_peer_certificate": (_R, [_P, _OUT, POINTER(c_size_t)]),
     "plexus_server_call_set_compression": (_R, [_P, c_char_p]),
     "plexus_server_call_recv": (_R, [_P, c_int64, _OUT]),
     "plexus_server_call_recv_async": (_R, [_P, _P, _P]),

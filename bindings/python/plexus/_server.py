@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import ssl
 import importlib
 import logging
 import threading
 import time
 from collections import namedtuple
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from ctypes import byref, c_bool, c_char_p, c_int32, c_int64, c_void_p
+from ctypes import byref, c_bool, c_char_p, c_int32, c_int64, c_size_t, c_void_p, string_at
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from . import _ffi
@@ -96,6 +97,21 @@ _KIND = {  # (request_streaming, response_streaming) -> plexus_method_kind
     (False, True): _ffi.METHOD_SERVER_STREAMING,
     (True, True): _ffi.METHOD_BIDI_STREAMING,
 }
+
+
+def auth_context_of(lib: _ffi.Lib, call: int) -> dict[str, list[bytes]]:
+    """grpcio's auth context of a server call, as far as libplexus knows it: for a client
+    that presented a TLS certificate, the transport ("ssl") and that certificate as PEM
+    (grpcio's `x509_pem_cert`); empty otherwise (plaintext, or TLS without a client
+    certificate: the two are not told apart)."""
+    der = c_void_p()
+    length = c_size_t()
+    if not call or lib.server_call_peer_certificate(call, byref(der), byref(length)) != OK:
+        return {}
+    if not length.value:
+        return {}
+    pem = ssl.DER_cert_to_PEM_cert(string_at(der.value or 0, length.value))
+    return {"transport_security_type": [b"ssl"], "x509_pem_cert": [pem.encode("ascii")]}
 
 
 def method_kind(handler: Any) -> int:
@@ -538,8 +554,9 @@ class ServicerContext(_ContextBase):
         return None
 
     def auth_context(self) -> Mapping[str, Sequence[bytes]]:
-        """An empty mapping: plexus does not expose the connection's auth properties."""
-        return {}
+        """The client's TLS certificate (`x509_pem_cert`) and `transport_security_type`, when
+        it presented one; empty otherwise."""
+        return auth_context_of(self._lib, self._call)
 
     def time_remaining(self) -> Optional[float]:
         """Seconds left before the client's deadline (0 once passed), None without one."""

@@ -32,7 +32,7 @@ from .._common import compression_name, read_metadata, take_bytes
 from .._ffi import END_OF_STREAM, OK
 from ._channel import EOF, _free_event, _Poller, _poller_for
 from .._server import UNIMPLEMENTED_DETAILS as METHOD_NOT_FOUND
-from .._server import HandlerCallDetails, method_kind
+from .._server import HandlerCallDetails, auth_context_of, method_kind
 from .._server import server_options_handle as server_options
 from .._server import server_tls_handle as server_tls
 from ._server_context import NO_REQUEST, metadata_tuple, unexpected
@@ -471,8 +471,9 @@ class ServicerContext(_ContextBase):
         return None
 
     def auth_context(self) -> dict[str, Sequence[bytes]]:
-        """The call's auth context: not exposed by libplexus (empty)."""
-        return {}
+        """The client's TLS certificate (`x509_pem_cert`) and `transport_security_type`, when
+        it presented one; empty otherwise."""
+        return dict(auth_context_of(self._lib, self._handle))
 
     def time_remaining(self) -> float | None:
         """Seconds left before the client's deadline (0 once passed); None without one."""
