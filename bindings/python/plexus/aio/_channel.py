@@ -188,6 +188,31 @@ _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = (
 _pollers_lock = threading.Lock()  # event loops in several threads look up the table
 
 
+def _submit(
+    lib: _ffi.Lib,
+    poller: _Poller,
+    loop: asyncio.AbstractEventLoop,
+    start: Callable[..., int],
+    *args: Any,
+) -> asyncio.Future[_Event]:
+    """Starts one `_async` operation on `poller`'s queue; the future gets its event's
+    fields (freed if the future was cancelled first)."""
+    fut: asyncio.Future[_Event] = loop.create_future()
+
+    def handler(result: int, call: int, message: int, status: int, metadata: int) -> None:
+        if fut.cancelled():
+            _free_event(lib, call, message, status, metadata)
+        else:
+            fut.set_result((result, call, message, status, metadata))
+
+    tag = poller.register(handler)
+    rc = start(*args, poller.cq, tag)
+    if rc:
+        poller.handlers.pop(tag, None)
+        raise lib.error(rc)
+    return fut
+
+
 def _poller_for(lib: _ffi.Lib, loop: asyncio.AbstractEventLoop) -> _Poller:
     with _pollers_lock:
         found = _pollers.get(loop)
@@ -423,22 +448,7 @@ class _StreamingCall(_Call):
 
     def _submit(self, start: Callable[..., int], *args: Any) -> asyncio.Future[_Event]:
         """Starts one asynchronous operation; the future gets its event's fields."""
-        poller = self._poller
-        fut: asyncio.Future[_Event] = self._loop.create_future()
-        lib = self._lib
-
-        def handler(result: int, call: int, message: int, status: int, metadata: int) -> None:
-            if fut.cancelled():
-                _free_event(lib, call, message, status, metadata)
-            else:
-                fut.set_result((result, call, message, status, metadata))
-
-        tag = poller.register(handler)
-        rc = start(*args, poller.cq, tag)
-        if rc:
-            poller.handlers.pop(tag, None)
-            raise lib.error(rc)
-        return fut
+        return _submit(self._lib, self._poller, self._loop, start, *args)
 
     def _open(self, channel_handle: int, method: bytes, req: int | None, opts: int | None) -> None:
         lib = self._lib

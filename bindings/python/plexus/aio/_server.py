@@ -30,7 +30,7 @@ from .._common import CompressionArg, Metadata, StatusCode
 from .._common import _metadata_handle
 from .._common import compression_name, read_metadata, take_bytes
 from .._ffi import END_OF_STREAM, OK
-from ._channel import EOF, _free_event, _Poller, _poller_for
+from ._channel import EOF, _free_event, _Poller, _poller_for, _submit
 from .._server import UNIMPLEMENTED_DETAILS as METHOD_NOT_FOUND
 from .._server import HandlerCallDetails, auth_context_of, method_kind
 from .._server import server_options_handle as server_options
@@ -62,30 +62,6 @@ class AbortError(Exception):
 
 class _CallOver(Exception):
     """An operation found the call over (cancelled, deadline passed, server stopped)."""
-
-
-def _submit(
-    lib: _ffi.Lib,
-    poller: _Poller,
-    loop: asyncio.AbstractEventLoop,
-    start: Callable[..., int],
-    *args: Any,
-) -> asyncio.Future[_EventFields]:
-    """Starts one `_async` operation on `poller`'s queue; the future gets its event."""
-    fut: asyncio.Future[_EventFields] = loop.create_future()
-
-    def handler(result: int, call: int, message: int, status: int, metadata: int) -> None:
-        if fut.cancelled():
-            _free_event(lib, call, message, status, metadata)
-        else:
-            fut.set_result((result, call, message, status, metadata))
-
-    tag = poller.register(handler)
-    rc = start(*args, poller.cq, tag)
-    if rc:
-        poller.handlers.pop(tag, None)
-        raise lib.error(rc)
-    return fut
 
 
 def _code_value(code: Any) -> int:
