@@ -171,6 +171,8 @@ ports[plexus-py+tls]=$port
 # PLEXUS_INTEROP_DIRECTIONS to shell patterns (space-separated, e.g. "*plexus-cpp*") to run
 # only the directions matching one of them.
 step "interop: the C++ interop server (plexus-cpp)"
+# A fresh machine may have a C compiler (the Rust build needs one) but no C++ one.
+command -v c++ >/dev/null 2>&1 || apt_install "the C++ interop server" g++
 cpp_server_bin=$(tests/interop/cpp/build.sh)
 start_server plexus-cpp "$work/server-plexus-cpp.log" "$cpp_server_bin" --port=0
 ports[plexus-cpp]=$port
