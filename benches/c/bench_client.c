@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "plexus.h"
+#include "varint.h"
 
 #define UNARY_PATH "/grpc.testing.BenchmarkService/UnaryCall"
 #define STREAMING_PATH "/grpc.testing.BenchmarkService/StreamingCall"
@@ -55,24 +56,6 @@ static double cpu_s(double *user, double *sys) {
 
 /* ---- protobuf by hand ---- */
 
-static size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v) {
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
 /* SimpleRequest { response_size = payload; payload = Payload { body = payload zero bytes } },
  * byte for byte what prost and protobuf write. */
 static plexus_bytes *bench_request(size_t payload) {
@@ -98,17 +81,6 @@ static plexus_bytes *bench_request(size_t payload) {
     ok(plexus_bytes_copy(buf, total, &out), "plexus_bytes_copy");
     free(buf);
     return out;
-}
-
-static bool get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (*p >= end) return false;
-        uint8_t b = *(*p)++;
-        *v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) return true;
-    }
-    return false;
 }
 
 /* Finds length-delimited field `field` in [p, end): its start and length, or false. Skips

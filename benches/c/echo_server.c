@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "plexus.h"
+#include "varint.h"
 
 #define UNARY_PATH "/grpc.testing.BenchmarkService/UnaryCall"
 #define STREAMING_PATH "/grpc.testing.BenchmarkService/StreamingCall"
@@ -42,34 +43,6 @@ static void ok(int32_t rc, const char *what) {
 }
 
 /* ---- protobuf by hand ---- */
-
-static size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v) {
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-static bool get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
-    *v = 0;
-    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-        uint8_t byte = *(*p)++;
-        *v |= (uint64_t)(byte & 0x7f) << shift;
-        if (!(byte & 0x80)) return true;
-    }
-    return false;
-}
 
 /* Reads SimpleRequest's response_type (field 1) and response_size (field 2), skipping the
  * rest. Returns false for a malformed message. */
