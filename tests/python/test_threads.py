@@ -10,6 +10,7 @@ import grpc
 from conftest import WAIT, nap_stats, wait_until
 
 import plexus
+from plexus import _ffi
 
 Req = echo_pb2.EchoRequest
 THREADS = 16
@@ -103,3 +104,31 @@ def test_blocking_calls_release_the_gil(target):
         for t in threads:
             t.join(WAIT)
         assert unary_done.is_set()
+
+
+# Functions that can wait: each must let go of the GIL while it does.
+_WAITING = {
+    "plexus_cq_next",
+    "plexus_unary",
+    "plexus_shutdown",
+    "plexus_channel_connect",
+    "plexus_call_start",
+    "plexus_call_start_server_streaming",
+    "plexus_call_send",
+    "plexus_call_recv",
+    "plexus_call_close_send",
+    "plexus_call_initial_metadata",
+    "plexus_call_finish",
+    "plexus_server_shutdown",
+    "plexus_server_call_recv",
+    "plexus_server_call_send",
+    "plexus_server_call_send_initial_metadata",
+}
+
+
+def test_only_functions_that_never_wait_keep_the_gil():
+    """The functions bound to run with the GIL held are real ones and none of them waits: one
+    that did would stop every other Python thread for as long."""
+    assert _ffi._KEEP_GIL <= _ffi._SIGNATURES.keys()
+    assert _WAITING <= _ffi._SIGNATURES.keys()
+    assert not (_ffi._KEEP_GIL & _WAITING)

@@ -272,6 +272,27 @@ _SIGNATURES = {
     # --- end of server ABI ---
 }
 
+# Functions that return at once and call back into no Python: they run with the GIL held.
+# ctypes releases the GIL around every other call, and each release lets another thread take
+# the GIL, so a served call that released it half a dozen times switched threads as often.
+# Everything that can wait (blocking calls, cq_next with a timeout, the frees that join
+# threads) releases it as usual.
+_KEEP_GIL = frozenset(
+    f"plexus_{name}"
+    for name in (
+        "last_error result_name bytes_copy bytes_data bytes_free "
+        "metadata_new metadata_append metadata_append_bin metadata_len metadata_get_entry "
+        "metadata_free status_code status_message status_details status_trailing_metadata "
+        "status_initial_metadata status_free call_options_new call_options_free "
+        "call_options_set_timeout_ms call_options_set_metadata call_options_set_wait_for_ready "
+        "call_options_set_compression call_options_set_parent "
+        "server_call_method server_call_peer server_call_metadata server_call_deadline "
+        "server_call_is_cancelled server_call_set_compression server_call_recv_async "
+        "server_call_send_initial_metadata_async server_call_send_async server_call_finish "
+        "server_call_cancel server_call_done_async server_call_free"
+    ).split()
+)
+
 
 class PlexusError(RuntimeError):
     """A failure reported by libplexus itself (not a gRPC status): `result` is its code."""
@@ -313,9 +334,11 @@ class Lib:
         # Call options holding only a timeout, shared by every call (see _common).
         self.timeout_options: dict[float, int] = {}
         self.shared_options: set[int] = set()
+        # The same loaded library, its functions called without releasing the GIL.
+        holding = ctypes.PyDLL(path, handle=dll._handle)
         for name, (restype, argtypes) in _SIGNATURES.items():
             try:
-                fn = getattr(dll, name)
+                fn = getattr(holding if name in _KEEP_GIL else dll, name)
             except AttributeError:
                 raise ImportError(
                     f"plexus: the libplexus at {path!r} has no {name}: it is older than this "
@@ -325,6 +348,10 @@ class Lib:
             fn.argtypes = argtypes
             short = name[len("plexus_") :]
             setattr(self, "c_" + short if short == "last_error" else short, fn)
+        # plexus_cq_next for a timeout of 0 only: takes an event that is there, keeping the GIL.
+        self.cq_poll = holding.plexus_cq_next
+        self.cq_poll.restype = _R
+        self.cq_poll.argtypes = _SIGNATURES["plexus_cq_next"][1]
 
     if TYPE_CHECKING:
         # The C functions are attributes set from _SIGNATURES above; ctypes decides their

@@ -1065,9 +1065,14 @@ class _ServerState:
         lib = self.lib
         cq = self.cq
         event = _ffi.Event()
+        ref = byref(event)
         try:
             while True:
-                rc = lib.cq_next(cq, -1, byref(event))
+                # A call already queued is taken without letting go of the GIL (no switch to
+                # another serving thread); only an empty queue is waited on.
+                rc = lib.cq_poll(cq, 0, ref)
+                if rc == ERR_TIMEOUT:
+                    rc = lib.cq_next(cq, -1, ref)
                 if rc == OK:
                     if event.op == OP_SERVER_CALL:
                         self.handle(event.tag or 0, event.server_call or 0, event.message or 0)

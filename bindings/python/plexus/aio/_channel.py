@@ -131,7 +131,7 @@ class _Poller:
         return tag
 
     def _drain(self) -> None:
-        nxt = self.lib.cq_next
+        nxt = self.lib.cq_poll
         cq = self.cq
         ev = self.event
         ref = self._event_ref
