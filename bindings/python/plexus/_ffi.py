@@ -351,7 +351,7 @@ class Lib:
         # plexus_cq_next for a timeout of 0 only: takes an event that is there, keeping the GIL.
         self.cq_poll = holding.plexus_cq_next
         self.cq_poll.restype = _R
-        self.cq_poll.argtypes = _SIGNATURES["plexus_cq_next"][1]
+        self.cq_poll.argtypes = self.cq_next.argtypes
 
     if TYPE_CHECKING:
         # The C functions are attributes set from _SIGNATURES above; ctypes decides their
