@@ -5,7 +5,7 @@
 
 use std::ffi::{CString, c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -143,9 +143,11 @@ enum FinishSlot {
 /// What a `plexus_server_call` holds.
 pub(crate) struct ServerCall {
     context: CallContext,
-    method: CString,
-    peer: CString,
-    metadata: Metadata,
+    /// The method path, the peer and the metadata as C sees them, made on first use (most
+    /// hosts route by registration and never ask).
+    method: OnceLock<CString>,
+    peer: OnceLock<CString>,
+    metadata: OnceLock<Metadata>,
     /// The request stream; `None` while a receive holds it.
     requests: Mutex<Option<RequestStream<Bytes>>>,
     sink: ResponseSink<Bytes>,
@@ -178,15 +180,10 @@ impl ServerCall {
         sink: ResponseSink<Bytes>,
         first_compressed: bool,
     ) -> Arc<ServerCall> {
-        let text = |s: String| CString::new(s.replace('\0', " ")).unwrap_or_default();
         Arc::new(ServerCall {
-            method: text(context.method().to_string()),
-            peer: text(
-                context
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_string(), ToString::to_string),
-            ),
-            metadata: Metadata::from_core(context.metadata().clone()),
+            method: OnceLock::new(),
+            peer: OnceLock::new(),
+            metadata: OnceLock::new(),
             context,
             requests: Mutex::new(Some(requests)),
             sink,
@@ -201,6 +198,26 @@ impl ServerCall {
             last_compressed: AtomicBool::new(first_compressed),
             seen_over: AtomicBool::new(false),
         })
+    }
+
+    fn method(&self) -> &CString {
+        self.method
+            .get_or_init(|| c_text(self.context.method().to_string()))
+    }
+
+    fn peer(&self) -> &CString {
+        self.peer.get_or_init(|| {
+            c_text(
+                self.context
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), ToString::to_string),
+            )
+        })
+    }
+
+    fn metadata(&self) -> &Metadata {
+        self.metadata
+            .get_or_init(|| Metadata::from_core(self.context.metadata().clone()))
     }
 
     /// The call's context, for client calls made on its behalf.
@@ -494,6 +511,11 @@ unsafe fn metadata_arg(metadata: *const plexus_metadata) -> Result<core_plexus::
     Ok(unsafe { plexus_metadata::as_ref(metadata) }?.core().clone())
 }
 
+/// `s` as a C string (a NUL inside, which HTTP/2 cannot carry anyway, becomes a space).
+fn c_text(s: String) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
 /// Writes a borrowed string of the call to `*out`.
 ///
 /// # Safety
@@ -525,7 +547,7 @@ pub unsafe extern "C" fn plexus_server_call_method(
 ) -> plexus_result {
     boundary("plexus_server_call_method", || {
         // SAFETY: forwarded from the caller, with the same contract.
-        unsafe { borrowed_text(call, method, |c| &c.method) }
+        unsafe { borrowed_text(call, method, ServerCall::method) }
     })
 }
 
@@ -544,7 +566,7 @@ pub unsafe extern "C" fn plexus_server_call_peer(
 ) -> plexus_result {
     boundary("plexus_server_call_peer", || {
         // SAFETY: forwarded from the caller, with the same contract.
-        unsafe { borrowed_text(call, peer, |c| &c.peer) }
+        unsafe { borrowed_text(call, peer, ServerCall::peer) }
     })
 }
 
@@ -621,7 +643,7 @@ pub unsafe extern "C" fn plexus_server_call_metadata(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let call = unsafe { plexus_server_call::as_ref(call) }?;
         check_out(metadata, "metadata")?;
-        let md = plexus_metadata::borrow_raw(&call.metadata);
+        let md = plexus_metadata::borrow_raw(call.metadata());
         // SAFETY: metadata was checked and is writable.
         unsafe { write_out(metadata, "metadata", md) }?;
         Ok(PLEXUS_OK)

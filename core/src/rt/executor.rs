@@ -227,7 +227,7 @@ impl Executor for SmolExecutor {
 /// Lets every other task the executor has ready run before this one continues: wakes this task
 /// and returns `Pending` once. On plexus's pool the task goes to the back of its worker's
 /// queue, behind the tasks it just woke or spawned.
-pub(crate) async fn yield_now() {
+pub async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {

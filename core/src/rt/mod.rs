@@ -8,9 +8,9 @@ mod io;
 mod thread_pool;
 mod timer;
 
-pub(crate) use executor::yield_now;
 pub use executor::{
     BoxFuture, DefaultExecutor, Executor, RuntimeSettings, RuntimeSettingsError, SmolExecutor,
+    yield_now,
 };
 pub use io::Compat;
 pub use thread_pool::{ThreadPool, block_on};
