@@ -236,7 +236,7 @@ impl Cq {
                 let wake = DeferredWake(self.clone());
                 rt.spawn(async move {
                     for _ in 0..DEFER_ROUNDS {
-                        if !rt.local_backlog().is_some_and(|n| n > 0) {
+                        if rt.local_backlog().unwrap_or(0) == 0 {
                             break;
                         }
                         core_plexus::rt::yield_now().await;
