@@ -113,6 +113,42 @@ def test_child_of_a_parent_that_made_calls(target):
         assert plexus._ffi.current() is parent_lib
 
 
+def test_no_garbage_collection_while_the_child_loads_its_copy(target, stub_dir):
+    """A collection inside plexus's fork handler would finalize other libraries' objects
+    before their own fork handlers ran (grpcio's then spin forever: seen as a hung grandchild
+    in test_grandchild): the handler keeps the collector off while it works and turns it back
+    on after."""
+    script = textwrap.dedent(
+        f"""
+        import gc, os, sys
+        sys.path[:0] = [{stub_dir!r}, {str(HERE)!r}]
+        import plexus, plexus._ffi
+        from test_fork import calls_work
+        calls_work({target!r})  # the runtime starts: the child will load a fresh copy
+        seen = []
+        keep_or_reload = plexus._ffi._keep_or_reload
+
+        def watched():
+            seen.append(gc.isenabled())
+            keep_or_reload()
+
+        plexus._ffi._keep_or_reload = watched
+        gc.enable()
+        pid = os.fork()
+        if pid == 0:
+            reloaded = plexus._ffi.current().generation == 1
+            os._exit(0 if seen == [False] and gc.isenabled() and reloaded else 1)
+        _, status = os.waitpid(pid, 0)
+        print("OK" if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else "FAILED")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=WAIT * 4, check=False
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.strip() == b"OK", proc.stdout.decode() + proc.stderr.decode()
+
+
 def test_fork_while_another_thread_is_in_a_call(target):
     import threading
 

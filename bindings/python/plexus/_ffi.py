@@ -11,6 +11,7 @@ fork keep the copy they were made with and fail with a clear error when used.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 import tempfile
@@ -463,9 +464,22 @@ def _write_all(fd: int, data: bytes) -> None:
 def _after_fork_in_child() -> None:
     """In a forked child: keep the library if it still works here, else load a fresh copy.
 
-    The probe is a call that needs no runtime; it fails with PLEXUS_ERR_FORKED exactly when
-    the parent had started the runtime of this copy.
+    No garbage collection runs meanwhile: a collection here would finalize other libraries'
+    objects before their own fork handlers ran (grpcio's, collected this early in a forked
+    child, spin forever waiting for the fork to end).
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _keep_or_reload()
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _keep_or_reload() -> None:
+    """The probe is a call that needs no runtime; it fails with PLEXUS_ERR_FORKED exactly when
+    the parent had started the runtime of this copy."""
     global _current, _reload_error
     lib = _current
     probe = c_void_p()
