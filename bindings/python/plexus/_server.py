@@ -515,14 +515,17 @@ class ServicerContext(_ContextBase):
 
     # ---- what the client sent
 
+    def _text(self, fetch: Any) -> str:
+        """A string of the call that libplexus lends (method, peer); "" once the call is freed."""
+        raw = c_char_p()
+        if self._call and fetch(self._call, byref(raw)) == OK:
+            return (raw.value or b"").decode("utf-8", "replace")
+        return ""
+
     def _path(self) -> str:
         """The path of the call ("/package.Service/Method")."""
         if self._method is None:
-            raw = c_char_p()
-            if self._call and self._lib.server_call_method(self._call, byref(raw)) == OK:
-                self._method = (raw.value or b"").decode("utf-8", "replace")
-            else:
-                self._method = ""
+            self._method = self._text(self._lib.server_call_method)
         return self._method
 
     def invocation_metadata(self) -> Metadata:
@@ -538,11 +541,7 @@ class ServicerContext(_ContextBase):
     def peer(self) -> str:
         """The client's address in grpc's form ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555")."""
         if self._peer is None:
-            raw = c_char_p()
-            if self._call and self._lib.server_call_peer(self._call, byref(raw)) == OK:
-                self._peer = (raw.value or b"").decode("utf-8", "replace")
-            else:
-                self._peer = ""
+            self._peer = self._text(self._lib.server_call_peer)
         return self._peer
 
     def peer_identities(self) -> Optional[Sequence[bytes]]:
