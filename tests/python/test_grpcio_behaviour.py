@@ -55,9 +55,12 @@ def _close_outcomes(channel, target):
     def unary():
         stub.Unary(_req(delay_ms=20_000), timeout=WAIT)
 
+    stream_open = threading.Event()
+
     def stream():
         responses = stub.ServerStream(_req(count=3, delay_ms=20_000), timeout=WAIT)
         next(responses)
+        stream_open.set()
         list(responses)
 
     gate = threading.Event()  # holds the bidi call's request stream open until the end
@@ -94,6 +97,7 @@ def _close_outcomes(channel, target):
     # The three calls are waiting on the server.
     wait_until(lambda: nap_stats(observer)[0] >= before + 3, what="the server to start the calls")
     assert bidi_open.wait(WAIT)
+    assert stream_open.wait(WAIT)  # a busy machine may start it after the naps counted above
     assert sent.wait(WAIT)
     channel.close()
     # The request iterators are still blocked: close() does not wait for them.
