@@ -245,6 +245,17 @@ matches() {
     return 1
 }
 
+# How a client that failed ended: its exit code, a timeout, or the signal that killed it.
+exit_status() {
+    if [ "$1" = 124 ]; then
+        echo "timed out after ${CASE_TIMEOUT}s"
+    elif [ "$1" -gt 128 ]; then
+        echo "killed by signal $(kill -l "$(($1 - 128))" 2>/dev/null || echo "$(($1 - 128))")"
+    else
+        echo "exit code $1"
+    fi
+}
+
 declare -A result
 failures=()
 total_pass=0
@@ -260,11 +271,9 @@ for direction in "${DIRECTIONS[@]}"; do
     direction_started=$SECONDS
     for case in "${CASES[@]}"; do
         log="$work/${direction//>/}-$case.log"
-        if timeout "$CASE_TIMEOUT" "${cmd[@]}" --test_case="$case" >"$log" 2>&1; then
-            passed=1
-        else
-            passed=0
-        fi
+        status=0
+        timeout "$CASE_TIMEOUT" "${cmd[@]}" --test_case="$case" >"$log" 2>&1 || status=$?
+        passed=$((status == 0))
         key="$direction:$case"
         expected=""
         if matches "$key" "${PEER_LIMITS[@]}"; then
@@ -282,7 +291,7 @@ for direction in "${DIRECTIONS[@]}"; do
         else
             result[$key]="FAIL"
             total_fail=$((total_fail + 1))
-            failures+=("$key failed: $(tail -c 600 "$log" | tr '\n' ' ')")
+            failures+=("$key failed ($(exit_status "$status")): $(tail -c 600 "$log" | tr '\n' ' ')")
         fi
     done
     echo "$direction: $((SECONDS - direction_started)) s"
