@@ -81,18 +81,26 @@ async fn connect_abstract(_name: Vec<u8>) -> io::Result<BoxedIo> {
 /// one-shot `epoll` event, so if data arrived after the failed read the socket is reported
 /// readable at once and the task woken again.
 ///
+/// Once interest is registered, later reads ask the reactor first and make no system call
+/// until it has delivered an event: h2 reads from the socket every time its connection task is
+/// polled, and that task is mostly woken to write (a handler's response, a call's request), so
+/// without this every such wake-up cost a `recvfrom` that failed (three per unary call on a
+/// server answering one call at a time).
+///
 /// (Waiting for readiness already after a short read, as tokio does, was tried and measured
 /// worse: a gRPC response often arrives in two segments microseconds apart, and a read retried
 /// right away catches the second one without a trip through the reactor.)
 #[derive(Debug)]
 pub(crate) struct Socket<T> {
     io: async_io::Async<T>,
+    /// A read would block: it did, interest is registered, and no event has come since.
+    drained: bool,
 }
 
 impl<T> Socket<T> {
     /// Wraps a socket registered with the reactor.
     pub(crate) fn new(io: async_io::Async<T>) -> Socket<T> {
-        Socket { io }
+        Socket { io, drained: false }
     }
 }
 
@@ -106,6 +114,12 @@ where
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.drained {
+            // Pending until the reactor delivers an event (the waker is already registered,
+            // so this is a check of its state, not a system call).
+            ready!(this.io.poll_readable(cx))?;
+            this.drained = false;
+        }
         let mut took_event = false;
         loop {
             match io::Read::read(&mut this.io.get_ref(), buf) {
@@ -113,7 +127,10 @@ where
                 res => return Poll::Ready(res),
             }
             loop {
-                ready!(this.io.poll_readable(cx))?;
+                if this.io.poll_readable(cx)?.is_pending() {
+                    this.drained = true;
+                    return Poll::Pending;
+                }
                 if took_event {
                     // Two events in a row: data came in meanwhile; read it.
                     break;
@@ -181,6 +198,62 @@ impl<T: async_io::IoSafe + io::Write + std::os::fd::AsFd> futures_io::AsyncWrite
 mod tests {
     use super::*;
     use futures_io::AsyncRead;
+
+    /// A Unix stream that counts the reads made on it.
+    #[cfg(unix)]
+    struct CountedReads {
+        stream: std::os::unix::net::UnixStream,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[cfg(unix)]
+    impl io::Read for &CountedReads {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (&self.stream).read(buf)
+        }
+    }
+
+    #[cfg(unix)]
+    impl std::os::fd::AsFd for CountedReads {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.stream.as_fd()
+        }
+    }
+
+    /// The connection task is polled again and again while no data comes (it is woken to
+    /// write): once a read has blocked, those polls make no read until the reactor reports the
+    /// socket readable, and the data that comes then is read.
+    #[cfg(unix)]
+    #[test]
+    fn a_socket_that_would_block_is_not_read_again_until_the_reactor_reports_data() {
+        use std::io::Write as _;
+        use std::sync::atomic::Ordering;
+
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let counted = CountedReads {
+            stream: ours,
+            reads: Default::default(),
+        };
+        let mut socket = Socket::new(async_io::Async::new(counted).unwrap());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 8];
+        for _ in 0..5 {
+            assert!(
+                Pin::new(&mut socket)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            );
+        }
+        let reads = || socket.io.get_ref().reads.load(Ordering::SeqCst);
+        assert_eq!(reads(), 1, "reads while the socket had no data");
+        theirs.write_all(b"hi").unwrap();
+        let n = smol::block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut socket).poll_read(cx, &mut buf)
+        }))
+        .unwrap();
+        assert_eq!(&buf[..n], b"hi");
+    }
 
     /// Reads racing with writes from another thread: every byte written after a read that
     /// would block must still wake the reader (a lost wake-up hangs until the timeout).
