@@ -199,6 +199,22 @@ mod tests {
     use super::*;
     use futures_io::AsyncRead;
 
+    /// One read, which must be woken by the data: a lost wake-up fails after 20 s instead of
+    /// hanging the test.
+    async fn read_once_woken(
+        socket: &mut (impl AsyncRead + Unpin),
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let read = std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_read(cx, buf));
+        let timeout = async {
+            async_io::Timer::after(std::time::Duration::from_secs(20)).await;
+            Err(io::Error::other("read not woken"))
+        };
+        // The timeout is polled first, so a read that was never woken cannot pass when the
+        // timer's wake-up polls it again.
+        smol::future::or(timeout, read).await
+    }
+
     /// A Unix stream that counts the reads made on it.
     #[cfg(unix)]
     struct CountedReads {
@@ -248,10 +264,7 @@ mod tests {
         let reads = || socket.io.get_ref().reads.load(Ordering::SeqCst);
         assert_eq!(reads(), 1, "reads while the socket had no data");
         theirs.write_all(b"hi").unwrap();
-        let n = smol::block_on(std::future::poll_fn(|cx| {
-            Pin::new(&mut socket).poll_read(cx, &mut buf)
-        }))
-        .unwrap();
+        let n = smol::block_on(read_once_woken(&mut socket, &mut buf)).unwrap();
         assert_eq!(&buf[..n], b"hi");
     }
 
@@ -261,7 +274,6 @@ mod tests {
     fn socket_reads_see_data_sent_after_a_read_would_block() {
         use std::io::Write as _;
         use std::net::{TcpListener, TcpStream};
-        use std::time::Duration;
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -282,14 +294,7 @@ mod tests {
             for round in 0..2_000u32 {
                 go.send(round).unwrap();
                 let mut buf = [0u8; 8];
-                let read = std::future::poll_fn(|cx| Pin::new(&mut socket).poll_read(cx, &mut buf));
-                let timeout = async {
-                    async_io::Timer::after(Duration::from_secs(20)).await;
-                    Err(io::Error::other("read not woken"))
-                };
-                // The timeout is polled first, so a read that was never woken cannot pass
-                // when the timer's wake-up polls it again.
-                let n = smol::future::or(timeout, read).await.unwrap();
+                let n = read_once_woken(&mut socket, &mut buf).await.unwrap();
                 assert_eq!(n, 1, "round {round}");
                 assert_eq!(buf[0], round as u8);
             }
