@@ -15,7 +15,8 @@
  *   plexus_metadata     ASCII and binary (-bin) metadata; plexus_status the outcome of a call.
  *   plexus_server       a server: listeners (TCP, Unix, abstract, each plaintext or TLS),
  *                       methods registered by path and kind (or a catch-all), incoming calls
- *                       delivered as PLEXUS_OP_SERVER_CALL events on a plexus_cq.
+ *                       delivered as PLEXUS_OP_SERVER_CALL events on a plexus_cq, or to a
+ *                       callback run on a plexus worker (_register_method_callback).
  *   plexus_server_call  one incoming call: recv, send, send_initial_metadata (blocking with a
  *                       timeout, or _async), finish (never blocks), cancel, done_async.
  *
@@ -42,6 +43,9 @@
  *   queues, statuses and buffers may be used from any thread as each function documents;
  *   option and metadata objects must not be modified by two threads at once. Callbacks
  *   (plexus_bytes_wrap's release) run on any thread and must not call back into plexus.
+ *   Server callbacks and hooks run on the workers: there every function that waits
+ *   (the blocking forms, plexus_cq_next with a timeout) returns PLEXUS_ERR_WRONG_STATE
+ *   instead of stalling the pool.
  *   plexus_shutdown() stops the pool for good.
  *
  * FORK
@@ -374,6 +378,18 @@ typedef int32_t (*plexus_call_credentials_fn)(void *user_data,
                                               struct plexus_metadata *metadata,
                                               char *error,
                                               size_t error_size);
+
+// Runs on a plexus worker thread for each incoming call of a method registered with
+// `plexus_server_register_method_callback`, possibly on several threads at once. `call` is
+// the call, owned by the callee (free it with `plexus_server_call_free`); `request` is the
+// single request of a UNARY or SERVER_STREAMING method, owned by the callee (free it with
+// `plexus_bytes_free`), NULL for the streaming kinds. The callback must return without
+// waiting: it answers with the calls that do not block (`plexus_server_call_finish`, the
+// `_async` operations) or hands the call to a thread of its own; the blocking calls fail
+// with PLEXUS_ERR_WRONG_STATE here. It must not unwind (no C++ exception may leave it).
+typedef void (*plexus_server_call_fn)(void *user_data,
+                                      const struct plexus_server_call *call,
+                                      struct plexus_bytes *request);
 
 #ifdef __cplusplus
 extern "C" {
@@ -797,7 +813,8 @@ plexus_result plexus_cq_new(const struct plexus_cq **out);
 //
 // Returns PLEXUS_OK and writes `*event`; PLEXUS_ERR_TIMEOUT when no event came in time;
 // PLEXUS_ERR_SHUTDOWN once the queue is shut down and every event was taken;
-// PLEXUS_ERR_NULL_ARGUMENT.
+// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_WRONG_STATE for a wait (`timeout_ms` not 0) on a
+// plexus worker thread (in a server callback or a hook).
 //
 // # Safety
 // `cq` is live; `event` is writable.
@@ -1453,6 +1470,27 @@ plexus_result plexus_server_register_method(const struct plexus_server *server,
                                             const struct plexus_cq *cq,
                                             void *tag);
 
+// Routes calls to `path` (as `plexus_server_register_method`) to `callback`, which plexus
+// calls with `user_data` on one of its worker threads as each call arrives (see
+// `plexus_server_call_fn` for what it may do there). No completion queue and no host
+// thread: a callback that answers at once (`plexus_server_call_finish`) costs no hand-off
+// between threads, the fastest way to serve calls whose handling does not wait. Only before
+// `plexus_server_start`.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT (also for a NULL `callback`);
+// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for a malformed path, a path
+// registered twice or an unknown kind; PLEXUS_ERR_WRONG_STATE after `plexus_server_start`
+// or shutdown.
+//
+// # Safety
+// `server` is live; `path` is a NUL-terminated string; `callback` is NULL or a function of
+// the type described; `user_data` stays valid for as long as the server may call it.
+plexus_result plexus_server_register_method_callback(const struct plexus_server *server,
+                                                     const char *path,
+                                                     int32_t kind,
+                                                     plexus_server_call_fn callback,
+                                                     void *user_data);
+
 // Routes calls to every path not registered with `plexus_server_register_method` to the
 // host, as PLEXUS_OP_SERVER_CALL events with `tag` on `cq` and no message in the event (read
 // the requests with `plexus_server_call_recv`; `plexus_server_call_method` gives the path).
@@ -1466,6 +1504,22 @@ plexus_result plexus_server_register_method(const struct plexus_server *server,
 plexus_result plexus_server_register_catch_all(const struct plexus_server *server,
                                                const struct plexus_cq *cq,
                                                void *tag);
+
+// Routes calls to every path not registered (as `plexus_server_register_catch_all`) to
+// `callback`, called with `user_data` on a plexus worker thread as each call arrives, with
+// no request (read them with `plexus_server_call_recv_async`). Only before
+// `plexus_server_start`.
+//
+// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT (also for a NULL `callback`);
+// PLEXUS_ERR_WRONG_STATE after `plexus_server_start`, after shutdown, or when a catch-all
+// is already set.
+//
+// # Safety
+// `server` is live; `callback` is NULL or a function of the type described; `user_data`
+// stays valid for as long as the server may call it.
+plexus_result plexus_server_register_catch_all_callback(const struct plexus_server *server,
+                                                        plexus_server_call_fn callback,
+                                                        void *user_data);
 
 // Binds a listening socket now, before or after `plexus_server_start` (a server that runs
 // accepts on it at once): `host:port` or `[v6]:port` (port 0 picks a free one), `unix:path`

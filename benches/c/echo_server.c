@@ -164,6 +164,13 @@ static void on_unary(const plexus_server_call *call, plexus_bytes *request) {
     plexus_server_call_free(call);
 }
 
+/* --callback: plexus calls this on its own thread as each UnaryCall arrives, and the answer
+ * goes out from there, with no queue and no hand-off to a thread of ours. */
+static void on_unary_callback(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    (void)user_data;
+    on_unary(call, request);
+}
+
 static void on_stream_recv(const plexus_server_call *call, const plexus_event *ev) {
     if (ev->result == PLEXUS_OK) {
         int32_t code = 0;
@@ -217,13 +224,14 @@ static void *worker(void *arg) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: plexus-echo-server-c server --listen HOST:PORT [--threads N]\n");
+    fprintf(stderr, "usage: plexus-echo-server-c server --listen HOST:PORT [--threads N] [--callback]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *listen = "127.0.0.1:0";
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
+    bool callback = false;
     int i = 1;
     if (i < argc && strcmp(argv[i], "server") == 0) i++;
     for (; i < argc; i++) {
@@ -232,6 +240,8 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             threads = strtol(argv[++i], NULL, 10);
             if (threads < 1 || threads > 1024) usage();
+        } else if (strcmp(argv[i], "--callback") == 0) {
+            callback = true;
         } else {
             usage();
         }
@@ -241,8 +251,14 @@ int main(int argc, char **argv) {
     ok(plexus_cq_new(&cq), "plexus_cq_new");
     const plexus_server *server = NULL;
     ok(plexus_server_new(NULL, &server), "plexus_server_new");
-    ok(plexus_server_register_method(server, UNARY_PATH, PLEXUS_METHOD_UNARY, cq, &unary_tag),
-       "register UnaryCall");
+    if (callback) {
+        ok(plexus_server_register_method_callback(server, UNARY_PATH, PLEXUS_METHOD_UNARY,
+                                                  on_unary_callback, NULL),
+           "register UnaryCall");
+    } else {
+        ok(plexus_server_register_method(server, UNARY_PATH, PLEXUS_METHOD_UNARY, cq, &unary_tag),
+           "register UnaryCall");
+    }
     ok(plexus_server_register_method(server, STREAMING_PATH, PLEXUS_METHOD_BIDI_STREAMING, cq,
                                      &streaming_tag),
        "register StreamingCall");

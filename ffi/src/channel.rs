@@ -399,7 +399,16 @@ pub(crate) fn interrupted(why: Interrupted, timeout_ms: i64) -> Error {
             "the plexus runtime was shut down",
         ),
         Interrupted::Cancelled => Error::new(PLEXUS_ERR_RPC, "CANCELLED: the call was cancelled"),
+        Interrupted::OnWorker => on_worker_error(),
     }
+}
+
+/// The error of a blocking function called on a plexus worker thread.
+pub(crate) fn on_worker_error() -> Error {
+    Error::wrong_state(
+        "this function waits, and it was called on one of plexus's worker threads (in a server \
+         callback or a hook), where waiting would stall the runtime: use its _async form",
+    )
 }
 
 /// Reads the channel handle argument and keeps a reference for work that outlives the call.

@@ -569,7 +569,8 @@ pub unsafe extern "C" fn plexus_cq_new(out: *mut *const plexus_cq) -> plexus_res
 ///
 /// Returns PLEXUS_OK and writes `*event`; PLEXUS_ERR_TIMEOUT when no event came in time;
 /// PLEXUS_ERR_SHUTDOWN once the queue is shut down and every event was taken;
-/// PLEXUS_ERR_NULL_ARGUMENT.
+/// PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_WRONG_STATE for a wait (`timeout_ms` not 0) on a
+/// plexus worker thread (in a server callback or a hook).
 ///
 /// # Safety
 /// `cq` is live; `event` is writable.
@@ -583,6 +584,9 @@ pub unsafe extern "C" fn plexus_cq_next(
         // SAFETY: the caller passes a live handle or NULL (checked).
         let cq = unsafe { plexus_cq::as_ref(cq) }?;
         check_out(event, "event")?;
+        if timeout_ms != 0 && crate::runtime::on_worker() {
+            return Err(crate::channel::on_worker_error());
+        }
         let next = cq.next(crate::runtime::timeout_arg(timeout_ms))?;
         // SAFETY: event was checked and is writable.
         unsafe { write_out(event, "event", next.into_c()) }?;

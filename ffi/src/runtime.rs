@@ -199,6 +199,14 @@ pub(crate) enum Interrupted {
     Timeout,
     Shutdown,
     Cancelled,
+    /// Asked on one of the runtime's own workers, which a wait would stall.
+    OnWorker,
+}
+
+/// Whether the calling thread is one of the runtime's workers (a server callback or a hook
+/// runs there), where a blocking wait would hold up every task queued behind it.
+pub(crate) fn on_worker() -> bool {
+    running().is_some_and(|rt| rt.local_backlog().is_some())
 }
 
 /// A cancellation flag that blocking waits and tasks can await.
@@ -242,6 +250,9 @@ pub(crate) fn block_on<F: Future>(
         Ok(rt) => rt,
         Err(_) => return Err(Interrupted::Shutdown),
     };
+    if rt.local_backlog().is_some() {
+        return Err(Interrupted::OnWorker);
+    }
     let mut stop = pin!(rt.stop.listen());
     if SHUT_DOWN.load(Ordering::Acquire) {
         return Err(Interrupted::Shutdown);

@@ -18,13 +18,14 @@ use core_plexus::server::{Request, RequestStream, ResponseSink};
 use core_plexus::{BytesCodec, Listener, ServerSettings, Status};
 
 use crate::boundary::boundary;
+use crate::bytes::plexus_bytes;
 use crate::cq::{Cq, Outcome, begin, plexus_cq, plexus_op};
 use crate::error::{
     Error, PLEXUS_ERR_INVALID_ARGUMENT, PLEXUS_ERR_SYSTEM, PLEXUS_OK, Result, plexus_result,
 };
 use crate::handle::{ArcHandle, BoxHandle, check_out, str_arg, write_out};
 use crate::runtime;
-use crate::server_call::ServerCall;
+use crate::server_call::{ServerCall, plexus_server_call};
 use crate::server_options::{plexus_server_options, plexus_server_tls};
 
 /// A gRPC server. Thread-safe: any function may be called from any thread. Created by
@@ -53,11 +54,38 @@ pub enum plexus_method_kind {
     PLEXUS_METHOD_BIDI_STREAMING = 3,
 }
 
-/// Where a route's calls go: a queue, the tag of their events, and whether the single
-/// request is read before the event.
+/// Runs on a plexus worker thread for each incoming call of a method registered with
+/// `plexus_server_register_method_callback`, possibly on several threads at once. `call` is
+/// the call, owned by the callee (free it with `plexus_server_call_free`); `request` is the
+/// single request of a UNARY or SERVER_STREAMING method, owned by the callee (free it with
+/// `plexus_bytes_free`), NULL for the streaming kinds. The callback must return without
+/// waiting: it answers with the calls that do not block (`plexus_server_call_finish`, the
+/// `_async` operations) or hands the call to a thread of its own; the blocking calls fail
+/// with PLEXUS_ERR_WRONG_STATE here. It must not unwind (no C++ exception may leave it).
+pub type plexus_server_call_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        call: *const plexus_server_call,
+        request: *mut plexus_bytes,
+    ),
+>;
+
+/// How a route's calls reach the host.
+enum Delivery {
+    /// As PLEXUS_OP_SERVER_CALL events with this tag on this queue.
+    Queue { cq: Arc<Cq>, tag: usize },
+    /// By a call of this function, on the worker that received the call.
+    Callback {
+        function: unsafe extern "C" fn(*mut c_void, *const plexus_server_call, *mut plexus_bytes),
+        /// The host's pointer, kept as an address: plexus never dereferences it.
+        user_data: usize,
+    },
+}
+
+/// Where a route's calls go, and whether the single request is read before the host sees
+/// the call.
 struct Target {
-    cq: Arc<Cq>,
-    tag: usize,
+    delivery: Delivery,
     single_request: bool,
 }
 
@@ -167,21 +195,39 @@ async fn incoming(
     } else {
         (None, false)
     };
-    let completion = target
-        .cq
-        .begin(target.tag as *mut c_void, plexus_op::PLEXUS_OP_SERVER_CALL)
-        .map_err(|_| {
-            Status::unavailable("the server's completion queue for this method was shut down")
-        })?;
-    let call = ServerCall::new(context, requests, sink, compressed);
-    completion.complete(
-        PLEXUS_OK,
-        Outcome {
-            server_call: Some(call.clone()),
-            message: first,
-            ..Outcome::default()
-        },
-    );
+    let call = match &target.delivery {
+        Delivery::Queue { cq, tag } => {
+            let completion = cq
+                .begin(*tag as *mut c_void, plexus_op::PLEXUS_OP_SERVER_CALL)
+                .map_err(|_| {
+                    Status::unavailable(
+                        "the server's completion queue for this method was shut down",
+                    )
+                })?;
+            let call = ServerCall::new(context, requests, sink, compressed);
+            completion.complete(
+                PLEXUS_OK,
+                Outcome {
+                    server_call: Some(call.clone()),
+                    message: first,
+                    ..Outcome::default()
+                },
+            );
+            call
+        }
+        Delivery::Callback {
+            function,
+            user_data,
+        } => {
+            let call = ServerCall::new(context, requests, sink, compressed);
+            let handle = plexus_server_call::into_raw(call.clone());
+            let request = first.map_or(std::ptr::null_mut(), plexus_bytes::into_raw);
+            // SAFETY: the host registered `function` for these arguments; it takes ownership
+            // of the call handle and the request.
+            unsafe { function(*user_data as *mut c_void, handle, request) };
+            call
+        }
+    };
     call.serve().await
 }
 
@@ -287,6 +333,66 @@ fn valid_path(path: &str) -> bool {
         .is_some_and(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
 }
 
+impl ServerHandle {
+    /// Adds a route for `path` of `kind` (a `plexus_method_kind`) delivered as `delivery`.
+    fn add_route(&self, path: &str, kind: i32, delivery: Delivery) -> Result<()> {
+        use plexus_method_kind::*;
+        let single_request = match kind {
+            k if k == PLEXUS_METHOD_UNARY as i32 || k == PLEXUS_METHOD_SERVER_STREAMING as i32 => {
+                true
+            }
+            k if k == PLEXUS_METHOD_CLIENT_STREAMING as i32
+                || k == PLEXUS_METHOD_BIDI_STREAMING as i32 =>
+            {
+                false
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown method kind {other} (PLEXUS_METHOD_UNARY .. PLEXUS_METHOD_BIDI_STREAMING)"
+                )));
+            }
+        };
+        if !valid_path(path) {
+            return Err(Error::invalid(format!(
+                "invalid method path {path:?}: expected /package.Service/Method"
+            )));
+        }
+        let mut state = self.lock();
+        let State::Building { routes, .. } = &mut *state else {
+            return Err(Error::wrong_state(
+                "methods are registered before plexus_server_start",
+            ));
+        };
+        if routes.iter().any(|(p, _)| p == path) {
+            return Err(Error::invalid(format!("{path:?} is registered twice")));
+        }
+        let target = Target {
+            delivery,
+            single_request,
+        };
+        routes.push((path.to_string(), Arc::new(target)));
+        Ok(())
+    }
+
+    /// Sets the catch-all route, delivered as `delivery`.
+    fn set_catch_all(&self, delivery: Delivery) -> Result<()> {
+        let mut state = self.lock();
+        let State::Building { catch_all, .. } = &mut *state else {
+            return Err(Error::wrong_state(
+                "the catch-all is registered before plexus_server_start",
+            ));
+        };
+        if catch_all.is_some() {
+            return Err(Error::wrong_state("the server already has a catch-all"));
+        }
+        *catch_all = Some(Arc::new(Target {
+            delivery,
+            single_request: false,
+        }));
+        Ok(())
+    }
+}
+
 /// Routes calls to `path` (NUL-terminated, `/package.Service/Method`; `kind` a
 /// `plexus_method_kind`) to the host: each
 /// becomes a PLEXUS_OP_SERVER_CALL event with `tag` on `cq` (the server keeps the queue
@@ -315,43 +421,52 @@ pub unsafe extern "C" fn plexus_server_register_method(
         let path = unsafe { str_arg(path, "path") }?;
         // SAFETY: as above.
         let cq = unsafe { plexus_cq::clone_arc(cq) }?;
-        use plexus_method_kind::*;
-        let single_request = match kind {
-            k if k == PLEXUS_METHOD_UNARY as i32 || k == PLEXUS_METHOD_SERVER_STREAMING as i32 => {
-                true
-            }
-            k if k == PLEXUS_METHOD_CLIENT_STREAMING as i32
-                || k == PLEXUS_METHOD_BIDI_STREAMING as i32 =>
-            {
-                false
-            }
-            other => {
-                return Err(Error::invalid(format!(
-                    "unknown method kind {other} (PLEXUS_METHOD_UNARY .. PLEXUS_METHOD_BIDI_STREAMING)"
-                )));
-            }
-        };
-        if !valid_path(path) {
-            return Err(Error::invalid(format!(
-                "invalid method path {path:?}: expected /package.Service/Method"
-            )));
-        }
-        let mut state = server.lock();
-        let State::Building { routes, .. } = &mut *state else {
-            return Err(Error::wrong_state(
-                "methods are registered before plexus_server_start",
-            ));
-        };
-        if routes.iter().any(|(p, _)| p == path) {
-            return Err(Error::invalid(format!("{path:?} is registered twice")));
-        }
-        let target = Target {
-            cq,
-            tag: tag as usize,
-            single_request,
-        };
-        routes.push((path.to_string(), Arc::new(target)));
+        let tag = tag as usize;
+        server.add_route(path, kind, Delivery::Queue { cq, tag })?;
         Ok(PLEXUS_OK)
+    })
+}
+
+/// Routes calls to `path` (as `plexus_server_register_method`) to `callback`, which plexus
+/// calls with `user_data` on one of its worker threads as each call arrives (see
+/// `plexus_server_call_fn` for what it may do there). No completion queue and no host
+/// thread: a callback that answers at once (`plexus_server_call_finish`) costs no hand-off
+/// between threads, the fastest way to serve calls whose handling does not wait. Only before
+/// `plexus_server_start`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT (also for a NULL `callback`);
+/// PLEXUS_ERR_INVALID_UTF8; PLEXUS_ERR_INVALID_ARGUMENT for a malformed path, a path
+/// registered twice or an unknown kind; PLEXUS_ERR_WRONG_STATE after `plexus_server_start`
+/// or shutdown.
+///
+/// # Safety
+/// `server` is live; `path` is a NUL-terminated string; `callback` is NULL or a function of
+/// the type described; `user_data` stays valid for as long as the server may call it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_register_method_callback(
+    server: *const plexus_server,
+    path: *const c_char,
+    kind: i32,
+    callback: plexus_server_call_fn,
+    user_data: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_register_method_callback", || {
+        // SAFETY: the caller's arguments are live or NULL (checked).
+        let server = unsafe { plexus_server::as_ref(server) }?;
+        // SAFETY: as above.
+        let path = unsafe { str_arg(path, "path") }?;
+        let delivery = callback_delivery(callback, user_data)?;
+        server.add_route(path, kind, delivery)?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// The delivery to a host's callback; NULL_ARGUMENT for a NULL one.
+fn callback_delivery(callback: plexus_server_call_fn, user_data: *mut c_void) -> Result<Delivery> {
+    let function = callback.ok_or_else(|| Error::null("callback"))?;
+    Ok(Delivery::Callback {
+        function,
+        user_data: user_data as usize,
     })
 }
 
@@ -376,20 +491,34 @@ pub unsafe extern "C" fn plexus_server_register_catch_all(
         let server = unsafe { plexus_server::as_ref(server) }?;
         // SAFETY: as above.
         let cq = unsafe { plexus_cq::clone_arc(cq) }?;
-        let mut state = server.lock();
-        let State::Building { catch_all, .. } = &mut *state else {
-            return Err(Error::wrong_state(
-                "the catch-all is registered before plexus_server_start",
-            ));
-        };
-        if catch_all.is_some() {
-            return Err(Error::wrong_state("the server already has a catch-all"));
-        }
-        *catch_all = Some(Arc::new(Target {
-            cq,
-            tag: tag as usize,
-            single_request: false,
-        }));
+        let tag = tag as usize;
+        server.set_catch_all(Delivery::Queue { cq, tag })?;
+        Ok(PLEXUS_OK)
+    })
+}
+
+/// Routes calls to every path not registered (as `plexus_server_register_catch_all`) to
+/// `callback`, called with `user_data` on a plexus worker thread as each call arrives, with
+/// no request (read them with `plexus_server_call_recv_async`). Only before
+/// `plexus_server_start`.
+///
+/// Returns PLEXUS_OK; PLEXUS_ERR_NULL_ARGUMENT (also for a NULL `callback`);
+/// PLEXUS_ERR_WRONG_STATE after `plexus_server_start`, after shutdown, or when a catch-all
+/// is already set.
+///
+/// # Safety
+/// `server` is live; `callback` is NULL or a function of the type described; `user_data`
+/// stays valid for as long as the server may call it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn plexus_server_register_catch_all_callback(
+    server: *const plexus_server,
+    callback: plexus_server_call_fn,
+    user_data: *mut c_void,
+) -> plexus_result {
+    boundary("plexus_server_register_catch_all_callback", || {
+        // SAFETY: the caller's arguments are live or NULL (checked).
+        let server = unsafe { plexus_server::as_ref(server) }?;
+        server.set_catch_all(callback_delivery(callback, user_data)?)?;
         Ok(PLEXUS_OK)
     })
 }

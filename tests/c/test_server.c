@@ -636,6 +636,226 @@ static void test_methods(void) {
     fx_end(&f);
 }
 
+/* ---- calls delivered to callbacks on plexus's workers ---- */
+
+/* What the callbacks share with the test: user_data points here. */
+typedef struct {
+    atomic_int calls;
+    const plexus_cq *side;  /* the server-streaming callback's sends report here */
+    const plexus_channel *channel;
+    pthread_t threads[8];   /* bidi calls handed to threads of their own */
+    atomic_int started;
+    atomic_int blocked_ok;  /* the waits tried in the unary callback all said WRONG_STATE */
+} callback_state;
+
+static int TAG_SIDE_SEND;
+
+/* Answers at once, on the worker; first checks that every wait is refused there. */
+static void cb_unary(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    callback_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    record(call, request);
+    plexus_bytes *m = NULL;
+    plexus_event ev;
+    plexus_status *status = NULL;
+    int refused = plexus_server_call_recv(call, LONG_MS, &m) == PLEXUS_ERR_WRONG_STATE &&
+                  plexus_cq_next(st->side, 10, &ev) == PLEXUS_ERR_WRONG_STATE &&
+                  plexus_unary(st->channel, M_UNARY, request, NULL, LONG_MS, &m, &status) ==
+                      PLEXUS_ERR_WRONG_STATE &&
+                  plexus_last_error()[0] != '\0';
+    /* A poll of a queue does not wait: allowed. */
+    refused = refused && plexus_cq_next(st->side, 0, &ev) == PLEXUS_ERR_TIMEOUT;
+    plexus_status_free(status);
+    atomic_store(&st->blocked_ok, refused);
+    OK(plexus_server_call_finish(call, request, 0, NULL, NULL));
+    plexus_bytes_free(request);
+    plexus_server_call_free(call);
+}
+
+/* Three asynchronous sends and the finish, which waits for them, without leaving the worker. */
+static void cb_server_stream(void *user_data, const plexus_server_call *call,
+                             plexus_bytes *request) {
+    callback_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    for (int i = 0; i < 3; i++) {
+        OK(plexus_server_call_send_async(call, request, 0, st->side, &TAG_SIDE_SEND));
+    }
+    OK(plexus_server_call_finish(call, NULL, 0, NULL, NULL));
+    plexus_bytes_free(request);
+    plexus_server_call_free(call);
+}
+
+static void *serve_bidi_thread(void *arg) {
+    serve_echo(&TAG_BIDI, arg, NULL);
+    return NULL;
+}
+
+/* Hands the call to a thread of its own, which uses the blocking operations. */
+static void cb_bidi(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    callback_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    CHECK(request == NULL);
+    int n = atomic_fetch_add(&st->started, 1);
+    CHECK(n < 8);
+    CHECK(pthread_create(&st->threads[n], NULL, serve_bidi_thread, (void *)call) == 0);
+}
+
+/* The catch-all: NOT_FOUND with a message, at once. */
+static void cb_catch_all(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    callback_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    CHECK(request == NULL);
+    record(call, NULL);
+    OK(plexus_server_call_finish(call, NULL, 5, "nothing here", NULL));
+    plexus_server_call_free(call);
+}
+
+/* Drops the call unanswered. */
+static void cb_drop(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    callback_state *st = user_data;
+    atomic_fetch_add(&st->calls, 1);
+    plexus_bytes_free(request);
+    plexus_server_call_free(call);
+}
+
+/* Methods and the catch-all served by callbacks: answers given on the worker (finish, _async
+ * sends), a call handed to a thread, a call dropped; the waits refused on a worker;
+ * registration errors. */
+static void test_callbacks(void) {
+    fixture f;
+    fx_init(&f, NULL);
+    callback_state st;
+    memset(&st, 0, sizeof st);
+    OK(plexus_cq_new(&st.side));
+    OK(plexus_server_register_method_callback(f.server, M_UNARY, PLEXUS_METHOD_UNARY, cb_unary,
+                                              &st));
+    OK(plexus_server_register_method_callback(f.server, M_SERVER_STREAM,
+                                              PLEXUS_METHOD_SERVER_STREAMING, cb_server_stream,
+                                              &st));
+    OK(plexus_server_register_method_callback(f.server, M_BIDI, PLEXUS_METHOD_BIDI_STREAMING,
+                                              cb_bidi, &st));
+    OK(plexus_server_register_method_callback(f.server, M_CHILD, PLEXUS_METHOD_UNARY, cb_drop,
+                                              &st));
+    OK(plexus_server_register_catch_all_callback(f.server, cb_catch_all, &st));
+    /* Registration errors: as for queues, plus a NULL callback. */
+    EXPECT_ERR(plexus_server_register_method_callback(f.server, M_UNARY, PLEXUS_METHOD_UNARY,
+                                                      cb_unary, &st),
+               PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_method(f.server, M_UNARY, PLEXUS_METHOD_UNARY, f.cq,
+                                             &TAG_UNARY),
+               PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_method_callback(f.server, M_CLIENT_STREAM, 9, cb_unary,
+                                                      &st),
+               PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_method_callback(f.server, "no/slash", PLEXUS_METHOD_UNARY,
+                                                      cb_unary, &st),
+               PLEXUS_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_method_callback(f.server, M_CLIENT_STREAM,
+                                                      PLEXUS_METHOD_CLIENT_STREAMING, NULL, &st),
+               PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_method_callback(NULL, M_CLIENT_STREAM,
+                                                      PLEXUS_METHOD_CLIENT_STREAMING, cb_unary,
+                                                      &st),
+               PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_catch_all_callback(f.server, NULL, &st),
+               PLEXUS_ERR_NULL_ARGUMENT);
+    EXPECT_ERR(plexus_server_register_catch_all_callback(f.server, cb_catch_all, &st),
+               PLEXUS_ERR_WRONG_STATE);
+    EXPECT_ERR(plexus_server_register_catch_all(f.server, f.cq, &TAG_CATCH_ALL),
+               PLEXUS_ERR_WRONG_STATE);
+    fx_start(&f);
+    st.channel = f.channel;
+    EXPECT_ERR(plexus_server_register_method_callback(f.server, M_CLIENT_STREAM,
+                                                      PLEXUS_METHOD_CLIENT_STREAMING, cb_unary,
+                                                      &st),
+               PLEXUS_ERR_WRONG_STATE);
+
+    /* Unary, answered in the callback; the request's facts reach it. */
+    plexus_call_options *o = NULL;
+    OK(plexus_call_options_new(&o));
+    plexus_metadata *md = NULL;
+    OK(plexus_metadata_new(&md));
+    OK(plexus_metadata_append(md, "x-test", "to a callback"));
+    OK(plexus_call_options_set_metadata(o, md));
+    plexus_metadata_free(md);
+    int32_t code = -1;
+    OK(echo_unary(f.channel, M_UNARY, "answered on a worker", o, &code));
+    plexus_call_options_free(o);
+    CHECK(atomic_load(&st.blocked_ok));
+    pthread_mutex_lock(&seen.lock);
+    CHECK(strcmp(seen.method, M_UNARY) == 0 && strcmp(seen.x_test, "to a callback") == 0);
+    CHECK(seen.had_message);
+    pthread_mutex_unlock(&seen.lock);
+
+    /* Many at once, from asynchronous calls. */
+    static int T_MANY;
+    plexus_bytes *req = request_text("many");
+    for (int i = 0; i < 32; i++) OK(plexus_unary_async(f.channel, M_UNARY, req, NULL, f.cq, &T_MANY));
+    for (int i = 0; i < 32; i++) {
+        plexus_event ev = take(f.cq, &T_MANY);
+        CHECK(ev.result == PLEXUS_OK && response_is(ev.message, "many"));
+        plexus_bytes_free(ev.message);
+        plexus_status_free(ev.status);
+    }
+    plexus_bytes_free(req);
+
+    /* Server streaming: three responses sent asynchronously, then the status. */
+    req = request_text("thrice");
+    plexus_bytes *m = NULL;
+    const plexus_call *call = NULL;
+    plexus_status *status = NULL;
+    OK(plexus_call_start_server_streaming(f.channel, M_SERVER_STREAM, req, NULL, LONG_MS, &call,
+                                          &status));
+    plexus_bytes_free(req);
+    for (int i = 0; i < 3; i++) {
+        OK(plexus_call_recv(call, LONG_MS, &m));
+        CHECK(response_is(m, "thrice"));
+        plexus_bytes_free(m);
+    }
+    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
+    OK(plexus_call_finish(call, LONG_MS, &status));
+    CHECK(status == NULL || code_of(status) == 0);
+    plexus_status_free(status);
+    plexus_call_free(call);
+    for (int i = 0; i < 3; i++) {
+        plexus_event ev;
+        OK(plexus_cq_next(st.side, LONG_MS, &ev));
+        CHECK(ev.tag == &TAG_SIDE_SEND && ev.op == PLEXUS_OP_SEND && ev.result == PLEXUS_OK);
+    }
+
+    /* Bidi on a thread of the host's. */
+    OK(plexus_call_start(f.channel, M_BIDI, NULL, LONG_MS, &call, NULL));
+    const char *texts[3] = {"one", "two", "three"};
+    for (int i = 0; i < 3; i++) {
+        req = request_text(texts[i]);
+        OK(plexus_call_send(call, req, LONG_MS));
+        plexus_bytes_free(req);
+        OK(plexus_call_recv(call, LONG_MS, &m));
+        CHECK(response_is(m, texts[i]));
+        plexus_bytes_free(m);
+    }
+    OK(plexus_call_close_send(call, LONG_MS));
+    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
+    OK(plexus_call_finish(call, LONG_MS, &status));
+    plexus_status_free(status);
+    plexus_call_free(call);
+
+    /* The catch-all's status; a call dropped in its callback is CANCELLED. */
+    EXPECT(echo_unary(f.channel, M_UNKNOWN, "anyone?", NULL, &code), PLEXUS_ERR_RPC);
+    CHECK(code == 5);
+    pthread_mutex_lock(&seen.lock);
+    CHECK(strcmp(seen.method, M_UNKNOWN) == 0 && !seen.had_message);
+    pthread_mutex_unlock(&seen.lock);
+    EXPECT(echo_unary(f.channel, M_CHILD, "dropped", NULL, &code), PLEXUS_ERR_RPC);
+    CHECK(code == 1);
+    CHECK(atomic_load(&st.calls) == 1 + 32 + 1 + 1 + 1 + 1);
+
+    fx_end(&f);
+    for (int i = 0; i < atomic_load(&st.started); i++) CHECK(pthread_join(st.threads[i], NULL) == 0);
+    OK(plexus_cq_shutdown(st.side));
+    plexus_cq_free(st.side);
+}
+
 /* A google.rpc.Status { code = 5, message = "not here" }, written by hand. */
 static const uint8_t DETAILS[] = {0x08, 0x05, 0x12, 0x08, 'n', 'o', 't', ' ', 'h', 'e', 'r', 'e'};
 
@@ -1809,6 +2029,7 @@ int main(void) {
     RUN(test_listeners);
     RUN(test_tls);
     RUN(test_methods);
+    RUN(test_callbacks);
     RUN(test_unary_status_and_metadata);
     RUN(test_async_streams);
     RUN(test_blocking_streams);
