@@ -4,14 +4,17 @@
  * request) with SimpleResponse { payload = Payload { body = response_size zero bytes } }, and
  * INVALID_ARGUMENT for a negative response_size or an unknown response_type.
  *
- *   plexus-echo-server-c server --listen HOST:PORT [--threads N]
+ *   plexus-echo-server-c server --listen HOST:PORT [--threads N] [--queue]
  *
  * Prints `listening on HOST:PORT` (the bound port) once it accepts calls, then serves until it
- * is killed. Every event comes out of one completion queue that N threads (default: one per
- * core) wait on: incoming calls are registered on it, and the streaming calls' receives
- * report to it too. A unary call costs one event: the request arrives in it and
- * plexus_server_call_finish answers with the response and the status in one step. A
- * streaming message costs one event (its receive) and a blocking send.
+ * is killed. A unary call is answered in a callback that plexus runs on its worker as the call
+ * arrives (plexus_server_register_method_callback): the request comes in, and
+ * plexus_server_call_finish answers with the response and the status in one step, with no
+ * hand-off between threads. With --queue it arrives instead as an event on the completion
+ * queue below, and the thread that takes it answers the same way. Streaming calls always go
+ * through that queue, which N threads (default: one per core) wait on: the calls and their
+ * receives report to it, so a streaming message costs one event (its receive) and a blocking
+ * send.
  *
  * Built by benches/c/build-echo-server.sh. */
 #define _POSIX_C_SOURCE 200809L
@@ -164,8 +167,8 @@ static void on_unary(const plexus_server_call *call, plexus_bytes *request) {
     plexus_server_call_free(call);
 }
 
-/* --callback: plexus calls this on its own thread as each UnaryCall arrives, and the answer
- * goes out from there, with no queue and no hand-off to a thread of ours. */
+/* plexus calls this on its own worker as each UnaryCall arrives (unless --queue), and the
+ * answer goes out from there, with no queue and no hand-off to a thread of ours. */
 static void on_unary_callback(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
     (void)user_data;
     on_unary(call, request);
@@ -224,14 +227,14 @@ static void *worker(void *arg) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: plexus-echo-server-c server --listen HOST:PORT [--threads N] [--callback]\n");
+    fprintf(stderr, "usage: plexus-echo-server-c server --listen HOST:PORT [--threads N] [--queue]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *listen = "127.0.0.1:0";
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    bool callback = false;
+    bool queue = false;
     int i = 1;
     if (i < argc && strcmp(argv[i], "server") == 0) i++;
     for (; i < argc; i++) {
@@ -240,8 +243,8 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             threads = strtol(argv[++i], NULL, 10);
             if (threads < 1 || threads > 1024) usage();
-        } else if (strcmp(argv[i], "--callback") == 0) {
-            callback = true;
+        } else if (strcmp(argv[i], "--queue") == 0) {
+            queue = true;
         } else {
             usage();
         }
@@ -251,12 +254,12 @@ int main(int argc, char **argv) {
     ok(plexus_cq_new(&cq), "plexus_cq_new");
     const plexus_server *server = NULL;
     ok(plexus_server_new(NULL, &server), "plexus_server_new");
-    if (callback) {
-        ok(plexus_server_register_method_callback(server, UNARY_PATH, PLEXUS_METHOD_UNARY,
-                                                  on_unary_callback, NULL),
+    if (queue) {
+        ok(plexus_server_register_method(server, UNARY_PATH, PLEXUS_METHOD_UNARY, cq, &unary_tag),
            "register UnaryCall");
     } else {
-        ok(plexus_server_register_method(server, UNARY_PATH, PLEXUS_METHOD_UNARY, cq, &unary_tag),
+        ok(plexus_server_register_method_callback(server, UNARY_PATH, PLEXUS_METHOD_UNARY,
+                                                  on_unary_callback, NULL),
            "register UnaryCall");
     }
     ok(plexus_server_register_method(server, STREAMING_PATH, PLEXUS_METHOD_BIDI_STREAMING, cq,

@@ -337,7 +337,9 @@ fn settings_line(results: &Value) -> String {
 const LEGEND: &str = "`plexus`: the Rust client or server on plexus's default executor (its \
     own work-stealing pool); `plexus-smol`: the same code with the channel or server and the \
     client's call loops on `SmolExecutor` (smol's async-executor), nothing on the pool; \
-    `plexus-c`: the C client through libplexus, or the C echo server on its server ABI; \
+    `plexus-c`: the C client through libplexus, or the C echo server on its server ABI \
+    (unary calls answered in a callback on plexus's worker; `plexus-c-queue`: taken from a \
+    completion queue by its own threads); \
     `plexus-py`: the Python package (`plexus.aio`); \
     `tonic`: tonic on a multi-threaded tokio runtime; `grpcio`: grpcio's Python asyncio API.";
 

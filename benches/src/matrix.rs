@@ -99,18 +99,25 @@ pub const CLIENTS: [&str; 6] = [
     "grpcio",
 ];
 
-/// Servers run only when `--servers` names them: the Python servers, each running the same
-/// grpcio-generated servicer: grpcio's thread-pool server (`grpcio` is its asyncio one), and
-/// plexus's grpcio-shaped servers over the Rust server, asyncio (`plexus-py`) and thread-pool
+/// Servers run only when `--servers` names them: the C echo server with its unary calls
+/// through a completion queue to its threads (`plexus-c-queue`; `plexus-c` answers them in a
+/// callback on plexus's worker); the Python servers, each running the same grpcio-generated
+/// servicer: grpcio's thread-pool server (`grpcio` is its asyncio one), and plexus's
+/// grpcio-shaped servers over the Rust server, asyncio (`plexus-py`) and thread-pool
 /// (`plexus-py-sync`).
-pub const EXTRA_SERVERS: [&str; 3] = ["grpcio-sync", "plexus-py", "plexus-py-sync"];
+pub const EXTRA_SERVERS: [&str; 4] = [
+    "plexus-c-queue",
+    "grpcio-sync",
+    "plexus-py",
+    "plexus-py-sync",
+];
 
 /// Clients run only when `--clients` names them: plexus with a retry policy that never has
 /// to retry, with retries on and off (the cost of retries being on).
 pub const EXTRA_CLIENTS: [&str; 2] = ["plexus-retry", "plexus-retry-off"];
 
 const USAGE: &str = "plexus-bench matrix
-    [--servers plexus,plexus-smol,plexus-c,tonic,grpcio,grpcio-sync,plexus-py,plexus-py-sync]
+    [--servers plexus,plexus-smol,plexus-c,tonic,grpcio,plexus-c-queue,grpcio-sync,plexus-py,plexus-py-sync]
     [--clients plexus,plexus-smol,plexus-c,plexus-py,tonic,grpcio,plexus-retry,plexus-retry-off]
     [--cases unary-1,unary-64,unary-4k-64,stream-64,stream-1m] [--rounds 3] [--duration 3]
     [--warmup 1] [--load 0] [--out benches/results] [--root REPO] [--python PATH]
@@ -120,7 +127,9 @@ Runs every server x client pair on every case, `--rounds` alternating rounds of 
 seconds (after `--warmup`) per cell, each client in its own process. plexus-smol is the
 plexus server or Rust client with everything (channel or server, and the client's call
 loops) on SmolExecutor instead of plexus's own pool. The plexus-c server is the C echo server
-on libplexus's server ABI (benches/c/echo_server.c). grpcio-sync, plexus-py and plexus-py-sync
+on libplexus's server ABI (benches/c/echo_server.c), answering unary calls in a callback on
+plexus's worker; plexus-c-queue (only when named) is the same server taking them from a
+completion queue on its own threads. grpcio-sync, plexus-py and plexus-py-sync
 (only when named) are Python servers running one grpcio-generated servicer: grpcio's
 thread-pool server (grpcio is its asyncio one), plexus.aio.server and plexus.server.
 plexus-retry and plexus-retry-off (only when
@@ -306,7 +315,8 @@ impl Env {
         match name {
             "plexus" => self.rust(&["server", "--impl", "plexus"]),
             "plexus-smol" => self.rust(&["server", "--impl", "plexus", "--executor", "smol"]),
-            "plexus-c" => c_program(root, "build-echo-server.sh", "server"),
+            "plexus-c" => c_program(root, "build-echo-server.sh", &["server"]),
+            "plexus-c-queue" => c_program(root, "build-echo-server.sh", &["server", "--queue"]),
             "tonic" => self.rust(&["server", "--impl", "tonic"]),
             "grpcio" => match &self.grpcio {
                 Ok(()) => self.python(&["server"], &[]),
@@ -336,7 +346,7 @@ impl Env {
                 Err(why) => Peer::Skipped(why.clone()),
             },
             "plexus-py" => self.plexus_python(root, &["client", "--impl", "plexus"]),
-            "plexus-c" => c_program(root, "build-bench-client.sh", "client"),
+            "plexus-c" => c_program(root, "build-bench-client.sh", &["client"]),
             other => Peer::Skipped(format!("unknown client {other}")),
         }
     }
@@ -389,7 +399,7 @@ impl Env {
 /// the binary's path; the client takes the same flags and prints the same JSON as
 /// `plexus-bench client`, the server takes `--listen` and prints the same line as
 /// `plexus-bench server`. `command` is the first argument, `client` or `server`.
-fn c_program(root: &Path, script: &str, command: &str) -> Peer {
+fn c_program(root: &Path, script: &str, args: &[&str]) -> Peer {
     if !root.join("include/plexus.h").is_file() {
         return Peer::Skipped("the C ABI (include/plexus.h) is not in this checkout yet".into());
     }
@@ -406,7 +416,7 @@ fn c_program(root: &Path, script: &str, command: &str) -> Peer {
             let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
             Peer::Ready {
                 program: PathBuf::from(path),
-                args: vec![command.into()],
+                args: args.iter().map(|a| a.to_string()).collect(),
                 env: Vec::new(),
             }
         }

@@ -12,7 +12,8 @@
 // (unary, server-, client- or bidirectional streaming, plus an optional catch-all), listens on
 // TCP, Unix or abstract sockets with or without TLS, and runs each handler on a thread of its
 // own pool (start) or on the host's thread that feeds it events from the host's own
-// CompletionQueue (start_on, handle_event). A handler reads the call through its
+// CompletionQueue (start_on, handle_event); a unary handler that never waits may instead run
+// on the plexus worker that received its call (unary_inline). A handler reads the call through its
 // ServerContext, ServerReader and ServerWriter with the blocking ABI calls and returns a
 // ServerStatus, or throws: ServerError becomes its status, any other exception UNKNOWN with
 // its what(); no exception ever reaches C or ends the process.
@@ -1028,6 +1029,8 @@ struct ServerMethod {
     std::string path;
     plexus_method_kind kind;
     bool catch_all;
+    /// Run on the plexus worker that received the call (unary_inline), not a handler thread.
+    bool on_worker;
     UnaryHandler unary;
     ServerStreamingHandler server_streaming;
     ClientStreamingHandler client_streaming;
@@ -1088,6 +1091,12 @@ inline void dispatch(const ServerMethod &method, ServerCall call, Bytes request)
         }
     }
     finish_call(ctx, answers && response ? &response : nullptr, std::move(status));
+}
+
+/// The callback of a method served on plexus's workers: `user_data` is its ServerMethod.
+inline void dispatch_on_worker(void *user_data, const plexus_server_call *call,
+                               plexus_bytes *request) noexcept {
+    dispatch(*static_cast<const ServerMethod *>(user_data), ServerCall(call), Bytes(request));
 }
 
 /// What a Server owns behind its handle, at a fixed address for the tags and threads.
@@ -1170,6 +1179,17 @@ class Server {
         m->unary = std::move(handler);
         return add(std::move(m));
     }
+    /// Serves `path` with a unary handler run on the plexus worker that received the call,
+    /// as it arrives: no queue and no hand-off to a handler thread, the fastest way to serve
+    /// a handler that never waits. It must not block: the context's waiting operations
+    /// (send_initial_metadata, read, write) throw Error(PLEXUS_ERR_WRONG_STATE) there, as do
+    /// blocking client calls.
+    Server &unary_inline(const std::string &path, UnaryHandler handler) {
+        auto m = method(path, PLEXUS_METHOD_UNARY);
+        m->on_worker = true;
+        m->unary = std::move(handler);
+        return add(std::move(m));
+    }
     /// Serves `path` with a server-streaming handler.
     Server &server_streaming(const std::string &path, ServerStreamingHandler handler) {
         auto m = method(path, PLEXUS_METHOD_SERVER_STREAMING);
@@ -1221,6 +1241,9 @@ class Server {
         for (const auto &m : state_->methods) {
             if (m->catch_all) {
                 detail::check(plexus_server_register_catch_all(get(), cq.get(), m.get()));
+            } else if (m->on_worker) {
+                detail::check(plexus_server_register_method_callback(
+                    get(), m->path.c_str(), m->kind, detail::dispatch_on_worker, m.get()));
             } else {
                 detail::check(plexus_server_register_method(get(), m->path.c_str(), m->kind,
                                                             cq.get(), m.get()));
@@ -1284,6 +1307,7 @@ class Server {
         m->path = path;
         m->kind = kind;
         m->catch_all = false;
+        m->on_worker = false;
         return m;
     }
     Server &add(std::unique_ptr<detail::ServerMethod> m) {

@@ -96,6 +96,7 @@ int main() {
     std::atomic<bool> shutdown_read_ended{false};
     Latch child_ended;
     std::atomic<std::int32_t> child_code{-1};
+    std::atomic<bool> inline_wait_refused{false};
 
     auto options = plexus::ServerOptions::create();
     options.max_receive_message_size(1024).max_concurrent_streams(100);
@@ -141,6 +142,17 @@ int main() {
                             }
                             return ServerStatus();
                         })
+        .unary_inline("/t.S/Inline",
+                      [&](ServerContext &ctx, const Bytes &request, Bytes &response) -> ServerStatus {
+                          // On a plexus worker: the waits are refused, the answer is not.
+                          inline_wait_refused = error_code([&] {
+                              ctx.send_initial_metadata(plexus::Metadata::create(), LONG_MS);
+                          }) == PLEXUS_ERR_WRONG_STATE;
+                          if (text(request) == "throw") throw std::runtime_error("inline broke");
+                          ctx.trailers().append("x-inline", "yes");
+                          response = Bytes::copy("inline:" + text(request));
+                          return ServerStatus();
+                      })
         .unary("/t.S/Throw",
                [](ServerContext &, const Bytes &request, Bytes &) -> ServerStatus {
                    std::string kind = text(request);
@@ -242,6 +254,16 @@ int main() {
         auto trailers = reply.status.trailing_metadata();
         CHECK(trailers.get("x-trailer") == "t");
         CHECK(trailers.get("x-status-bin") == std::string("\x01\x02", 2));
+        passed++;
+    }
+    {  // A unary handler run on the worker: its answer and trailers, a throw, the waits refused.
+        auto reply = channel.unary("/t.S/Inline", Bytes::copy("x"), nullptr, LONG_MS);
+        CHECK(text(reply.message) == "inline:x");
+        CHECK(reply.status.trailing_metadata().get("x-inline") == "yes");
+        CHECK(inline_wait_refused);
+        std::string why;
+        CHECK(rpc_code([&] { (void)channel.unary("/t.S/Inline", Bytes::copy("throw"), nullptr, LONG_MS); }, &why) == 2);
+        CHECK(why == "Exception calling application: inline broke");
         passed++;
     }
     {  // Over the Unix socket too.
