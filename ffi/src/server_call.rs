@@ -4,7 +4,7 @@
 //! response sink.
 
 use std::ffi::{CString, c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -62,6 +62,9 @@ struct Finish {
 struct Turns {
     state: Mutex<TurnState>,
     next_served: Event,
+    /// Turns waiting for theirs: a turn that ends with none skips the notification (which
+    /// would allocate the event's state on most calls, where the turns never wait).
+    waiting: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -100,10 +103,12 @@ impl Turns {
 impl Turn {
     /// Waits until every turn before this one has ended.
     async fn wait(&self) {
+        if self.turns.lock().serving == self.number {
+            return;
+        }
+        // Counted before the check below, so a turn that ends after it sees the waiter.
+        let _waiting = Waiting::start(&self.turns.waiting);
         loop {
-            if self.turns.lock().serving == self.number {
-                return;
-            }
             let listener = self.turns.next_served.listen();
             if self.turns.lock().serving == self.number {
                 return;
@@ -129,7 +134,25 @@ impl Drop for Turn {
             state.serving += 1;
         }
         drop(state);
-        self.turns.next_served.notify(usize::MAX);
+        if self.turns.waiting.load(Ordering::SeqCst) > 0 {
+            self.turns.next_served.notify(usize::MAX);
+        }
+    }
+}
+
+/// One turn counted in [`Turns::waiting`] while it waits (until it is served or dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
