@@ -382,6 +382,61 @@ static int32_t echo_unary(const plexus_channel *ch, const char *method, const ch
     return rc;
 }
 
+/* Call options (free them) whose metadata has x-test: `value`. */
+static plexus_call_options *options_with_x_test(const char *value) {
+    plexus_call_options *o = NULL;
+    OK(plexus_call_options_new(&o));
+    plexus_metadata *md = NULL;
+    OK(plexus_metadata_new(&md));
+    OK(plexus_metadata_append(md, "x-test", value));
+    OK(plexus_call_options_set_metadata(o, md));
+    plexus_metadata_free(md);
+    return o;
+}
+
+/* A server-streaming call of "thrice" on M_SERVER_STREAM: three echoes, then OK. */
+static void check_thrice(const plexus_channel *ch) {
+    plexus_bytes *req = request_text("thrice"), *m = NULL;
+    const plexus_call *call = NULL;
+    plexus_status *status = NULL;
+    OK(plexus_call_start_server_streaming(ch, M_SERVER_STREAM, req, NULL, LONG_MS, &call,
+                                          &status));
+    plexus_bytes_free(req);
+    for (int i = 0; i < 3; i++) {
+        OK(plexus_call_recv(call, LONG_MS, &m));
+        CHECK(response_is(m, "thrice"));
+        plexus_bytes_free(m);
+    }
+    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
+    OK(plexus_call_finish(call, LONG_MS, &status));
+    CHECK(status == NULL || code_of(status) == 0);
+    plexus_status_free(status);
+    plexus_call_free(call);
+}
+
+/* A bidi call on M_BIDI: three requests, each echoed before the next goes, then OK. */
+static void check_bidi_echo(const plexus_channel *ch) {
+    const char *texts[3] = {"one", "two", "three"};
+    plexus_bytes *req = NULL, *m = NULL;
+    const plexus_call *call = NULL;
+    plexus_status *status = NULL;
+    OK(plexus_call_start(ch, M_BIDI, NULL, LONG_MS, &call, NULL));
+    for (int i = 0; i < 3; i++) {
+        req = request_text(texts[i]);
+        OK(plexus_call_send(call, req, LONG_MS));
+        plexus_bytes_free(req);
+        OK(plexus_call_recv(call, LONG_MS, &m));
+        CHECK(response_is(m, texts[i]));
+        plexus_bytes_free(m);
+    }
+    OK(plexus_call_close_send(call, LONG_MS));
+    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
+    OK(plexus_call_finish(call, LONG_MS, &status));
+    CHECK(status == NULL || code_of(status) == 0);
+    plexus_status_free(status);
+    plexus_call_free(call);
+}
+
 /* ---- the tests ---- */
 
 /* Listeners: TCP on port 0 (the bound port written), a Unix socket path, an abstract socket,
@@ -540,13 +595,7 @@ static void test_methods(void) {
     fx_echo(&f, 0);
 
     /* Unary: method, metadata, deadline and peer reach the handler. */
-    plexus_call_options *o = NULL;
-    OK(plexus_call_options_new(&o));
-    plexus_metadata *md = NULL;
-    OK(plexus_metadata_new(&md));
-    OK(plexus_metadata_append(md, "x-test", "hello metadata"));
-    OK(plexus_call_options_set_metadata(o, md));
-    plexus_metadata_free(md);
+    plexus_call_options *o = options_with_x_test("hello metadata");
     OK(plexus_call_options_set_timeout_ms(o, 600000));
     int32_t code = -1;
     OK(echo_unary(f.channel, M_UNARY, "unary", o, &code));
@@ -565,21 +614,10 @@ static void test_methods(void) {
     pthread_mutex_unlock(&seen.lock);
 
     /* Server streaming: the request in the event, three responses. */
-    plexus_bytes *req = request_text("thrice"), *m = NULL;
+    check_thrice(f.channel);
+    plexus_bytes *req = NULL, *m = NULL;
     const plexus_call *call = NULL;
     plexus_status *status = NULL;
-    OK(plexus_call_start_server_streaming(f.channel, M_SERVER_STREAM, req, NULL, LONG_MS, &call,
-                                          &status));
-    plexus_bytes_free(req);
-    for (int i = 0; i < 3; i++) {
-        OK(plexus_call_recv(call, LONG_MS, &m));
-        CHECK(response_is(m, "thrice"));
-        plexus_bytes_free(m);
-    }
-    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
-    OK(plexus_call_finish(call, LONG_MS, &status));
-    plexus_status_free(status);
-    plexus_call_free(call);
 
     /* Client streaming: three requests, the last one back. */
     OK(plexus_call_start(f.channel, M_CLIENT_STREAM, NULL, LONG_MS, &call, NULL));
@@ -599,20 +637,7 @@ static void test_methods(void) {
     plexus_call_free(call);
 
     /* Bidi: each request echoed before the next goes. */
-    OK(plexus_call_start(f.channel, M_BIDI, NULL, LONG_MS, &call, NULL));
-    for (int i = 0; i < 3; i++) {
-        req = request_text(texts[i]);
-        OK(plexus_call_send(call, req, LONG_MS));
-        plexus_bytes_free(req);
-        OK(plexus_call_recv(call, LONG_MS, &m));
-        CHECK(response_is(m, texts[i]));
-        plexus_bytes_free(m);
-    }
-    OK(plexus_call_close_send(call, LONG_MS));
-    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
-    OK(plexus_call_finish(call, LONG_MS, &status));
-    plexus_status_free(status);
-    plexus_call_free(call);
+    check_bidi_echo(f.channel);
 
     /* An unregistered path goes to the catch-all, which reads its request with recv. */
     OK(echo_unary(f.channel, M_UNKNOWN, "caught", NULL, &code));
@@ -771,13 +796,7 @@ static void test_callbacks(void) {
                PLEXUS_ERR_WRONG_STATE);
 
     /* Unary, answered in the callback; the request's facts reach it. */
-    plexus_call_options *o = NULL;
-    OK(plexus_call_options_new(&o));
-    plexus_metadata *md = NULL;
-    OK(plexus_metadata_new(&md));
-    OK(plexus_metadata_append(md, "x-test", "to a callback"));
-    OK(plexus_call_options_set_metadata(o, md));
-    plexus_metadata_free(md);
+    plexus_call_options *o = options_with_x_test("to a callback");
     int32_t code = -1;
     OK(echo_unary(f.channel, M_UNARY, "answered on a worker", o, &code));
     plexus_call_options_free(o);
@@ -800,23 +819,7 @@ static void test_callbacks(void) {
     plexus_bytes_free(req);
 
     /* Server streaming: three responses sent asynchronously, then the status. */
-    req = request_text("thrice");
-    plexus_bytes *m = NULL;
-    const plexus_call *call = NULL;
-    plexus_status *status = NULL;
-    OK(plexus_call_start_server_streaming(f.channel, M_SERVER_STREAM, req, NULL, LONG_MS, &call,
-                                          &status));
-    plexus_bytes_free(req);
-    for (int i = 0; i < 3; i++) {
-        OK(plexus_call_recv(call, LONG_MS, &m));
-        CHECK(response_is(m, "thrice"));
-        plexus_bytes_free(m);
-    }
-    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
-    OK(plexus_call_finish(call, LONG_MS, &status));
-    CHECK(status == NULL || code_of(status) == 0);
-    plexus_status_free(status);
-    plexus_call_free(call);
+    check_thrice(f.channel);
     for (int i = 0; i < 3; i++) {
         plexus_event ev;
         OK(plexus_cq_next(st.side, LONG_MS, &ev));
@@ -824,21 +827,7 @@ static void test_callbacks(void) {
     }
 
     /* Bidi on a thread of the host's. */
-    OK(plexus_call_start(f.channel, M_BIDI, NULL, LONG_MS, &call, NULL));
-    const char *texts[3] = {"one", "two", "three"};
-    for (int i = 0; i < 3; i++) {
-        req = request_text(texts[i]);
-        OK(plexus_call_send(call, req, LONG_MS));
-        plexus_bytes_free(req);
-        OK(plexus_call_recv(call, LONG_MS, &m));
-        CHECK(response_is(m, texts[i]));
-        plexus_bytes_free(m);
-    }
-    OK(plexus_call_close_send(call, LONG_MS));
-    EXPECT(plexus_call_recv(call, LONG_MS, &m), PLEXUS_END_OF_STREAM);
-    OK(plexus_call_finish(call, LONG_MS, &status));
-    plexus_status_free(status);
-    plexus_call_free(call);
+    check_bidi_echo(f.channel);
 
     /* The catch-all's status; a call dropped in its callback is CANCELLED. */
     EXPECT(echo_unary(f.channel, M_UNKNOWN, "anyone?", NULL, &code), PLEXUS_ERR_RPC);
