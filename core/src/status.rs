@@ -168,6 +168,10 @@ impl Status {
 
     /// Attaches metadata: trailing metadata when received, or sent with the trailers.
     pub fn with_metadata(mut self, metadata: Metadata) -> Status {
+        if metadata.is_empty() && self.extra.is_none() {
+            // Nothing to replace: no boxed extras for a status that has none.
+            return self;
+        }
         *self.metadata_mut() = metadata;
         self
     }

@@ -175,8 +175,11 @@ pub(crate) struct ServerCall {
     requests: Mutex<Option<RequestStream<Bytes>>>,
     sink: ResponseSink<Bytes>,
     finish: Mutex<FinishSlot>,
-    /// Notified when a finish is given.
+    /// Notified when a finish is given, if the handler task waits for one.
     finish_given: Event,
+    /// The handler task found no finish and waits: a finish given without it (the usual case
+    /// for a host that answers in a server callback) skips the notification.
+    finish_awaited: AtomicBool,
     /// Set by the host's finish: later sends and finishes are refused.
     host_finished: AtomicBool,
     /// A message or the initial metadata went out: initial metadata no longer can.
@@ -212,6 +215,7 @@ impl ServerCall {
             sink,
             finish: Mutex::new(FinishSlot::Waiting),
             finish_given: Event::new(),
+            finish_awaited: AtomicBool::new(false),
             host_finished: AtomicBool::new(false),
             headers_sent: AtomicBool::new(false),
             cancel: Cancel::default(),
@@ -261,7 +265,11 @@ impl ServerCall {
         }
         *slot = FinishSlot::Given(finish);
         drop(slot);
-        self.finish_given.notify(usize::MAX);
+        // Set before the handler task's second look at the slot, so it sees the finish
+        // or this sees it waiting.
+        if self.finish_awaited.load(Ordering::SeqCst) {
+            self.finish_given.notify(usize::MAX);
+        }
         true
     }
 
@@ -300,6 +308,7 @@ impl ServerCall {
             if let Some(finish) = self.take() {
                 break finish;
             }
+            self.finish_awaited.store(true, Ordering::SeqCst);
             let given = self.finish_given.listen();
             if let Some(finish) = self.take() {
                 break finish;
