@@ -1,9 +1,11 @@
 //! `plexus_server`: core's server with listeners, and routes whose calls are delivered to the
-//! host as `PLEXUS_OP_SERVER_CALL` events on its completion queues.
+//! host as `PLEXUS_OP_SERVER_CALL` events on its completion queues, or to a host callback run
+//! on the worker that received the call.
 //!
 //! ```text
 //!  client ──► core Server (h2, keepalive, limits) ──► route handler task (this module)
 //!                                                       │ event SERVER_CALL (+ the unary request)
+//!                                                       │ or the host's callback, on this worker
 //!                                                       ▼
 //!  host ◄── plexus_cq ◄─────────────────────────── plexus_server_call (server_call.rs)
 //!       ──► recv / send / finish ──► the handler task sends, then returns the host's status
@@ -182,7 +184,8 @@ fn serve(rt: &runtime::Runtime, server: &core_plexus::Server, listener: Listener
 }
 
 /// One incoming call on a route: reads the single request of a unary or server-streaming
-/// method, hands the call to the host as an event, and waits for the host to finish it.
+/// method, hands the call to the host (an event, or its callback right here), and waits for
+/// the host to finish it (at once, when the callback finished it).
 async fn incoming(
     target: Arc<Target>,
     request: Request<RequestStream<Bytes>>,
