@@ -387,6 +387,9 @@ typedef int32_t (*plexus_call_credentials_fn)(void *user_data,
 // waiting: it answers with the calls that do not block (`plexus_server_call_finish`, the
 // `_async` operations) or hands the call to a thread of its own; the blocking calls fail
 // with PLEXUS_ERR_WRONG_STATE here. It must not unwind (no C++ exception may leave it).
+// Once `plexus_server_shutdown` has returned (or its `_async` event has come) no callback of
+// the server runs or starts, so `user_data` may be freed then; after `plexus_server_free`
+// without a shutdown none starts, but one already running finishes.
 typedef void (*plexus_server_call_fn)(void *user_data,
                                       const struct plexus_server_call *call,
                                       struct plexus_bytes *request);
@@ -1484,7 +1487,7 @@ plexus_result plexus_server_register_method(const struct plexus_server *server,
 //
 // # Safety
 // `server` is live; `path` is a NUL-terminated string; `callback` is NULL or a function of
-// the type described; `user_data` stays valid for as long as the server may call it.
+// the type described; `user_data` stays valid until the server's shutdown has completed.
 plexus_result plexus_server_register_method_callback(const struct plexus_server *server,
                                                      const char *path,
                                                      int32_t kind,
@@ -1516,7 +1519,7 @@ plexus_result plexus_server_register_catch_all(const struct plexus_server *serve
 //
 // # Safety
 // `server` is live; `callback` is NULL or a function of the type described; `user_data`
-// stays valid for as long as the server may call it.
+// stays valid until the server's shutdown has completed.
 plexus_result plexus_server_register_catch_all_callback(const struct plexus_server *server,
                                                         plexus_server_call_fn callback,
                                                         void *user_data);
@@ -1556,7 +1559,7 @@ plexus_result plexus_server_start(const struct plexus_server *server);
 // lets the calls in flight finish for up to `grace_ms` milliseconds (negative: no limit),
 // then cancels the rest (their hosts see PLEXUS_OP_SERVER_DONE with PLEXUS_ERR_RPC and
 // their sends fail), and returns once every connection is closed. No PLEXUS_OP_SERVER_CALL
-// event comes after it returns. Blocks the calling thread, so it must not run on a thread
+// event comes, and no callback of the server runs or starts, after it returns. Blocks the calling thread, so it must not run on a thread
 // that the calls in flight need to finish (answer them from other threads, or use
 // `plexus_server_shutdown_async`). Idempotent: a second call waits as well.
 //
@@ -1565,10 +1568,11 @@ plexus_result plexus_server_start(const struct plexus_server *server);
 //
 // # Safety
 // `server` is live.
-plexus_result plexus_server_shutdown(const struct plexus_server *server, int64_t grace_ms);
+plexus_result plexus_server_shutdown(const struct plexus_server *server,
+                                     int64_t grace_ms);
 
 // `plexus_server_shutdown` without blocking: reports PLEXUS_OP_SERVER_SHUTDOWN with `tag`
-// on `cq` once every connection is closed.
+// on `cq` once every connection is closed and no callback of the server runs.
 //
 // Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN when
 // the queue or the runtime is shut down (no event follows).

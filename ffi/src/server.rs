@@ -12,12 +12,14 @@
 //! ```
 
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use core_plexus::server::{Request, RequestStream, ResponseSink};
 use core_plexus::{BytesCodec, Listener, ServerSettings, Status};
+use event_listener::Event;
 
 use crate::boundary::boundary;
 use crate::bytes::plexus_bytes;
@@ -64,6 +66,9 @@ pub enum plexus_method_kind {
 /// waiting: it answers with the calls that do not block (`plexus_server_call_finish`, the
 /// `_async` operations) or hands the call to a thread of its own; the blocking calls fail
 /// with PLEXUS_ERR_WRONG_STATE here. It must not unwind (no C++ exception may leave it).
+/// Once `plexus_server_shutdown` has returned (or its `_async` event has come) no callback of
+/// the server runs or starts, so `user_data` may be freed then; after `plexus_server_free`
+/// without a shutdown none starts, but one already running finishes.
 pub type plexus_server_call_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -84,16 +89,74 @@ enum Delivery {
     },
 }
 
-/// Where a route's calls go, and whether the single request is read before the host sees
-/// the call.
+/// Lets a server hand calls to the host (events, callbacks) until it shuts down, and tells
+/// the shutdown when the last hand-off under way is done: a call's task may outlive its
+/// connection briefly, and nothing of the server may reach the host once
+/// `plexus_server_shutdown` returns (the host may free a callback's `user_data` then).
+#[derive(Default)]
+struct DeliveryGate {
+    /// [`DeliveryGate::CLOSED`] and the number of hand-offs under way.
+    state: AtomicUsize,
+    /// Notified when the last hand-off under way at a closed gate is done.
+    idle: Event,
+}
+
+impl DeliveryGate {
+    const CLOSED: usize = 1 << (usize::BITS - 1);
+
+    /// Counts a hand-off in; `None` once closed.
+    fn enter(&self) -> Option<Running<'_>> {
+        let before = self.state.fetch_add(1, Ordering::SeqCst);
+        let running = Running(self);
+        (before & Self::CLOSED == 0).then_some(running)
+    }
+
+    /// No hand-off starts from now on.
+    fn close(&self) {
+        self.state.fetch_or(Self::CLOSED, Ordering::SeqCst);
+    }
+
+    /// Closes the gate and waits until no hand-off is under way.
+    async fn close_and_drain(&self) {
+        self.close();
+        loop {
+            if self.state.load(Ordering::SeqCst) == Self::CLOSED {
+                return;
+            }
+            let listener = self.idle.listen();
+            if self.state.load(Ordering::SeqCst) == Self::CLOSED {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// One hand-off counted in its gate; counted out when dropped.
+struct Running<'a>(&'a DeliveryGate);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let before = self.0.state.fetch_sub(1, Ordering::SeqCst);
+        if before == DeliveryGate::CLOSED | 1 {
+            self.0.idle.notify(usize::MAX);
+        }
+    }
+}
+
+/// Where a route's calls go, whether the single request is read before the host sees the
+/// call, and the server's gate.
 struct Target {
     delivery: Delivery,
     single_request: bool,
+    gate: Arc<DeliveryGate>,
 }
 
 /// The server behind a `plexus_server`.
 pub(crate) struct ServerHandle {
     settings: ServerSettings,
+    /// Closed by shutdown (and free): no call reaches the host after it.
+    gate: Arc<DeliveryGate>,
     state: Mutex<State>,
 }
 
@@ -167,6 +230,7 @@ impl ServerHandle {
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
+        self.gate.close();
         if let Some(server) = self.stop() {
             if let Some(rt) = runtime::running() {
                 rt.spawn(async move { server.shutdown(Duration::ZERO).await });
@@ -197,6 +261,9 @@ async fn incoming(
         (Some(message), compressed)
     } else {
         (None, false)
+    };
+    let Some(handing_off) = target.gate.enter() else {
+        return Err(Status::unavailable("the server is shutting down"));
     };
     let call = match &target.delivery {
         Delivery::Queue { cq, tag } => {
@@ -231,6 +298,7 @@ async fn incoming(
             call
         }
     };
+    drop(handing_off);
     call.serve().await
 }
 
@@ -317,6 +385,7 @@ pub unsafe extern "C" fn plexus_server_new(
         settings.check().map_err(|s| Error::from_setting(&s))?;
         let server = Arc::new(ServerHandle {
             settings,
+            gate: Arc::default(),
             state: Mutex::new(State::Building {
                 routes: Vec::new(),
                 catch_all: None,
@@ -372,6 +441,7 @@ impl ServerHandle {
         let target = Target {
             delivery,
             single_request,
+            gate: self.gate.clone(),
         };
         routes.push((path.to_string(), Arc::new(target)));
         Ok(())
@@ -391,6 +461,7 @@ impl ServerHandle {
         *catch_all = Some(Arc::new(Target {
             delivery,
             single_request: false,
+            gate: self.gate.clone(),
         }));
         Ok(())
     }
@@ -444,7 +515,7 @@ pub unsafe extern "C" fn plexus_server_register_method(
 ///
 /// # Safety
 /// `server` is live; `path` is a NUL-terminated string; `callback` is NULL or a function of
-/// the type described; `user_data` stays valid for as long as the server may call it.
+/// the type described; `user_data` stays valid until the server's shutdown has completed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn plexus_server_register_method_callback(
     server: *const plexus_server,
@@ -511,7 +582,7 @@ pub unsafe extern "C" fn plexus_server_register_catch_all(
 ///
 /// # Safety
 /// `server` is live; `callback` is NULL or a function of the type described; `user_data`
-/// stays valid for as long as the server may call it.
+/// stays valid until the server's shutdown has completed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn plexus_server_register_catch_all_callback(
     server: *const plexus_server,
@@ -614,7 +685,7 @@ fn grace_arg(grace_ms: i64) -> Duration {
 /// lets the calls in flight finish for up to `grace_ms` milliseconds (negative: no limit),
 /// then cancels the rest (their hosts see PLEXUS_OP_SERVER_DONE with PLEXUS_ERR_RPC and
 /// their sends fail), and returns once every connection is closed. No PLEXUS_OP_SERVER_CALL
-/// event comes after it returns. Blocks the calling thread, so it must not run on a thread
+/// event comes, and no callback of the server runs or starts, after it returns. Blocks the calling thread, so it must not run on a thread
 /// that the calls in flight need to finish (answer them from other threads, or use
 /// `plexus_server_shutdown_async`). Idempotent: a second call waits as well.
 ///
@@ -631,17 +702,24 @@ pub unsafe extern "C" fn plexus_server_shutdown(
     boundary("plexus_server_shutdown", || {
         // SAFETY: the caller passes a live handle or NULL (checked).
         let server = unsafe { plexus_server::as_ref(server) }?;
-        if let Some(running) = server.stop() {
-            let grace = grace_arg(grace_ms);
-            runtime::block_on(-1, running.shutdown(grace))
-                .map_err(|why| crate::channel::interrupted(why, -1))?;
-        }
+        let Some(running) = server.stop() else {
+            // Never started: nothing was ever handed to the host.
+            server.gate.close();
+            return Ok(PLEXUS_OK);
+        };
+        let gate = server.gate.clone();
+        let grace = grace_arg(grace_ms);
+        runtime::block_on(-1, async move {
+            running.shutdown(grace).await;
+            gate.close_and_drain().await;
+        })
+        .map_err(|why| crate::channel::interrupted(why, -1))?;
         Ok(PLEXUS_OK)
     })
 }
 
 /// `plexus_server_shutdown` without blocking: reports PLEXUS_OP_SERVER_SHUTDOWN with `tag`
-/// on `cq` once every connection is closed.
+/// on `cq` once every connection is closed and no callback of the server runs.
 ///
 /// Returns PLEXUS_OK (the event follows); PLEXUS_ERR_NULL_ARGUMENT; PLEXUS_ERR_SHUTDOWN when
 /// the queue or the runtime is shut down (no event follows).
@@ -662,11 +740,13 @@ pub unsafe extern "C" fn plexus_server_shutdown_async(
         // SAFETY: as above.
         let completion = unsafe { begin(cq, tag, plexus_op::PLEXUS_OP_SERVER_SHUTDOWN) }?;
         let running = server.stop();
+        let gate = server.gate.clone();
         let grace = grace_arg(grace_ms);
         rt.spawn(async move {
             if let Some(running) = running {
                 running.shutdown(grace).await;
             }
+            gate.close_and_drain().await;
             completion.complete(PLEXUS_OK, Outcome::default());
         });
         Ok(PLEXUS_OK)

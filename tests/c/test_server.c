@@ -845,6 +845,56 @@ static void test_callbacks(void) {
     plexus_cq_free(st.side);
 }
 
+/* What the slow callback and the test tell each other. */
+static struct {
+    atomic_int entered, release, shutdown_returned;
+} slow;
+
+/* Holds its worker until the test releases it (a test-only breach of "must not wait"). */
+static void cb_slow(void *user_data, const plexus_server_call *call, plexus_bytes *request) {
+    (void)user_data;
+    atomic_store(&slow.entered, 1);
+    while (!atomic_load(&slow.release)) sleep_ms(1);
+    (void)plexus_server_call_finish(call, request, 0, NULL, NULL);
+    plexus_bytes_free(request);
+    plexus_server_call_free(call);
+}
+
+static void *shutdown_thread(void *arg) {
+    OK(plexus_server_shutdown(arg, 0));
+    atomic_store(&slow.shutdown_returned, 1);
+    return NULL;
+}
+
+/* plexus_server_shutdown returns only once no callback of the server runs, so the host may
+ * free what user_data points to then; the call itself was cancelled by the shutdown. */
+static void test_shutdown_waits_for_callbacks(void) {
+    fixture f;
+    fx_init(&f, NULL);
+    OK(plexus_server_register_method_callback(f.server, M_UNARY, PLEXUS_METHOD_UNARY, cb_slow,
+                                              NULL));
+    fx_start(&f);
+    static int T_SLOW;
+    plexus_bytes *req = request_text("slow");
+    OK(plexus_unary_async(f.channel, M_UNARY, req, NULL, f.cq, &T_SLOW));
+    plexus_bytes_free(req);
+    for (int i = 0; i < LONG_MS && !atomic_load(&slow.entered); i++) sleep_ms(1);
+    CHECK(atomic_load(&slow.entered));
+    pthread_t stopper;
+    CHECK(pthread_create(&stopper, NULL, shutdown_thread, (void *)f.server) == 0);
+    /* However long this takes, the shutdown must still be waiting for the callback. */
+    sleep_ms(50);
+    CHECK(!atomic_load(&slow.shutdown_returned));
+    atomic_store(&slow.release, 1);
+    CHECK(pthread_join(stopper, NULL) == 0);
+    CHECK(atomic_load(&slow.shutdown_returned));
+    plexus_event ev = take(f.cq, &T_SLOW);
+    CHECK(ev.result == PLEXUS_ERR_RPC || ev.result == PLEXUS_OK);
+    plexus_bytes_free(ev.message);
+    plexus_status_free(ev.status);
+    fx_end(&f);
+}
+
 /* A google.rpc.Status { code = 5, message = "not here" }, written by hand. */
 static const uint8_t DETAILS[] = {0x08, 0x05, 0x12, 0x08, 'n', 'o', 't', ' ', 'h', 'e', 'r', 'e'};
 
@@ -2019,6 +2069,7 @@ int main(void) {
     RUN(test_tls);
     RUN(test_methods);
     RUN(test_callbacks);
+    RUN(test_shutdown_waits_for_callbacks);
     RUN(test_unary_status_and_metadata);
     RUN(test_async_streams);
     RUN(test_blocking_streams);
