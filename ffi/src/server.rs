@@ -265,7 +265,8 @@ async fn incoming(
     let Some(handing_off) = target.gate.enter() else {
         return Err(Status::unavailable("the server is shutting down"));
     };
-    let call = match &target.delivery {
+    let call = ServerCall::new(context, requests, sink, compressed);
+    match &target.delivery {
         Delivery::Queue { cq, tag } => {
             let completion = cq
                 .begin(*tag as *mut c_void, plexus_op::PLEXUS_OP_SERVER_CALL)
@@ -274,7 +275,6 @@ async fn incoming(
                         "the server's completion queue for this method was shut down",
                     )
                 })?;
-            let call = ServerCall::new(context, requests, sink, compressed);
             completion.complete(
                 PLEXUS_OK,
                 Outcome {
@@ -283,21 +283,18 @@ async fn incoming(
                     ..Outcome::default()
                 },
             );
-            call
         }
         Delivery::Callback {
             function,
             user_data,
         } => {
-            let call = ServerCall::new(context, requests, sink, compressed);
             let handle = plexus_server_call::into_raw(call.clone());
             let request = first.map_or(std::ptr::null_mut(), plexus_bytes::into_raw);
             // SAFETY: the host registered `function` for these arguments; it takes ownership
             // of the call handle and the request.
             unsafe { function(*user_data as *mut c_void, handle, request) };
-            call
         }
-    };
+    }
     drop(handing_off);
     call.serve().await
 }
