@@ -35,8 +35,8 @@ impl<E: Executor + ?Sized> Executor for Arc<E> {
 pub struct RuntimeSettings {
     /// Worker threads (at least one is started). Default: one per available core.
     pub threads: usize,
-    /// How long a worker that ran out of work polls the I/O reactor and the queues before it
-    /// sleeps, so that work arriving meanwhile costs no thread wake-up. `Duration::ZERO` never
+    /// How long a worker that ran out of work polls its sockets, the I/O reactor and the
+    /// queues before it sleeps, so that work arriving meanwhile costs no thread wake-up. `Duration::ZERO` never
     /// spins. Workers skip or cut short a spin while the machine has more runnable threads
     /// than cores, so a busy machine never pays for it. Default:
     /// [`RuntimeSettings::DEFAULT_SPIN`].

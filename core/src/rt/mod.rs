@@ -5,6 +5,8 @@
 
 mod executor;
 mod io;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) mod read_watch;
 mod thread_pool;
 mod timer;
 

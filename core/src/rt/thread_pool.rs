@@ -23,7 +23,10 @@
 //! A worker that runs out of work spins before it sleeps: for up to the pool's spin time
 //! ([`RuntimeSettings::spin`]) it polls the reactor without blocking and looks at the queues,
 //! so a reply or request that arrives meanwhile is taken at once instead of after a thread
-//! wake-up (tens of µs on a virtual machine). A spin only pays while the core it burns is
+//! wake-up (tens of µs on a virtual machine). Socket reads that would block just before a spin
+//! are watched by the worker itself ([`ReadWatch`]): most rounds are then one `poll` on those
+//! sockets instead of the reactor's five system calls, and a message is read as soon as it is
+//! seen, with no reactor event to take and re-arm first. A spin only pays while the core it burns is
 //! free: a worker does not begin one, and ends one, when the machine has more runnable threads
 //! than the process has cores (`/proc/loadavg`, sampled at most every millisecond, and afresh
 //! when the worker has just woken a thread blocked in [`block_on`], which needs a core now), or
@@ -49,6 +52,8 @@ use async_task::{Runnable, ScheduleInfo, WithInfo};
 use slab::Slab;
 
 use super::executor::{BoxFuture, Executor, RuntimeSettings};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use super::read_watch::{ReadWatch, Watches};
 
 /// Tasks a worker runs in one poll of its loop before it lets `block_on` look at the reactor
 /// (so a busy worker still turns I/O readiness and timers into wake-ups).
@@ -80,6 +85,10 @@ const SPIN_PREEMPTED_NANOS: u64 = 50_000;
 /// to spin reads it again: reading `/proc/loadavg` costs a system call of a few µs, so it is
 /// not read on every round.
 const LOAD_SAMPLE_NANOS: u64 = 1_000_000;
+/// Rounds of a spin on watched sockets ([`ReadWatch`]) between two polls of the reactor, which
+/// a spin still needs for everything not watched (timers, listeners, other workers' sockets).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const WATCH_ROUNDS_PER_REACTOR_POLL: u32 = 16;
 /// Every this many tasks a worker looks at the global queue first, so tasks woken from outside
 /// the pool are not starved by busy local queues.
 const GLOBAL_EVERY: u32 = 61;
@@ -166,6 +175,16 @@ impl Load {
         self.sampled_at.store(now + 1, Ordering::Relaxed);
         busy
     }
+
+    /// What the last sample said (no system call).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn was_busy(&self) -> bool {
+        #[cfg(test)]
+        if let Some(forced) = &self.forced {
+            return forced.load(Ordering::SeqCst);
+        }
+        self.busy.load(Ordering::Relaxed)
+    }
 }
 
 /// The machine's runnable threads (the caller included), from `/proc/loadavg` ("0.50 0.40
@@ -216,6 +235,9 @@ struct Shared {
     spin_nanos: u64,
     /// Whether a worker is spinning: one at a time, so the others' cores stay free.
     spinning: AtomicBool,
+    /// Per worker: the socket reads it watches (see [`ReadWatch`]).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watches: Box<[Watches]>,
     clock: Clock,
     load: Load,
     /// What unit tests watch: counters and hooks.
@@ -244,6 +266,10 @@ struct WorkerContext {
     /// Whether a task this worker ran woke a thread blocked in [`block_on`]: that thread
     /// needs a core now, so whether to spin is decided on a fresh sample of the load.
     woke_blocked: Cell<bool>,
+    /// Whether reads that would block may be watched by this worker: not once it has decided
+    /// to sleep and fired its watches, until it wakes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    takes_watches: Cell<bool>,
 }
 
 thread_local! {
@@ -284,6 +310,8 @@ impl Shared {
             monitor_parked: AtomicBool::new(false),
             spin_nanos: u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX),
             spinning: AtomicBool::new(false),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            watches: (0..threads).map(|_| Watches::default()).collect(),
             clock,
             load,
             #[cfg(test)]
@@ -406,6 +434,11 @@ impl ThreadPool {
             if handle.thread().id() != me {
                 let _ = handle.join();
             }
+        }
+        // A watched read holds its task's waker; the tasks are dropped below.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        for watches in shared.watches.iter() {
+            watches.clear();
         }
         // Waking a waiting task queues it (the pool is stopping), and dropping a queued
         // Runnable drops its future, whose destructors may wake more: repeat until none is left.
@@ -590,6 +623,8 @@ impl WorkerContext {
             spin_misses: Cell::new(0),
             spin_skip: Cell::new(0),
             woke_blocked: Cell::new(false),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            takes_watches: Cell::new(true),
         }
     }
 
@@ -669,6 +704,33 @@ impl WorkerContext {
         true
     }
 
+    /// Whether this worker, once out of work, is likely to spin, by what it knows without a
+    /// system call: spinning is on, it is not backing off, no other worker spins, and the last
+    /// sample of the machine's load left a core to spare.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn may_spin(&self) -> bool {
+        let shared = &self.shared;
+        shared.spin_nanos != 0
+            && self.spin_skip.get() == 0
+            && !shared.spinning.load(Ordering::Relaxed)
+            && !shared.load.was_busy()
+    }
+
+    /// This worker's watched reads.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn watches(&self) -> &Watches {
+        &self.shared.watches[self.index]
+    }
+
+    /// This worker is going to sleep: it stops taking watches until it wakes, and fires those
+    /// it has, so each read is tried again and waits on the reactor if it still would block.
+    /// Whether any fired (their tasks are queued here then).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn stop_watching(&self) -> bool {
+        self.takes_watches.set(false);
+        self.watches().fire_all()
+    }
+
     /// This worker found a task: a spin it was in paid off.
     fn found_work(&self) {
         if self.spin_since.get() != 0 {
@@ -731,6 +793,9 @@ impl WorkerContext {
 struct WorkerLoop {
     worker: Rc<WorkerContext>,
     tick: u32,
+    /// Spin rounds on watched sockets since the reactor was last polled.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watch_rounds: u32,
 }
 
 impl Future for WorkerLoop {
@@ -744,6 +809,8 @@ impl Future for WorkerLoop {
         // search for it included), so the average costs a single read per poll.
         let mut last = worker.shared.clock.now();
         worker.wake();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        worker.takes_watches.set(true);
         for _ in 0..BATCH {
             if worker.shared.stopping.load(Ordering::Acquire) {
                 return Poll::Ready(());
@@ -760,9 +827,27 @@ impl Future for WorkerLoop {
                 // wants the core ends the spin through the load sample instead.
                 None if worker.keep_spinning(last) => {
                     awake.store(0, Ordering::Relaxed);
+                    // With reads watched, most rounds look only at those sockets: one `poll`
+                    // instead of the reactor's five system calls.
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    if this.watch_rounds < WATCH_ROUNDS_PER_REACTOR_POLL
+                        && !worker.watches().is_empty()
+                    {
+                        this.watch_rounds += 1;
+                        worker.watches().check();
+                        last = worker.shared.clock.now();
+                        continue;
+                    }
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    {
+                        this.watch_rounds = 0;
+                    }
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                // Going to sleep: watched reads go back to the reactor first.
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                None if worker.stop_watching() => continue,
                 None => {
                     // Idle: register, then look once more, so that a task queued between the
                     // search and the registration is not left waiting for another wake-up.
@@ -792,7 +877,10 @@ impl Future for WorkerLoop {
             let avg = worker.avg_poll.get();
             worker.avg_poll.set(avg - avg / 8 + took / 8);
         }
-        // A full batch: yield to the reactor, then carry on.
+        // A full batch: yield to the reactor, then carry on; watched sockets are looked at as
+        // often as the reactor is.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        worker.watches().check();
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -821,8 +909,15 @@ fn run_monitor(shared: &Shared) {
                 continue;
             }
             any_busy = true;
-            if now.saturating_sub(since - 1) > stall
-                && (!lock(&shared.locals[index]).is_empty() || !lock(&shared.global).is_empty())
+            if now.saturating_sub(since - 1) <= stall {
+                continue;
+            }
+            // Reads it watches would wait for it too: hand them to the others.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let fired = shared.watches[index].fire_all();
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            let fired = false;
+            if fired || !lock(&shared.locals[index]).is_empty() || !lock(&shared.global).is_empty()
             {
                 shared.notify_one();
             }
@@ -857,6 +952,8 @@ fn run_worker(shared: Arc<Shared>, index: usize) {
             async_io::block_on(WorkerLoop {
                 worker: worker.clone(),
                 tick: 0,
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                watch_rounds: 0,
             })
         }));
         if run.is_ok() {
@@ -866,6 +963,28 @@ fn run_worker(shared: Arc<Shared>, index: usize) {
         worker.found_work();
     }
     WORKER.with(|w| w.borrow_mut().take());
+}
+
+/// Lets the calling thread's pool worker watch a socket read that would block (see
+/// [`ReadWatch`]), if the thread is a worker that takes watches and is likely to spin next.
+/// Whether it took it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn watch_readable(watch: &Arc<ReadWatch>) -> bool {
+    WORKER
+        .try_with(|w| {
+            let Ok(w) = w.try_borrow() else {
+                return false;
+            };
+            let Some(w) = w.as_ref() else {
+                return false;
+            };
+            if !w.takes_watches.get() || !w.may_spin() {
+                return false;
+            }
+            w.watches().push(watch.clone());
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `future` to completion on this thread, parking it between polls.
@@ -955,9 +1074,22 @@ mod tests {
 
     impl TestPool {
         fn new(threads: usize, spin: Duration) -> TestPool {
-            let (shared, clock, _) = test_shared(threads, spin);
+            TestPool::with_load(threads, spin).0
+        }
+
+        /// A pool and the switch that makes its machine busy.
+        fn with_load(threads: usize, spin: Duration) -> (TestPool, Arc<AtomicBool>) {
+            let (shared, clock, busy) = test_shared(threads, spin);
             let pool = ThreadPool::start(shared, "pool-test").unwrap();
-            TestPool { pool, clock }
+            (TestPool { pool, clock }, busy)
+        }
+
+        /// Waits until some worker watches a socket read.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        fn wait_for_a_watch(&self) {
+            wait_until("a worker watches the read", || {
+                self.shared().watches.iter().any(|w| !w.is_empty())
+            });
         }
 
         fn advance(&self, nanos: u64) {
@@ -1478,6 +1610,89 @@ mod tests {
     /// A task that blocks its worker does not hold up the tasks queued behind it while
     /// another worker is idle: once the worker has been running for longer than the stall
     /// limit (on the test's clock), the monitor, parked until then, has the idle one steal.
+    /// A task that reads bytes from `ours` through a plexus socket and sends each on `tx`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    async fn byte_reader(ours: std::os::unix::net::UnixStream, tx: mpsc::Sender<u8>) {
+        use smol::io::AsyncReadExt;
+        let mut socket = crate::transport::Socket::new(async_io::Async::new(ours).unwrap());
+        let mut byte = [0u8];
+        while socket.read_exact(&mut byte).await.is_ok() {
+            let _ = tx.send(byte[0]);
+        }
+    }
+
+    /// A spinning worker watches the read that would block instead of registering it with
+    /// the reactor, and sees the data: nothing else would wake the reader.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_spinning_worker_watches_a_read_and_sees_its_data() {
+        let t = TestPool::new(1, Duration::from_secs(10));
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        t.pool.spawn_future(byte_reader(ours, tx));
+        for byte in 1..=3 {
+            t.wait_for_a_watch();
+            std::io::Write::write_all(&mut theirs, &[byte]).unwrap();
+            assert_eq!(rx.recv_timeout(WAIT), Ok(byte));
+        }
+        t.pool.shutdown();
+        assert_eq!(t.shared().probe.sleeps.load(Ordering::SeqCst), 0);
+    }
+
+    /// A worker whose spin ends (here: the machine became busy) fires its watches before it
+    /// sleeps; the read, tried again, then waits on the reactor, which wakes it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_worker_that_stops_spinning_hands_its_watched_reads_to_the_reactor() {
+        let (t, busy) = TestPool::with_load(1, Duration::from_secs(10));
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        t.pool.spawn_future(byte_reader(ours, tx));
+        t.wait_for_a_watch();
+        busy.store(true, Ordering::SeqCst);
+        t.wait_all_asleep();
+        assert!(
+            t.shared().watches[0].is_empty(),
+            "slept with a read watched"
+        );
+        std::io::Write::write_all(&mut theirs, &[7]).unwrap();
+        assert_eq!(rx.recv_timeout(WAIT), Ok(7));
+        t.pool.shutdown();
+    }
+
+    /// Reads watched by a worker stuck in a long poll are fired by the monitor, and another
+    /// worker reads them.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_stuck_worker_s_watched_reads_are_handed_on_by_the_monitor() {
+        let (t, busy) = TestPool::with_load(2, Duration::from_secs(10));
+        // Both asleep, neither spinning: the reader's worker will be the one to spin.
+        busy.store(true, Ordering::SeqCst);
+        t.wait_all_asleep();
+        busy.store(false, Ordering::SeqCst);
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (stuck_tx, stuck_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let inner = t.pool.clone();
+        t.pool.spawn_future(async move {
+            // Queued on this worker, which runs it once the read below waits, and is stuck.
+            inner.spawn_future(async move {
+                let _ = stuck_tx.send(());
+                let _ = release_rx.recv();
+            });
+            byte_reader(ours, tx).await;
+        });
+        stuck_rx.recv_timeout(WAIT).unwrap();
+        t.wait_for_a_watch();
+        std::io::Write::write_all(&mut theirs, &[9]).unwrap();
+        t.advance(u64::try_from(STALL.as_nanos()).unwrap() * 2);
+        let read = rx.recv_timeout(WAIT);
+        release_tx.send(()).unwrap();
+        t.pool.shutdown();
+        assert_eq!(read, Ok(9), "the read waited for its stuck worker");
+    }
+
     #[test]
     fn a_blocked_worker_queue_is_stolen() {
         let t = TestPool::new(2, Duration::ZERO);

@@ -2,13 +2,17 @@
 
 use std::io;
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 
 use async_io::Async;
 
 use super::{Address, BoxedIo, Connector};
 use crate::rt::BoxFuture;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use crate::rt::read_watch::ReadWatch;
 
 /// The default connector: TCP (with TCP_NODELAY), Unix domain sockets and, on Linux, abstract
 /// Unix sockets.
@@ -87,20 +91,53 @@ async fn connect_abstract(_name: Vec<u8>) -> io::Result<BoxedIo> {
 /// without this every such wake-up cost a `recvfrom` that failed (three per unary call on a
 /// server answering one call at a time).
 ///
-/// (Waiting for readiness already after a short read, as tokio does, was tried and measured
-/// worse: a gRPC response often arrives in two segments microseconds apart, and a read retried
-/// right away catches the second one without a trip through the reactor.)
+/// On a pool worker about to spin, a read that would block registers nothing: the worker
+/// watches the socket itself ([`ReadWatch`]), with one `poll` a round instead of the reactor's
+/// system calls, and hands the read back to the reactor (by waking it) before it sleeps.
+///
+/// After a short read (fewer bytes than asked for) a watched socket is not read again until
+/// its worker sees it readable: the read would most likely fail, and a segment that follows
+/// microseconds later is seen within a round of the spin. Off the watch, a short read is
+/// followed by a read as before: waiting on the reactor after a short read, as tokio does, was
+/// tried and measured worse, since a gRPC response often arrives in two segments microseconds
+/// apart and a read retried right away catches the second one without a trip through the
+/// reactor.
 #[derive(Debug)]
 pub(crate) struct Socket<T> {
-    io: async_io::Async<T>,
+    /// Shared with the watch, which holds it weakly.
+    io: Arc<async_io::Async<T>>,
     /// A read would block: it did, interest is registered, and no event has come since.
     drained: bool,
+    /// How a pool worker watches this socket's reads.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watch: Arc<ReadWatch>,
+    /// A read would block and a worker watches the socket for it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watched: bool,
+    /// The last read returned less than it asked for.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    short_read: bool,
 }
 
-impl<T> Socket<T> {
+impl<T: AsFd + Send + Sync + 'static> Socket<T> {
     /// Wraps a socket registered with the reactor.
     pub(crate) fn new(io: async_io::Async<T>) -> Socket<T> {
-        Socket { io, drained: false }
+        let io = Arc::new(io);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let watch = {
+            let weak: Weak<dyn AsFd + Send + Sync> = Arc::downgrade(&io) as _;
+            ReadWatch::new(weak)
+        };
+        Socket {
+            io,
+            drained: false,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            watch,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            watched: false,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            short_read: false,
+        }
     }
 }
 
@@ -114,6 +151,19 @@ where
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if this.watched {
+            // Pending until the watching worker saw the socket readable or stopped watching
+            // (no system call).
+            ready!(this.watch.poll_ready(cx));
+            this.watched = false;
+        } else if std::mem::take(&mut this.short_read) && this.watch.watch(cx) {
+            // The last read took less than it asked for, so the socket most likely has nothing
+            // more: a watch sees anything that comes within one round of the worker's spin,
+            // without the read that would fail first.
+            this.watched = true;
+            return Poll::Pending;
+        }
         if this.drained {
             // Pending until the reactor delivers an event (the waker is already registered,
             // so this is a check of its state, not a system call).
@@ -124,7 +174,18 @@ where
         loop {
             match io::Read::read(&mut this.io.get_ref(), buf) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                res => return Poll::Ready(res),
+                res => {
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    {
+                        this.short_read = matches!(res, Ok(n) if n > 0 && n < buf.len());
+                    }
+                    return Poll::Ready(res);
+                }
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if this.watch.watch(cx) {
+                this.watched = true;
+                return Poll::Pending;
             }
             loop {
                 if this.io.poll_readable(cx)?.is_pending() {
@@ -144,7 +205,10 @@ where
     }
 }
 
-impl<T: async_io::IoSafe + io::Write + std::os::fd::AsFd> futures_io::AsyncWrite for Socket<T> {
+impl<T: AsFd> futures_io::AsyncWrite for Socket<T>
+where
+    for<'a> &'a T: io::Write,
+{
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -182,15 +246,15 @@ impl<T: async_io::IoSafe + io::Write + std::os::fd::AsFd> futures_io::AsyncWrite
             }
         }
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        Pin::new(&mut &*this.io).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.io).poll_flush(cx)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.io).poll_close(cx)
     }
 }
 
@@ -268,29 +332,39 @@ mod tests {
         assert_eq!(&buf[..n], b"hi");
     }
 
-    /// Reads racing with writes from another thread: every byte written after a read that
-    /// would block must still wake the reader (a lost wake-up hangs until the timeout).
-    #[test]
-    fn socket_reads_see_data_sent_after_a_read_would_block() {
-        use std::io::Write as _;
+    /// A connected pair over TCP loopback: our socket and the peer's blocking end.
+    fn tcp_pair() -> (Socket<std::net::TcpStream>, std::net::TcpStream) {
         use std::net::{TcpListener, TcpStream};
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         writer.set_nodelay(true).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        let mut socket = Socket::new(async_io::Async::new(accepted).unwrap());
+        (Socket::new(async_io::Async::new(accepted).unwrap()), writer)
+    }
+
+    /// Reads racing with writes from another thread, 2,000 rounds of one byte: every byte
+    /// written after a read that would block must still wake the reader (a lost wake-up hangs
+    /// until the timeout). `on` runs the reads.
+    fn reads_race_writes(on: impl FnOnce(BoxFuture<()>)) {
+        use std::io::Write as _;
+
+        let (mut socket, mut writer) = tcp_pair();
         let (go, wait) = std::sync::mpsc::channel::<u32>();
         let thread = std::thread::spawn(move || {
             for round in wait {
-                // Vary when the byte lands: before, during or after the reader's failed read.
+                // Vary when the byte lands: before, during or after the reader's failed read,
+                // and now and then after a worker's spin has given up.
+                if round % 97 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 for _ in 0..(round % 7) * 200 {
                     std::hint::spin_loop();
                 }
                 writer.write_all(&[round as u8]).unwrap();
             }
         });
-        smol::block_on(async {
+        on(Box::pin(async move {
             for round in 0..2_000u32 {
                 go.send(round).unwrap();
                 let mut buf = [0u8; 8];
@@ -298,8 +372,35 @@ mod tests {
                 assert_eq!(n, 1, "round {round}");
                 assert_eq!(buf[0], round as u8);
             }
-        });
-        drop(go);
+        }));
         thread.join().unwrap();
+    }
+
+    /// Off the pool: reads wait on the reactor.
+    #[test]
+    fn socket_reads_see_data_sent_after_a_read_would_block() {
+        reads_race_writes(smol::block_on);
+    }
+
+    /// On a spinning pool worker: reads are watched by the worker while it spins, and go back
+    /// to the reactor when it sleeps.
+    #[test]
+    fn watched_socket_reads_see_data_sent_after_a_read_would_block() {
+        let settings = crate::rt::RuntimeSettings {
+            threads: 1,
+            spin: std::time::Duration::from_micros(100),
+        };
+        let pool = crate::rt::ThreadPool::new(&settings, "socket-test").unwrap();
+        reads_race_writes(|reads| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            pool.spawn_future(async move {
+                reads.await;
+                let _ = done_tx.send(());
+            });
+            done_rx
+                .recv()
+                .expect("the reads ended early (a failed assertion)");
+        });
+        pool.shutdown();
     }
 }
