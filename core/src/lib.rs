@@ -108,6 +108,8 @@ mod response;
 pub mod rt;
 pub mod server;
 mod status;
+#[cfg(test)]
+mod test_util;
 pub mod transport;
 
 pub use client::{

@@ -184,26 +184,16 @@ impl Watches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::WakeCounter;
     use std::io::Write as _;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::{Wake, Waker};
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use std::task::Waker;
 
     /// A watch of `socket` whose read is waiting (Pending) with a counting waker.
-    fn waiting(socket: &Arc<UnixStream>) -> (Arc<ReadWatch>, Arc<Count>) {
+    fn waiting(socket: &Arc<UnixStream>) -> (Arc<ReadWatch>, Arc<WakeCounter>) {
         let weak: Weak<dyn AsFd + Send + Sync> = Arc::downgrade(socket) as _;
         let watch = ReadWatch::new(weak);
-        let count = Arc::new(Count::default());
+        let count = Arc::new(WakeCounter::default());
         let waker = Waker::from(count.clone());
         assert!(watch.poll_ready(&Context::from_waker(&waker)).is_pending());
         (watch, count)
@@ -218,12 +208,12 @@ mod tests {
         watches.push(watch.clone());
         assert!(!watches.check(), "fired with no data");
         assert!(!watches.is_empty());
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.count(), 0);
 
         theirs.write_all(b"x").unwrap();
         assert!(watches.check());
         assert!(watches.is_empty(), "a fired watch stays watched");
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.count(), 1);
         let waker = Waker::noop();
         assert!(watch.poll_ready(&Context::from_waker(waker)).is_ready());
         // Consumed: the next wait is Pending again.
@@ -243,12 +233,7 @@ mod tests {
         for (watch, _) in &waits {
             watches.push(watch.clone());
         }
-        let woken = || -> Vec<usize> {
-            waits
-                .iter()
-                .map(|(_, count)| count.0.load(Ordering::SeqCst))
-                .collect()
-        };
+        let woken = || -> Vec<usize> { waits.iter().map(|(_, count)| count.count()).collect() };
         theirs[1].as_ref().unwrap().write_all(b"x").unwrap();
         assert!(watches.check());
         assert_eq!(woken(), [0, 1, 0]);
@@ -270,7 +255,7 @@ mod tests {
         drop(ours);
         assert!(watches.check());
         assert!(watches.is_empty());
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.count(), 1);
     }
 
     #[test]
@@ -289,7 +274,7 @@ mod tests {
         assert!(watches.fire_all());
         assert!(watches.is_empty());
         for (watch, woken) in &waits {
-            assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+            assert_eq!(woken.count(), 1);
             assert!(
                 watch
                     .poll_ready(&Context::from_waker(Waker::noop()))

@@ -192,23 +192,8 @@ impl Drop for Push<'_> {
 mod tests {
     use super::*;
     use crate::metadata::Metadata;
+    use crate::test_util::WakeCounter;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-    impl Wake for Counter {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    impl Counter {
-        fn count(&self) -> usize {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
 
     /// Polls `future` once with `waker`.
     fn poll_with<F: Future>(future: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
@@ -231,7 +216,7 @@ mod tests {
     #[test]
     fn waiting_senders_go_in_order_and_a_push_inside_the_driver_poll_does_not_wake_it() {
         let slot = Slot::default();
-        let driver = Arc::new(Counter::default());
+        let driver = Arc::new(WakeCounter::default());
         let driver_waker = Waker::from(driver.clone());
         let mut dcx = Context::from_waker(&driver_waker);
         assert!(slot.poll_take(&mut dcx).is_none());
@@ -239,14 +224,14 @@ mod tests {
         // The handler pushes while the driver polls it: no wake-up.
         slot.set_driver_polling(true);
         let mut first = std::pin::pin!(slot.push(item(0)));
-        let w0 = Arc::new(Counter::default());
+        let w0 = Arc::new(WakeCounter::default());
         let waker0 = Waker::from(w0.clone());
         assert!(poll_with(first.as_mut(), &waker0).is_ready());
         slot.set_driver_polling(false);
         assert_eq!(driver.count(), 0);
 
         // Three more senders queue behind the full slot.
-        let counters: Vec<_> = (0..3).map(|_| Arc::new(Counter::default())).collect();
+        let counters: Vec<_> = (0..3).map(|_| Arc::new(WakeCounter::default())).collect();
         let wakers: Vec<_> = counters.iter().map(|c| Waker::from(c.clone())).collect();
         let mut pushes: Vec<_> = (1..4).map(|n| Box::pin(slot.push(item(n)))).collect();
         for (push, waker) in pushes.iter_mut().zip(&wakers) {
@@ -256,7 +241,7 @@ mod tests {
         assert_eq!(number(slot.poll_take(&mut dcx).unwrap()), 0);
         assert_eq!(counters[0].count(), 1, "the first waiter is woken");
         assert_eq!(counters[1].count(), 0);
-        let late = Arc::new(Counter::default());
+        let late = Arc::new(WakeCounter::default());
         let late_waker = Waker::from(late.clone());
         let mut newcomer = Box::pin(slot.push(item(9)));
         assert!(poll_with(newcomer.as_mut(), &late_waker).is_pending());
@@ -281,10 +266,10 @@ mod tests {
     #[test]
     fn closing_fails_waiting_and_later_pushes() {
         let slot = Slot::default();
-        let waker = Waker::from(Arc::new(Counter::default()));
+        let waker = Waker::from(Arc::new(WakeCounter::default()));
         let mut cx = Context::from_waker(&waker);
         assert!(std::pin::pin!(slot.push(item(0))).poll(&mut cx).is_ready());
-        let waiter = Arc::new(Counter::default());
+        let waiter = Arc::new(WakeCounter::default());
         let waiter_waker = Waker::from(waiter.clone());
         let mut waiting = Box::pin(slot.push(item(1)));
         assert!(poll_with(waiting.as_mut(), &waiter_waker).is_pending());
