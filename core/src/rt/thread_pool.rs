@@ -1074,14 +1074,15 @@ mod tests {
 
     impl TestPool {
         fn new(threads: usize, spin: Duration) -> TestPool {
-            TestPool::with_load(threads, spin).0
+            TestPool::with_load(threads, spin, false).0
         }
 
-        /// A pool and the switch that makes its machine busy.
-        fn with_load(threads: usize, spin: Duration) -> (TestPool, Arc<AtomicBool>) {
-            let (shared, clock, busy) = test_shared(threads, spin);
+        /// A pool on a machine that starts `busy` or not, and the switch that changes it.
+        fn with_load(threads: usize, spin: Duration, busy: bool) -> (TestPool, Arc<AtomicBool>) {
+            let (shared, clock, load) = test_shared(threads, spin);
+            load.store(busy, Ordering::SeqCst);
             let pool = ThreadPool::start(shared, "pool-test").unwrap();
-            (TestPool { pool, clock }, busy)
+            (TestPool { pool, clock }, load)
         }
 
         /// Waits until some worker watches a socket read.
@@ -1644,7 +1645,7 @@ mod tests {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn a_worker_that_stops_spinning_hands_its_watched_reads_to_the_reactor() {
-        let (t, busy) = TestPool::with_load(1, Duration::from_secs(10));
+        let (t, busy) = TestPool::with_load(1, Duration::from_secs(10), false);
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let (tx, rx) = mpsc::channel();
         t.pool.spawn_future(byte_reader(ours, tx));
@@ -1665,9 +1666,9 @@ mod tests {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
     fn a_stuck_worker_s_watched_reads_are_handed_on_by_the_monitor() {
-        let (t, busy) = TestPool::with_load(2, Duration::from_secs(10));
-        // Both asleep, neither spinning: the reader's worker will be the one to spin.
-        busy.store(true, Ordering::SeqCst);
+        // Busy from the start, so both workers sleep without ever spinning (a spin ended by the
+        // load would make its worker skip the next chance, and take no watch).
+        let (t, busy) = TestPool::with_load(2, Duration::from_secs(10), true);
         t.wait_all_asleep();
         busy.store(false, Ordering::SeqCst);
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
