@@ -140,21 +140,16 @@ impl Watches {
                         .map(|socket| PollFd::new(socket, PollFlags::IN))
                         .collect();
                     poll_now(&mut fds);
+                    // One answer per live socket, in the list's order.
                     let mut readable = fds.iter().map(|fd| !fd.revents().is_empty());
-                    let fire: Vec<bool> = sockets
-                        .iter()
-                        .map(|socket| socket.is_none() || readable.next().unwrap_or(false))
-                        .collect();
                     let mut fired = Vec::new();
-                    let mut index = 0;
-                    list.retain(|watch| {
-                        let keep = !fire[index];
-                        index += 1;
-                        if !keep {
-                            fired.push(watch.clone());
+                    for (watch, socket) in std::mem::take(&mut *list).into_iter().zip(&sockets) {
+                        if socket.is_none() || readable.next() == Some(true) {
+                            fired.push(watch);
+                        } else {
+                            list.push(watch);
                         }
-                        keep
-                    });
+                    }
                     fired
                 }
             }
