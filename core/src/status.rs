@@ -517,7 +517,7 @@ pub(crate) mod tests {
     /// whose first read fails.
     pub(crate) fn h2_io_error() -> h2::Error {
         smol::block_on(async {
-            let (_send, conn) = h2::client::handshake(crate::rt::Compat(ResetOnRead))
+            let (_send, conn) = h2::client::handshake(crate::rt::Compat::new(ResetOnRead))
                 .await
                 .expect("the handshake only writes");
             conn.await.expect_err("the read fails")

@@ -548,7 +548,7 @@ async fn raw_call(
     .detach();
     let (mut send, conn) = h2::client::Builder::new()
         .initial_window_size(8 << 20)
-        .handshake::<_, Bytes>(Compat(client_io))
+        .handshake::<_, Bytes>(Compat::new(client_io))
         .await
         .unwrap();
     ::smol::spawn(async move {
@@ -717,7 +717,7 @@ where
         while let Some(Ok(io)) = listener.next().await {
             let script = script.clone();
             ::smol::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(Compat(io)).await else {
+                let Ok(mut conn) = h2::server::handshake(Compat::new(io)).await else {
                     return;
                 };
                 while let Some(Ok((request, respond))) = conn.accept().await {

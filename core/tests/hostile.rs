@@ -391,7 +391,9 @@ fn malformed_grpc_framing_gets_errors_and_the_server_keeps_serving() {
             ];
             for _round in 0..50 {
                 let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-                let (send, conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+                let (send, conn) = h2::client::handshake(Compat::new(tcp))
+                    .await
+                    .expect("handshake");
                 let conn = smol::spawn(conn);
                 let calls = bad_bodies.iter().map(|body| {
                     let send = send.clone();
@@ -640,7 +642,9 @@ fn a_stalled_handshake_does_not_block_other_clients() {
         let (server, addr) = serve(builder);
         let _silent = Async::<TcpStream>::connect(addr).await.expect("connect");
         let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-        let (mut send, conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+        let (mut send, conn) = h2::client::handshake(Compat::new(tcp))
+            .await
+            .expect("handshake");
         let conn = smol::spawn(conn);
         let request = http::Request::builder()
             .method("POST")

@@ -320,7 +320,9 @@ async fn upload(channel: &Channel) -> u64 {
 /// A plain h2 client connection to `addr`, driven on smol; h2 answers the server's PINGs.
 async fn raw_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-    let (send, conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+    let (send, conn) = h2::client::handshake(Compat::new(tcp))
+        .await
+        .expect("handshake");
     smol::spawn(conn).detach();
     send
 }
@@ -438,7 +440,9 @@ async fn ping_every(
     h2::client::SendRequest<Bytes>,
 ) {
     let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
-    let (send, mut conn) = h2::client::handshake(Compat(tcp)).await.expect("handshake");
+    let (send, mut conn) = h2::client::handshake(Compat::new(tcp))
+        .await
+        .expect("handshake");
     let mut pings = conn.ping_pong().expect("ping_pong");
     let conn = smol::spawn(conn);
     let mut answered = 0;

@@ -69,7 +69,7 @@ where
         while let Some(Ok(io)) = listener.next().await {
             let script = script.clone();
             smol::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(Compat(io)).await else {
+                let Ok(mut conn) = h2::server::handshake(Compat::new(io)).await else {
                     return;
                 };
                 while let Some(Ok((request, respond))) = conn.accept().await {
@@ -371,7 +371,7 @@ fn peer_closing_the_connection_mid_stream_gives_unavailable() {
         let Some(Ok(io)) = listener.next().await else {
             return;
         };
-        let mut conn = h2::server::handshake(Compat(io)).await.unwrap();
+        let mut conn = h2::server::handshake(Compat::new(io)).await.unwrap();
         let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
         let mut stream = respond.send_response(grpc_headers(), false).unwrap();
         stream.send_data(frame(b"first"), false).unwrap();
@@ -477,7 +477,7 @@ fn raw_call(
     .detach();
     let headers: Vec<_> = headers.to_vec();
     run(async move {
-        let (mut send, conn) = h2::client::handshake(Compat(client_io)).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(Compat::new(client_io)).await.unwrap();
         smol::spawn(async move {
             let _ = conn.await;
         })
@@ -648,7 +648,7 @@ fn a_unary_call_the_server_never_processed_before_goaway_is_retried() {
         while let Some(Ok(io)) = listener.next().await {
             let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
             smol::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(Compat(io)).await else {
+                let Ok(mut conn) = h2::server::handshake(Compat::new(io)).await else {
                     return;
                 };
                 if first {

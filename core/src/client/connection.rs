@@ -173,7 +173,7 @@ pub(crate) async fn open(
         // Should a stream go out before the server's SETTINGS after all, assume its limit is
         // the common 100 rather than h2's "unlimited".
         .initial_max_send_streams(ASSUMED_MAX_CONCURRENT_STREAMS)
-        .handshake::<_, Bytes>(Compat(tap));
+        .handshake::<_, Bytes>(Compat::new(tap));
     let (send, mut conn) = match with_deadline(Some(deadline), handshake).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(err)) if events.peer_speaks_tls() => {

@@ -165,9 +165,19 @@ pub(crate) fn status_from_trailers(trailers: &HeaderMap) -> Option<Status> {
 }
 
 /// Writes a status (and its metadata) as trailers.
+/// `grpc-status` values by code, static so the trailers of every call allocate none.
+const STATUS_VALUES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     status.metadata().write_to(headers);
-    headers.insert(GRPC_STATUS, HeaderValue::from(status.code().as_i32()));
+    let code = status.code().as_i32();
+    let value = usize::try_from(code)
+        .ok()
+        .and_then(|i| STATUS_VALUES.get(i))
+        .map_or_else(|| HeaderValue::from(code), |v| HeaderValue::from_static(v));
+    headers.insert(GRPC_STATUS, value);
     if !status.message().is_empty() {
         let encoded = percent_encode(status.message());
         headers.insert(
@@ -246,6 +256,18 @@ mod tests {
         assert_eq!(back.code(), Code::NotFound);
         assert_eq!(back.message(), "caf\u{e9} 100%");
         assert_eq!(back.details().as_ref(), &[0, 1, 2]);
+    }
+
+    #[test]
+    fn every_code_is_written_as_its_number() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            assert_eq!(code.as_i32(), n, "Code covers 0..=16");
+            let mut h = HeaderMap::new();
+            write_status(&Status::new(code, ""), &mut h);
+            assert_eq!(h[GRPC_STATUS], n.to_string().as_str());
+            assert_eq!(status_from_trailers(&h).unwrap().code(), code);
+        }
     }
 
     #[test]

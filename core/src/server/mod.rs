@@ -616,7 +616,7 @@ impl Server {
             .max_frame_size(c.settings.http2.max_frame_size)
             .max_header_list_size(c.settings.max_header_list_size)
             .data_frame_budget(DATA_FRAME_BUDGET)
-            .handshake::<_, bytes::Bytes>(Compat(io));
+            .handshake::<_, bytes::Bytes>(Compat::new(io));
         let stop = std::pin::pin!(inner.shutdown.forced());
         let timeout = deadline.map_or_else(Timer::never, Timer::at);
         let mut conn = match select(std::pin::pin!(handshake), select(stop, timeout)).await {
@@ -663,15 +663,10 @@ impl Server {
             })
             .await;
             match next {
-                Next::Accepted(Some(Ok((mut request, respond)))) => {
-                    if let Some(peer) = &peer {
-                        request.extensions_mut().insert(peer.clone());
-                    }
-                    if let Some(remote) = &remote {
-                        request.extensions_mut().insert(remote.clone());
-                    }
+                Next::Accepted(Some(Ok((request, respond)))) => {
                     let server = inner.clone();
-                    let call = stream::serve(server, request, respond);
+                    let call =
+                        stream::serve(server, request, respond, peer.clone(), remote.clone());
                     match lifetime.count_call() {
                         Some(counted) => inner.executor.spawn(Box::pin(async move {
                             let _counted = counted;

@@ -29,12 +29,16 @@ use crate::proto::recv::MessageReader;
 use crate::proto::send::Outbox;
 use crate::rt::{BoxFuture, Deadline};
 use crate::status::{Code, Status};
+use crate::transport::{PeerCertificates, RemoteAddr};
 
-/// Serves one request stream to completion.
+/// Serves one request stream to completion; `peer` and `remote` are the connection's client
+/// certificates and address, for the call's context.
 pub(crate) async fn serve(
     server: Arc<ServerInner>,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
+    peer: Option<PeerCertificates>,
+    remote: Option<RemoteAddr>,
 ) {
     let (parts, body) = request.into_parts();
     if parts.method != Method::POST {
@@ -115,8 +119,8 @@ pub(crate) async fn serve(
         deadline,
         metadata,
         compression,
-        parts.extensions.get().cloned(),
-        parts.extensions.get().cloned(),
+        peer,
+        remote,
         parts
             .headers
             .get(headers::GRPC_PREVIOUS_RPC_ATTEMPTS)
