@@ -164,12 +164,12 @@ pub(crate) fn status_from_trailers(trailers: &HeaderMap) -> Option<Status> {
     Some(status.with_metadata(md))
 }
 
-/// Writes a status (and its metadata) as trailers.
 /// `grpc-status` values by code, static so the trailers of every call allocate none.
 const STATUS_VALUES: [&str; 17] = [
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
 ];
 
+/// Writes a status (and its metadata) as trailers.
 pub(crate) fn write_status(status: &Status, headers: &mut HeaderMap) {
     status.metadata().write_to(headers);
     let code = status.code().as_i32();
